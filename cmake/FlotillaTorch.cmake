@@ -1,0 +1,59 @@
+# LibTorch from the PyPI torch wheel: the same build transformers runs on in the tests.
+#
+# We do not use the wheel's TorchConfig.cmake: it insists on finding a matching CUDA toolkit and
+# cuDNN even for CPU-only targets. Instead `flotilla::torch` links libtorch_cpu and libc10 (all of
+# ATen, the C++ frontend, sdpa, c10d/Gloo), and `flotilla::torch_cuda` adds the CUDA parts for
+# kernels/.
+#
+# The wheel ships an old copy of protobuf's headers under include/google/. If torch's include path
+# came before Debian's, generated protobuf code would compile against the wrong headers; so torch
+# targets see a mirror of torch/include without google/.
+
+execute_process(
+  COMMAND ${Python3_EXECUTABLE} -c "import os, torch; print(os.path.dirname(torch.__file__)); print(torch.__version__)"
+  OUTPUT_VARIABLE torch_probe
+  RESULT_VARIABLE torch_probe_result
+  OUTPUT_STRIP_TRAILING_WHITESPACE)
+if(NOT torch_probe_result EQUAL 0)
+  message(FATAL_ERROR "The torch wheel is not importable by ${Python3_EXECUTABLE}. Run tools/bootstrap/bootstrap first.")
+endif()
+string(REPLACE "\n" ";" torch_probe "${torch_probe}")
+list(GET torch_probe 0 FLOTILLA_TORCH_DIR)
+list(GET torch_probe 1 FLOTILLA_TORCH_VERSION)
+get_filename_component(FLOTILLA_SITE_PACKAGES ${FLOTILLA_TORCH_DIR} DIRECTORY)
+set(FLOTILLA_TORCH_LIBRARY_DIR ${FLOTILLA_TORCH_DIR}/lib)
+# The CUDA runtime the wheel was built against (libtorch_cpu itself needs libcudart and libcupti).
+set(FLOTILLA_TORCH_CUDA_LIBRARY_DIR ${FLOTILLA_SITE_PACKAGES}/nvidia/cu13/lib)
+message(STATUS "LibTorch ${FLOTILLA_TORCH_VERSION} from ${FLOTILLA_TORCH_DIR}")
+
+set(torch_include_mirror ${CMAKE_BINARY_DIR}/torch-include)
+file(MAKE_DIRECTORY ${torch_include_mirror})
+file(GLOB torch_include_entries RELATIVE ${FLOTILLA_TORCH_DIR}/include ${FLOTILLA_TORCH_DIR}/include/*)
+foreach(entry ${torch_include_entries})
+  if(NOT entry STREQUAL "google" AND NOT EXISTS ${torch_include_mirror}/${entry})
+    file(CREATE_LINK ${FLOTILLA_TORCH_DIR}/include/${entry} ${torch_include_mirror}/${entry} SYMBOLIC)
+  endif()
+endforeach()
+
+add_library(flotilla_torch INTERFACE)
+add_library(flotilla::torch ALIAS flotilla_torch)
+target_include_directories(flotilla_torch SYSTEM INTERFACE
+  ${torch_include_mirror}
+  ${torch_include_mirror}/torch/csrc/api/include)
+target_compile_definitions(flotilla_torch INTERFACE
+  USE_DISTRIBUTED USE_C10D_GLOO USE_RPC USE_TENSORPIPE _GLIBCXX_USE_CXX11_ABI=1)
+target_link_libraries(flotilla_torch INTERFACE
+  ${FLOTILLA_TORCH_LIBRARY_DIR}/libtorch_cpu.so
+  ${FLOTILLA_TORCH_LIBRARY_DIR}/libc10.so
+  Threads::Threads)
+target_link_options(flotilla_torch INTERFACE
+  "LINKER:-rpath,${FLOTILLA_TORCH_LIBRARY_DIR}"
+  "LINKER:-rpath,${FLOTILLA_TORCH_CUDA_LIBRARY_DIR}")
+
+# Precompiled headers for torch targets: ATen's headers dominate their compile time.
+function(flotilla_torch_precompiled_headers target)
+  target_precompile_headers(${target} REUSE_FROM flotilla_torch_pch)
+endfunction()
+add_library(flotilla_torch_pch STATIC ${CMAKE_CURRENT_LIST_DIR}/torch_pch.cc)
+target_link_libraries(flotilla_torch_pch PUBLIC flotilla::torch)
+target_precompile_headers(flotilla_torch_pch PRIVATE <torch/torch.h>)

@@ -1,0 +1,1 @@
+// Carries the precompiled header (torch/torch.h) that torch targets reuse; see FlotillaTorch.cmake.
