@@ -1,1 +1,21 @@
-int main(){return 0;}
+// flotilla: the command line for a Flotilla mesh. `flotilla --help` lists the commands;
+// `flotilla COMMAND --help` explains one.
+#include <cstdio>
+
+#include "services/common/logging.h"
+#include "tools/cli/commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"Flotilla: push, preprocess, run and serve Hugging Face models.", "flotilla"};
+  app.require_subcommand(1);
+  flotilla::cli::AddMeshCommands(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& error) {
+    return app.exit(error);
+  } catch (const flotilla::cli::CommandFailed& failure) {
+    std::fprintf(stderr, "flotilla: %s\n", failure.what());
+    return failure.exit_code;
+  }
+  return 0;
+}

@@ -1,0 +1,28 @@
+// The flotilla CLI is one binary with subcommands; each group of subcommands lives in its own file
+// and adds itself to the app here. To add a command: write a function in the file of its group
+// (or a new file) and call it from flotilla_main.cc.
+//
+// A command reports failure by printing one line to stderr and throwing CommandFailed, which the
+// main turns into the exit code.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+namespace flotilla::cli {
+
+struct CommandFailed : std::runtime_error {
+  CommandFailed(int exit_code, const std::string& message)
+      : std::runtime_error(message), exit_code(exit_code) {}
+  int exit_code;
+};
+
+// up, down, status: the local mesh (mesh_commands.cc).
+void AddMeshCommands(CLI::App& app);
+
+// The data directory: --data-dir, else $FLOTILLA_HOME, else ~/.flotilla.
+std::string DefaultDataDirectory();
+
+}  // namespace flotilla::cli
