@@ -12,6 +12,8 @@ if(CMAKE_CUDA_COMPILER)
   # CMake 3.25 (Debian) does not know nvcc 13's C++20 flag; kernels need only C++17.
   set(CMAKE_CUDA_STANDARD 17)
   set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+  # One CUDA runtime in the process: the shared libcudart that LibTorch loads, not a static copy.
+  set(CMAKE_CUDA_RUNTIME_LIBRARY Shared)
   enable_language(CUDA)
   find_package(CUDAToolkit REQUIRED)
   set(FLOTILLA_WITH_CUDA ON)

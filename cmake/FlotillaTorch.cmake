@@ -57,3 +57,19 @@ endfunction()
 add_library(flotilla_torch_pch STATIC ${CMAKE_CURRENT_LIST_DIR}/torch_pch.cc)
 target_link_libraries(flotilla_torch_pch PUBLIC flotilla::torch)
 target_precompile_headers(flotilla_torch_pch PRIVATE <torch/torch.h>)
+
+# The CUDA half of LibTorch, for kernels/ (only configured when a CUDA toolkit is found). Linked
+# with --no-as-needed so that libtorch_cuda registers its CUDA hooks (at::hasCUDA()) on GPU machines.
+file(GLOB nvidia_library_dirs LIST_DIRECTORIES true ${FLOTILLA_SITE_PACKAGES}/nvidia/*/lib)
+add_library(flotilla_torch_cuda INTERFACE)
+add_library(flotilla::torch_cuda ALIAS flotilla_torch_cuda)
+target_link_libraries(flotilla_torch_cuda INTERFACE
+  flotilla::torch
+  -Wl,--no-as-needed
+  ${FLOTILLA_TORCH_LIBRARY_DIR}/libtorch_cuda.so
+  ${FLOTILLA_TORCH_LIBRARY_DIR}/libc10_cuda.so
+  -Wl,--as-needed)
+target_compile_definitions(flotilla_torch_cuda INTERFACE USE_C10D_NCCL)
+foreach(directory ${nvidia_library_dirs})
+  target_link_options(flotilla_torch_cuda INTERFACE "LINKER:-rpath,${directory}")
+endforeach()

@@ -1,0 +1,11 @@
+// Tensor-level entry points of the CUDA kernels: checks, the current stream, the launch.
+#pragma once
+
+#include <ATen/Tensor.h>
+
+namespace flotilla::kernels::cuda {
+
+at::Tensor RmsNorm(const at::Tensor& hidden_states, const at::Tensor& weight, double epsilon);
+at::Tensor SiluAndMul(const at::Tensor& gate_and_up);
+
+}  // namespace flotilla::kernels::cuda
