@@ -41,7 +41,9 @@ target_include_directories(flotilla_torch SYSTEM INTERFACE
   ${torch_include_mirror}
   ${torch_include_mirror}/torch/csrc/api/include)
 target_compile_definitions(flotilla_torch INTERFACE
-  USE_DISTRIBUTED USE_C10D_GLOO USE_RPC USE_TENSORPIPE _GLIBCXX_USE_CXX11_ABI=1)
+  USE_DISTRIBUTED USE_C10D_GLOO USE_RPC USE_TENSORPIPE _GLIBCXX_USE_CXX11_ABI=1
+  # gRPC targets define _REENTRANT; GCC refuses a precompiled header built without it.
+  _REENTRANT)
 target_link_libraries(flotilla_torch INTERFACE
   ${FLOTILLA_TORCH_LIBRARY_DIR}/libtorch_cpu.so
   ${FLOTILLA_TORCH_LIBRARY_DIR}/libc10.so

@@ -56,24 +56,34 @@ TEST_P(KernelTest, CpuSiluAndMulMatchesEager) {
   EXPECT_LE(MaxAbsDifference(actual, expected), Tolerance(type) * 4);
 }
 
-TEST_P(KernelTest, CudaMatchesCpu) {
-  if (!HasCudaKernels() || !at::hasCUDA()) {
-    GTEST_SKIP() << "no CUDA device here: the CUDA kernels are compiled and linked, and run where a GPU is";
-  }
-  const auto& [type, shape] = GetParam();
-  at::manual_seed(2);
-  const at::Tensor hidden_states = at::randn(shape).to(type);
-  const at::Tensor weight = at::randn({shape.back()}).to(type);
-  const at::Tensor on_cpu = RmsNorm(hidden_states, weight, 1e-5);
-  const at::Tensor on_cuda = RmsNorm(hidden_states.cuda(), weight.cuda(), 1e-5).cpu();
-  EXPECT_LE(MaxAbsDifference(on_cuda, on_cpu), Tolerance(type));
-}
-
 INSTANTIATE_TEST_SUITE_P(
     DtypesAndShapes, KernelTest,
     testing::Combine(testing::Values(at::kFloat, at::kBFloat16, at::kHalf),
                      testing::Values(std::vector<int64_t>{1, 576}, std::vector<int64_t>{3, 7, 64},
                                      std::vector<int64_t>{0, 32}, std::vector<int64_t>{5, 1})));
+
+// One test for the whole CUDA matrix, so a machine without a GPU reports one skip, not one per case.
+TEST(CudaKernelTest, CudaMatchesTheCpuTwinForEveryDtypeAndShape) {
+  if (!HasCudaKernels() || !at::hasCUDA()) {
+    GTEST_SKIP() << "no CUDA device here: the CUDA kernels are compiled and linked, and run where a GPU is";
+  }
+  for (const at::ScalarType type : {at::kFloat, at::kBFloat16, at::kHalf}) {
+    for (const std::vector<int64_t>& shape : {std::vector<int64_t>{1, 576}, std::vector<int64_t>{3, 7, 64},
+                                              std::vector<int64_t>{0, 32}, std::vector<int64_t>{5, 1}}) {
+      SCOPED_TRACE(testing::Message() << c10::toString(type) << " " << at::IntArrayRef(shape));
+      at::manual_seed(2);
+      const at::Tensor hidden_states = at::randn(shape).mul(3).to(type);
+      const at::Tensor weight = at::randn({shape.back()}).to(type);
+      EXPECT_LE(MaxAbsDifference(RmsNorm(hidden_states.cuda(), weight.cuda(), 1e-5).cpu(),
+                                 RmsNorm(hidden_states, weight, 1e-5)),
+                Tolerance(type));
+      std::vector<int64_t> doubled = shape;
+      doubled.back() *= 2;
+      const at::Tensor gate_and_up = at::randn(doubled).mul(4).to(type);
+      EXPECT_LE(MaxAbsDifference(SiluAndMul(gate_and_up.cuda()).cpu(), SiluAndMul(gate_and_up)), Tolerance(type) * 4);
+    }
+  }
+}
 
 TEST(KernelErrorsTest, RmsNormRejectsAWeightOfTheWrongSize) {
   try {
