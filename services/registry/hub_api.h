@@ -8,6 +8,7 @@
 // Thread-safe (httplib calls handlers from its worker threads).
 #pragma once
 
+#include <memory>
 #include <string>
 
 #include "services/registry/auth.h"
@@ -19,16 +20,17 @@ class Server;
 
 namespace flotilla::registry {
 
+class HubHandlers;
+
 class HubApi {
  public:
-  HubApi(Registry& registry, const Authorizer& authorizer, std::string public_url)
-      : registry_(registry), authorizer_(authorizer), public_url_(std::move(public_url)) {}
+  // `public_url`: the base of absolute links (paging, upload hrefs); empty uses the request's Host.
+  // `tree_page_size`: entries per page of the tree listing (the Hub pages by 1000).
+  HubApi(Registry& registry, const Authorizer& authorizer, std::string public_url, int tree_page_size = 1000);
   void AddRoutes(httplib::Server& server);
 
  private:
-  Registry& registry_;
-  const Authorizer& authorizer_;
-  std::string public_url_;
+  std::shared_ptr<HubHandlers> handlers_;
 };
 
 }  // namespace flotilla::registry

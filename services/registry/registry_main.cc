@@ -1,5 +1,6 @@
 // The registry service binary: RegistryService over gRPC, and the Hugging Face Hub HTTP API on the
 // HTTP side port. State lives under --data_dir: blobs/, uploads/ and metadata.sqlite3.
+#include <algorithm>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -24,6 +25,7 @@ ABSL_FLAG(bool, anonymous_read, true, "with tokens configured, whether reads wit
 ABSL_FLAG(double, gc_grace_seconds, 600, "garbage collection spares unreferenced blobs younger than this");
 ABSL_FLAG(double, stale_partial_seconds, 86400,
           "partial uploads untouched this long are deleted at start and by garbage collection");
+ABSL_FLAG(int, hub_tree_page_size, 1000, "entries per page of the Hub API's tree listing");
 ABSL_FLAG(std::string, public_url, "",
           "base URL clients reach the Hub API at (for absolute links); default: the request's Host");
 
@@ -64,7 +66,8 @@ absl::StatusOr<ServiceBundle> MakeRegistryBundle(const ServerOptions& options) {
   auto state = std::make_shared<RegistryState>();
   state->registry = *std::move(registry);
   state->authorizer = *std::move(authorizer);
-  state->hub_api = std::make_unique<HubApi>(*state->registry, state->authorizer, absl::GetFlag(FLAGS_public_url));
+  state->hub_api = std::make_unique<HubApi>(*state->registry, state->authorizer, absl::GetFlag(FLAGS_public_url),
+                                                std::max(1, absl::GetFlag(FLAGS_hub_tree_page_size)));
   UpdateStorageGauges(*state->registry);
   LogInfo("registry opened", {{"data_dir", options.data_directory},
                               {"stored_bytes", state->registry->stored_bytes()},
