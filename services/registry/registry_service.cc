@@ -318,11 +318,10 @@ class UploadReactor final : public grpc::ServerReadReactor<UploadBlobRequest> {
     if (!ok) return End();
     if (!upload_ && !done_) {
       if (absl::Status status = Begin(); !status.ok()) return Fail(status);
+      // Stored already (another push won the race): answer now, the rest of the stream is moot.
+      if (done_) return End();
     }
     if (!request_.data().empty()) {
-      if (done_) {
-        return Fail(absl::OutOfRangeError(absl::StrCat("upload of blob ", sha256_, ": data past the announced size ", size_)));
-      }
       if (absl::Status status = upload_->Append(request_.data()); !status.ok()) return Fail(status);
       bytes_counter_.Increment(static_cast<double>(request_.data().size()));
     }

@@ -373,3 +373,13 @@ def test_large_file_streams_in_bounded_memory(registry, tmp_path):
     assert pushed["uploaded_bytes"] == size
     assert os.path.getsize(tmp_path / "out" / "model.safetensors") == size
     assert peak[0] < 128 * 1024, f"registry RSS peaked at {peak[0] / 1024:.0f} MiB while streaming {size >> 20} MiB"
+
+
+def test_upload_of_a_stored_blob_answers_complete(registry, stubs):
+    stub = stubs.registry_pb2_grpc.RegistryServiceStub(registry.channel())
+    make_repository(stub, stubs, "acme/dedup")
+    data = os.urandom(3 * CHUNK)
+    assert upload(stub, stubs, "acme/dedup", data).complete
+    # A second client that skipped FindMissingBlobs (or lost the race) gets "complete" at once.
+    again = upload(stub, stubs, "acme/dedup", data)
+    assert (again.committed_size, again.complete) == (len(data), True)
