@@ -185,6 +185,10 @@ def main() -> None:
             finally:
                 static.terminate()
                 static.wait()
+            # The same plain-HTTP fetcher against Flotilla's resolve URLs: the server side alone.
+            (work / "flotilla_plain").mkdir()
+            plain_seconds, _ = timed(lambda: fetch_all(f"http://{ready['http_address']}/bench/snapshot/resolve/main",
+                                                       names, work / "flotilla_plain"))
             environment = {**os.environ, "HF_ENDPOINT": f"http://{ready['http_address']}",
                            "HF_HOME": str(work / "hf_home"), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
             code = textwrap.dedent("""
@@ -201,6 +205,8 @@ def main() -> None:
             total = per_file * files / MIB
             rows.append((f"http.server, {files} files / {total:.0f} MiB, 8 threads", static_seconds,
                          total / static_seconds, 1.0, ""))
+            rows.append((f"same fetcher from flotilla /resolve/ URLs", plain_seconds, total / plain_seconds,
+                         static_seconds / plain_seconds, ""))
             rows.append((f"snapshot_download from flotilla, same files", hub_seconds, total / hub_seconds,
                          static_seconds / hub_seconds, f"{snapshot_rss.peak:.0f}"))
         finally:
