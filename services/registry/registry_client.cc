@@ -51,6 +51,8 @@ RegistryClient::RegistryClient(const std::string& address, std::string token)
         grpc::ChannelArguments arguments;
         arguments.SetMaxReceiveMessageSize(64 << 20);
         arguments.SetMaxSendMessageSize(64 << 20);
+        // Larger HTTP/2 frames from the registry: fewer frames (and wakeups) per MiB pulled.
+        arguments.SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, 4 << 20);
         return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), arguments);
       }(), std::move(token)) {}
 
