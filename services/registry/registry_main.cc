@@ -1,78 +1,88 @@
-// The registry service binary. Its storage and Hub API arrive with issue #4; until then every RPC
-// answers UNIMPLEMENTED and says so.
+// The registry service binary: RegistryService over gRPC, and the Hugging Face Hub HTTP API on the
+// HTTP side port. State lives under --data_dir: blobs/, uploads/ and metadata.sqlite3.
+#include <algorithm>
+#include <fstream>
 #include <memory>
+#include <string>
+#include <vector>
 
-#include "flotilla/v1/registry.grpc.pb.h"
-#include "services/common/rejecting_reactor.h"
+#include <absl/flags/flag.h>
+#include <absl/strings/str_cat.h>
+
+#include "services/common/logging.h"
 #include "services/common/server.h"
-#include "services/common/status.h"
+#include "services/registry/auth.h"
+#include "services/registry/hub_api.h"
+#include "services/registry/registry.h"
+#include "services/registry/registry_service.h"
 
-namespace flotilla {
+ABSL_FLAG(std::string, tokens_file, "",
+          "file of access tokens, one a line: <token> <name> <namespace or *> <read|write>; "
+          "without tokens every call is allowed");
+ABSL_FLAG(std::vector<std::string>, token, {},
+          "an access token as 'token:name:namespace:scope' (repeatable, comma-separated)");
+ABSL_FLAG(bool, anonymous_read, true, "with tokens configured, whether reads without a token are allowed");
+ABSL_FLAG(double, gc_grace_seconds, 600, "garbage collection spares unreferenced blobs younger than this");
+ABSL_FLAG(double, stale_partial_seconds, 86400,
+          "partial uploads untouched this long are deleted at start and by garbage collection");
+ABSL_FLAG(int, hub_tree_page_size, 1000, "entries per page of the Hub API's tree listing");
+ABSL_FLAG(std::string, public_url, "",
+          "base URL clients reach the Hub API at (for absolute links); default: the request's Host");
+
+namespace flotilla::registry {
 namespace {
 
-using namespace flotilla::v1;
-
-constexpr char kWaitsFor[] = "issue #4 (registry)";
-
-class RegistryServiceImpl final : public RegistryService::CallbackService {
-  grpc::ServerUnaryReactor* CreateRepository(grpc::CallbackServerContext* context, const CreateRepositoryRequest*, Repository*) override {
-    return RejectUnary(context, NotYetImplemented("RegistryService.CreateRepository", kWaitsFor));
-  }
-  grpc::ServerUnaryReactor* GetRepository(grpc::CallbackServerContext* context, const GetRepositoryRequest*, Repository*) override {
-    return RejectUnary(context, NotYetImplemented("RegistryService.GetRepository", kWaitsFor));
-  }
-  grpc::ServerUnaryReactor* ListRepositories(grpc::CallbackServerContext* context, const ListRepositoriesRequest*, ListRepositoriesResponse*) override {
-    return RejectUnary(context, NotYetImplemented("RegistryService.ListRepositories", kWaitsFor));
-  }
-  grpc::ServerUnaryReactor* DeleteRepository(grpc::CallbackServerContext* context, const DeleteRepositoryRequest*, DeleteRepositoryResponse*) override {
-    return RejectUnary(context, NotYetImplemented("RegistryService.DeleteRepository", kWaitsFor));
-  }
-  grpc::ServerUnaryReactor* ResolveRevision(grpc::CallbackServerContext* context, const ResolveRevisionRequest*, ResolveRevisionResponse*) override {
-    return RejectUnary(context, NotYetImplemented("RegistryService.ResolveRevision", kWaitsFor));
-  }
-  grpc::ServerUnaryReactor* ListFiles(grpc::CallbackServerContext* context, const ListFilesRequest*, ListFilesResponse*) override {
-    return RejectUnary(context, NotYetImplemented("RegistryService.ListFiles", kWaitsFor));
-  }
-  grpc::ServerUnaryReactor* ListCommits(grpc::CallbackServerContext* context, const ListCommitsRequest*, ListCommitsResponse*) override {
-    return RejectUnary(context, NotYetImplemented("RegistryService.ListCommits", kWaitsFor));
-  }
-  grpc::ServerUnaryReactor* ListRefs(grpc::CallbackServerContext* context, const ListRefsRequest*, ListRefsResponse*) override {
-    return RejectUnary(context, NotYetImplemented("RegistryService.ListRefs", kWaitsFor));
-  }
-  grpc::ServerUnaryReactor* CreateTag(grpc::CallbackServerContext* context, const CreateTagRequest*, Ref*) override {
-    return RejectUnary(context, NotYetImplemented("RegistryService.CreateTag", kWaitsFor));
-  }
-  grpc::ServerUnaryReactor* DeleteTag(grpc::CallbackServerContext* context, const DeleteTagRequest*, DeleteTagResponse*) override {
-    return RejectUnary(context, NotYetImplemented("RegistryService.DeleteTag", kWaitsFor));
-  }
-  grpc::ServerUnaryReactor* FindMissingBlobs(grpc::CallbackServerContext* context, const FindMissingBlobsRequest*, FindMissingBlobsResponse*) override {
-    return RejectUnary(context, NotYetImplemented("RegistryService.FindMissingBlobs", kWaitsFor));
-  }
-  grpc::ServerReadReactor<UploadBlobRequest>* UploadBlob(grpc::CallbackServerContext*, UploadBlobResponse*) override {
-    return Reject<grpc::ServerReadReactor<UploadBlobRequest>>(NotYetImplemented("RegistryService.UploadBlob", kWaitsFor));
-  }
-  grpc::ServerUnaryReactor* CreateCommit(grpc::CallbackServerContext* context, const CreateCommitRequest*, Commit*) override {
-    return RejectUnary(context, NotYetImplemented("RegistryService.CreateCommit", kWaitsFor));
-  }
-  grpc::ServerWriteReactor<DownloadFileResponse>* DownloadFile(grpc::CallbackServerContext*, const DownloadFileRequest*) override {
-    return Reject<grpc::ServerWriteReactor<DownloadFileResponse>>(NotYetImplemented("RegistryService.DownloadFile", kWaitsFor));
-  }
-  grpc::ServerUnaryReactor* FindKernelVariant(grpc::CallbackServerContext* context, const FindKernelVariantRequest*, FindKernelVariantResponse*) override {
-    return RejectUnary(context, NotYetImplemented("RegistryService.FindKernelVariant", kWaitsFor));
-  }
-  grpc::ServerUnaryReactor* CollectGarbage(grpc::CallbackServerContext* context, const CollectGarbageRequest*, CollectGarbageResponse*) override {
-    return RejectUnary(context, NotYetImplemented("RegistryService.CollectGarbage", kWaitsFor));
-  }
+struct RegistryState {
+  std::unique_ptr<Registry> registry;
+  Authorizer authorizer;
+  std::unique_ptr<HubApi> hub_api;
 };
 
+absl::StatusOr<ServiceBundle> MakeRegistryBundle(const ServerOptions& options) {
+  if (options.data_directory.empty()) {
+    return absl::InvalidArgumentError("--data_dir is required: the registry keeps its blobs and metadata there");
+  }
+  std::vector<std::string> token_lines;
+  if (const std::string path = absl::GetFlag(FLAGS_tokens_file); !path.empty()) {
+    std::ifstream file(path);
+    if (!file) return absl::InvalidArgumentError(absl::StrCat("--tokens_file: cannot read ", path));
+    for (std::string line; std::getline(file, line);) token_lines.push_back(line);
+  }
+  for (const std::string& token : absl::GetFlag(FLAGS_token)) {
+    std::string line = token;
+    std::replace(line.begin(), line.end(), ':', ' ');
+    token_lines.push_back(line);
+  }
+  auto authorizer = Authorizer::Create(token_lines, absl::GetFlag(FLAGS_anonymous_read));
+  if (!authorizer.ok()) return authorizer.status();
+
+  RegistryOptions registry_options;
+  registry_options.data_directory = options.data_directory;
+  registry_options.garbage_grace_period = absl::Seconds(absl::GetFlag(FLAGS_gc_grace_seconds));
+  registry_options.stale_partial_age = absl::Seconds(absl::GetFlag(FLAGS_stale_partial_seconds));
+  auto registry = Registry::Open(registry_options);
+  if (!registry.ok()) return registry.status();
+
+  auto state = std::make_shared<RegistryState>();
+  state->registry = *std::move(registry);
+  state->authorizer = *std::move(authorizer);
+  state->hub_api = std::make_unique<HubApi>(*state->registry, state->authorizer, absl::GetFlag(FLAGS_public_url),
+                                                std::max(1, absl::GetFlag(FLAGS_hub_tree_page_size)));
+  UpdateStorageGauges(*state->registry);
+  LogInfo("registry opened", {{"data_dir", options.data_directory},
+                              {"stored_bytes", state->registry->stored_bytes()},
+                              {"auth", state->authorizer.enabled() ? "tokens" : "off"}});
+
+  ServiceBundle bundle;
+  bundle.grpc_services.push_back(MakeRegistryGrpcService(*state->registry, state->authorizer));
+  bundle.add_http_routes = [hub_api = state->hub_api.get()](httplib::Server& server) { hub_api->AddRoutes(server); };
+  bundle.state = state;
+  return bundle;
+}
+
 }  // namespace
-}  // namespace flotilla
+}  // namespace flotilla::registry
 
 int main(int argc, char** argv) {
-  return flotilla::ServiceMain(argc, argv, "registry",
-      [](const flotilla::ServerOptions&) -> absl::StatusOr<flotilla::ServiceBundle> {
-        flotilla::ServiceBundle bundle;
-        bundle.grpc_services.push_back(std::make_unique<flotilla::RegistryServiceImpl>());
-        return bundle;
-      });
+  return flotilla::ServiceMain(argc, argv, "registry", flotilla::registry::MakeRegistryBundle);
 }

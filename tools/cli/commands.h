@@ -21,6 +21,8 @@ struct CommandFailed : std::runtime_error {
 
 // up, down, status: the local mesh (mesh_commands.cc).
 void AddMeshCommands(CLI::App& app);
+// push, pull, ls, log, tag, rm, gc: the registry (registry_commands.cc).
+void AddRegistryCommands(CLI::App& app);
 
 // The data directory: --data-dir, else $FLOTILLA_HOME, else ~/.flotilla.
 std::string DefaultDataDirectory();

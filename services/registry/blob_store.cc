@@ -1,0 +1,336 @@
+#include "services/registry/blob_store.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <system_error>
+
+#include <absl/strings/str_cat.h>
+#include <openssl/evp.h>
+
+#include "services/registry/names.h"
+
+namespace flotilla::registry {
+namespace fs = std::filesystem;
+
+Sha256::Sha256() : context_(EVP_MD_CTX_new()) {
+  EVP_DigestInit_ex(static_cast<EVP_MD_CTX*>(context_), EVP_sha256(), nullptr);
+}
+Sha256::~Sha256() { EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(context_)); }
+void Sha256::Update(absl::string_view data) {
+  EVP_DigestUpdate(static_cast<EVP_MD_CTX*>(context_), data.data(), data.size());
+}
+std::string Sha256::HexDigest() {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_DigestFinal_ex(static_cast<EVP_MD_CTX*>(context_), digest, &length);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string hex;
+  for (unsigned int i = 0; i < length; ++i) {
+    hex.push_back(kHex[digest[i] >> 4]);
+    hex.push_back(kHex[digest[i] & 15]);
+  }
+  return hex;
+}
+
+std::string Sha256OfString(absl::string_view data) {
+  Sha256 hasher;
+  hasher.Update(data);
+  return hasher.HexDigest();
+}
+
+namespace {
+
+absl::Status ErrnoError(absl::string_view operation, const std::string& path) {
+  return absl::InternalError(absl::StrCat(operation, "(", path, "): ", std::strerror(errno)));
+}
+
+// Hashes [0, length) of an open file into `hasher`.
+absl::Status HashPrefix(int descriptor, int64_t length, Sha256& hasher, const std::string& path) {
+  std::string buffer(1 << 20, '\0');
+  int64_t offset = 0;
+  while (offset < length) {
+    ssize_t got = pread(descriptor, buffer.data(), std::min<int64_t>(buffer.size(), length - offset), offset);
+    if (got < 0) return ErrnoError("pread", path);
+    if (got == 0) return absl::DataLossError(absl::StrCat("read ", path, ": file shorter than ", length, " bytes"));
+    hasher.Update(absl::string_view(buffer.data(), got));
+    offset += got;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SyncDirectory(const std::string& path) {
+  int descriptor = open(path.c_str(), O_RDONLY | O_DIRECTORY);
+  if (descriptor < 0) return ErrnoError("open", path);
+  int result = fsync(descriptor);
+  close(descriptor);
+  if (result != 0) return ErrnoError("fsync", path);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> Sha256OfFile(const std::string& path) {
+  int descriptor = open(path.c_str(), O_RDONLY);
+  if (descriptor < 0) return ErrnoError("open", path);
+  struct stat status;
+  fstat(descriptor, &status);
+  Sha256 hasher;
+  absl::Status hashed = HashPrefix(descriptor, status.st_size, hasher, path);
+  close(descriptor);
+  if (!hashed.ok()) return hashed;
+  return hasher.HexDigest();
+}
+
+class LocalBlobUpload final : public BlobUpload {
+ public:
+  LocalBlobUpload(LocalBlobStore* store, std::string sha256, int64_t size, int descriptor, int64_t offset)
+      : store_(store), sha256_(std::move(sha256)), size_(size), descriptor_(descriptor), committed_(offset),
+        written_back_(offset) {}
+  ~LocalBlobUpload() override {
+    if (descriptor_ >= 0) {
+      // An abandoned upload keeps its bytes for resume; make them durable first.
+      fdatasync(descriptor_);
+      close(descriptor_);
+    }
+    store_->EndUpload(sha256_);
+  }
+
+  absl::Status Prime() {
+    // Resuming: the bytes already on disk count towards the digest.
+    return HashPrefix(descriptor_, committed_, hasher_, store_->PartialPath(sha256_));
+  }
+
+  int64_t committed_size() const override { return committed_; }
+
+  absl::Status Append(absl::string_view data) override {
+    if (committed_ + static_cast<int64_t>(data.size()) > size_) {
+      return absl::OutOfRangeError(absl::StrCat("upload of blob ", sha256_, ": data runs past the announced size ",
+                                                size_, " (", committed_, " bytes held, ", data.size(), " more sent)"));
+    }
+    const char* cursor = data.data();
+    size_t left = data.size();
+    while (left > 0) {
+      ssize_t written = pwrite(descriptor_, cursor, left, committed_);
+      if (written < 0) {
+        if (errno == EINTR) continue;
+        return ErrnoError("pwrite", store_->PartialPath(sha256_));
+      }
+      cursor += written;
+      left -= written;
+      committed_ += written;
+    }
+    hasher_.Update(data);
+    // Start writeback of each completed 16 MiB as it arrives, so the fsync in Finish has little
+    // left to flush: the disk works while the network does, instead of after it.
+    constexpr int64_t kWritebackBytes = 16 << 20;
+    while (committed_ - written_back_ >= kWritebackBytes) {
+      sync_file_range(descriptor_, written_back_, kWritebackBytes, SYNC_FILE_RANGE_WRITE);
+      written_back_ += kWritebackBytes;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Sync() override {
+    if (fdatasync(descriptor_) != 0) return ErrnoError("fdatasync", store_->PartialPath(sha256_));
+    return absl::OkStatus();
+  }
+
+  absl::Status Finish() override {
+    const std::string partial = store_->PartialPath(sha256_);
+    if (committed_ != size_) {
+      return absl::FailedPreconditionError(absl::StrCat("upload of blob ", sha256_, ": ", committed_, " of ", size_,
+                                                        " bytes received; resume from offset ", committed_));
+    }
+    std::string actual = hasher_.HexDigest();
+    if (actual != sha256_) {
+      close(descriptor_);
+      descriptor_ = -1;
+      unlink(partial.c_str());
+      return absl::DataLossError(absl::StrCat("upload of blob ", sha256_, ": the ", size_,
+                                              " bytes received hash to sha256 ", actual, "; nothing was stored"));
+    }
+    if (fsync(descriptor_) != 0) return ErrnoError("fsync", partial);
+    close(descriptor_);
+    descriptor_ = -1;
+    const std::string final_path = store_->BlobPath(sha256_);
+    std::error_code error;
+    fs::create_directories(fs::path(final_path).parent_path(), error);
+    if (rename(partial.c_str(), final_path.c_str()) != 0) return ErrnoError("rename", final_path);
+    return SyncDirectory(fs::path(final_path).parent_path());
+  }
+
+ private:
+  LocalBlobStore* store_;
+  std::string sha256_;
+  int64_t size_;
+  int descriptor_;
+  int64_t committed_;
+  int64_t written_back_;  // writeback started for [0, written_back_)
+  Sha256 hasher_;
+};
+
+absl::StatusOr<std::unique_ptr<LocalBlobStore>> LocalBlobStore::Open(const std::string& root,
+                                                                     absl::Duration stale_partial_age) {
+  std::error_code error;
+  for (const char* folder : {"blobs", "uploads"}) {
+    fs::create_directories(fs::path(root) / folder, error);
+    if (error) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("open blob store: cannot create ", (fs::path(root) / folder).string(), ": ", error.message()));
+    }
+  }
+  auto store = std::unique_ptr<LocalBlobStore>(new LocalBlobStore(root));
+  const auto now = fs::file_time_type::clock::now();
+  for (const auto& entry : fs::directory_iterator(fs::path(root) / "uploads", error)) {
+    auto modified = entry.last_write_time(error);
+    if (error) continue;
+    if (now - modified > absl::ToChronoNanoseconds(stale_partial_age) || entry.path().extension() == ".tmp") {
+      fs::remove(entry.path(), error);
+      ++store->removed_stale_partials_;
+    }
+  }
+  return store;
+}
+
+std::string LocalBlobStore::BlobPath(const std::string& sha256) const {
+  return absl::StrCat(root_, "/blobs/", sha256.substr(0, 2), "/", sha256);
+}
+std::string LocalBlobStore::PartialPath(const std::string& sha256) const {
+  return absl::StrCat(root_, "/uploads/", sha256, ".partial");
+}
+
+absl::StatusOr<int64_t> LocalBlobStore::Size(const std::string& sha256) {
+  if (absl::Status valid = ValidateSha256(sha256); !valid.ok()) return valid;
+  struct stat status;
+  if (stat(BlobPath(sha256).c_str(), &status) != 0) {
+    return absl::NotFoundError(absl::StrCat("blob ", sha256, " is not in the registry"));
+  }
+  return static_cast<int64_t>(status.st_size);
+}
+
+absl::Status LocalBlobStore::Touch(const std::string& sha256) {
+  if (utimensat(AT_FDCWD, BlobPath(sha256).c_str(), nullptr, 0) != 0) {
+    return absl::NotFoundError(absl::StrCat("blob ", sha256, " is not in the registry"));
+  }
+  return absl::OkStatus();
+}
+
+int64_t LocalBlobStore::PartialSize(const std::string& sha256) {
+  struct stat status;
+  if (ValidateSha256(sha256).ok() && stat(PartialPath(sha256).c_str(), &status) == 0) return status.st_size;
+  return 0;
+}
+
+absl::StatusOr<std::unique_ptr<BlobUpload>> LocalBlobStore::BeginUpload(const std::string& sha256, int64_t size,
+                                                                         int64_t offset) {
+  if (absl::Status valid = ValidateSha256(sha256); !valid.ok()) return valid;
+  if (size < 0) return absl::InvalidArgumentError(absl::StrCat("upload of blob ", sha256, ": negative size ", size));
+  if (Size(sha256).ok()) {
+    return absl::AlreadyExistsError(absl::StrCat("blob ", sha256, " is already in the registry"));
+  }
+  {
+    std::lock_guard lock(mutex_);
+    if (!uploads_in_progress_.insert(sha256).second) {
+      return absl::UnavailableError(
+          absl::StrCat("another upload of blob ", sha256, " is in progress; retry once it ends"));
+    }
+  }
+  const std::string partial = PartialPath(sha256);
+  int descriptor = open(partial.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (descriptor < 0) {
+    EndUpload(sha256);
+    return ErrnoError("open", partial);
+  }
+  struct stat status;
+  fstat(descriptor, &status);
+  int64_t held = status.st_size;
+  if (offset != 0 && offset != held) {
+    close(descriptor);
+    EndUpload(sha256);
+    return absl::FailedPreconditionError(absl::StrCat("upload of blob ", sha256, ": cannot start at offset ", offset,
+                                                      "; the registry holds ", held, " bytes, resume from there (or 0)"));
+  }
+  if (offset == 0 && held != 0) {
+    if (ftruncate(descriptor, 0) != 0) {
+      close(descriptor);
+      EndUpload(sha256);
+      return ErrnoError("ftruncate", partial);
+    }
+    held = 0;
+  }
+  if (held > size) {
+    close(descriptor);
+    unlink(partial.c_str());
+    EndUpload(sha256);
+    return absl::FailedPreconditionError(absl::StrCat("upload of blob ", sha256, ": the partial upload (", held,
+                                                      " bytes) is larger than the announced size ", size,
+                                                      "; it was discarded, start again from 0"));
+  }
+  // The upload object now owns the descriptor and the in-progress mark.
+  auto upload = std::make_unique<LocalBlobUpload>(this, sha256, size, descriptor, held);
+  if (absl::Status primed = upload->Prime(); !primed.ok()) return primed;
+  return upload;
+}
+
+void LocalBlobStore::EndUpload(const std::string& sha256) {
+  std::lock_guard lock(mutex_);
+  uploads_in_progress_.erase(sha256);
+}
+
+absl::Status LocalBlobStore::Read(const std::string& sha256, int64_t offset, int64_t length, std::string* buffer) {
+  if (absl::Status valid = ValidateSha256(sha256); !valid.ok()) return valid;
+  const std::string path = BlobPath(sha256);
+  int descriptor = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (descriptor < 0) return absl::NotFoundError(absl::StrCat("blob ", sha256, " is not in the registry"));
+  buffer->resize(length);
+  int64_t filled = 0;
+  while (filled < length) {
+    ssize_t got = pread(descriptor, buffer->data() + filled, length - filled, offset + filled);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      close(descriptor);
+      return ErrnoError("pread", path);
+    }
+    if (got == 0) break;
+    filled += got;
+  }
+  close(descriptor);
+  buffer->resize(filled);
+  return absl::OkStatus();
+}
+
+std::string LocalBlobStore::LocalPath(const std::string& sha256) { return BlobPath(sha256); }
+
+absl::Status LocalBlobStore::Delete(const std::string& sha256) {
+  if (absl::Status valid = ValidateSha256(sha256); !valid.ok()) return valid;
+  if (unlink(BlobPath(sha256).c_str()) != 0 && errno != ENOENT) return ErrnoError("unlink", BlobPath(sha256));
+  return absl::OkStatus();
+}
+
+absl::Status LocalBlobStore::ForEachBlob(const std::function<void(const BlobInfo&)>& visit) {
+  std::error_code error;
+  for (const auto& entry : fs::recursive_directory_iterator(fs::path(root_) / "blobs", error)) {
+    if (!entry.is_regular_file(error)) continue;
+    struct stat status;
+    if (stat(entry.path().c_str(), &status) != 0) continue;
+    BlobInfo info;
+    info.sha256 = entry.path().filename().string();
+    info.size = status.st_size;
+    info.modified = absl::FromTimeT(status.st_mtime);
+    visit(info);
+  }
+  if (error) return absl::InternalError(absl::StrCat("list blobs under ", root_, ": ", error.message()));
+  return absl::OkStatus();
+}
+
+std::set<std::string> LocalBlobStore::UploadsInProgress() {
+  std::lock_guard lock(mutex_);
+  return uploads_in_progress_;
+}
+
+}  // namespace flotilla::registry

@@ -1,0 +1,245 @@
+#include "services/registry/registry.h"
+
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <set>
+
+#include <absl/strings/match.h>
+#include <absl/strings/str_cat.h>
+#include <absl/strings/str_join.h>
+
+#include "services/registry/names.h"
+
+namespace flotilla::registry {
+namespace {
+
+bool IsHex(absl::string_view text) {
+  for (char character : text) {
+    if (!((character >= '0' && character <= '9') || (character >= 'a' && character <= 'f'))) return false;
+  }
+  return !text.empty();
+}
+
+absl::Status ValidateRepository(const std::string& namespace_name, const std::string& name) {
+  if (absl::Status status = ValidateRepositoryPart(namespace_name, "namespace"); !status.ok()) return status;
+  return ValidateRepositoryPart(name, "name");
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& options) {
+  std::error_code error;
+  std::filesystem::create_directories(options.data_directory, error);
+  auto metadata = SqliteMetadataStore::Open(options.data_directory + "/metadata.sqlite3");
+  if (!metadata.ok()) return metadata.status();
+  auto blobs = LocalBlobStore::Open(options.data_directory, options.stale_partial_age);
+  if (!blobs.ok()) return blobs.status();
+  auto registry = std::make_unique<Registry>(options, *std::move(metadata), *std::move(blobs));
+  int64_t stored = 0;
+  if (absl::Status status = registry->blobs_->ForEachBlob([&](const BlobInfo& blob) { stored += blob.size; });
+      !status.ok()) {
+    return status;
+  }
+  registry->stored_bytes_ = stored;
+  return registry;
+}
+
+Registry::Registry(RegistryOptions options, std::unique_ptr<MetadataStore> metadata, std::unique_ptr<BlobStore> blobs)
+    : options_(std::move(options)), metadata_(std::move(metadata)), blobs_(std::move(blobs)) {}
+
+absl::StatusOr<RepositoryRecord> Registry::CreateRepository(const std::string& namespace_name, const std::string& name,
+                                                            int kind, bool exist_ok) {
+  if (absl::Status status = ValidateRepository(namespace_name, name); !status.ok()) return status;
+  if (kind < 0 || kind > 3) return absl::InvalidArgumentError(absl::StrCat("create repository: unknown kind ", kind));
+  return metadata_->CreateRepository(namespace_name, name, kind == 0 ? 1 : kind, exist_ok);
+}
+
+absl::StatusOr<RepositoryRecord> Registry::GetRepository(const std::string& namespace_name, const std::string& name) {
+  if (absl::Status status = ValidateRepository(namespace_name, name); !status.ok()) return status;
+  return metadata_->GetRepository(namespace_name, name);
+}
+
+absl::Status Registry::DeleteRepository(const std::string& namespace_name, const std::string& name) {
+  if (absl::Status status = ValidateRepository(namespace_name, name); !status.ok()) return status;
+  return metadata_->DeleteRepository(namespace_name, name);
+}
+
+absl::StatusOr<CommitRecord> Registry::Resolve(const std::string& namespace_name, const std::string& name,
+                                               const std::string& revision) {
+  absl::StatusOr<RepositoryRecord> repository = GetRepository(namespace_name, name);
+  if (!repository.ok()) return repository.status();
+  const std::string wanted = revision.empty() ? repository->default_branch : revision;
+  absl::StatusOr<std::vector<RefRecord>> refs = metadata_->ListRefs(namespace_name, name);
+  if (!refs.ok()) return refs.status();
+  for (const RefRecord& ref : *refs) {
+    if (ref.name == wanted) return metadata_->GetCommit(namespace_name, name, ref.commit_id);
+  }
+  // A commit id or a unique prefix of one (at least 4 hex digits, as git asks).
+  if (wanted.size() >= 4 && wanted.size() <= 40 && IsHex(wanted)) {
+    absl::StatusOr<std::vector<std::string>> candidates = metadata_->FindCommitsByPrefix(namespace_name, name, wanted);
+    if (!candidates.ok()) return candidates.status();
+    if (candidates->size() == 1) return metadata_->GetCommit(namespace_name, name, candidates->front());
+    if (candidates->size() > 1) {
+      return absl::InvalidArgumentError(absl::StrCat("revision '", wanted, "' of ", namespace_name, "/", name,
+                                                     " is ambiguous: it prefixes ", absl::StrJoin(*candidates, ", "),
+                                                     "; give more digits"));
+    }
+  }
+  std::vector<std::string> branches, tags;
+  for (const RefRecord& ref : *refs) (ref.is_tag ? tags : branches).push_back(ref.name);
+  if (revision.empty() && refs->empty()) {
+    return absl::NotFoundError(absl::StrCat("repository ", namespace_name, "/", name,
+                                            " has no commit yet (push to it first)"));
+  }
+  return absl::NotFoundError(absl::StrCat("revision '", wanted, "' not found in ", namespace_name, "/", name,
+                                          " (branches: ", branches.empty() ? "none" : absl::StrJoin(branches, ", "),
+                                          "; tags: ", tags.empty() ? "none" : absl::StrJoin(tags, ", "),
+                                          "; or a commit id or unique prefix of one)"));
+}
+
+absl::StatusOr<std::vector<TreeEntry>> Registry::Files(const CommitRecord& commit) {
+  return metadata_->GetTree(commit.tree_id);
+}
+
+absl::StatusOr<std::vector<CommitRecord>> Registry::Log(const std::string& namespace_name, const std::string& name,
+                                                        const std::string& revision, int limit) {
+  absl::StatusOr<CommitRecord> commit = Resolve(namespace_name, name, revision);
+  if (!commit.ok()) return commit.status();
+  std::vector<CommitRecord> history{*commit};
+  if (limit <= 0) limit = 100;
+  while (static_cast<int>(history.size()) < limit && !history.back().parent_ids.empty()) {
+    absl::StatusOr<CommitRecord> parent = metadata_->GetCommit(namespace_name, name, history.back().parent_ids.front());
+    if (!parent.ok()) return parent.status();
+    history.push_back(*std::move(parent));
+  }
+  return history;
+}
+
+absl::StatusOr<CommitRecord> Registry::CreateCommit(const std::string& namespace_name, const std::string& name,
+                                                    const std::string& branch,
+                                                    const std::optional<std::string>& expected_parent,
+                                                    const std::string& author, const std::string& message,
+                                                    std::vector<TreeEntry> files) {
+  if (absl::Status status = ValidateRepository(namespace_name, name); !status.ok()) return status;
+  const std::string branch_name = branch.empty() ? "main" : branch;
+  if (absl::Status status = ValidateRefName(branch_name); !status.ok()) return status;
+  const std::string where = absl::StrCat("commit to ", namespace_name, "/", name, "@", branch_name);
+  for (const TreeEntry& file : files) {
+    if (absl::Status status = ValidateRepositoryPath(file.path); !status.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": ", status.message()));
+    }
+    if (absl::Status status = ValidateSha256(file.sha256); !status.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": file ", file.path, ": ", status.message()));
+    }
+  }
+  // Shared with other commits, exclusive against garbage collection (see the Note in registry.h).
+  std::shared_lock lock(garbage_mutex_);
+  for (const TreeEntry& file : files) {
+    absl::StatusOr<int64_t> size = blobs_->Size(file.sha256);
+    if (!size.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(where, ": file ", file.path, ": blob ", file.sha256,
+                                                        " is not in the registry; upload it before committing"));
+    }
+    if (*size != file.size) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": file ", file.path, ": stated size ", file.size,
+                                                     " but blob ", file.sha256, " has ", *size, " bytes"));
+    }
+  }
+  return metadata_->CommitToBranch(namespace_name, name, branch_name, expected_parent, author, message, absl::Now(),
+                                   std::move(files));
+}
+
+absl::StatusOr<RefRecord> Registry::CreateTag(const std::string& namespace_name, const std::string& name,
+                                              const std::string& revision, const std::string& tag) {
+  if (absl::Status status = ValidateRefName(tag); !status.ok()) return status;
+  absl::StatusOr<CommitRecord> commit = Resolve(namespace_name, name, revision);
+  if (!commit.ok()) return commit.status();
+  if (absl::Status status = metadata_->CreateTag(namespace_name, name, tag, commit->commit_id); !status.ok()) {
+    return status;
+  }
+  return RefRecord{tag, commit->commit_id, true};
+}
+
+std::vector<std::string> Registry::FindMissingBlobs(const std::vector<std::string>& digests) {
+  std::vector<std::string> missing;
+  std::set<std::string> seen;
+  for (const std::string& digest : digests) {
+    if (!seen.insert(digest).second) continue;
+    if (!blobs_->Touch(digest).ok()) missing.push_back(digest);
+  }
+  return missing;
+}
+
+absl::StatusOr<KernelVariant> Registry::FindKernelVariant(const std::string& namespace_name, const std::string& name,
+                                                          const std::string& revision, const std::string& torch_version,
+                                                          const std::string& accelerator,
+                                                          const std::string& architecture) {
+  absl::StatusOr<CommitRecord> commit = Resolve(namespace_name, name, revision);
+  if (!commit.ok()) return commit.status();
+  absl::StatusOr<std::vector<TreeEntry>> files = Files(*commit);
+  if (!files.ok()) return files.status();
+  std::string version = torch_version;
+  if (absl::StartsWith(version, "torch")) version = version.substr(5);
+  const std::string wanted = absl::StrCat("torch", version, "-", accelerator, "-", architecture);
+  std::map<std::string, std::vector<TreeEntry>> variants;
+  for (const TreeEntry& file : *files) {
+    if (!absl::StartsWith(file.path, "build/")) continue;
+    size_t slash = file.path.find('/', 6);
+    if (slash == std::string::npos) continue;
+    variants[file.path.substr(6, slash - 6)].push_back(file);
+  }
+  auto found = variants.find(wanted);
+  if (found == variants.end()) {
+    std::vector<std::string> names;
+    for (const auto& [variant, unused] : variants) names.push_back(variant);
+    return absl::NotFoundError(absl::StrCat("kernel ", namespace_name, "/", name, "@", commit->commit_id.substr(0, 12),
+                                            " has no variant ", wanted, " (variants: ",
+                                            names.empty() ? "none" : absl::StrJoin(names, ", "), ")"));
+  }
+  return KernelVariant{found->first, found->second};
+}
+
+absl::StatusOr<GarbageReport> Registry::CollectGarbage(bool dry_run) {
+  std::unique_lock lock(garbage_mutex_);
+  GarbageReport report;
+  if (!dry_run) {
+    if (absl::Status status = metadata_->DeleteOrphanTrees(); !status.ok()) return status;
+  }
+  absl::StatusOr<std::set<std::string>> referenced = metadata_->ReferencedBlobs();
+  if (!referenced.ok()) return referenced.status();
+  const std::set<std::string> uploading = blobs_->UploadsInProgress();
+  const absl::Time cutoff = absl::Now() - options_.garbage_grace_period;
+  std::vector<BlobInfo> doomed;
+  absl::Status listed = blobs_->ForEachBlob([&](const BlobInfo& blob) {
+    if (referenced->count(blob.sha256) || uploading.count(blob.sha256) || blob.modified > cutoff) {
+      ++report.kept_blobs;
+    } else {
+      doomed.push_back(blob);
+    }
+  });
+  if (!listed.ok()) return listed;
+  for (const BlobInfo& blob : doomed) {
+    if (!dry_run) {
+      if (absl::Status status = blobs_->Delete(blob.sha256); !status.ok()) return status;
+      stored_bytes_ -= blob.size;
+    }
+    ++report.deleted_blobs;
+    report.freed_bytes += blob.size;
+  }
+  if (!dry_run) {
+    // Stale partial uploads go too (a fresh store open also removes them).
+    auto reopened = LocalBlobStore::Open(options_.data_directory, options_.stale_partial_age);
+    if (reopened.ok()) report.deleted_partials = (*reopened)->removed_stale_partials();
+  }
+  return report;
+}
+
+double Registry::DedupRatio() {
+  absl::StatusOr<int64_t> logical = metadata_->LogicalBytes();
+  int64_t stored = stored_bytes_;
+  if (!logical.ok() || stored <= 0) return 1.0;
+  return static_cast<double>(*logical) / static_cast<double>(stored);
+}
+
+}  // namespace flotilla::registry

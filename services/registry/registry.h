@@ -1,0 +1,107 @@
+// The registry's logic, shared by the gRPC service and the Hub HTTP API: validation, revision
+// resolution, commits checked against the blob store, kernel variants, garbage collection.
+// No transport in here.
+//
+//   auto registry = Registry::Open({.data_directory = "/var/lib/flotilla/registry"});
+//   auto commit = (*registry)->Resolve("acme", "llama", "v1");  // branch, tag, id or id prefix
+//   auto files = (*registry)->Files(*commit);
+//
+// Thread-safe. Note [Garbage collection and concurrent pushes]: a push first asks which blobs
+// are missing (FindMissingBlobs touches the ones present), uploads the rest, then commits.
+// CreateCommit checks every blob under a shared lock that CollectGarbage takes exclusively, and
+// collection spares blobs modified within the grace period or with an upload in progress, so a
+// blob a push is about to reference is never collected from under it.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <shared_mutex>
+#include <string>
+#include <vector>
+
+#include <absl/status/statusor.h>
+#include <absl/time/time.h>
+
+#include "services/registry/blob_store.h"
+#include "services/registry/metadata_store.h"
+
+namespace flotilla::registry {
+
+struct RegistryOptions {
+  std::string data_directory;
+  // Blobs younger than this are never collected (a push may be about to reference them).
+  absl::Duration garbage_grace_period = absl::Minutes(10);
+  // Partial uploads untouched for this long are deleted at start and by garbage collection.
+  absl::Duration stale_partial_age = absl::Hours(24);
+};
+
+struct GarbageReport {
+  int64_t deleted_blobs = 0;
+  int64_t freed_bytes = 0;
+  int64_t kept_blobs = 0;
+  int64_t deleted_partials = 0;
+};
+
+struct KernelVariant {
+  std::string variant;
+  std::vector<TreeEntry> files;
+};
+
+class Registry {
+ public:
+  static absl::StatusOr<std::unique_ptr<Registry>> Open(const RegistryOptions& options);
+  Registry(RegistryOptions options, std::unique_ptr<MetadataStore> metadata, std::unique_ptr<BlobStore> blobs);
+
+  MetadataStore& metadata() { return *metadata_; }
+  BlobStore& blobs() { return *blobs_; }
+
+  absl::StatusOr<RepositoryRecord> CreateRepository(const std::string& namespace_name, const std::string& name,
+                                                    int kind, bool exist_ok);
+  absl::StatusOr<RepositoryRecord> GetRepository(const std::string& namespace_name, const std::string& name);
+  absl::Status DeleteRepository(const std::string& namespace_name, const std::string& name);
+
+  // "" means the repository's default branch. NOT_FOUND lists the branches and tags there are;
+  // an ambiguous prefix is INVALID_ARGUMENT listing the candidates.
+  absl::StatusOr<CommitRecord> Resolve(const std::string& namespace_name, const std::string& name,
+                                       const std::string& revision);
+  absl::StatusOr<std::vector<TreeEntry>> Files(const CommitRecord& commit);
+  // History from `revision` back along first parents, newest first.
+  absl::StatusOr<std::vector<CommitRecord>> Log(const std::string& namespace_name, const std::string& name,
+                                                const std::string& revision, int limit);
+
+  // Validates every path and checks every blob is stored with the stated size, then commits.
+  absl::StatusOr<CommitRecord> CreateCommit(const std::string& namespace_name, const std::string& name,
+                                            const std::string& branch, const std::optional<std::string>& expected_parent,
+                                            const std::string& author, const std::string& message,
+                                            std::vector<TreeEntry> files);
+  absl::StatusOr<RefRecord> CreateTag(const std::string& namespace_name, const std::string& name,
+                                      const std::string& revision, const std::string& tag);
+
+  // The digests (from `digests`) the store lacks; the present ones are touched (see the Note).
+  std::vector<std::string> FindMissingBlobs(const std::vector<std::string>& digests);
+  // Called once an upload finished, for the stored-bytes statistics.
+  void BlobStored(int64_t size) { stored_bytes_ += size; }
+
+  // The variant under build/<variant>/ of a kernel repository named
+  // "torch<version>-<accelerator>-<architecture>". NOT_FOUND lists the variants there are.
+  absl::StatusOr<KernelVariant> FindKernelVariant(const std::string& namespace_name, const std::string& name,
+                                                  const std::string& revision, const std::string& torch_version,
+                                                  const std::string& accelerator, const std::string& architecture);
+
+  absl::StatusOr<GarbageReport> CollectGarbage(bool dry_run);
+
+  int64_t stored_bytes() const { return stored_bytes_; }
+  // Logical bytes (every commit's tree) over stored bytes; 1 when nothing is stored.
+  double DedupRatio();
+
+ private:
+  RegistryOptions options_;
+  std::unique_ptr<MetadataStore> metadata_;
+  std::unique_ptr<BlobStore> blobs_;
+  std::shared_mutex garbage_mutex_;
+  std::atomic<int64_t> stored_bytes_{0};
+};
+
+}  // namespace flotilla::registry

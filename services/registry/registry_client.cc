@@ -1,0 +1,444 @@
+#include "services/registry/registry_client.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include <absl/strings/str_cat.h>
+#include <grpcpp/grpcpp.h>
+
+#include "flotilla/v1/registry.grpc.pb.h"
+#include "services/common/status.h"
+#include "services/registry/blob_store.h"
+#include "services/registry/names.h"
+
+namespace flotilla::registry {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace flotilla::v1;
+
+constexpr int64_t kChunkBytes = 1 << 20;
+constexpr int kAttempts = 4;
+
+absl::Status ErrnoError(absl::string_view operation, const std::string& path) {
+  return absl::InternalError(absl::StrCat(operation, "(", path, "): ", std::strerror(errno)));
+}
+
+bool Retryable(const absl::Status& status) {
+  return absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status) || absl::IsInternal(status) ||
+         absl::IsCancelled(status) || absl::IsResourceExhausted(status);
+}
+
+struct LocalFile {
+  std::string path;       // repository path
+  std::string full_path;  // on disk
+  int64_t size = 0;
+  std::string sha256;
+};
+
+}  // namespace
+
+RegistryClient::RegistryClient(const std::string& address, std::string token)
+    : RegistryClient([&] {
+        grpc::ChannelArguments arguments;
+        arguments.SetMaxReceiveMessageSize(64 << 20);
+        arguments.SetMaxSendMessageSize(64 << 20);
+        // Larger HTTP/2 frames from the registry: fewer frames (and wakeups) per MiB pulled.
+        arguments.SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, 4 << 20);
+        return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), arguments);
+      }(), std::move(token)) {}
+
+RegistryClient::RegistryClient(std::shared_ptr<grpc::Channel> channel, std::string token)
+    : channel_(std::move(channel)), token_(std::move(token)) {}
+
+namespace {
+
+void Authorize(grpc::ClientContext& context, const std::string& token) {
+  if (!token.empty()) context.AddMetadata("authorization", absl::StrCat("Bearer ", token));
+}
+
+// Streams [offset, size) of one file as one UploadBlob call; returns the bytes the registry holds.
+absl::StatusOr<UploadBlobResponse> UploadOnce(RegistryService::Stub& stub, const std::string& token,
+                                              const LocalFile& file, const std::string& namespace_name,
+                                              const std::string& name, int64_t offset,
+                                              const std::function<void(int64_t)>& sent) {
+  int descriptor = open(file.full_path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (descriptor < 0) return ErrnoError("open", file.full_path);
+  posix_fadvise(descriptor, offset, 0, POSIX_FADV_SEQUENTIAL);
+  grpc::ClientContext context;
+  Authorize(context, token);
+  UploadBlobResponse response;
+  std::unique_ptr<grpc::ClientWriter<UploadBlobRequest>> writer = stub.UploadBlob(&context, &response);
+  UploadBlobRequest request;
+  request.set_sha256(file.sha256);
+  request.set_size(file.size);
+  request.set_offset(offset);
+  request.set_namespace_(namespace_name);
+  request.set_name(name);
+  absl::Status local_error;
+  bool first = true;
+  while (first || offset < file.size) {
+    int64_t length = std::min(kChunkBytes, file.size - offset);
+    std::string* data = request.mutable_data();
+    data->resize(length);
+    int64_t filled = 0;
+    while (filled < length) {
+      ssize_t got = pread(descriptor, data->data() + filled, length - filled, offset + filled);
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) {
+        local_error = absl::FailedPreconditionError(absl::StrCat("push ", file.path, ": the file changed while pushing"));
+        break;
+      }
+      filled += got;
+    }
+    if (!local_error.ok()) break;
+    if (!writer->Write(request)) break;  // the server ended the call early; Finish says why
+    offset += length;
+    sent(length);
+    if (first) {
+      first = false;
+      request.Clear();
+    }
+  }
+  close(descriptor);
+  if (!local_error.ok()) {
+    context.TryCancel();
+    writer->Finish().ok();
+    return local_error;
+  }
+  writer->WritesDone();
+  grpc::Status status = writer->Finish();
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response;
+}
+
+}  // namespace
+
+absl::StatusOr<PushResult> RegistryClient::PushFolder(const std::string& folder, const std::string& namespace_name,
+                                                      const std::string& name, const PushOptions& options) {
+  if (absl::Status status = ValidateRepositoryPart(namespace_name, "namespace"); !status.ok()) return status;
+  if (absl::Status status = ValidateRepositoryPart(name, "name"); !status.ok()) return status;
+  std::error_code error;
+  if (!fs::is_directory(folder, error)) {
+    return absl::InvalidArgumentError(absl::StrCat("push: ", folder, " is not a directory"));
+  }
+  std::vector<LocalFile> files;
+  for (auto it = fs::recursive_directory_iterator(folder, error); it != fs::recursive_directory_iterator(); ++it) {
+    if (it->is_directory() && it->path().filename() == ".git") {
+      it.disable_recursion_pending();
+      continue;
+    }
+    if (!it->is_regular_file()) continue;
+    LocalFile file;
+    file.path = fs::relative(it->path(), folder).generic_string();
+    if (file.path.size() >= 11 && file.path.substr(file.path.size() - 11) == ".incomplete") continue;
+    if (absl::Status status = ValidateRepositoryPath(file.path); !status.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("push ", folder, ": ", status.message()));
+    }
+    file.full_path = it->path().string();
+    file.size = static_cast<int64_t>(it->file_size());
+    files.push_back(std::move(file));
+  }
+  if (error) return absl::InternalError(absl::StrCat("push: list ", folder, ": ", error.message()));
+  std::sort(files.begin(), files.end(), [](const LocalFile& a, const LocalFile& b) { return a.path < b.path; });
+  for (LocalFile& file : files) {
+    auto digest = Sha256OfFile(file.full_path);
+    if (!digest.ok()) return digest.status();
+    file.sha256 = *digest;
+  }
+
+  auto stub = RegistryService::NewStub(channel_);
+  if (options.create_repository) {
+    grpc::ClientContext context;
+    Authorize(context, token_);
+    CreateRepositoryRequest request;
+    request.set_namespace_(namespace_name);
+    request.set_name(name);
+    request.set_kind(static_cast<RepositoryKind>(options.kind));
+    request.set_exist_ok(true);
+    Repository repository;
+    if (grpc::Status status = stub->CreateRepository(&context, request, &repository); !status.ok()) {
+      return FromGrpcStatus(status);
+    }
+  }
+  // The head this push builds on: the commit is refused (ABORTED) if the branch moves meanwhile.
+  std::string expected_parent;
+  {
+    grpc::ClientContext context;
+    Authorize(context, token_);
+    ResolveRevisionRequest request;
+    request.mutable_reference()->set_namespace_(namespace_name);
+    request.mutable_reference()->set_name(name);
+    request.mutable_reference()->set_revision(options.branch);
+    ResolveRevisionResponse response;
+    grpc::Status status = stub->ResolveRevision(&context, request, &response);
+    if (status.ok()) {
+      expected_parent = response.commit_id();
+    } else if (status.error_code() != grpc::StatusCode::NOT_FOUND) {
+      return FromGrpcStatus(status);
+    }
+  }
+
+  PushResult result;
+  result.files = static_cast<int64_t>(files.size());
+  FindMissingBlobsResponse missing;
+  {
+    grpc::ClientContext context;
+    Authorize(context, token_);
+    FindMissingBlobsRequest request;
+    request.set_namespace_(namespace_name);
+    request.set_name(name);
+    for (const LocalFile& file : files) request.add_sha256(file.sha256);
+    if (grpc::Status status = stub->FindMissingBlobs(&context, request, &missing); !status.ok()) {
+      return FromGrpcStatus(status);
+    }
+  }
+  std::map<std::string, int64_t> partial_offsets;
+  for (const PartialUpload& partial : missing.partial_uploads()) partial_offsets[partial.sha256()] = partial.committed_size();
+  std::set<std::string> to_upload(missing.missing_sha256().begin(), missing.missing_sha256().end());
+  TransferProgress progress;
+  for (const LocalFile& file : files) {
+    if (to_upload.count(file.sha256)) progress.total_bytes += file.size;
+  }
+  for (const LocalFile& file : files) {
+    if (!to_upload.count(file.sha256)) {
+      result.skipped_bytes += file.size;
+      continue;
+    }
+    to_upload.erase(file.sha256);  // two paths with the same bytes upload once
+    int64_t offset = partial_offsets.count(file.sha256) ? partial_offsets[file.sha256] : 0;
+    if (offset > file.size) offset = 0;
+    progress.path = file.path;
+    progress.done_bytes += offset;
+    result.skipped_bytes += offset;
+    absl::Status last_error;
+    bool complete = false;
+    for (int attempt = 0; attempt < kAttempts && !complete; ++attempt) {
+      auto uploaded = UploadOnce(*stub, token_, file, namespace_name, name, offset, [&](int64_t bytes) {
+        result.uploaded_bytes += bytes;
+        progress.done_bytes += bytes;
+        if (progress_) progress_(progress);
+      });
+      if (uploaded.ok() && uploaded->complete()) {
+        complete = true;
+        break;
+      }
+      if (uploaded.ok()) {
+        offset = uploaded->committed_size();
+        continue;
+      }
+      last_error = uploaded.status();
+      if (!Retryable(last_error) && !absl::IsFailedPrecondition(last_error)) return last_error;
+      // Ask where to resume: the registry keeps the bytes it received.
+      grpc::ClientContext context;
+      Authorize(context, token_);
+      FindMissingBlobsRequest request;
+      request.set_namespace_(namespace_name);
+      request.set_name(name);
+      request.add_sha256(file.sha256);
+      FindMissingBlobsResponse again;
+      if (!stub->FindMissingBlobs(&context, request, &again).ok()) continue;
+      if (again.missing_sha256_size() == 0) {
+        complete = true;
+        break;
+      }
+      offset = again.partial_uploads_size() > 0 ? again.partial_uploads(0).committed_size() : 0;
+    }
+    if (!complete) {
+      return absl::Status(last_error.ok() ? absl::StatusCode::kUnavailable : last_error.code(),
+                          absl::StrCat("push ", file.path, ": upload did not complete after ", kAttempts,
+                                       " attempts: ", last_error.message()));
+    }
+  }
+
+  grpc::ClientContext context;
+  Authorize(context, token_);
+  CreateCommitRequest request;
+  request.set_namespace_(namespace_name);
+  request.set_name(name);
+  request.set_branch(options.branch);
+  request.set_expected_parent(expected_parent);
+  request.set_message(options.message);
+  for (const LocalFile& file : files) {
+    FileEntry* entry = request.add_files();
+    entry->set_path(file.path);
+    entry->set_size(file.size);
+    entry->set_sha256(file.sha256);
+  }
+  Commit commit;
+  if (grpc::Status status = stub->CreateCommit(&context, request, &commit); !status.ok()) return FromGrpcStatus(status);
+  result.commit_id = commit.commit_id();
+  return result;
+}
+
+namespace {
+
+// Downloads one file into `final_path` via `final_path`.incomplete, resuming and verifying.
+absl::Status DownloadOne(RegistryService::Stub& stub, const std::string& token, const ModelReference& pinned,
+                         const FileEntry& entry, const std::string& final_path, TransferProgress& progress,
+                         const std::function<void(const TransferProgress&)>& report, int64_t* downloaded) {
+  const std::string partial = final_path + ".incomplete";
+  std::error_code error;
+  fs::create_directories(fs::path(final_path).parent_path(), error);
+  absl::Status last_error;
+  for (int attempt = 0; attempt < kAttempts; ++attempt) {
+    int descriptor = open(partial.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (descriptor < 0) return ErrnoError("open", partial);
+    struct stat status;
+    fstat(descriptor, &status);
+    int64_t offset = status.st_size;
+    if (offset > entry.size()) {
+      ftruncate(descriptor, 0);
+      offset = 0;
+    }
+    Sha256 hasher;
+    {
+      std::string buffer(kChunkBytes, '\0');
+      for (int64_t at = 0; at < offset;) {
+        ssize_t got = pread(descriptor, buffer.data(), std::min<int64_t>(kChunkBytes, offset - at), at);
+        if (got <= 0) break;
+        hasher.Update(absl::string_view(buffer.data(), got));
+        at += got;
+      }
+    }
+    grpc::ClientContext context;
+    Authorize(context, token);
+    DownloadFileRequest request;
+    *request.mutable_reference() = pinned;
+    request.set_path(entry.path());
+    request.set_offset(offset);
+    std::unique_ptr<grpc::ClientReader<DownloadFileResponse>> reader = stub.DownloadFile(&context, request);
+    DownloadFileResponse response;
+    absl::Status write_error;
+    while (reader->Read(&response)) {
+      const std::string& data = response.data();
+      const char* cursor = data.data();
+      size_t left = data.size();
+      while (left > 0) {
+        ssize_t written = pwrite(descriptor, cursor, left, offset);
+        if (written < 0 && errno == EINTR) continue;
+        if (written < 0) {
+          write_error = ErrnoError("write", partial);
+          break;
+        }
+        cursor += written;
+        left -= written;
+        offset += written;
+      }
+      if (!write_error.ok()) break;
+      hasher.Update(data);
+      *downloaded += static_cast<int64_t>(data.size());
+      progress.done_bytes += static_cast<int64_t>(data.size());
+      if (report) report(progress);
+    }
+    if (!write_error.ok()) {
+      context.TryCancel();
+      reader->Finish();
+      close(descriptor);
+      return write_error;
+    }
+    grpc::Status finished = reader->Finish();
+    close(descriptor);
+    if (!finished.ok()) {
+      last_error = FromGrpcStatus(finished);
+      if (!Retryable(last_error)) return last_error;
+      continue;  // resume from what arrived
+    }
+    if (offset != entry.size()) {
+      last_error = absl::DataLossError(absl::StrCat("pull ", entry.path(), ": got ", offset, " of ", entry.size(), " bytes"));
+      continue;
+    }
+    std::string actual = hasher.HexDigest();
+    if (actual != entry.sha256()) {
+      unlink(partial.c_str());
+      return absl::DataLossError(absl::StrCat("pull ", entry.path(), ": sha256 of the received bytes is ", actual,
+                                              " but the registry lists ", entry.sha256(), "; the partial file was removed"));
+    }
+    if (rename(partial.c_str(), final_path.c_str()) != 0) return ErrnoError("rename", final_path);
+    return absl::OkStatus();
+  }
+  return absl::Status(last_error.code(), absl::StrCat("pull ", entry.path(), ": gave up after ", kAttempts,
+                                                      " attempts: ", last_error.message()));
+}
+
+}  // namespace
+
+absl::StatusOr<PullResult> RegistryClient::PullToDirectory(const std::string& reference_text,
+                                                           const std::string& directory) {
+  auto reference = ParseReference(reference_text);
+  if (!reference.ok()) return reference.status();
+  auto stub = RegistryService::NewStub(channel_);
+  ListFilesRequest request;
+  request.mutable_reference()->set_namespace_(reference->namespace_name);
+  request.mutable_reference()->set_name(reference->name);
+  request.mutable_reference()->set_revision(reference->revision);
+  ListFilesResponse listing;
+  {
+    grpc::ClientContext context;
+    Authorize(context, token_);
+    if (grpc::Status status = stub->ListFiles(&context, request, &listing); !status.ok()) return FromGrpcStatus(status);
+  }
+  PullResult result;
+  result.commit_id = listing.commit_id();
+  result.directory = directory;
+  result.files = listing.files_size();
+  // Every file comes from the resolved commit, even if the branch moves during the pull.
+  ModelReference pinned = request.reference();
+  pinned.set_revision(listing.commit_id());
+  TransferProgress progress;
+  for (const FileEntry& entry : listing.files()) progress.total_bytes += entry.size();
+  for (const FileEntry& entry : listing.files()) {
+    if (absl::Status status = ValidateRepositoryPath(entry.path()); !status.ok()) {
+      return absl::DataLossError(absl::StrCat("pull: the registry listed an unsafe path: ", status.message()));
+    }
+    const std::string final_path = (fs::path(directory) / entry.path()).string();
+    std::error_code error;
+    if (fs::is_regular_file(final_path, error) && static_cast<int64_t>(fs::file_size(final_path, error)) == entry.size()) {
+      result.cached_bytes += entry.size();
+      progress.done_bytes += entry.size();
+      continue;
+    }
+    progress.path = entry.path();
+    if (absl::Status status = DownloadOne(*stub, token_, pinned, entry, final_path, progress, progress_,
+                                          &result.downloaded_bytes);
+        !status.ok()) {
+      return status;
+    }
+  }
+  std::error_code error;
+  fs::create_directories(directory, error);
+  return result;
+}
+
+absl::StatusOr<std::string> RegistryClient::PullToCache(const std::string& reference_text, const std::string& cache_root) {
+  auto reference = ParseReference(reference_text);
+  if (!reference.ok()) return reference.status();
+  // Resolve first, so the directory is named by the commit id.
+  auto stub = RegistryService::NewStub(channel_);
+  ResolveRevisionRequest request;
+  request.mutable_reference()->set_namespace_(reference->namespace_name);
+  request.mutable_reference()->set_name(reference->name);
+  request.mutable_reference()->set_revision(reference->revision);
+  ResolveRevisionResponse response;
+  grpc::ClientContext context;
+  Authorize(context, token_);
+  if (grpc::Status status = stub->ResolveRevision(&context, request, &response); !status.ok()) {
+    return FromGrpcStatus(status);
+  }
+  const std::string directory =
+      (fs::path(cache_root) / reference->namespace_name / reference->name / response.commit_id()).string();
+  auto pulled = PullToDirectory(absl::StrCat(reference->namespace_name, "/", reference->name, "@", response.commit_id()),
+                                directory);
+  if (!pulled.ok()) return pulled.status();
+  return directory;
+}
+
+}  // namespace flotilla::registry

@@ -1,0 +1,508 @@
+#include "services/registry/registry_service.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+
+#include <absl/strings/match.h>
+#include <absl/strings/str_cat.h>
+
+#include "flotilla/v1/registry.grpc.pb.h"
+#include "services/common/logging.h"
+#include "services/common/status.h"
+#include "services/registry/names.h"
+#include "services/registry/registry_metrics.h"
+
+namespace flotilla::registry {
+namespace {
+
+using namespace flotilla::v1;
+
+constexpr int64_t kChunkBytes = 1 << 20;
+
+std::string AuthorizationOf(const grpc::CallbackServerContext* context) {
+  const auto& metadata = context->client_metadata();
+  auto found = metadata.find("authorization");
+  if (found == metadata.end()) return "";
+  return std::string(found->second.data(), found->second.size());
+}
+
+void ToProto(const RepositoryRecord& record, Repository* repository) {
+  repository->set_namespace_(record.namespace_name);
+  repository->set_name(record.name);
+  repository->set_kind(static_cast<RepositoryKind>(record.kind));
+  repository->set_default_branch(record.default_branch);
+  repository->set_created_unix_seconds(record.created_unix_seconds);
+  repository->set_head_commit(record.head_commit);
+}
+
+void ToProto(const CommitRecord& record, Commit* commit) {
+  commit->set_commit_id(record.commit_id);
+  for (const std::string& parent : record.parent_ids) commit->add_parent_ids(parent);
+  commit->set_author(record.author);
+  commit->set_message(record.message);
+  commit->set_created_unix_seconds(record.created_unix_seconds);
+  commit->set_tree_id(record.tree_id);
+}
+
+void ToProto(const TreeEntry& entry, FileEntry* file) {
+  file->set_path(entry.path);
+  file->set_size(entry.size);
+  file->set_sha256(entry.sha256);
+}
+
+class RegistryGrpcService final : public RegistryService::CallbackService {
+ public:
+  RegistryGrpcService(Registry& registry, const Authorizer& authorizer) : registry_(registry), authorizer_(authorizer) {}
+
+  // Runs `body` (returning absl::Status) and finishes the unary call with its status.
+  template <typename Body>
+  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, Body body) {
+    absl::Status status = body();
+    if (!status.ok()) Metrics().CountError("grpc", status);
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(ToGrpcStatus(status));
+    return reactor;
+  }
+
+  absl::StatusOr<std::string> Authorize(const grpc::CallbackServerContext* context, const std::string& namespace_name,
+                                        Scope scope) {
+    return authorizer_.Check(AuthorizationOf(context), namespace_name, scope);
+  }
+
+  grpc::ServerUnaryReactor* CreateRepository(grpc::CallbackServerContext* context, const CreateRepositoryRequest* request,
+                                             Repository* response) override {
+    return Unary(context, [&]() -> absl::Status {
+      if (auto who = Authorize(context, request->namespace_(), Scope::kWrite); !who.ok()) return who.status();
+      auto record = registry_.CreateRepository(request->namespace_(), request->name(), request->kind(), request->exist_ok());
+      if (!record.ok()) return record.status();
+      ToProto(*record, response);
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* GetRepository(grpc::CallbackServerContext* context, const GetRepositoryRequest* request,
+                                          Repository* response) override {
+    return Unary(context, [&]() -> absl::Status {
+      if (auto who = Authorize(context, request->namespace_(), Scope::kRead); !who.ok()) return who.status();
+      auto record = registry_.GetRepository(request->namespace_(), request->name());
+      if (!record.ok()) return record.status();
+      ToProto(*record, response);
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* ListRepositories(grpc::CallbackServerContext* context, const ListRepositoriesRequest* request,
+                                             ListRepositoriesResponse* response) override {
+    return Unary(context, [&]() -> absl::Status {
+      if (auto who = Authorize(context, "", Scope::kRead); !who.ok()) return who.status();
+      int page_size = request->page_size() <= 0 ? 100 : std::min(request->page_size(), 1000);
+      auto records = registry_.metadata().ListRepositories(request->name_filter(), request->kind(), page_size,
+                                                           request->page_token());
+      if (!records.ok()) return records.status();
+      for (const RepositoryRecord& record : *records) ToProto(record, response->add_repositories());
+      if (static_cast<int>(records->size()) == page_size) {
+        response->set_next_page_token(absl::StrCat(records->back().namespace_name, "/", records->back().name));
+      }
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* DeleteRepository(grpc::CallbackServerContext* context, const DeleteRepositoryRequest* request,
+                                             DeleteRepositoryResponse*) override {
+    return Unary(context, [&]() -> absl::Status {
+      if (auto who = Authorize(context, request->namespace_(), Scope::kWrite); !who.ok()) return who.status();
+      absl::Status status = registry_.DeleteRepository(request->namespace_(), request->name());
+      if (status.ok()) LogInfo("repository deleted", {{"repository", request->namespace_() + "/" + request->name()}});
+      return status;
+    });
+  }
+
+  absl::StatusOr<CommitRecord> ResolveReference(grpc::CallbackServerContext* context, const ModelReference& reference) {
+    if (auto who = Authorize(context, reference.namespace_(), Scope::kRead); !who.ok()) return who.status();
+    return registry_.Resolve(reference.namespace_(), reference.name(), reference.revision());
+  }
+
+  grpc::ServerUnaryReactor* ResolveRevision(grpc::CallbackServerContext* context, const ResolveRevisionRequest* request,
+                                            ResolveRevisionResponse* response) override {
+    return Unary(context, [&]() -> absl::Status {
+      auto commit = ResolveReference(context, request->reference());
+      if (!commit.ok()) return commit.status();
+      response->set_commit_id(commit->commit_id);
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* ListFiles(grpc::CallbackServerContext* context, const ListFilesRequest* request,
+                                      ListFilesResponse* response) override {
+    return Unary(context, [&]() -> absl::Status {
+      auto commit = ResolveReference(context, request->reference());
+      if (!commit.ok()) return commit.status();
+      auto files = registry_.Files(*commit);
+      if (!files.ok()) return files.status();
+      std::string prefix = request->path_prefix();
+      if (!prefix.empty() && prefix.back() != '/') prefix.push_back('/');
+      response->set_commit_id(commit->commit_id);
+      for (const TreeEntry& entry : *files) {
+        if (absl::StartsWith(entry.path, prefix)) ToProto(entry, response->add_files());
+      }
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* ListCommits(grpc::CallbackServerContext* context, const ListCommitsRequest* request,
+                                        ListCommitsResponse* response) override {
+    return Unary(context, [&]() -> absl::Status {
+      const ModelReference& reference = request->reference();
+      if (auto who = Authorize(context, reference.namespace_(), Scope::kRead); !who.ok()) return who.status();
+      auto history = registry_.Log(reference.namespace_(), reference.name(), reference.revision(), request->limit());
+      if (!history.ok()) return history.status();
+      for (const CommitRecord& commit : *history) ToProto(commit, response->add_commits());
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* ListRefs(grpc::CallbackServerContext* context, const ListRefsRequest* request,
+                                     ListRefsResponse* response) override {
+    return Unary(context, [&]() -> absl::Status {
+      if (auto who = Authorize(context, request->namespace_(), Scope::kRead); !who.ok()) return who.status();
+      if (auto repository = registry_.GetRepository(request->namespace_(), request->name()); !repository.ok()) {
+        return repository.status();
+      }
+      auto refs = registry_.metadata().ListRefs(request->namespace_(), request->name());
+      if (!refs.ok()) return refs.status();
+      for (const RefRecord& ref : *refs) {
+        Ref* out = ref.is_tag ? response->add_tags() : response->add_branches();
+        out->set_name(ref.name);
+        out->set_commit_id(ref.commit_id);
+        out->set_is_tag(ref.is_tag);
+      }
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* CreateTag(grpc::CallbackServerContext* context, const CreateTagRequest* request,
+                                      Ref* response) override {
+    return Unary(context, [&]() -> absl::Status {
+      const ModelReference& reference = request->reference();
+      if (auto who = Authorize(context, reference.namespace_(), Scope::kWrite); !who.ok()) return who.status();
+      auto ref = registry_.CreateTag(reference.namespace_(), reference.name(), reference.revision(), request->tag());
+      if (!ref.ok()) return ref.status();
+      response->set_name(ref->name);
+      response->set_commit_id(ref->commit_id);
+      response->set_is_tag(true);
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* DeleteTag(grpc::CallbackServerContext* context, const DeleteTagRequest* request,
+                                      DeleteTagResponse*) override {
+    return Unary(context, [&]() -> absl::Status {
+      if (auto who = Authorize(context, request->namespace_(), Scope::kWrite); !who.ok()) return who.status();
+      if (auto repository = registry_.GetRepository(request->namespace_(), request->name()); !repository.ok()) {
+        return repository.status();
+      }
+      return registry_.metadata().DeleteTag(request->namespace_(), request->name(), request->tag());
+    });
+  }
+
+  // The checks every push step makes: write scope, and the repository exists.
+  absl::StatusOr<std::string> AuthorizePush(grpc::CallbackServerContext* context, const std::string& namespace_name,
+                                            const std::string& name) {
+    auto who = Authorize(context, namespace_name, Scope::kWrite);
+    if (!who.ok()) return who.status();
+    if (auto repository = registry_.GetRepository(namespace_name, name); !repository.ok()) {
+      return repository.status();
+    }
+    return who;
+  }
+
+  grpc::ServerUnaryReactor* FindMissingBlobs(grpc::CallbackServerContext* context, const FindMissingBlobsRequest* request,
+                                             FindMissingBlobsResponse* response) override {
+    return Unary(context, [&]() -> absl::Status {
+      if (auto who = AuthorizePush(context, request->namespace_(), request->name()); !who.ok()) return who.status();
+      for (const std::string& digest : request->sha256()) {
+        if (absl::Status status = ValidateSha256(digest); !status.ok()) return status;
+      }
+      std::vector<std::string> digests(request->sha256().begin(), request->sha256().end());
+      for (const std::string& missing : registry_.FindMissingBlobs(digests)) {
+        response->add_missing_sha256(missing);
+        if (int64_t held = registry_.blobs().PartialSize(missing); held > 0) {
+          PartialUpload* partial = response->add_partial_uploads();
+          partial->set_sha256(missing);
+          partial->set_committed_size(held);
+        }
+      }
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerReadReactor<UploadBlobRequest>* UploadBlob(grpc::CallbackServerContext* context,
+                                                         UploadBlobResponse* response) override;
+
+  grpc::ServerUnaryReactor* CreateCommit(grpc::CallbackServerContext* context, const CreateCommitRequest* request,
+                                         Commit* response) override {
+    return Unary(context, [&]() -> absl::Status {
+      auto who = AuthorizePush(context, request->namespace_(), request->name());
+      if (!who.ok()) return who.status();
+      std::vector<TreeEntry> files;
+      files.reserve(request->files_size());
+      for (const FileEntry& file : request->files()) files.push_back({file.path(), file.size(), file.sha256()});
+      std::optional<std::string> expected;
+      if (request->has_expected_parent()) expected = request->expected_parent();
+      auto commit = registry_.CreateCommit(request->namespace_(), request->name(), request->branch(), expected, *who,
+                                           request->message(), std::move(files));
+      if (!commit.ok()) return commit.status();
+      ToProto(*commit, response);
+      Metrics().pushes.Add({{"api", "grpc"}}).Increment();
+      UpdateStorageGauges(registry_);
+      LogInfo("commit created", {{"repository", request->namespace_() + "/" + request->name()},
+                                 {"branch", request->branch().empty() ? "main" : request->branch()},
+                                 {"commit", commit->commit_id}, {"files", request->files_size()}, {"author", *who}});
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerWriteReactor<DownloadFileResponse>* DownloadFile(grpc::CallbackServerContext* context,
+                                                               const DownloadFileRequest* request) override;
+
+  grpc::ServerUnaryReactor* FindKernelVariant(grpc::CallbackServerContext* context, const FindKernelVariantRequest* request,
+                                              FindKernelVariantResponse* response) override {
+    return Unary(context, [&]() -> absl::Status {
+      const ModelReference& reference = request->reference();
+      auto commit = ResolveReference(context, reference);
+      if (!commit.ok()) return commit.status();
+      auto variant = registry_.FindKernelVariant(reference.namespace_(), reference.name(), commit->commit_id,
+                                                 request->torch_version(), request->accelerator(), request->architecture());
+      if (!variant.ok()) return variant.status();
+      response->set_variant(variant->variant);
+      response->set_commit_id(commit->commit_id);
+      for (const TreeEntry& entry : variant->files) ToProto(entry, response->add_files());
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* CollectGarbage(grpc::CallbackServerContext* context, const CollectGarbageRequest* request,
+                                           CollectGarbageResponse* response) override {
+    return Unary(context, [&]() -> absl::Status {
+      if (auto who = Authorize(context, "", Scope::kWrite); !who.ok()) return who.status();
+      auto report = registry_.CollectGarbage(request->dry_run());
+      if (!report.ok()) return report.status();
+      response->set_deleted_blobs(report->deleted_blobs);
+      response->set_freed_bytes(report->freed_bytes);
+      response->set_kept_blobs(report->kept_blobs);
+      response->set_deleted_partials(report->deleted_partials);
+      UpdateStorageGauges(registry_);
+      LogInfo("garbage collected", {{"dry_run", request->dry_run()}, {"deleted_blobs", report->deleted_blobs},
+                                    {"freed_bytes", report->freed_bytes}, {"kept_blobs", report->kept_blobs}});
+      return absl::OkStatus();
+    });
+  }
+
+  Registry& registry_;
+  const Authorizer& authorizer_;
+};
+
+// Client-streaming upload: the first message names the blob, every message may carry data. Ends
+// with the bytes held; a stream that ends early keeps its bytes (fsynced) for resume.
+class UploadReactor final : public grpc::ServerReadReactor<UploadBlobRequest> {
+ public:
+  UploadReactor(RegistryGrpcService& service, grpc::CallbackServerContext* context, UploadBlobResponse* response)
+      : service_(service), context_(context), response_(response),
+        bytes_counter_(Metrics().bytes_received.Add({{"api", "grpc"}})) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return End();
+    if (!upload_ && !done_) {
+      if (absl::Status status = Begin(); !status.ok()) return Fail(status);
+      // Stored already (another push won the race): answer now, the rest of the stream is moot.
+      if (done_) return End();
+    }
+    if (!request_.data().empty()) {
+      if (absl::Status status = upload_->Append(request_.data()); !status.ok()) return Fail(status);
+      bytes_counter_.Increment(static_cast<double>(request_.data().size()));
+    }
+    request_.Clear();
+    StartRead(&request_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  absl::Status Begin() {
+    sha256_ = request_.sha256();
+    size_ = request_.size();
+    if (absl::Status status = ValidateSha256(sha256_); !status.ok()) return status;
+    if (auto who = service_.AuthorizePush(context_, request_.namespace_(), request_.name()); !who.ok()) {
+      return who.status();
+    }
+    auto upload = service_.registry_.blobs().BeginUpload(sha256_, size_, request_.offset());
+    if (absl::IsAlreadyExists(upload.status())) {
+      // Deduplicated: the registry has these bytes already. Further data is refused.
+      auto stored = service_.registry_.blobs().Size(sha256_);
+      if (stored.ok() && *stored != size_) {
+        return absl::InvalidArgumentError(absl::StrCat("upload of blob ", sha256_, ": announced size ", size_,
+                                                       " but the stored blob has ", *stored, " bytes"));
+      }
+      done_ = true;
+      return absl::OkStatus();
+    }
+    if (!upload.ok()) return upload.status();
+    upload_ = *std::move(upload);
+    return absl::OkStatus();
+  }
+
+  void End() {
+    if (done_) {
+      response_->set_committed_size(size_);
+      response_->set_complete(true);
+      return Finish(grpc::Status::OK);
+    }
+    if (!upload_) return Fail(absl::InvalidArgumentError("UploadBlob: the stream carried no message"));
+    if (upload_->committed_size() < size_) {
+      // Ended early (the client stops, or its stream broke): keep the bytes for resume.
+      if (absl::Status status = upload_->Sync(); !status.ok()) return Fail(status);
+      response_->set_committed_size(upload_->committed_size());
+      response_->set_complete(false);
+      upload_.reset();
+      return Finish(grpc::Status::OK);
+    }
+    absl::Status finished = upload_->Finish();
+    upload_.reset();
+    if (!finished.ok()) return Fail(finished);
+    service_.registry_.BlobStored(size_);
+    response_->set_committed_size(size_);
+    response_->set_complete(true);
+    Finish(grpc::Status::OK);
+  }
+
+  void Fail(const absl::Status& status) {
+    Metrics().CountError("grpc", status);
+    if (upload_ && !absl::IsDataLoss(status)) upload_->Sync().IgnoreError();
+    upload_.reset();
+    Finish(ToGrpcStatus(status));
+  }
+
+  RegistryGrpcService& service_;
+  grpc::CallbackServerContext* context_;
+  UploadBlobResponse* response_;
+  prometheus::Counter& bytes_counter_;
+  UploadBlobRequest request_;
+  std::unique_ptr<BlobUpload> upload_;
+  std::string sha256_;
+  int64_t size_ = 0;
+  bool done_ = false;  // the blob was stored before this call: nothing to write
+};
+
+grpc::ServerReadReactor<UploadBlobRequest>* RegistryGrpcService::UploadBlob(grpc::CallbackServerContext* context,
+                                                                          UploadBlobResponse* response) {
+  return new UploadReactor(*this, context, response);
+}
+
+// Server-streaming download of one file, 1 MiB per message, from an offset.
+class DownloadReactor final : public grpc::ServerWriteReactor<DownloadFileResponse> {
+ public:
+  DownloadReactor(RegistryGrpcService& service, grpc::CallbackServerContext* context, const DownloadFileRequest* request)
+      : service_(service), bytes_counter_(Metrics().bytes_sent.Add({{"api", "grpc"}})) {
+    absl::Status status = Start(context, request);
+    if (!status.ok()) {
+      Metrics().CountError("grpc", status);
+      Finish(ToGrpcStatus(status));
+      return;
+    }
+    Metrics().pulls.Add({{"api", "grpc"}}).Increment();
+    WriteNext();
+  }
+  ~DownloadReactor() override {
+    if (descriptor_ >= 0) close(descriptor_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "DownloadFile: the client went away"));
+    WriteNext();
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  absl::Status Start(grpc::CallbackServerContext* context, const DownloadFileRequest* request) {
+    auto commit = service_.ResolveReference(context, request->reference());
+    if (!commit.ok()) return commit.status();
+    auto files = service_.registry_.Files(*commit);
+    if (!files.ok()) return files.status();
+    const ModelReference& reference = request->reference();
+    auto found = std::find_if(files->begin(), files->end(), [&](const TreeEntry& e) { return e.path == request->path(); });
+    if (found == files->end()) {
+      return absl::NotFoundError(absl::StrCat("file '", request->path(), "' not found in ", reference.namespace_(), "/",
+                                              reference.name(), "@", commit->commit_id));
+    }
+    entry_ = *found;
+    if (request->offset() < 0 || request->offset() > entry_.size) {
+      return absl::OutOfRangeError(absl::StrCat("download of ", entry_.path, ": offset ", request->offset(),
+                                                " is outside the file's ", entry_.size, " bytes"));
+    }
+    offset_ = request->offset();
+    const std::string path = service_.registry_.blobs().LocalPath(entry_.sha256);
+    descriptor_ = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (descriptor_ < 0) {
+      return absl::DataLossError(absl::StrCat("download of ", entry_.path, ": blob ", entry_.sha256, " is missing"));
+    }
+    posix_fadvise(descriptor_, offset_, 0, POSIX_FADV_SEQUENTIAL);
+    ToProto(entry_, response_.mutable_entry());
+    response_.set_commit_id(commit->commit_id);
+    return absl::OkStatus();
+  }
+
+  void WriteNext() {
+    if (sent_header_ && offset_ >= entry_.size) return Finish(grpc::Status::OK);
+    std::string* data = response_.mutable_data();
+    int64_t length = std::min(kChunkBytes, entry_.size - offset_);
+    data->resize(length);
+    int64_t filled = 0;
+    while (filled < length) {
+      ssize_t got = pread(descriptor_, data->data() + filled, length - filled, offset_ + filled);
+      if (got <= 0) {
+        if (got < 0 && errno == EINTR) continue;
+        return Finish(grpc::Status(grpc::StatusCode::DATA_LOSS,
+                                   absl::StrCat("download of ", entry_.path, ": blob ", entry_.sha256, " is short")));
+      }
+      filled += got;
+    }
+    offset_ += length;
+    bytes_counter_.Increment(static_cast<double>(length));
+    if (sent_header_) {
+      response_.clear_entry();
+      response_.clear_commit_id();
+    }
+    sent_header_ = true;
+    StartWrite(&response_);
+  }
+
+  RegistryGrpcService& service_;
+  prometheus::Counter& bytes_counter_;
+  DownloadFileResponse response_;
+  TreeEntry entry_;
+  int64_t offset_ = 0;
+  int descriptor_ = -1;
+  bool sent_header_ = false;
+};
+
+grpc::ServerWriteReactor<DownloadFileResponse>* RegistryGrpcService::DownloadFile(grpc::CallbackServerContext* context,
+                                                                                const DownloadFileRequest* request) {
+  return new DownloadReactor(*this, context, request);
+}
+
+}  // namespace
+
+void UpdateStorageGauges(Registry& registry) {
+  Metrics().stored_bytes.Set(static_cast<double>(registry.stored_bytes()));
+  Metrics().dedup_ratio.Set(registry.DedupRatio());
+}
+
+std::unique_ptr<grpc::Service> MakeRegistryGrpcService(Registry& registry, const Authorizer& authorizer) {
+  return std::make_unique<RegistryGrpcService>(registry, authorizer);
+}
+
+}  // namespace flotilla::registry

@@ -1,0 +1,73 @@
+"""Fixtures and helpers for the registry's integration tests (imported by the test modules, so no
+second conftest.py shadows tests/conftest.py): a registry process, the flotilla CLI, and small
+generated folders (a tiny transformers model written at test time, never downloaded)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import binary  # tests/conftest.py
+
+
+@pytest.fixture
+def registry(start_service):
+    return start_service("registry")
+
+
+def run_cli(registry_process, *args, token: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    command = [str(binary("flotilla")), *args, "--registry", registry_process.grpc_address]
+    if token:
+        command += ["--token", token]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}): {result.stderr}")
+    return result
+
+
+def push_json(registry_process, folder: Path, repository: str, *extra: str) -> dict:
+    return json.loads(run_cli(registry_process, "push", str(folder), repository, "--json", *extra).stdout)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny BERT (config, safetensors weights, WordPiece tokenizer) saved by transformers."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast  # noqa: PLC0415
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "flotilla", "##s", "the"]
+    vocab_file = folder / "vocab_source.txt"
+    vocab_file.write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file))
+    vocab_file.unlink()
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    model = BertModel(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def hub_env(registry, tmp_path):
+    """Environment for a subprocess using huggingface_hub against this registry."""
+    environment = dict(os.environ)
+    environment.update({"HF_ENDPOINT": registry.http_url(), "HF_HOME": str(tmp_path / "hf_home"),
+                        "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1"})
+    environment.pop("HF_HUB_OFFLINE", None)
+    environment.pop("HF_TOKEN", None)
+    return environment
+
+
+def run_python(code: str, environment: dict, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Runs `code` in a fresh interpreter (huggingface_hub reads HF_ENDPOINT once, at import)."""
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                            env=environment, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"python failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
