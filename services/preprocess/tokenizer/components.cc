@@ -10,6 +10,7 @@
 #include <queue>
 
 #include <unicode/brkiter.h>
+#include <unicode/uchar.h>
 #include <unicode/unistr.h>
 
 #include "absl/container/flat_hash_map.h"
@@ -181,10 +182,14 @@ class LowercaseNormalizer : public Normalizer {
   void Normalize(NormalizedString& normalized) const override { normalized.Lowercase(); }
 };
 
+// Removes every combining mark (Mn, Mc, Me); BertNormalizer's accent stripping removes only Mn.
 class StripAccentsNormalizer : public Normalizer {
  public:
   void Normalize(NormalizedString& normalized) const override {
-    normalized.Filter([](char32_t c) { return !IsMarkNonspacing(c); });
+    normalized.Filter([](char32_t c) {
+      if (c < 0x300) return true;
+      return (U_MASK(u_charType(static_cast<UChar32>(c))) & U_GC_M_MASK) == 0;
+    });
   }
 };
 
