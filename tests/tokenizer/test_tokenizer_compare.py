@@ -89,3 +89,35 @@ def test_matches_tokenizers(name: str, tokenizer_fixtures: Path) -> None:
         details.append(f"request {json.dumps(request, ensure_ascii=False)[:200]}\n  differs: "
                        f"{json.dumps(differing, ensure_ascii=False)[:1500]}")
     assert not mismatches, f"{len(mismatches)} of {len(requests)} differ:\n" + "\n".join(details)
+
+
+def random_texts(count: int, seed: int) -> list[str]:
+    """Random strings over the corpus's characters, whitespace and special-token fragments."""
+    import random  # noqa: PLC0415
+
+    generator = random.Random(seed)
+    characters = sorted(set("".join(SAMPLES))) + [" ", "  ", "\n", "\t", "\u0301", "\u200d"]
+    fragments = ["<|endoftext|>", "<mask>", "[SEP]", "<s>", "</s>", "glued", "CaSe", "▁", "<0x41>", "'s", "'ll"]
+    texts = []
+    for _ in range(count):
+        pieces = []
+        for _ in range(generator.randint(0, 40)):
+            pieces.append(generator.choice(fragments) if generator.random() < 0.08 else generator.choice(characters))
+        texts.append("".join(pieces))
+    return texts
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
+def test_matches_tokenizers_on_random_text(name: str, tokenizer_fixtures: Path) -> None:
+    directory = tokenizer_fixtures / name
+    reference = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    texts = random_texts(150, seed=hash(name) % 1000)
+    requests = [{"op": "encode", "text": text} for text in texts]
+    expected = [expected_encoding(reference.encode(text)) for text in texts]
+    requests += [{"op": "decode", "ids": e["ids"], "skip_special_tokens": True} for e in expected[:50]]
+    expected += [{"text": reference.decode(e["ids"], skip_special_tokens=True)} for e in expected[:50]]
+    answers = run_tool(directory, requests)
+    mismatches = [(request, want, got) for request, want, got in zip(requests, expected, answers) if want != got]
+    details = [f"{json.dumps(r, ensure_ascii=False)[:300]}\n  want {json.dumps(w, ensure_ascii=False)[:600]}\n"
+               f"  got  {json.dumps(g, ensure_ascii=False)[:600]}" for r, w, g in mismatches[:2]]
+    assert not mismatches, f"{len(mismatches)} of {len(requests)} differ:\n" + "\n".join(details)

@@ -4,6 +4,7 @@
 #include <pcre2.h>
 #include <algorithm>
 #include <unicode/normalizer2.h>
+#include <unicode/uchar.h>
 #include <unicode/unistr.h>
 
 #include "absl/status/status.h"
@@ -359,49 +360,91 @@ void NormalizedString::Replace(const Pattern& pattern, std::string_view content)
 
 void NormalizedString::UnicodeNormalize(std::string_view form) {
   UErrorCode error = U_ZERO_ERROR;
-  const icu::Normalizer2* normalizer = nullptr;
-  if (form == "NFC") normalizer = icu::Normalizer2::getNFCInstance(error);
-  else if (form == "NFD") normalizer = icu::Normalizer2::getNFDInstance(error);
-  else if (form == "NFKC") normalizer = icu::Normalizer2::getNFKCInstance(error);
-  else normalizer = icu::Normalizer2::getNFKDInstance(error);
+  const bool compatibility = form == "NFKC" || form == "NFKD";
+  const bool compose = form == "NFC" || form == "NFKC";
+  const icu::Normalizer2* target = nullptr;
+  if (form == "NFC") target = icu::Normalizer2::getNFCInstance(error);
+  else if (form == "NFD") target = icu::Normalizer2::getNFDInstance(error);
+  else if (form == "NFKC") target = icu::Normalizer2::getNFKCInstance(error);
+  else target = icu::Normalizer2::getNFKDInstance(error);
+  const icu::Normalizer2* decomposer = compatibility ? icu::Normalizer2::getNFKDInstance(error)
+                                                     : icu::Normalizer2::getNFDInstance(error);
+  const icu::Normalizer2* composer = icu::Normalizer2::getNFCInstance(error);
   if (U_FAILURE(error)) return;
-  icu::UnicodeString text = icu::UnicodeString::fromUTF8(normalized_);
-  if (normalizer->isNormalized(text, error) && U_SUCCESS(error)) return;
-  error = U_ZERO_ERROR;
-  // Normalize segment by segment (each starts at a normalization boundary) so that every output
-  // character can be attributed to the input characters it came from.
-  std::vector<char32_t> characters;
-  size_t position = 0;
-  while (position < normalized_.size()) characters.push_back(DecodeUtf8(normalized_, position));
-  std::vector<CharChange> changes;
-  changes.reserve(characters.size() + 8);
-  size_t segment_start = 0;
-  while (segment_start < characters.size()) {
-    size_t segment_end = segment_start + 1;
-    while (segment_end < characters.size() &&
-           !normalizer->hasBoundaryBefore(static_cast<UChar32>(characters[segment_end]))) {
-      ++segment_end;
-    }
-    icu::UnicodeString segment;
-    for (size_t i = segment_start; i < segment_end; ++i) segment.append(static_cast<UChar32>(characters[i]));
-    icu::UnicodeString result = normalizer->normalize(segment, error);
-    std::vector<char32_t> output;
-    for (int32_t i = 0; i < result.length();) {
-      UChar32 c = result.char32At(i);
-      output.push_back(static_cast<char32_t>(c));
-      i += U16_LENGTH(c);
-    }
-    size_t input_count = segment_end - segment_start;
-    size_t first = changes.size();
-    for (size_t i = 0; i < output.size(); ++i) changes.push_back({output[i], i < input_count ? 0 : 1});
-    if (output.size() < input_count && !output.empty()) {
-      changes.back().change -= static_cast<int>(input_count - output.size());
-    } else if (output.empty() && first > 0) {
-      changes[first - 1].change -= static_cast<int>(input_count);
-    }
-    segment_start = segment_end;
+  {
+    icu::UnicodeString text = icu::UnicodeString::fromUTF8(normalized_);
+    if (target->isNormalized(text, error) && U_SUCCESS(error)) return;
+    error = U_ZERO_ERROR;
   }
-  Transform(changes, 0);
+  // Note [Normalization alignments]: the steps of unicode-normalization-alignments, which
+  // tokenizers uses: each character decomposes on its own (first piece replaces it, the rest are
+  // inserted), combining marks are reordered by canonical class carrying their change, and
+  // composition folds a character into its starter, adding (its change - 1) to the starter's.
+  std::vector<CharChange> decomposed;
+  decomposed.reserve(normalized_.size() + 8);
+  size_t position = 0;
+  while (position < normalized_.size()) {
+    char32_t c = DecodeUtf8(normalized_, position);
+    icu::UnicodeString decomposition;
+    if (decomposer->getDecomposition(static_cast<UChar32>(c), decomposition)) {
+      icu::UnicodeString full = decomposer->normalize(decomposition, error);
+      bool first = true;
+      for (int32_t i = 0; i < full.length();) {
+        UChar32 piece = full.char32At(i);
+        decomposed.push_back({static_cast<char32_t>(piece), first ? 0 : 1});
+        first = false;
+        i += U16_LENGTH(piece);
+      }
+    } else {
+      decomposed.push_back({c, 0});
+    }
+  }
+  // Canonical ordering: stable sort each run of non-starters by combining class.
+  for (size_t i = 0; i < decomposed.size();) {
+    if (u_getCombiningClass(static_cast<UChar32>(decomposed[i].character)) == 0) {
+      ++i;
+      continue;
+    }
+    size_t run_end = i;
+    while (run_end < decomposed.size() &&
+           u_getCombiningClass(static_cast<UChar32>(decomposed[run_end].character)) != 0) {
+      ++run_end;
+    }
+    std::stable_sort(decomposed.begin() + i, decomposed.begin() + run_end,
+                     [](const CharChange& left, const CharChange& right) {
+                       return u_getCombiningClass(static_cast<UChar32>(left.character)) <
+                              u_getCombiningClass(static_cast<UChar32>(right.character));
+                     });
+    i = run_end;
+  }
+  if (!compose) {
+    Transform(decomposed, 0);
+    return;
+  }
+  std::vector<CharChange> composed;
+  composed.reserve(decomposed.size());
+  int64_t starter = -1;
+  for (const CharChange& step : decomposed) {
+    uint8_t combining_class = u_getCombiningClass(static_cast<UChar32>(step.character));
+    if (starter >= 0) {
+      bool adjacent = static_cast<int64_t>(composed.size()) - 1 == starter;
+      bool unblocked = adjacent ||
+                       (combining_class != 0 &&
+                        u_getCombiningClass(static_cast<UChar32>(composed.back().character)) < combining_class);
+      if (unblocked) {
+        UChar32 pair = composer->composePair(static_cast<UChar32>(composed[starter].character),
+                                             static_cast<UChar32>(step.character));
+        if (pair >= 0) {
+          composed[starter].character = static_cast<char32_t>(pair);
+          composed[starter].change += step.change - 1;
+          continue;
+        }
+      }
+    }
+    composed.push_back(step);
+    if (combining_class == 0) starter = static_cast<int64_t>(composed.size()) - 1;
+  }
+  Transform(composed, 0);
 }
 
 void NormalizedString::Split(const Pattern& pattern, SplitBehavior behavior,

@@ -4,6 +4,8 @@
 #include <fstream>
 #include <sstream>
 
+#include <unicode/uchar.h>
+
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "services/preprocess/tokenizer/thread_pool.h"
@@ -14,7 +16,15 @@ namespace {
 
 using Json = nlohmann::json;
 
-bool IsWordCharacter(char32_t c) { return IsAlphanumeric(c) || c == U'_'; }
+// The regex crate's \w (Unicode Word): Alphabetic, Mark, Decimal_Number, Connector_Punctuation,
+// Join_Control; tokenizers tests single_word tokens with it.
+bool IsWordCharacter(char32_t c) {
+  if (c < 0x80) return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') || c == '_';
+  if (c == 0x200C || c == 0x200D) return true;
+  if (u_hasBinaryProperty(static_cast<UChar32>(c), UCHAR_ALPHABETIC)) return true;
+  int32_t mask = U_MASK(u_charType(static_cast<UChar32>(c)));
+  return (mask & (U_GC_M_MASK | U_GC_ND_MASK | U_GC_PC_MASK)) != 0;
+}
 
 char32_t LastCharacter(std::string_view text) {
   size_t start = text.size() - 1;
