@@ -21,6 +21,8 @@ struct CommandFailed : std::runtime_error {
 
 // up, down, status: the local mesh (mesh_commands.cc).
 void AddMeshCommands(CLI::App& app);
+// tokenize, detokenize: tokenizer.json from a local directory (preprocess_commands.cc).
+void AddPreprocessCommands(CLI::App& app);
 
 // The data directory: --data-dir, else $FLOTILLA_HOME, else ~/.flotilla.
 std::string DefaultDataDirectory();
