@@ -23,6 +23,8 @@ struct CommandFailed : std::runtime_error {
 void AddMeshCommands(CLI::App& app);
 // push, pull, ls, log, tag, rm, gc: the registry (registry_commands.cc).
 void AddRegistryCommands(CLI::App& app);
+// tokenize, detokenize: tokenizer.json from a local directory (preprocess_commands.cc).
+void AddPreprocessCommands(CLI::App& app);
 
 // The data directory: --data-dir, else $FLOTILLA_HOME, else ~/.flotilla.
 std::string DefaultDataDirectory();

@@ -10,6 +10,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   flotilla::cli::AddMeshCommands(app);
   flotilla::cli::AddRegistryCommands(app);
+  flotilla::cli::AddPreprocessCommands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {
