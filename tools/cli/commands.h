@@ -22,6 +22,9 @@ struct CommandFailed : std::runtime_error {
 // up, down, status: the local mesh (mesh_commands.cc).
 void AddMeshCommands(CLI::App& app);
 
+// chat-template: render a model's chat template (chat_template_commands.cc).
+void AddChatTemplateCommands(CLI::App& app);
+
 // The data directory: --data-dir, else $FLOTILLA_HOME, else ~/.flotilla.
 std::string DefaultDataDirectory();
 
