@@ -1,6 +1,7 @@
 // Statements and expressions. Filters, tests, methods and globals live in builtins.cc.
 #include "services/preprocess/chat_template/renderer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -379,7 +380,11 @@ Value Renderer::MakeMacro(const Statement& statement, const std::shared_ptr<Fram
     for (size_t i = parameters.size(); i < arguments.positional.size(); ++i) extra_positional.push_back(arguments.positional[i]);
     inner->variables.emplace_back("varargs", Value::FromTuple(std::move(extra_positional)));
     inner->variables.emplace_back("kwargs", Value::FromDict(std::move(extra_keywords)));
-    if (takes_caller) inner->variables.emplace_back("caller", caller.IsUndefined() ? Value::Undefined("No caller defined") : caller);
+    const bool caller_is_parameter =
+        std::any_of(parameters.begin(), parameters.end(), [](const auto& parameter) { return parameter.first == "caller"; });
+    if (takes_caller && !caller_is_parameter) {
+      inner->variables.emplace_back("caller", caller.IsUndefined() ? Value::Undefined("No caller defined") : caller);
+    }
     std::string captured;
     ++call_depth_;
     try {
