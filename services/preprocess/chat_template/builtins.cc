@@ -155,15 +155,11 @@ List Split(const std::string& text, const Value& separator, int64_t max_split, b
     }
     if (!from_right) {
       for (int64_t k = 0; k < max_split; ++k) parts.emplace_back(EncodeUtf8(code_points, words[k].first, words[k].second));
-      // The remainder keeps its inner whitespace, trailing whitespace stripped.
-      size_t end = code_points.size();
-      while (end > words[max_split].first && IsPythonSpace(code_points[end - 1])) --end;
-      parts.emplace_back(EncodeUtf8(code_points, words[max_split].first, end));
+      // The remainder keeps its whitespace as written, trailing included.
+      parts.emplace_back(EncodeUtf8(code_points, words[max_split].first, code_points.size()));
     } else {
       size_t keep = words.size() - max_split;
-      size_t begin = 0;
-      while (begin < words[keep - 1].second && IsPythonSpace(code_points[begin])) ++begin;
-      parts.emplace_back(EncodeUtf8(code_points, begin, words[keep - 1].second));
+      parts.emplace_back(EncodeUtf8(code_points, 0, words[keep - 1].second));
       for (size_t k = keep; k < words.size(); ++k) parts.emplace_back(EncodeUtf8(code_points, words[k].first, words[k].second));
     }
     return parts;
@@ -465,7 +461,7 @@ std::string FormatSpec(Renderer& renderer, const Value& value, const std::string
     while (i < spec.size() && std::isdigit(static_cast<unsigned char>(spec[i]))) precision = precision * 10 + (spec[i++] - '0');
   }
   char type = i < spec.size() ? spec[i++] : '\0';
-  if (i != spec.size() || thousands) renderer.Fail(location, "unsupported format specifier '" + spec + "'");
+  if (i != spec.size()) renderer.Fail(location, "unsupported format specifier '" + spec + "'");
   std::string body;
   bool numeric = value.IsNumber();
   if (type == 'f' || type == 'F' || type == 'e' || type == 'E' || type == '%' || (type == '\0' && value.IsFloat() && precision >= 0)) {
@@ -499,6 +495,13 @@ std::string FormatSpec(Renderer& renderer, const Value& value, const std::string
     if (precision >= 0) body = EncodeUtf8(DecodeUtf8(body), 0, precision);
   } else {
     renderer.Fail(location, "unsupported format type '" + std::string(1, type) + "'");
+  }
+  if (thousands && numeric) {
+    // Group the integer digits in threes: 1234567.5 -> 1,234,567.5
+    size_t digits_begin = (!body.empty() && body[0] == '-') ? 1 : 0;
+    size_t digits_end = body.find_first_not_of("0123456789", digits_begin);
+    if (digits_end == std::string::npos) digits_end = body.size();
+    for (size_t position = digits_end; position > digits_begin + 3; position -= 3) body.insert(position - 3, ",");
   }
   if (numeric && sign == '+' && !body.empty() && body[0] != '-') body = "+" + body;
   if (numeric && sign == ' ' && !body.empty() && body[0] != '-') body = " " + body;
@@ -824,7 +827,8 @@ Value BoundMethod(Renderer& renderer, const Value& object, const std::string& na
   }
   const std::vector<std::string>& unsafe = UnsafeMethods(object);
   if (std::find(unsafe.begin(), unsafe.end(), name) != unsafe.end()) {
-    renderer.Fail(location, "access to attribute '" + name + "' of '" + PythonTypeName(object) + "' object is unsafe.");
+    // The sandbox hands back an undefined value that fails only when used (called, iterated...).
+    return Value::Undefined("access to attribute '" + name + "' of '" + PythonTypeName(object) + "' object is unsafe.");
   }
   Renderer* owner = &renderer;
   if (object.IsDict()) {
@@ -838,7 +842,7 @@ Value BoundMethod(Renderer& renderer, const Value& object, const std::string& na
             out.push_back(name == "keys" ? key : item);
           }
         }
-        return Value::FromList(std::move(out));
+        return Value::FromListView(std::move(out), "dict_" + name);
       });
     }
     if (name == "get") {
@@ -1043,7 +1047,8 @@ std::vector<std::pair<std::string, Value>> MakeGlobals(Renderer& renderer) {
     List items;
     items.reserve(count);
     for (int64_t k = 0; k < count; ++k) items.emplace_back(start + k * step);
-    return Value::FromList(std::move(items));
+    std::string repr = step == 1 ? absl::StrCat("range(", start, ", ", stop, ")") : absl::StrCat("range(", start, ", ", stop, ", ", step, ")");
+    return Value::FromListView(std::move(items), std::move(repr));
   }));
   return globals;
 }
@@ -1344,6 +1349,12 @@ Value Renderer::CallFilter(const std::string& name, const Value& subject, CallAr
     Value total = args.Get(1, Value(0));
     for (const Value& item : Iterate(subject, location)) {
       Value term = GetAttributePath(*this, item, args.Get(0, Value::None()), location);
+      if (term.IsSequence() && total.IsSequence() && term.kind() == total.kind()) {
+        List joined = total.AsList();
+        joined.insert(joined.end(), term.AsList().begin(), term.AsList().end());
+        total = total.IsList() ? Value::FromList(std::move(joined)) : Value::FromTuple(std::move(joined));
+        continue;
+      }
       if (!term.IsNumber() || !total.IsNumber()) Fail(location, "unsupported operand type(s) for +: '" + PythonTypeName(total) + "' and '" + PythonTypeName(term) + "'");
       total = (total.IsFloat() || term.IsFloat()) ? Value(total.AsDouble() + term.AsDouble()) : Value(total.AsInt() + term.AsInt());
     }

@@ -678,6 +678,7 @@ Value Renderer::EvaluateBinary(const Expression& expression, const std::shared_p
   }
   if (op == "%" && left.IsString()) return Value(FormatPercent(*this, left.AsString(), right, location));
   unsupported();
+  return Value::Undefined();  // not reached: unsupported() throws
 }
 
 bool LessThan(const Value& left, const Value& right, SourceLocation location) {

@@ -31,6 +31,12 @@ Value Value::FromList(List items) {
   return value;
 }
 
+Value Value::FromListView(List items, std::string repr_name) {
+  Value value = FromList(std::move(items));
+  value.string_ = std::make_shared<const std::string>(std::move(repr_name));
+  return value;
+}
+
 Value Value::FromTuple(List items) {
   Value value = FromList(std::move(items));
   value.kind_ = Kind::kTuple;
@@ -194,6 +200,11 @@ std::string Value::Repr() const {
       return PythonStringRepr(*string_);
     case Kind::kList:
     case Kind::kTuple: {
+      if (kind_ == Kind::kList && string_) {
+        if (string_->rfind("range(", 0) == 0) return *string_;
+        Value plain = FromList(*list_);
+        return *string_ + "(" + plain.Repr() + ")";
+      }
       std::string out = kind_ == Kind::kList ? "[" : "(";
       for (size_t i = 0; i < list_->size(); ++i) {
         if (i > 0) out += ", ";

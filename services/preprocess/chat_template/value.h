@@ -63,6 +63,9 @@ class Value {
   Value(const char* value) : Value(std::string(value)) {}
   static Value FromList(List items);
   static Value FromTuple(List items);
+  // A list that prints as Python prints a view or a range: `dict_items([...])`, `range(0, 3)`.
+  // `repr_name` is "dict_items", "dict_keys", "dict_values", or a whole "range(...)" repr.
+  static Value FromListView(List items, std::string repr_name);
   static Value FromDict(Dict items);
   static Value FromNamespace(std::shared_ptr<Namespace> ns);
   static Value FromObject(std::shared_ptr<Object> object);
