@@ -275,6 +275,8 @@ SEMANTICS = [
     "{% raw %}{{ not rendered }}{% endraw %}{{ strftime_now('%Y') }}{% generation %}gen {{ messages|length }}{% endgeneration %}",
     "{{ messages|first }} {{ (messages|last).role }} {{ messages|length }} {{ messages|map(attribute='content')|map('length')|list }}"
     " {{ [1, 2, 3]|sum }} {{ ['b', 'A', 'c']|max }} {{ [1, 2, 3, 4, 5]|batch(2)|list }} {{ 'ab'|list }} {{ 'abc'|reverse }}",
+    "{{ messages[0].items() }} {{ range(3) }} {{ range(1, 9, 3)|list }} {{ ' x y '.split(None, 1) }} {{ ' x y '.rsplit(None, 1) }}"
+    " {{ '{:,}|{:>8}|{:^7}'.format(1234567, 'r', 'c') }} [{{ messages.append }}] {{ [[1], [2]]|sum(start=[]) }}",
     "{% set x = 1 %}{% for m in messages %}{% set x = x + 1 %}{{ x }}{% endfor %}{{ x }}{% with y = 5 %}{{ y }}{% endwith %}"
     "{{ 'a' if messages|length > 10 }}|{{ 'yes' if messages else 'no' }}",
 ]
