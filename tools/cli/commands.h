@@ -26,6 +26,9 @@ void AddRegistryCommands(CLI::App& app);
 // tokenize, detokenize: tokenizer.json from a local directory (preprocess_commands.cc).
 void AddPreprocessCommands(CLI::App& app);
 
+// chat-template: render a model's chat template (chat_template_commands.cc).
+void AddChatTemplateCommands(CLI::App& app);
+
 // The data directory: --data-dir, else $FLOTILLA_HOME, else ~/.flotilla.
 std::string DefaultDataDirectory();
 

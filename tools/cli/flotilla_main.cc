@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   flotilla::cli::AddMeshCommands(app);
   flotilla::cli::AddRegistryCommands(app);
   flotilla::cli::AddPreprocessCommands(app);
+  flotilla::cli::AddChatTemplateCommands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {
