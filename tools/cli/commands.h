@@ -22,6 +22,9 @@ struct CommandFailed : std::runtime_error {
 // up, down, status: the local mesh (mesh_commands.cc).
 void AddMeshCommands(CLI::App& app);
 
+// process-image: images to pixel_values (image_commands.cc; builds with FLOTILLA_WITH_TORCH).
+void AddImageCommands(CLI::App& app);
+
 // The data directory: --data-dir, else $FLOTILLA_HOME, else ~/.flotilla.
 std::string DefaultDataDirectory();
 

@@ -9,6 +9,9 @@ int main(int argc, char** argv) {
   CLI::App app{"Flotilla: push, preprocess, run and serve Hugging Face models.", "flotilla"};
   app.require_subcommand(1);
   flotilla::cli::AddMeshCommands(app);
+#ifdef FLOTILLA_WITH_IMAGE_COMMANDS
+  flotilla::cli::AddImageCommands(app);
+#endif
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {

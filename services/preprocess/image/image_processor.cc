@@ -78,7 +78,7 @@ absl::StatusOr<FamilyDefaults> DefaultsFor(std::string_view type) {
 
 absl::Status KeyError(std::string_view key, const Json& value, std::string_view expected) {
   return absl::InvalidArgumentError(absl::StrCat("ParseImageProcessorConfig: key \"", std::string(key),
-                                                 "\": expected ", expected, " but got ", value.dump()));
+                                                 "\": expected ", std::string(expected), " but got ", value.dump()));
 }
 
 // transformers' get_size_dict: an int is a square (default_to_square) or a shortest edge, a pair is
@@ -438,7 +438,9 @@ torch::Tensor ImageTensor(const DecodedImage& image) {
   // HWC bytes to a contiguous CHW tensor: transformers' process_image ends with .contiguous().
   torch::Tensor hwc = torch::from_blob(const_cast<uint8_t*>(image.pixels.data()),
                                        {image.height, image.width, 3}, torch::kUInt8);
-  return hwc.permute({2, 0, 1}).contiguous();
+  // clone, not contiguous(): a [3, 1, 1] permutation already counts as contiguous and would alias
+  // the DecodedImage's buffer.
+  return hwc.permute({2, 0, 1}).clone(at::MemoryFormat::Contiguous);
 }
 
 absl::StatusOr<ImageProcessor> ImageProcessor::FromJson(const Json& json) {
