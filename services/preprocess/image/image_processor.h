@@ -98,7 +98,7 @@ class ImageProcessor {
   absl::StatusOr<ProcessedImages> Process(const std::vector<torch::Tensor>& images,
                                           const torch::Device& device) const;
 
-  // Decodes every file's bytes (in parallel, on ATen's intra-op threads) and processes them.
+  // Decodes every file's bytes (in parallel, at::get_num_threads() threads) and processes them.
   absl::StatusOr<ProcessedImages> ProcessEncoded(const std::vector<std::string>& encoded_images,
                                                  const torch::Device& device,
                                                  const DecodeOptions& options = {}) const;
