@@ -29,6 +29,9 @@ void AddPreprocessCommands(CLI::App& app);
 // chat-template: render a model's chat template (chat_template_commands.cc).
 void AddChatTemplateCommands(CLI::App& app);
 
+// process-image: images to pixel_values (image_commands.cc; builds with FLOTILLA_WITH_TORCH).
+void AddImageCommands(CLI::App& app);
+
 // The data directory: --data-dir, else $FLOTILLA_HOME, else ~/.flotilla.
 std::string DefaultDataDirectory();
 

@@ -12,6 +12,9 @@ int main(int argc, char** argv) {
   flotilla::cli::AddRegistryCommands(app);
   flotilla::cli::AddPreprocessCommands(app);
   flotilla::cli::AddChatTemplateCommands(app);
+#ifdef FLOTILLA_WITH_IMAGE_COMMANDS
+  flotilla::cli::AddImageCommands(app);
+#endif
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {

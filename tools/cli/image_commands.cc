@@ -1,0 +1,105 @@
+// flotilla process-image: images to pixel_values with a model's preprocessor_config.json, the same
+// tensors transformers' fast image processor computes, written as safetensors.
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include <absl/strings/str_cat.h>
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "services/preprocess/image/image_processor.h"
+#include "services/preprocess/image/safetensors_writer.h"
+#include "tools/cli/commands.h"
+
+namespace flotilla::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct ProcessImageOptions {
+  std::string model;
+  std::vector<std::string> images;
+  std::string output = "pixel_values.safetensors";
+  std::string device = "cpu";
+  int threads = 0;
+  int iterations = 0;
+  int64_t max_pixels = image::DecodeOptions{}.max_pixels;
+};
+
+std::string ReadFileBytes(const std::string& path) {
+  std::ifstream stream(path, std::ios::binary);
+  if (!stream) throw CommandFailed(2, absl::StrCat("process-image: cannot read image ", path));
+  std::ostringstream bytes;
+  bytes << stream.rdbuf();
+  return std::move(bytes).str();
+}
+
+void RunProcessImage(const ProcessImageOptions& options) {
+  const fs::path model(options.model);
+  if (!fs::is_directory(model)) {
+    throw CommandFailed(2, absl::StrCat("process-image: ", options.model,
+                                        " is not a directory (registry references are not supported yet; "
+                                        "pass a folder holding preprocessor_config.json)"));
+  }
+  absl::StatusOr<image::ImageProcessor> processor =
+      image::ImageProcessor::FromFile((model / "preprocessor_config.json").string());
+  if (!processor.ok()) throw CommandFailed(1, std::string(processor.status().message()));
+  if (options.threads > 0) at::set_num_threads(options.threads);
+  std::vector<std::string> encoded;
+  for (const std::string& path : options.images) encoded.push_back(ReadFileBytes(path));
+  torch::Device device(options.device);
+  image::DecodeOptions decode_options;
+  decode_options.max_pixels = options.max_pixels;
+
+  auto run = [&] {
+    absl::StatusOr<image::ProcessedImages> processed = processor->ProcessEncoded(encoded, device, decode_options);
+    if (!processed.ok()) throw CommandFailed(1, absl::StrCat("process-image: ", processed.status().message()));
+    return *std::move(processed);
+  };
+  image::ProcessedImages processed = run();
+  nlohmann::json summary = {{"pixel_values", processed.pixel_values.sizes().vec()}};
+  if (options.iterations > 0) {
+    // Timing for tools/bench: decode + process of the whole batch, files already in memory.
+    const auto start = std::chrono::steady_clock::now();
+    for (int iteration = 0; iteration < options.iterations; ++iteration) processed = run();
+    if (device.is_cuda()) processed.pixel_values.cpu();
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    summary["seconds_per_batch"] = seconds / options.iterations;
+    summary["images_per_second"] = static_cast<double>(encoded.size()) * options.iterations / seconds;
+    summary["threads"] = at::get_num_threads();
+  }
+  std::vector<std::pair<std::string, torch::Tensor>> tensors = {{"pixel_values", processed.pixel_values}};
+  if (processed.image_grid_thw.defined()) {
+    tensors.emplace_back("image_grid_thw", processed.image_grid_thw);
+    summary["image_grid_thw"] = processed.image_grid_thw.sizes().vec();
+  }
+  if (absl::Status status = image::WriteSafetensors(options.output, tensors); !status.ok()) {
+    throw CommandFailed(1, std::string(status.message()));
+  }
+  summary["output"] = options.output;
+  std::cout << summary.dump() << std::endl;
+}
+
+}  // namespace
+
+void AddImageCommands(CLI::App& app) {
+  auto options = std::make_shared<ProcessImageOptions>();
+  CLI::App* command = app.add_subcommand(
+      "process-image", "Decode images and compute pixel_values with a model's preprocessor_config.json.");
+  command->add_option("model", options->model, "Folder holding preprocessor_config.json")->required();
+  command->add_option("images", options->images, "JPEG, PNG or WebP files")->required();
+  command->add_option("--output,-o", options->output, "safetensors file to write (pixel_values, image_grid_thw)")
+      ->capture_default_str();
+  command->add_option("--device", options->device, "cpu or cuda[:N]")->capture_default_str();
+  command->add_option("--threads", options->threads, "ATen intra-op threads (0: LibTorch's default)");
+  command->add_option("--max-pixels", options->max_pixels, "Refuse images declaring more pixels")
+      ->capture_default_str();
+  command->add_option("--iterations", options->iterations,
+                      "Also time this many decode+process runs and report images/s (benchmarks)");
+  command->callback([options] { RunProcessImage(*options); });
+}
+
+}  // namespace flotilla::cli
