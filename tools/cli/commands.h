@@ -21,6 +21,8 @@ struct CommandFailed : std::runtime_error {
 
 // up, down, status: the local mesh (mesh_commands.cc).
 void AddMeshCommands(CLI::App& app);
+// forward, generate: run models (model_commands.cc; links the models library).
+void AddModelCommands(CLI::App& app);
 
 // The data directory: --data-dir, else $FLOTILLA_HOME, else ~/.flotilla.
 std::string DefaultDataDirectory();

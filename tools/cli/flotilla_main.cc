@@ -9,6 +9,7 @@ int main(int argc, char** argv) {
   CLI::App app{"Flotilla: push, preprocess, run and serve Hugging Face models.", "flotilla"};
   app.require_subcommand(1);
   flotilla::cli::AddMeshCommands(app);
+  flotilla::cli::AddModelCommands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {
