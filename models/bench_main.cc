@@ -6,6 +6,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <set>
 #include <string>
 
 #include <ATen/Parallel.h>
@@ -19,10 +21,15 @@ double Seconds(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+// VmHWM: the peak resident set of this process image (ru_maxrss would include the parent's peak,
+// inherited across fork + exec).
 double PeakRssBytes() {
-  struct rusage usage {};
-  getrusage(RUSAGE_SELF, &usage);
-  return static_cast<double>(usage.ru_maxrss) * 1024.0;
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) * 1024.0;
+  }
+  return 0;
 }
 
 using flotilla::models::DynamicCache;
@@ -70,7 +77,10 @@ int main(int argc, char** argv) {
   const double load_seconds = Seconds(start);
   const double rss_after_load = PeakRssBytes();
   double weight_bytes = 0;
-  for (const auto& parameter : (*model)->parameters()) weight_bytes += parameter.numel() * parameter.element_size();
+  std::set<const void*> seen;  // tied weights (lm_head = embed_tokens) count once
+  for (const auto& parameter : (*model)->parameters()) {
+    if (seen.insert(parameter.data_ptr()).second) weight_bytes += parameter.numel() * parameter.element_size();
+  }
 
   nlohmann::json result = {{"threads", at::get_num_threads()}, {"load_seconds", load_seconds},
                            {"peak_rss_after_load_bytes", rss_after_load}, {"weight_bytes", weight_bytes}};
@@ -87,6 +97,7 @@ int main(int argc, char** argv) {
   DecodeTokensPerSecond(**model, 1, 16, 4);  // warm-up
   result["decode_batch1_tokens_per_second"] = DecodeTokensPerSecond(**model, 1, 16, decode_steps);
   result["decode_batch8_tokens_per_second"] = DecodeTokensPerSecond(**model, 8, 16, decode_steps);
+  result["peak_rss_end_bytes"] = PeakRssBytes();
   std::printf("%s\n", result.dump().c_str());
   return 0;
 }

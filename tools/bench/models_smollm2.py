@@ -38,13 +38,17 @@ def copy_bandwidth(torch, megabytes: int = 512, repeats: int = 5) -> float:
 def transformers_numbers(checkpoint: Path, implementation: str, threads: int, prompt_length: int, steps: int) -> dict:
     """Runs in a fresh process so its load time and RSS are its own."""
     code = f"""
-import json, resource, time, torch, transformers
+import json, time, torch, transformers
+def peak_rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
 torch.set_num_threads({threads})
 start = time.perf_counter()
 model = transformers.AutoModelForCausalLM.from_pretrained({str(checkpoint)!r}, attn_implementation={implementation!r},
                                                           dtype=torch.float32).eval()
 load = time.perf_counter() - start
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+rss = peak_rss()
 result = {{"load_seconds": load, "peak_rss_after_load_bytes": rss}}
 with torch.inference_mode():
     ids = torch.randint(3, 1000, (1, {prompt_length}))
@@ -62,6 +66,7 @@ with torch.inference_mode():
                        min_new_tokens={steps} + 1, do_sample=False)
         total = time.perf_counter() - start
         result[f"decode_batch{{batch}}_tokens_per_second"] = batch * {steps} / max(total - prefill_time, 1e-9)
+result["peak_rss_end_bytes"] = peak_rss()
 print(json.dumps(result))
 """
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
@@ -112,6 +117,7 @@ def main() -> None:
         "prefill_vs_best": report["flotilla"]["prefill_tokens_per_second"] / max(
             report[f"transformers_{n}"]["prefill_tokens_per_second"] for n in ("eager", "sdpa")),
         "rss_after_load_over_weights": report["flotilla"]["peak_rss_after_load_bytes"] / weight_bytes,
+        "peak_rss_end_over_weights": report["flotilla"]["peak_rss_end_bytes"] / weight_bytes,
     }
     print(json.dumps(report, indent=2))
 
