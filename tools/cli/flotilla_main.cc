@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
 #ifdef FLOTILLA_WITH_IMAGE_COMMANDS
   flotilla::cli::AddImageCommands(app);
 #endif
+  flotilla::cli::AddModelCommands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {

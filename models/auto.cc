@@ -1,0 +1,237 @@
+#include "models/auto.h"
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <regex>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "models/attention.h"
+#include "models/safetensors.h"
+#include "services/common/logging.h"
+
+namespace flotilla::models {
+namespace {
+
+struct Registry {
+  // model_type -> architectures in registration order.
+  std::map<std::string, std::vector<std::pair<std::string, ModelFactory>>> by_model_type;
+  std::map<std::string, ModelFactory> by_architecture;
+};
+
+Registry& GetRegistry() {
+  static auto* registry = new Registry();
+  return *registry;
+}
+
+ModelReferenceResolver& Resolver() {
+  static auto* resolver = new ModelReferenceResolver();
+  return *resolver;
+}
+
+// Config errors are labelled "config.json: ..." by the model file; name the real path instead.
+absl::StatusOr<std::shared_ptr<PreTrainedModel>> WithConfigPath(absl::StatusOr<std::shared_ptr<PreTrainedModel>> model,
+                                                                const std::string& config_path) {
+  if (model.ok()) return model;
+  absl::string_view message = model.status().message();
+  if (message.substr(0, 13) == "config.json: ") message.remove_prefix(13);
+  return absl::Status(model.status().code(), absl::StrCat(config_path, ": ", message));
+}
+
+std::string ShapeText(at::IntArrayRef shape) { return absl::StrCat("[", absl::StrJoin(shape, ", "), "]"); }
+
+}  // namespace
+
+void RegisterModel(const std::string& model_type, const std::string& architecture, ModelFactory factory) {
+  GetRegistry().by_model_type[model_type].emplace_back(architecture, factory);
+  GetRegistry().by_architecture[architecture] = std::move(factory);
+}
+
+std::vector<std::string> RegisteredModelTypes() {
+  std::vector<std::string> types;
+  for (const auto& [type, architectures] : GetRegistry().by_model_type) types.push_back(type);
+  return types;
+}
+
+absl::StatusOr<std::shared_ptr<PreTrainedModel>> ModelFromConfig(const nlohmann::json& config,
+                                                                 const std::string& config_path,
+                                                                 const std::string& architecture) {
+  const Registry& registry = GetRegistry();
+  std::string model_type = config.is_object() ? config.value("model_type", std::string()) : std::string();
+  auto known = registry.by_model_type.find(model_type);
+  if (known == registry.by_model_type.end()) {
+    return absl::InvalidArgumentError(absl::StrCat(config_path, ": model_type \"", model_type,
+                                                   "\" is not supported (known: ",
+                                                   absl::StrJoin(RegisteredModelTypes(), ", "), ")"));
+  }
+  std::string wanted = architecture;
+  if (wanted.empty() && config.contains("architectures") && config["architectures"].is_array() &&
+      !config["architectures"].empty() && config["architectures"][0].is_string()) {
+    wanted = config["architectures"][0].get<std::string>();
+    if (!registry.by_architecture.count(wanted)) wanted.clear();  // fall back to the model_type's default
+  }
+  if (!wanted.empty()) {
+    auto found = registry.by_architecture.find(wanted);
+    if (found == registry.by_architecture.end()) {
+      std::vector<std::string> names;
+      for (const auto& [name, factory] : known->second) names.push_back(name);
+      return absl::InvalidArgumentError(absl::StrCat(config_path, ": architecture \"", wanted, "\" is not registered for ",
+                                                     model_type, " (known: ", absl::StrJoin(names, ", "), ")"));
+    }
+    return WithConfigPath(found->second(config), config_path);
+  }
+  return WithConfigPath(known->second.front().second(config), config_path);
+}
+
+void SetModelReferenceResolver(ModelReferenceResolver resolver) { Resolver() = std::move(resolver); }
+
+absl::StatusOr<std::string> ResolveModelPath(const std::string& path_or_reference) {
+  if (std::filesystem::is_directory(path_or_reference)) return path_or_reference;
+  static const std::regex kReference(R"(^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._/-]+)?$)");
+  if (std::regex_match(path_or_reference, kReference) && !std::filesystem::exists(path_or_reference)) {
+    if (!Resolver()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "ResolveModelPath(", path_or_reference,
+          "): this looks like a registry reference but no registry client is linked into this binary"));
+    }
+    return Resolver()(path_or_reference);
+  }
+  return absl::NotFoundError(
+      absl::StrCat("ResolveModelPath(", path_or_reference, "): not a folder and not a namespace/name[@revision] reference"));
+}
+
+absl::Status LoadWeights(PreTrainedModel& model, const std::string& folder, const LoadOptions& options) {
+  auto checkpoint = SafetensorsCheckpoint::Open(folder);
+  if (!checkpoint.ok()) return checkpoint.status();
+  const at::ScalarType dtype = options.dtype.value_or(at::kFloat);
+  const std::string label = (*checkpoint)->files().size() == 1 ? (*checkpoint)->files()[0]->path() : folder;
+
+  auto parameters = model.named_parameters(/*recurse=*/true);
+  std::map<std::string, std::string> tied;
+  if (model.config().tie_word_embeddings) tied = model.TiedWeights();
+
+  // Pass 1: check names and shapes, and size the one allocation for the weights that need a copy.
+  struct Plan {
+    at::Tensor parameter;
+    const SafetensorsTensorInfo* info = nullptr;
+    SafetensorsFile* file = nullptr;
+    bool copy = false;
+    int64_t offset = 0;  // bytes into the arena
+  };
+  std::vector<std::pair<std::string, Plan>> plans;
+  std::vector<std::string> missing;
+  std::set<std::string> used_keys;
+  int64_t arena_bytes = 0;
+  const int64_t element_size = static_cast<int64_t>(c10::elementSize(dtype));
+  for (const auto& item : parameters) {
+    const std::string& name = item.key();
+    if (tied.count(name)) continue;
+    // A bare model (LlamaModel) loads from a head's checkpoint by its base-model prefix, as transformers does.
+    std::string key = name;
+    if (!(*checkpoint)->Contains(key) && (*checkpoint)->Contains("model." + name)) key = "model." + name;
+    auto located = (*checkpoint)->Locate(key);
+    if (!located.ok()) {
+      missing.push_back(name);
+      continue;
+    }
+    Plan plan;
+    plan.parameter = item.value();
+    plan.file = located->first;
+    plan.info = located->second;
+    if (plan.info->shape != plan.parameter.sizes().vec()) {
+      return absl::InvalidArgumentError(absl::StrCat("LoadWeights(", plan.file->path(), "): tensor ", key,
+                                                     ": expected shape ", ShapeText(plan.parameter.sizes()),
+                                                     " but got ", ShapeText(plan.info->shape)));
+    }
+    auto stored_dtype = SafetensorsDtypeToScalarType(plan.info->dtype);
+    if (!stored_dtype.ok()) return stored_dtype.status();
+    const bool aligned = reinterpret_cast<uintptr_t>(plan.file->Data(*plan.info)) % element_size == 0;
+    plan.copy = !(options.zero_copy && *stored_dtype == dtype && aligned);
+    if (plan.copy) {
+      plan.offset = arena_bytes;
+      // 64-byte aligned slots, for vectorised kernels.
+      arena_bytes += (plan.parameter.numel() * element_size + 63) / 64 * 64;
+    }
+    used_keys.insert(key);
+    plans.emplace_back(key, std::move(plan));
+  }
+  if (!missing.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("LoadWeights(", label, "): the checkpoint lacks ", missing.size(),
+                                                   " tensor(s) the model needs: ", absl::StrJoin(missing, ", ")));
+  }
+  std::vector<std::string> unexpected;
+  for (const std::string& name : (*checkpoint)->TensorNames()) {
+    if (!used_keys.count(name)) unexpected.push_back(name);
+  }
+  if (!unexpected.empty()) {
+    LogWarning("checkpoint has tensors the model does not use; they are ignored",
+               {{"checkpoint", label}, {"tensors", unexpected}});
+  }
+
+  // Pass 2: one allocation (the analogue of transformers' caching_allocator_warmup), then copies.
+  at::Tensor arena = at::empty({arena_bytes}, at::TensorOptions().dtype(at::kByte));
+  for (auto& [name, plan] : plans) {
+    auto stored = plan.file->Get(name);
+    if (!stored.ok()) return stored.status();
+    if (!plan.copy) {
+      plan.parameter.set_data(*stored);
+      continue;
+    }
+    at::Tensor slot = arena.narrow(0, plan.offset, plan.parameter.numel() * element_size)
+                          .view(dtype)
+                          .view(plan.parameter.sizes());
+    slot.copy_(*stored);
+    plan.parameter.set_data(slot);
+  }
+  for (const auto& [target, source] : tied) {
+    if (!parameters.contains(target) || !parameters.contains(source)) continue;
+    parameters[target].set_data(parameters[source]);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<PreTrainedModel>> FromPretrained(const std::string& path_or_reference,
+                                                                const LoadOptions& options) {
+  auto folder = ResolveModelPath(path_or_reference);
+  if (!folder.ok()) return folder.status();
+  const std::string config_path = (std::filesystem::path(*folder) / "config.json").string();
+  auto config = ReadJsonFile(config_path);
+  if (!config.ok()) return config.status();
+  if (config->is_object()) config->merge_patch(options.config_overrides);
+  if (!options.attn_implementation.empty()) (*config)["attn_implementation"] = options.attn_implementation;
+  std::shared_ptr<PreTrainedModel> model;
+  try {
+    auto built = ModelFromConfig(*config, config_path);
+    if (!built.ok()) return built.status();
+    model = *std::move(built);
+    CheckAttentionImplementation(model->config().attn_implementation);
+  } catch (const c10::Error& error) {
+    return absl::InvalidArgumentError(absl::StrCat(config_path, ": ", error.what_without_backtrace()));
+  }
+  absl::Status loaded = LoadWeights(*model, *folder, options);
+  if (!loaded.ok()) return loaded;
+  model->eval();
+  return model;
+}
+
+absl::Status SavePretrained(PreTrainedModel& model, const std::string& folder) {
+  std::error_code error;
+  std::filesystem::create_directories(folder, error);
+  if (error) return absl::PermissionDeniedError(absl::StrCat("SavePretrained(", folder, "): ", error.message()));
+  std::map<std::string, std::string> tied;
+  if (model.config().tie_word_embeddings) tied = model.TiedWeights();
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const auto& item : model.named_parameters(/*recurse=*/true)) {
+    if (!tied.count(item.key())) tensors.emplace_back(item.key(), item.value());
+  }
+  absl::Status saved = SaveSafetensors((std::filesystem::path(folder) / "model.safetensors").string(), tensors);
+  if (!saved.ok()) return saved;
+  std::ofstream stream(std::filesystem::path(folder) / "config.json");
+  stream << model.config().ToJson().dump(2) << "\n";
+  if (!stream) return absl::DataLossError(absl::StrCat("SavePretrained(", folder, "): cannot write config.json"));
+  return absl::OkStatus();
+}
+
+}  // namespace flotilla::models

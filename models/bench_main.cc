@@ -1,0 +1,103 @@
+// models_bench MODEL_DIR [--threads N] [--prompt-length 512] [--decode-steps 32]: load time,
+// prefill tokens/s, decode tokens/s at batch 1 and 8, peak RSS after load, as one JSON line.
+// tools/bench/models_smollm2.py runs it beside transformers.
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <string>
+
+#include <ATen/Parallel.h>
+#include <nlohmann/json.hpp>
+
+#include "models/auto.h"
+
+namespace {
+
+double Seconds(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// VmHWM: the peak resident set of this process image (ru_maxrss would include the parent's peak,
+// inherited across fork + exec).
+double PeakRssBytes() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) * 1024.0;
+  }
+  return 0;
+}
+
+using flotilla::models::DynamicCache;
+using flotilla::models::ForwardInputs;
+using flotilla::models::PreTrainedModel;
+
+// Prefill `prompt_length` tokens for `batch` rows, then time `steps` greedy decode steps.
+double DecodeTokensPerSecond(PreTrainedModel& model, int64_t batch, int64_t prompt_length, int64_t steps) {
+  c10::InferenceMode inference_mode;
+  DynamicCache cache;
+  cache.Reserve(batch, prompt_length + steps + 1);
+  ForwardInputs inputs;
+  inputs.input_ids = at::randint(3, 1000, {batch, prompt_length}, at::kLong);
+  inputs.past_key_values = &cache;
+  inputs.logits_to_keep = 1;
+  at::Tensor next = model.Forward(inputs).logits.select(1, -1).argmax(-1).view({batch, 1});
+  auto start = std::chrono::steady_clock::now();
+  for (int64_t step = 0; step < steps; ++step) {
+    inputs.input_ids = next;
+    next = model.Forward(inputs).logits.select(1, -1).argmax(-1).view({batch, 1});
+  }
+  return static_cast<double>(batch * steps) / Seconds(start);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: models_bench MODEL_DIR [--threads N] [--prompt-length N] [--decode-steps N]\n");
+    return 2;
+  }
+  int64_t threads = 0, prompt_length = 512, decode_steps = 32;
+  for (int i = 2; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--threads")) threads = std::stoll(argv[i + 1]);
+    if (!std::strcmp(argv[i], "--prompt-length")) prompt_length = std::stoll(argv[i + 1]);
+    if (!std::strcmp(argv[i], "--decode-steps")) decode_steps = std::stoll(argv[i + 1]);
+  }
+  if (threads > 0) at::set_num_threads(static_cast<int>(threads));
+  auto start = std::chrono::steady_clock::now();
+  auto model = flotilla::models::FromPretrained(argv[1]);
+  if (!model.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(model.status().message()).c_str());
+    return 1;
+  }
+  const double load_seconds = Seconds(start);
+  const double rss_after_load = PeakRssBytes();
+  double weight_bytes = 0;
+  std::set<const void*> seen;  // tied weights (lm_head = embed_tokens) count once
+  for (const auto& parameter : (*model)->parameters()) {
+    if (seen.insert(parameter.data_ptr()).second) weight_bytes += parameter.numel() * parameter.element_size();
+  }
+
+  nlohmann::json result = {{"threads", at::get_num_threads()}, {"load_seconds", load_seconds},
+                           {"peak_rss_after_load_bytes", rss_after_load}, {"weight_bytes", weight_bytes}};
+  {
+    c10::InferenceMode inference_mode;
+    ForwardInputs inputs;
+    inputs.input_ids = at::randint(3, 1000, {1, prompt_length}, at::kLong);
+    inputs.logits_to_keep = 1;
+    (*model)->Forward(inputs);  // warm-up
+    auto prefill_start = std::chrono::steady_clock::now();
+    (*model)->Forward(inputs);
+    result["prefill_tokens_per_second"] = static_cast<double>(prompt_length) / Seconds(prefill_start);
+  }
+  DecodeTokensPerSecond(**model, 1, 16, 4);  // warm-up
+  result["decode_batch1_tokens_per_second"] = DecodeTokensPerSecond(**model, 1, 16, decode_steps);
+  result["decode_batch8_tokens_per_second"] = DecodeTokensPerSecond(**model, 8, 16, decode_steps);
+  result["peak_rss_end_bytes"] = PeakRssBytes();
+  std::printf("%s\n", result.dump().c_str());
+  return 0;
+}

@@ -1,0 +1,68 @@
+// What every model shares: the forward inputs, the one output struct, and PreTrainedModel (the
+// base of every `...ForCausalLM`, `...Model`, `...ForMaskedLM`), so callers, the debugger and the
+// tests see one surface. Model behaviour stays in the model files.
+//
+//   ForwardInputs inputs{.input_ids = ids, .attention_mask = mask, .output_hidden_states = true};
+//   ModelOutput output = model->Forward(inputs);
+//   output.logits;            // [batch, length, vocab] (heads with logits)
+//   output.hidden_states;     // embeddings + one per layer (last one after the final norm)
+//
+// Thread-safety: Forward may run concurrently on one model (weights are read-only) as long as
+// each call has its own cache; SetAttentionImplementation must not race with Forward.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+
+#include "models/cache.h"
+#include "models/config.h"
+#include "models/tp_plan.h"
+
+namespace flotilla::models {
+
+struct ForwardInputs {
+  at::Tensor input_ids;                      // [batch, length] int64
+  std::optional<at::Tensor> attention_mask;  // [batch, past + length]; 1 = token, 0 = padding
+  std::optional<at::Tensor> position_ids;    // [batch or 1, length]; default: past + arange(length)
+  std::optional<at::Tensor> token_type_ids;  // encoders
+  KVCache* past_key_values = nullptr;        // decoders: appended to by the forward
+  bool output_hidden_states = false;
+  bool output_attentions = false;
+  // Compute logits for only the last N positions (0 = all), as transformers' logits_to_keep.
+  int64_t logits_to_keep = 0;
+};
+
+struct ModelOutput {
+  at::Tensor logits;                      // heads: [batch, length, vocab or labels]
+  at::Tensor last_hidden_state;           // [batch, length, hidden]
+  at::Tensor pooler_output;               // encoders with a pooler
+  std::vector<at::Tensor> hidden_states;  // when output_hidden_states
+  std::vector<at::Tensor> attentions;     // when output_attentions (eager only)
+};
+
+class PreTrainedModel : public torch::nn::Module {
+ public:
+  virtual ModelOutput Forward(const ForwardInputs& inputs) = 0;
+  virtual const PretrainedConfig& config() const = 0;
+  virtual PretrainedConfig& mutable_config() = 0;
+
+  // The model's default plan; config.json's base_model_tp_plan overrides it.
+  virtual TensorParallelPlan BaseModelTensorParallelPlan() const { return {}; }
+  // transformers' _tied_weights_keys: parameter -> the parameter it shares (when tied in config).
+  virtual std::map<std::string, std::string> TiedWeights() const { return {}; }
+  // Prefix of the base model's parameters ("model."), as base_model_prefix.
+  virtual std::string BaseModelPrefix() const { return "model."; }
+
+  // Switches the attention function (any registered name or "eager") without reloading weights.
+  void SetAttentionImplementation(const std::string& name);
+  const std::string& attention_implementation() const { return config().attn_implementation; }
+  TensorParallelPlan tensor_parallel_plan() const;
+};
+
+}  // namespace flotilla::models

@@ -1,0 +1,80 @@
+// Tensor-parallel plans as data: glob patterns of module names mapped to a sharding strategy, as
+// transformers' `base_model_tp_plan`. The loader shards each weight for rank r of N by the plan;
+// the collectives that follow each module come with serving (the worker), not here.
+//
+//   ASSIGN_OR_RETURN(TensorParallelPlan plan, TensorParallelPlan::FromJson({
+//       {"layers.*.self_attn.q_proj", "colwise"}, {"layers.*.self_attn.o_proj", "rowwise"}}));
+//   plan.Match("layers.3.self_attn.q_proj");   // ParallelStyle::kColwise
+//   ASSIGN_OR_RETURN(auto shards, LoadShardedStateDict(*checkpoint, plan, "model.", rank, world_size));
+//
+// Strategies: colwise (split the output dim: weight dim 0, bias dim 0), rowwise (split the input
+// dim: weight dim 1, bias replicated), packed_colwise / packed_rowwise (a fused weight, e.g.
+// gate_up_proj, whose halves are split separately so each rank gets matching pieces),
+// colwise_gather_output (the lm_head: colwise, gathered after), vocab_parallel (embedding rows),
+// replicated. `*` matches one dotted component (a layer index).
+//
+// Thread-safety: immutable after construction.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include "absl/status/statusor.h"
+#include "models/safetensors.h"
+
+namespace flotilla::models {
+
+enum class ParallelStyle {
+  kColwise,
+  kRowwise,
+  kPackedColwise,
+  kPackedRowwise,
+  kColwiseGatherOutput,
+  kVocabParallel,
+  kReplicated,
+};
+
+absl::StatusOr<ParallelStyle> ParseParallelStyle(std::string_view name);
+std::string ParallelStyleName(ParallelStyle style);
+
+class TensorParallelPlan {
+ public:
+  TensorParallelPlan() = default;
+  static absl::StatusOr<TensorParallelPlan> FromJson(const nlohmann::json& plan);
+  nlohmann::json ToJson() const;
+
+  void Add(std::string pattern, ParallelStyle style) { entries_.emplace_back(std::move(pattern), style); }
+  // The first matching entry's style for a module name ("layers.3.mlp.up_proj").
+  std::optional<ParallelStyle> Match(std::string_view module_name) const;
+  bool empty() const { return entries_.empty(); }
+
+ private:
+  std::vector<std::pair<std::string, ParallelStyle>> entries_;
+};
+
+bool GlobMatchesModuleName(std::string_view pattern, std::string_view module_name);
+
+// Rank `rank`'s shard of `full` (a parameter named `...weight` or `...bias`) under `style`.
+// Sizes that the world size does not divide are an error naming the tensor.
+absl::StatusOr<at::Tensor> ShardParameter(const at::Tensor& full, std::string_view parameter_name,
+                                          ParallelStyle style, int64_t rank, int64_t world_size,
+                                          int64_t packed_parts = 2);
+
+// Every tensor of `checkpoint`, sharded for one rank. A tensor's module name is its key without
+// the trailing ".weight"/".bias"; keys under `base_prefix` ("model.") are matched against `plan`
+// with that prefix removed, others against `top_level_plan` (e.g. {"lm_head": colwise_gather_output}).
+absl::StatusOr<std::map<std::string, at::Tensor>> LoadShardedStateDict(const SafetensorsCheckpoint& checkpoint,
+                                                                       const TensorParallelPlan& plan,
+                                                                       const TensorParallelPlan& top_level_plan,
+                                                                       std::string_view base_prefix, int64_t rank,
+                                                                       int64_t world_size);
+
+}  // namespace flotilla::models
