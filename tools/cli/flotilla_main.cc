@@ -15,7 +15,9 @@ int main(int argc, char** argv) {
 #ifdef FLOTILLA_WITH_IMAGE_COMMANDS
   flotilla::cli::AddImageCommands(app);
 #endif
+#ifdef FLOTILLA_WITH_MODEL_COMMANDS
   flotilla::cli::AddModelCommands(app);
+#endif
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {
