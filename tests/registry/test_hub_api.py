@@ -3,6 +3,7 @@ with HF_ENDPOINT pointing at a registry process."""
 from __future__ import annotations
 
 import json
+import os
 import urllib.request
 
 from registry_fixtures import hub_env, push_json, registry, run_cli, run_python, tiny_model_dir  # noqa: F401
@@ -72,11 +73,12 @@ def test_tree_paging_stays_on_registry_host(start_service, tmp_path, tiny_model_
     link = headers["Link"]
     assert link.startswith(f"<http://{registry_process.http_address}/api/models/acme/paged/tree/") and 'rel="next"' in link
     environment = {"HF_ENDPOINT": registry_process.http_url(), "HF_HOME": str(tmp_path / "hf")}
-    import os
+    # CI exports HF_HUB_OFFLINE=1 so that nothing reaches the internet; the registry is on loopback.
+    inherited = {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE"}
     result = run_python("""
         from huggingface_hub import HfApi
         print(sorted(f.path for f in HfApi().list_repo_tree("acme/paged", recursive=True)))
-    """, {**os.environ, **environment})
+    """, {**inherited, **environment})
     assert result.stdout.strip().splitlines()[-1] == str(sorted(p.name for p in tiny_model_dir.iterdir()))
 
 

@@ -78,6 +78,9 @@ TEST(ChatTemplateTest, SyntaxErrorsNameLineAndColumn) {
   EXPECT_NE(status.message().find("line 1, column 18"), std::string::npos) << status;
   status = RenderError("{% for m in messages %}");
   EXPECT_NE(status.message().find("endfor"), std::string::npos) << status;
+  // Found by chat_template_fuzzer: a slice beside another subscript used to leave a null object.
+  status = RenderError("{{ 'abc'[::,1] }}");
+  EXPECT_NE(status.message().find("a slice must be the only subscript"), std::string::npos) << status;
 }
 
 TEST(ChatTemplateTest, EndlessRecursionAndRunawayOutputAreStopped) {

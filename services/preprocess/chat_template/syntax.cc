@@ -1028,6 +1028,13 @@ class Parser {
     if (arguments.size() == 1) {
       key = std::move(arguments[0]);
     } else {
+      // jinja2 would index with a tuple holding slice objects, which no sequence accepts; a slice
+      // left inside a tuple here would have no object to slice, so it is refused while parsing.
+      for (const ExpressionPtr& argument : arguments) {
+        if (argument->kind == Expression::Kind::kSlice) {
+          SyntaxError(argument->location, "a slice must be the only subscript inside '[]'");
+        }
+      }
       key = MakeExpression(Expression::Kind::kTuple, location);
       key->children = std::move(arguments);
     }

@@ -25,7 +25,7 @@ else()
   set(seconds $ENV{FLOTILLA_FUZZ_SECONDS})
 endif()
 execute_process(
-  COMMAND ${FUZZER} -max_total_time=${seconds} -rss_limit_mb=1024 -malloc_limit_mb=512 -timeout=10
+  COMMAND ${FUZZER} -seed=1 -max_total_time=${seconds} -rss_limit_mb=1024 -malloc_limit_mb=512 -timeout=10
           -max_len=65536 -print_final_stats=1 ${CORPUS}
   RESULT_VARIABLE result)
 if(NOT result EQUAL 0)
