@@ -10,6 +10,7 @@
 #include <string>
 
 #include <CLI/CLI.hpp>
+#include <absl/status/statusor.h>
 
 namespace flotilla::cli {
 
@@ -36,5 +37,9 @@ void AddModelCommands(CLI::App& app);
 
 // The data directory: --data-dir, else $FLOTILLA_HOME, else ~/.flotilla.
 std::string DefaultDataDirectory();
+
+// The registry's gRPC address: `explicit_address` when not empty, else $FLOTILLA_REGISTRY, else the
+// running local mesh's under `data_directory`; FailedPrecondition saying how to give one otherwise.
+absl::StatusOr<std::string> RegistryAddress(const std::string& explicit_address, const std::string& data_directory);
 
 }  // namespace flotilla::cli

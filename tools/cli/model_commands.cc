@@ -1,10 +1,16 @@
-// forward, generate: run a model from a folder (or, once the registry client is linked, a registry
-// reference) on token ids, the way transformers' model(...) and model.generate(...) do.
+// forward, generate: run a model from a folder or a registry reference on token ids or text, the way
+// transformers' model(...) and model.generate(...) do.
 //
 //   flotilla forward ./smollm2 --input-ids "1,2,3;4,5" --output out.safetensors --debug-json debug.json
 //   flotilla generate ./smollm2 --prompt-ids 1,2,3 --max-new-tokens 16      # {"ids": [...]}
+//   flotilla generate acme/smollm2@main --chat --prompt "What is 2+2?"     # {"ids": [...], "text": "..."}
+//
+// A registry reference is pulled once per commit into the model cache ($FLOTILLA_CACHE, else
+// <data dir>/cache) through the registry client; the registry's address is found as for `pull`.
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -18,6 +24,9 @@
 #include "models/debugger.h"
 #include "models/generation.h"
 #include "models/safetensors.h"
+#include "services/preprocess/chat_template/chat_template.h"
+#include "services/preprocess/tokenizer/tokenizer.h"
+#include "services/registry/registry_client.h"
 #include "tools/cli/commands.h"
 
 namespace flotilla::cli {
@@ -27,6 +36,8 @@ struct ModelFlags {
   std::string model;
   std::string attention;
   std::string dtype = "float32";
+  std::string registry;
+  std::string data_directory = DefaultDataDirectory();
 };
 
 void AddModelFlags(CLI::App* command, ModelFlags& flags) {
@@ -34,6 +45,30 @@ void AddModelFlags(CLI::App* command, ModelFlags& flags) {
       ->required();
   command->add_option("--attention", flags.attention, "attention implementation: eager, sdpa (default: config's)");
   command->add_option("--dtype", flags.dtype, "float32 or bfloat16")->check(CLI::IsMember({"float32", "bfloat16"}));
+  command->add_option("--registry", flags.registry,
+                      "registry gRPC address for references (default $FLOTILLA_REGISTRY, else the local mesh's)");
+  command->add_option("--data-dir", flags.data_directory, "the local mesh's data directory");
+}
+
+std::string ModelCacheDirectory(const ModelFlags& flags) {
+  if (const char* cache = std::getenv("FLOTILLA_CACHE"); cache && *cache) return cache;
+  return (std::filesystem::path(flags.data_directory) / "cache").string();
+}
+
+// The local folder of flags.model: itself when it is a folder, else the registry reference pulled
+// into the model cache (<cache>/<namespace>/<name>/<commit id>/, so an unchanged revision is not
+// fetched again and a moved branch gets its new commit).
+std::string ModelFolder(const ModelFlags& flags) {
+  models::SetModelReferenceResolver([flags](const std::string& reference) -> absl::StatusOr<std::string> {
+    absl::StatusOr<std::string> address = RegistryAddress(flags.registry, flags.data_directory);
+    if (!address.ok()) return address.status();
+    const char* token = std::getenv("FLOTILLA_TOKEN");
+    registry::RegistryClient client(*address, token ? token : "");
+    return client.PullToCache(reference, ModelCacheDirectory(flags));
+  });
+  absl::StatusOr<std::string> folder = models::ResolveModelPath(flags.model);
+  if (!folder.ok()) throw CommandFailed(1, std::string(folder.status().message()));
+  return *folder;
 }
 
 // "1,2,3;4,5" -> rows of ids.
@@ -72,11 +107,11 @@ std::pair<at::Tensor, std::optional<at::Tensor>> PadLeft(const std::vector<std::
   return {input_ids, padded ? std::optional<at::Tensor>(attention_mask) : std::nullopt};
 }
 
-std::shared_ptr<models::PreTrainedModel> Load(const ModelFlags& flags) {
+std::shared_ptr<models::PreTrainedModel> Load(const ModelFlags& flags, const std::string& folder) {
   models::LoadOptions options;
   options.attn_implementation = flags.attention;
   options.dtype = flags.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
-  auto model = models::FromPretrained(flags.model, options);
+  auto model = models::FromPretrained(folder, options);
   if (!model.ok()) throw CommandFailed(1, std::string(model.status().message()));
   return *model;
 }
@@ -89,7 +124,7 @@ int64_t PadId(const models::PreTrainedModel& model) {
 void RunForward(const ModelFlags& flags, const std::string& input_ids_text, const std::string& output_path,
                 const std::string& debug_json_path) {
   auto rows = ParseIdRows(input_ids_text, "--input-ids");
-  auto model = Load(flags);
+  auto model = Load(flags, ModelFolder(flags));
   auto [input_ids, attention_mask] = PadLeft(rows, PadId(*model));
   models::ForwardInputs inputs;
   inputs.input_ids = input_ids;
@@ -125,13 +160,71 @@ void RunForward(const ModelFlags& flags, const std::string& input_ids_text, cons
   }
 }
 
-void RunGenerate(const ModelFlags& flags, const std::string& prompt_ids_text, int64_t max_new_tokens, bool no_eos) {
-  auto rows = ParseIdRows(prompt_ids_text, "--prompt-ids");
-  auto model = Load(flags);
+struct PromptFlags {
+  std::string prompt_ids;
+  std::vector<std::string> prompts;
+  bool chat = false;
+  std::string system;
+};
+
+std::unique_ptr<tokenizer::Tokenizer> LoadTokenizer(const std::string& folder) {
+  auto loaded = tokenizer::Tokenizer::FromDirectory(folder);
+  if (!loaded.ok()) throw CommandFailed(1, absl::StrCat("generate --prompt: ", loaded.status().message()));
+  return std::move(*loaded);
+}
+
+// Text prompts to ids as transformers does: `tokenizer(prompt)` adds the post-processor's special
+// tokens; `apply_chat_template(messages, add_generation_prompt=True, tokenize=True)` renders the
+// template (which writes its own special tokens) and encodes without adding any.
+std::vector<std::vector<int64_t>> EncodePrompts(const PromptFlags& prompt, const std::string& folder,
+                                                const tokenizer::Tokenizer& tokenizer) {
+  std::optional<chat_template::ModelChatTemplate> chat;
+  if (prompt.chat) {
+    auto loaded = chat_template::LoadChatTemplate(folder);
+    if (!loaded.ok()) throw CommandFailed(1, absl::StrCat("generate --chat: ", loaded.status().message()));
+    chat = std::move(*loaded);
+  }
+  std::vector<std::vector<int64_t>> rows;
+  for (const std::string& text : prompt.prompts) {
+    std::string to_encode = text;
+    tokenizer::EncodeOptions options;
+    if (chat) {
+      nlohmann::json messages = nlohmann::json::array();
+      if (!prompt.system.empty()) messages.push_back({{"role", "system"}, {"content", prompt.system}});
+      messages.push_back({{"role", "user"}, {"content", text}});
+      chat_template::ChatTemplateOptions render_options;
+      render_options.add_generation_prompt = true;
+      auto rendered = chat->Render(messages.dump(), render_options);
+      if (!rendered.ok()) throw CommandFailed(1, absl::StrCat("generate --chat: ", rendered.status().message()));
+      to_encode = std::move(*rendered);
+      options.add_special_tokens = false;
+    }
+    auto encoding = tokenizer.Encode(to_encode, options);
+    if (!encoding.ok()) throw CommandFailed(1, absl::StrCat("generate --prompt: ", encoding.status().message()));
+    if (encoding->ids.empty()) throw CommandFailed(2, absl::StrCat("generate --prompt: \"", text, "\" encodes to no tokens"));
+    rows.emplace_back(encoding->ids.begin(), encoding->ids.end());
+  }
+  return rows;
+}
+
+void RunGenerate(const ModelFlags& flags, const PromptFlags& prompt, int64_t max_new_tokens, bool no_eos) {
+  if (prompt.prompt_ids.empty() == prompt.prompts.empty()) {
+    throw CommandFailed(2, "generate: give either --prompt-ids or --prompt");
+  }
+  if (prompt.chat && prompt.prompts.empty()) throw CommandFailed(2, "generate: --chat needs --prompt text");
+  const std::string folder = ModelFolder(flags);
+  std::unique_ptr<tokenizer::Tokenizer> tokenizer;
+  std::vector<std::vector<int64_t>> rows;
+  if (prompt.prompts.empty()) {
+    rows = ParseIdRows(prompt.prompt_ids, "--prompt-ids");
+  } else {
+    tokenizer = LoadTokenizer(folder);
+    rows = EncodePrompts(prompt, folder, *tokenizer);
+  }
+  auto model = Load(flags, folder);
   models::GenerationOptions options;
   options.max_new_tokens = max_new_tokens;
-  auto folder = models::ResolveModelPath(flags.model);
-  if (folder.ok()) models::ReadGenerationConfig(*folder, options);
+  models::ReadGenerationConfig(folder, options);
   if (no_eos) options.eos_token_id = std::vector<int64_t>{};
   auto [prompt_ids, attention_mask] = PadLeft(rows, PadId(*model));
   absl::StatusOr<at::Tensor> generated;
@@ -142,6 +235,7 @@ void RunGenerate(const ModelFlags& flags, const std::string& prompt_ids_text, in
   }
   if (!generated.ok()) throw CommandFailed(1, std::string(generated.status().message()));
   nlohmann::json ids = nlohmann::json::array();
+  nlohmann::json texts = nlohmann::json::array();
   for (int64_t row = 0; row < generated->size(0); ++row) {
     at::Tensor tokens = (*generated)[row].contiguous();
     std::vector<int64_t> values(tokens.data_ptr<int64_t>(), tokens.data_ptr<int64_t>() + tokens.numel());
@@ -153,10 +247,19 @@ void RunGenerate(const ModelFlags& flags, const std::string& prompt_ids_text, in
         break;
       }
     }
+    if (tokenizer) {
+      // As tokenizer.decode(new_ids, skip_special_tokens=True).
+      std::vector<uint32_t> unsigned_ids(values.begin(), values.end());
+      auto text = tokenizer->Decode(unsigned_ids, /*skip_special_tokens=*/true);
+      if (!text.ok()) throw CommandFailed(1, absl::StrCat("generate: decoding: ", text.status().message()));
+      texts.push_back(*text);
+    }
     ids.push_back(values);
   }
-  nlohmann::json result = {{"ids", rows.size() == 1 ? ids[0] : ids}};
-  std::printf("%s\n", result.dump().c_str());
+  const bool single = rows.size() == 1;
+  nlohmann::json result = {{"ids", single ? ids[0] : ids}};
+  if (tokenizer) result["text"] = single ? texts[0] : texts;
+  std::printf("%s\n", result.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
 }
 
 }  // namespace
@@ -176,16 +279,19 @@ void AddModelCommands(CLI::App& app) {
     command->callback([=] { RunForward(*flags, *input_ids, *output, *debug_json); });
   }
   {
-    auto* command = app.add_subcommand("generate", "Greedy generation with a KV cache; prints {\"ids\": [...]}.");
+    auto* command = app.add_subcommand("generate", "Greedy generation with a KV cache; prints {\"ids\": [...]} (and \"text\").");
     auto flags = std::make_shared<ModelFlags>();
-    auto prompt_ids = std::make_shared<std::string>();
+    auto prompt = std::make_shared<PromptFlags>();
     auto max_new_tokens = std::make_shared<int64_t>(20);
     auto no_eos = std::make_shared<bool>(false);
     AddModelFlags(command, *flags);
-    command->add_option("--prompt-ids", *prompt_ids, "comma-separated ids; ';' separates batch rows")->required();
+    command->add_option("--prompt-ids", prompt->prompt_ids, "comma-separated ids; ';' separates batch rows");
+    command->add_option("--prompt", prompt->prompts, "prompt text, encoded with the model's tokenizer (repeat for a batch)");
+    command->add_flag("--chat", prompt->chat, "send each --prompt as a user message through the model's chat template");
+    command->add_option("--system", prompt->system, "with --chat: a system message before the user message");
     command->add_option("--max-new-tokens", *max_new_tokens, "at most this many new tokens")->check(CLI::PositiveNumber);
     command->add_flag("--ignore-eos", *no_eos, "do not stop at the config's EOS ids");
-    command->callback([=] { RunGenerate(*flags, *prompt_ids, *max_new_tokens, *no_eos); });
+    command->callback([=] { RunGenerate(*flags, *prompt, *max_new_tokens, *no_eos); });
   }
 }
 

@@ -61,14 +61,8 @@ void AddRegistryFlags(CLI::App* command, const std::shared_ptr<RegistryFlags>& f
 }
 
 std::string Address(const RegistryFlags& flags) {
-  if (!flags.registry.empty()) return flags.registry;
-  if (const char* address = std::getenv("FLOTILLA_REGISTRY"); address && *address) return address;
-  absl::StatusOr<std::string> address = RunningServiceAddress(flags.data_directory, "registry");
-  if (!address.ok()) {
-    Fail(absl::FailedPreconditionError(absl::StrCat("no registry address: pass --registry host:port, set "
-                                                    "FLOTILLA_REGISTRY, or start the local mesh (`flotilla up`): ",
-                                                    address.status().message())));
-  }
+  absl::StatusOr<std::string> address = RegistryAddress(flags.registry, flags.data_directory);
+  if (!address.ok()) Fail(address.status());
   return *address;
 }
 
@@ -321,6 +315,18 @@ void CollectGarbage(const RegistryFlags& flags, bool dry_run) {
 }
 
 }  // namespace
+
+absl::StatusOr<std::string> RegistryAddress(const std::string& explicit_address, const std::string& data_directory) {
+  if (!explicit_address.empty()) return explicit_address;
+  if (const char* address = std::getenv("FLOTILLA_REGISTRY"); address && *address) return std::string(address);
+  absl::StatusOr<std::string> address = RunningServiceAddress(data_directory, "registry");
+  if (!address.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat("no registry address: pass --registry host:port, set "
+                                                      "FLOTILLA_REGISTRY, or start the local mesh (`flotilla up`): ",
+                                                      address.status().message()));
+  }
+  return *address;
+}
 
 void AddRegistryCommands(CLI::App& app) {
   {
