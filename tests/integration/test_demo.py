@@ -1,0 +1,36 @@
+"""The README's first command, tools/demo, as a new user runs it: the mesh comes up, SmolLM2 and
+MiniLM go into the registry, and SmolLM2 pulled back from it answers the sample question. A second
+run uploads nothing and answers the same."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+from conftest import BUILD_DIR, REPOSITORY, binary
+
+
+def run_demo(environment: dict) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(REPOSITORY / "tools" / "demo")], capture_output=True, text=True, env=environment,
+                            timeout=1200)
+    assert result.returncode == 0, f"tools/demo failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def test_demo_answers_from_a_model_pulled_from_the_local_registry(tmp_path):
+    home = tmp_path / "flotilla-home"
+    environment = {**os.environ, "FLOTILLA_HOME": str(home), "FLOTILLA_PORT_BASE": "0",
+                   "FLOTILLA_BUILD_DIR": str(BUILD_DIR), "OMP_NUM_THREADS": "2"}
+    environment.pop("FLOTILLA_REGISTRY", None)
+    try:
+        first = run_demo(environment)
+        assert "assistant: The capital of France is Paris." in first.stdout, first.stdout[-2000:]
+        assert "pushed demo/all-minilm-l6-v2@main" in first.stdout
+        cached = list((home / "cache" / "demo" / "smollm2-135m-instruct").iterdir())
+        assert len(cached) == 1 and (cached[0] / "model.safetensors").is_file()
+
+        second = run_demo(environment)
+        assert "The mesh is already running." in second.stdout
+        assert second.stdout.count("0 B uploaded") == 2, second.stdout[-2000:]
+        assert "assistant: The capital of France is Paris." in second.stdout
+    finally:
+        subprocess.run([str(binary("flotilla")), "down", "--data-dir", str(home)], capture_output=True, timeout=120)
