@@ -279,6 +279,16 @@ SEMANTICS = [
     " {{ '{:,}|{:>8}|{:^7}'.format(1234567, 'r', 'c') }} [{{ messages.append }}] {{ [[1], [2]]|sum(start=[]) }}",
     "{% set x = 1 %}{% for m in messages %}{% set x = x + 1 %}{{ x }}{% endfor %}{{ x }}{% with y = 5 %}{{ y }}{% endwith %}"
     "{{ 'a' if messages|length > 10 }}|{{ 'yes' if messages else 'no' }}",
+    "{% for group in messages|groupby('role') %}{{ group.grouper }}:{{ group.list|map(attribute='content')|join(',') }};{% endfor %}"
+    "{% for role, items in messages|groupby('role', case_sensitive=true) %}{{ role }}={{ items|length }} {% endfor %}"
+    "{{ messages|groupby('role')|map(attribute='grouper')|list }} {{ [{'k': 'B'}, {'k': 'b'}, {'k': 'a'}]|groupby('k') }}",
+    "{{ messages[0].content|truncate(9) }}|{{ messages[0].content|truncate(9, true) }}|{{ 'short'|truncate(3, leeway=5) }}"
+    "|{{ 'a longer sentence of words'|truncate(12, end='~') }}|{{ 'a longer sentence'|truncate(8, leeway=0) }}"
+    "|{{ range(7)|slice(3)|list }}|{{ range(7)|slice(3, fill_with=0)|list }}|{{ [1, 2]|slice(4)|list }}",
+    "{% set tree = [{'n': 'a', 'kids': [{'n': 'b', 'kids': [{'n': 'c', 'kids': []}]}, {'n': 'd', 'kids': []}]},"
+    " {'n': 'e', 'kids': []}] %}{% for node in tree recursive %}{{ loop.depth }}{{ node.n }}"
+    "{% if node.kids %}({{ loop(node.kids) }}){% endif %}{% if not loop.last %},{% endif %}{% endfor %}"
+    "{% for m in messages recursive %}{{ loop.depth0 }}{{ m.role[0] }}{% endfor %}",
 ]
 
 

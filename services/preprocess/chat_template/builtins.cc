@@ -1265,6 +1265,77 @@ Value Renderer::CallFilter(const std::string& name, const Value& subject, CallAr
     for (auto& [key, item] : keyed) out.push_back(item);
     return Value::FromList(std::move(out));
   }
+  if (name == "groupby") {
+    // jinja2's do_groupby: sort by the attribute (case-folded unless case_sensitive), group equal
+    // neighbours; each group is a (grouper, list) named tuple whose grouper keeps the first item's case.
+    Signature args = signature({"attribute", "default", "case_sensitive"});
+    const Value attribute = args.Get(0, Value::None());
+    const Value fallback = args.Get(1, Value::None());
+    const bool case_sensitive = args.Get(2, Value(false)).Truthy();
+    auto key_of = [&](const Value& item) {
+      Value key = GetAttributePath(*this, item, attribute, location);
+      if (key.IsUndefined() && !fallback.IsNone()) key = fallback;
+      return key;
+    };
+    std::vector<std::pair<Value, Value>> keyed;
+    for (const Value& item : Iterate(subject, location)) {
+      Value key = key_of(item);
+      keyed.emplace_back(case_sensitive ? key : IgnoreCase(key), item);
+    }
+    std::stable_sort(keyed.begin(), keyed.end(), [&](const auto& a, const auto& b) { return LessThan(a.first, b.first, location); });
+    List groups;
+    for (size_t start = 0; start < keyed.size();) {
+      size_t end = start + 1;
+      while (end < keyed.size() && keyed[end].first.Equals(keyed[start].first)) ++end;
+      List members;
+      for (size_t i = start; i < end; ++i) members.push_back(keyed[i].second);
+      Value grouper = case_sensitive ? keyed[start].first : key_of(keyed[start].second);
+      groups.push_back(Value::FromNamedTuple({grouper, Value::FromList(std::move(members))}, {"grouper", "list"}));
+      start = end;
+    }
+    return Value::FromList(std::move(groups));
+  }
+  if (name == "truncate") {
+    // jinja2's do_truncate with the default policy leeway of 5 characters.
+    Signature args = signature({"length", "killwords", "end", "leeway"});
+    std::vector<char32_t> text = DecodeUtf8(text_of(subject));
+    const int64_t length = IntArgument(*this, args.Get(0, Value(int64_t{255})), location, "truncate length");
+    const bool killwords = args.Get(1, Value(false)).Truthy();
+    const std::string end = text_of(args.Get(2, Value("...")));
+    const int64_t leeway = IntArgument(*this, args.Get(3, Value(int64_t{5})), location, "truncate leeway");
+    const int64_t end_length = static_cast<int64_t>(DecodeUtf8(end).size());
+    if (length < end_length) Fail(location, absl::StrCat("expected length >= ", end_length, ", got ", length));
+    if (leeway < 0) Fail(location, absl::StrCat("expected leeway >= 0, got ", leeway));
+    if (static_cast<int64_t>(text.size()) <= length + leeway) return subject.IsString() ? subject : Value(text_of(subject));
+    std::string kept = EncodeUtf8(text, 0, static_cast<size_t>(length - end_length));
+    if (!killwords) {
+      size_t space = kept.rfind(' ');
+      if (space != std::string::npos) kept.resize(space);
+    }
+    return Value(kept + end);
+  }
+  if (name == "slice") {
+    // jinja2's do_slice: `slices` columns, the first (length % slices) one item longer.
+    Signature args = signature({"slices", "fill_with"});
+    const int64_t slices = IntArgument(*this, args.Get(0, Value::None()), location, "slice count");
+    if (slices <= 0) Fail(location, "slice count must be positive");
+    const Value fill_with = args.Get(1, Value::None());
+    List items = Iterate(subject, location);
+    const int64_t length = static_cast<int64_t>(items.size());
+    const int64_t per_slice = length / slices;
+    const int64_t with_extra = length % slices;
+    List out;
+    int64_t offset = 0;
+    for (int64_t number = 0; number < slices; ++number) {
+      const int64_t start = offset + number * per_slice;
+      if (number < with_extra) ++offset;
+      const int64_t end = offset + (number + 1) * per_slice;
+      List column(items.begin() + start, items.begin() + end);
+      if (!fill_with.IsNone() && number >= with_extra) column.push_back(fill_with);
+      out.push_back(Value::FromList(std::move(column)));
+    }
+    return Value::FromList(std::move(out));
+  }
   if (name == "dictsort") {
     Signature args = signature({"case_sensitive", "by", "reverse"});
     if (!subject.IsDict()) Fail(location, "dictsort requires a mapping");

@@ -260,8 +260,14 @@ void Renderer::Assign(const AssignTarget& target, const Value& value, Frame& fra
 }
 
 void Renderer::ExecuteFor(const Statement& statement, const std::shared_ptr<Frame>& frame, std::string& out) {
-  if (statement.recursive) Fail(statement.location, "recursive for loops are not supported in chat templates");
   Value iterable = Evaluate(*statement.expression, frame);
+  RunLoop(statement, frame, iterable, /*depth=*/1, out);
+}
+
+// One pass of a for loop over `iterable`. In a `recursive` loop, `loop(children)` runs the same body
+// over `children` one level deeper and returns what it rendered, as jinja2's LoopContext.__call__.
+void Renderer::RunLoop(const Statement& statement, const std::shared_ptr<Frame>& frame, const Value& iterable, int64_t depth,
+                       std::string& out) {
   List items = Iterate(iterable, statement.expression->location);
   if (statement.condition) {
     // The loop filter sees each item under the loop's target names, before `loop` exists.
@@ -296,8 +302,8 @@ void Renderer::ExecuteFor(const Statement& statement, const std::shared_ptr<Fram
         {"first", Value(index == 0)},
         {"last", Value(index == length - 1)},
         {"length", Value(length)},
-        {"depth", Value(1)},
-        {"depth0", Value(0)},
+        {"depth", Value(depth)},
+        {"depth0", Value(depth - 1)},
         {"previtem", index > 0 ? items[index - 1] : Value::Undefined("there is no previous item")},
         {"nextitem", index + 1 < length ? items[index + 1] : Value::Undefined("there is no next item")},
     };
@@ -314,6 +320,25 @@ void Renderer::ExecuteFor(const Statement& statement, const std::shared_ptr<Fram
       }
       return Value(false);
     }));
+    if (statement.recursive) {
+      // Weak, as for macros: a loop object stored in a namespace must not keep its frame alive.
+      std::weak_ptr<Frame> defining = frame;
+      loop->attributes.emplace_back("__call__", Value::FromFunction("loop", [this, &statement, defining, depth,
+                                                                          location](CallArguments& arguments) -> Value {
+        std::shared_ptr<Frame> parent = defining.lock();
+        if (!parent) Fail(location, "loop() called after its for loop ended");
+        if (arguments.positional.size() != 1 || !arguments.keyword.empty()) {
+          Fail(location, "loop() of a recursive loop takes exactly one iterable");
+        }
+        if (depth >= limits_.max_call_depth) {
+          throw TemplateError(TemplateError::Kind::kLimit, location,
+                              absl::StrCat("a recursive loop went deeper than ", limits_.max_call_depth, " levels"));
+        }
+        std::string rendered;
+        RunLoop(statement, parent, arguments.positional[0], depth + 1, rendered);
+        return Value(std::move(rendered));
+      }));
+    }
     auto inner = std::make_shared<Frame>();
     inner->parent = frame;
     inner->variables.emplace_back("loop", Value::FromObject(std::move(loop)));
@@ -406,9 +431,15 @@ void Renderer::EvaluateArguments(const Expression& expression, size_t first, con
 
 Value Renderer::CallValue(const Value& callee, CallArguments& arguments, SourceLocation location) {
   if (callee.IsUndefined()) ThrowUndefined(callee, location);
-  if (!callee.IsFunction()) Fail(location, "'" + PythonTypeName(callee) + "' object is not callable");
+  const Function* function = callee.IsFunction() ? &callee.AsFunction() : nullptr;
+  if (callee.IsObject()) {  // the `loop` of a recursive loop is callable
+    for (const auto& [name, attribute] : callee.AsObject().attributes) {
+      if (name == "__call__" && attribute.IsFunction()) function = &attribute.AsFunction();
+    }
+  }
+  if (function == nullptr) Fail(location, "'" + PythonTypeName(callee) + "' object is not callable");
   try {
-    return callee.AsFunction()(arguments);
+    return (*function)(arguments);
   } catch (TemplateError& error) {
     // Globals do not know where they were called from; the call site does.
     if (error.location.line == 0) error.location = location;
@@ -759,6 +790,8 @@ Value Renderer::GetAttribute(const Value& object, const std::string& name, Sourc
     for (const auto& [attribute, value] : object.AsObject().attributes) {
       if (attribute == name) return value;
     }
+  } else if (const Value* field = object.FindField(name)) {
+    return *field;
   }
   return Value::Undefined("'" + object.TypeName() + "' has no attribute '" + name + "'");
 }
@@ -791,6 +824,7 @@ Value Renderer::GetItem(const Value& object, const Value& key, SourceLocation lo
     }
   }
   if (key.IsString()) {
+    if (const Value* field = object.FindField(key.AsString())) return *field;
     Value method = BoundMethod(*this, object, key.AsString(), location);
     if (!method.IsUndefined()) return method;
     return Value::Undefined("'" + object.TypeName() + "' has no attribute '" + key.AsString() + "'");

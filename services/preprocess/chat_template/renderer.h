@@ -62,6 +62,8 @@ class Renderer {
   Flow ExecuteBody(const Body& body, const std::shared_ptr<Frame>& frame, std::string& out);
   Flow Execute(const Statement& statement, const std::shared_ptr<Frame>& frame, std::string& out);
   void ExecuteFor(const Statement& statement, const std::shared_ptr<Frame>& frame, std::string& out);
+  void RunLoop(const Statement& statement, const std::shared_ptr<Frame>& frame, const Value& iterable, int64_t depth,
+               std::string& out);
   void Assign(const AssignTarget& target, const Value& value, Frame& frame, SourceLocation location);
   Value MakeMacro(const Statement& statement, const std::shared_ptr<Frame>& frame);
   Value Evaluate(const Expression& expression, const std::shared_ptr<Frame>& frame);

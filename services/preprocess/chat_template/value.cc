@@ -43,6 +43,20 @@ Value Value::FromTuple(List items) {
   return value;
 }
 
+Value Value::FromNamedTuple(List items, std::vector<std::string> field_names) {
+  Value value = FromTuple(std::move(items));
+  value.field_names_ = std::make_shared<const std::vector<std::string>>(std::move(field_names));
+  return value;
+}
+
+const Value* Value::FindField(const std::string& name) const {
+  if (kind_ != Kind::kTuple || !field_names_) return nullptr;
+  for (size_t i = 0; i < field_names_->size() && i < list_->size(); ++i) {
+    if ((*field_names_)[i] == name) return &(*list_)[i];
+  }
+  return nullptr;
+}
+
 Value Value::FromDict(Dict items) {
   Value value;
   value.kind_ = Kind::kDict;

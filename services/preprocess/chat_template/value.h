@@ -66,6 +66,9 @@ class Value {
   // A list that prints as Python prints a view or a range: `dict_items([...])`, `range(0, 3)`.
   // `repr_name` is "dict_items", "dict_keys", "dict_values", or a whole "range(...)" repr.
   static Value FromListView(List items, std::string repr_name);
+  // A tuple whose items are also attributes (Python's namedtuple; jinja2's groupby gives
+  // (grouper, list) pairs). Prints as a plain tuple, as jinja2's _GroupTuple does.
+  static Value FromNamedTuple(List items, std::vector<std::string> field_names);
   static Value FromDict(Dict items);
   static Value FromNamespace(std::shared_ptr<Namespace> ns);
   static Value FromObject(std::shared_ptr<Object> object);
@@ -101,6 +104,8 @@ class Value {
   const Object& AsObject() const { return *object_; }
   const Function& AsFunction() const { return *function_; }
   const std::string& FunctionName() const { return *string_; }
+  // A named tuple's item called `name`, or nullptr.
+  const Value* FindField(const std::string& name) const;
   // Why this value is undefined ("'x' is undefined", "'dict object' has no attribute 'y'").
   const std::string& UndefinedHint() const;
 
@@ -128,6 +133,7 @@ class Value {
   std::shared_ptr<Namespace> namespace_;
   std::shared_ptr<const Object> object_;
   std::shared_ptr<const Function> function_;
+  std::shared_ptr<const std::vector<std::string>> field_names_;  // named tuples only
 };
 
 // Python float repr: shortest round-trip digits, "1.0", "1e-05", "1e+16".
