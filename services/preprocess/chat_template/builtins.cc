@@ -684,11 +684,16 @@ Value StringMethod(Renderer& renderer, const std::string& text, const std::strin
   auto signature = [&](std::vector<std::string> names) { return Signature(renderer, location, "str." + name, arguments, std::move(names)); };
   if (name == "strip" || name == "lstrip" || name == "rstrip") {
     Signature args = signature({"chars"});
-    return Value(Strip(text, args.Get(0, Value::None()), name != "rstrip", name != "lstrip"));
+    Value characters = args.Get(0, Value::None());
+    if (!characters.IsString() && !characters.IsNone()) renderer.Fail(location, name + " arg must be None or str");
+    return Value(Strip(text, characters, name != "rstrip", name != "lstrip"));
   }
   if (name == "split" || name == "rsplit") {
     Signature args = signature({"sep", "maxsplit"});
     Value separator = args.Get(0, Value::None());
+    if (!separator.IsString() && !separator.IsNone()) {
+      renderer.Fail(location, "must be str or None, not " + PythonTypeName(separator));
+    }
     if (separator.IsString() && separator.AsString().empty()) renderer.Fail(location, "empty separator");
     return Value::FromList(Split(text, separator, IntArgument(renderer, args.Get(1, Value(-1)), location, "maxsplit"), name == "rsplit"));
   }
@@ -1065,7 +1070,9 @@ Value Renderer::CallFilter(const std::string& name, const Value& subject, CallAr
   }
   if (name == "trim") {
     Signature args = signature({"chars"});
-    return Value(Strip(text_of(subject), args.Get(0, Value::None()), true, true));
+    Value characters = args.Get(0, Value::None());
+    if (!characters.IsString() && !characters.IsNone() && !characters.IsUndefined()) Fail(location, "strip arg must be None or str");
+    return Value(Strip(text_of(subject), characters, true, true));
   }
   if (name == "upper") return Value(ToUpperUnicode(text_of(subject)));
   if (name == "lower") return Value(ToLowerUnicode(text_of(subject)));

@@ -81,6 +81,11 @@ TEST(ChatTemplateTest, SyntaxErrorsNameLineAndColumn) {
   // Found by chat_template_fuzzer: a slice beside another subscript used to leave a null object.
   status = RenderError("{{ 'abc'[::,1] }}");
   EXPECT_NE(status.message().find("a slice must be the only subscript"), std::string::npos) << status;
+  // Also a fuzzer find: a non-string separator or strip set used to be read as a string.
+  status = RenderError("{{ 'a b'.split(true) }}");
+  EXPECT_NE(status.message().find("must be str or None, not bool"), std::string::npos) << status;
+  status = RenderError("{{ 'a b'.strip(1) }}");
+  EXPECT_NE(status.message().find("strip arg must be None or str"), std::string::npos) << status;
 }
 
 TEST(ChatTemplateTest, EndlessRecursionAndRunawayOutputAreStopped) {
