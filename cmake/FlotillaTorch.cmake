@@ -52,13 +52,25 @@ target_link_options(flotilla_torch INTERFACE
   "LINKER:-rpath,${FLOTILLA_TORCH_LIBRARY_DIR}"
   "LINKER:-rpath,${FLOTILLA_TORCH_CUDA_LIBRARY_DIR}")
 
-# Precompiled headers for torch targets: ATen's headers dominate their compile time.
+# Precompiled headers for torch targets: ATen's headers dominate their compile time. GCC rejects
+# (with only a -Winvalid-pch warning, then parses everything) a header precompiled with other
+# -fPIC/-fPIE settings, so shared libraries and position-independent targets reuse a PIC twin.
 function(flotilla_torch_precompiled_headers target)
-  target_precompile_headers(${target} REUSE_FROM flotilla_torch_pch)
+  get_target_property(type ${target} TYPE)
+  get_target_property(position_independent ${target} POSITION_INDEPENDENT_CODE)
+  if(type STREQUAL "SHARED_LIBRARY" OR type STREQUAL "MODULE_LIBRARY" OR position_independent)
+    set_target_properties(${target} PROPERTIES POSITION_INDEPENDENT_CODE ON)
+    target_precompile_headers(${target} REUSE_FROM flotilla_torch_pch_pic)
+  else()
+    target_precompile_headers(${target} REUSE_FROM flotilla_torch_pch)
+  endif()
 endfunction()
-add_library(flotilla_torch_pch STATIC ${CMAKE_CURRENT_LIST_DIR}/torch_pch.cc)
-target_link_libraries(flotilla_torch_pch PUBLIC flotilla::torch)
-target_precompile_headers(flotilla_torch_pch PRIVATE <torch/torch.h>)
+foreach(variant flotilla_torch_pch flotilla_torch_pch_pic)
+  add_library(${variant} STATIC ${CMAKE_CURRENT_LIST_DIR}/torch_pch.cc)
+  target_link_libraries(${variant} PUBLIC flotilla::torch)
+  target_precompile_headers(${variant} PRIVATE <torch/torch.h>)
+endforeach()
+set_target_properties(flotilla_torch_pch_pic PROPERTIES POSITION_INDEPENDENT_CODE ON)
 
 # The CUDA half of LibTorch, for kernels/ (only configured when a CUDA toolkit is found). Linked
 # with --no-as-needed so that libtorch_cuda registers its CUDA hooks (at::hasCUDA()) on GPU machines.

@@ -228,8 +228,17 @@ absl::Status SavePretrained(PreTrainedModel& model, const std::string& folder) {
   }
   absl::Status saved = SaveSafetensors((std::filesystem::path(folder) / "model.safetensors").string(), tensors);
   if (!saved.ok()) return saved;
+  nlohmann::json config = model.config().ToJson();
+  // The config names the dtype the weights are stored in (transformers v5 writes `dtype`).
+  for (const auto& [name, tensor] : tensors) {
+    if (!at::isFloatingType(tensor.scalar_type())) continue;
+    const at::ScalarType type = tensor.scalar_type();
+    config["dtype"] = type == at::kBFloat16 ? "bfloat16" : type == at::kHalf ? "float16" : "float32";
+    config.erase("torch_dtype");
+    break;
+  }
   std::ofstream stream(std::filesystem::path(folder) / "config.json");
-  stream << model.config().ToJson().dump(2) << "\n";
+  stream << config.dump(2) << "\n";
   if (!stream) return absl::DataLossError(absl::StrCat("SavePretrained(", folder, "): cannot write config.json"));
   return absl::OkStatus();
 }

@@ -1,5 +1,7 @@
 #include "services/registry/registry.h"
 
+#include <algorithm>
+
 #include <filesystem>
 #include <map>
 #include <mutex>
@@ -146,8 +148,34 @@ absl::StatusOr<CommitRecord> Registry::CreateCommit(const std::string& namespace
                                                      " but blob ", file.sha256, " has ", *size, " bytes"));
     }
   }
+  absl::StatusOr<RepositoryRecord> repository = metadata_->GetRepository(namespace_name, name);
+  if (!repository.ok()) return repository.status();
+  if (repository->kind == kKernelKind) {
+    absl::StatusOr<KernelManifest> manifest = ReadKernelManifest(files);
+    if (!manifest.ok()) return absl::Status(manifest.status().code(), absl::StrCat(where, ": ", manifest.status().message()));
+    if (absl::Status status = CheckKernelTree(*manifest, files); !status.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": ", status.message()));
+    }
+  }
   return metadata_->CommitToBranch(namespace_name, name, branch_name, expected_parent, author, message, absl::Now(),
                                    std::move(files));
+}
+
+absl::StatusOr<KernelManifest> Registry::ReadKernelManifest(const std::vector<TreeEntry>& files) {
+  constexpr int64_t kMaxManifestBytes = 1 << 20;
+  for (const TreeEntry& file : files) {
+    if (file.path != kKernelManifestPath) continue;
+    if (file.size > kMaxManifestBytes) {
+      return absl::InvalidArgumentError(absl::StrCat(kKernelManifestPath, " is ", file.size, " bytes; the limit is ", kMaxManifestBytes));
+    }
+    std::string text;
+    if (absl::Status read = blobs_->Read(file.sha256, 0, file.size, &text); !read.ok()) return read;
+    return ParseKernelManifest(text);
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "a kernel repository's commit needs a ", kKernelManifestPath,
+      " naming the kernel and its variants, e.g. {\"name\": \"rmsnorm\", \"variants\": {\"torch2.15-cpu-x86_64\": "
+      "{\"library\": \"librmsnorm.so\"}}}"));
 }
 
 absl::StatusOr<RefRecord> Registry::CreateTag(const std::string& namespace_name, const std::string& name,
@@ -174,30 +202,36 @@ std::vector<std::string> Registry::FindMissingBlobs(const std::vector<std::strin
 absl::StatusOr<KernelVariant> Registry::FindKernelVariant(const std::string& namespace_name, const std::string& name,
                                                           const std::string& revision, const std::string& torch_version,
                                                           const std::string& accelerator,
-                                                          const std::string& architecture) {
+                                                          const std::string& architecture,
+                                                          const std::string& compute_capability) {
   absl::StatusOr<CommitRecord> commit = Resolve(namespace_name, name, revision);
   if (!commit.ok()) return commit.status();
   absl::StatusOr<std::vector<TreeEntry>> files = Files(*commit);
   if (!files.ok()) return files.status();
+  absl::StatusOr<KernelManifest> manifest = ReadKernelManifest(*files);
+  if (!manifest.ok()) return manifest.status();
   std::string version = torch_version;
   if (absl::StartsWith(version, "torch")) version = version.substr(5);
   const std::string wanted = absl::StrCat("torch", version, "-", accelerator, "-", architecture);
-  std::map<std::string, std::vector<TreeEntry>> variants;
-  for (const TreeEntry& file : *files) {
-    if (!absl::StartsWith(file.path, "build/")) continue;
-    size_t slash = file.path.find('/', 6);
-    if (slash == std::string::npos) continue;
-    variants[file.path.substr(6, slash - 6)].push_back(file);
-  }
-  auto found = variants.find(wanted);
-  if (found == variants.end()) {
+  const std::string where = absl::StrCat("kernel ", namespace_name, "/", name, "@", commit->commit_id.substr(0, 12));
+  const KernelManifestVariant* variant = manifest->Find(wanted);
+  if (variant == nullptr) {
     std::vector<std::string> names;
-    for (const auto& [variant, unused] : variants) names.push_back(variant);
-    return absl::NotFoundError(absl::StrCat("kernel ", namespace_name, "/", name, "@", commit->commit_id.substr(0, 12),
-                                            " has no variant ", wanted, " (variants: ",
-                                            names.empty() ? "none" : absl::StrJoin(names, ", "), ")"));
+    for (const KernelManifestVariant& entry : manifest->variants) names.push_back(entry.name);
+    return absl::NotFoundError(absl::StrCat(where, " has no variant ", wanted, " (variants: ", absl::StrJoin(names, ", "), ")"));
   }
-  return KernelVariant{found->first, found->second};
+  if (!compute_capability.empty() && !variant->cuda_capabilities.empty() &&
+      std::find(variant->cuda_capabilities.begin(), variant->cuda_capabilities.end(), compute_capability) ==
+          variant->cuda_capabilities.end()) {
+    return absl::NotFoundError(absl::StrCat(where, ": variant ", wanted, " is built for compute capabilities ",
+                                            absl::StrJoin(variant->cuda_capabilities, ", "), ", not ", compute_capability));
+  }
+  KernelVariant found{variant->name, {}, absl::StrCat("build/", variant->name, "/", variant->library), variant->entry_json};
+  const std::string prefix = absl::StrCat("build/", variant->name, "/");
+  for (const TreeEntry& file : *files) {
+    if (absl::StartsWith(file.path, prefix)) found.files.push_back(file);
+  }
+  return found;
 }
 
 absl::StatusOr<GarbageReport> Registry::CollectGarbage(bool dry_run) {

@@ -25,6 +25,7 @@
 #include <absl/time/time.h>
 
 #include "services/registry/blob_store.h"
+#include "services/registry/kernel_manifest.h"
 #include "services/registry/metadata_store.h"
 
 namespace flotilla::registry {
@@ -47,6 +48,8 @@ struct GarbageReport {
 struct KernelVariant {
   std::string variant;
   std::vector<TreeEntry> files;
+  std::string library;     // build/<variant>/<library>, from kernel.json
+  std::string entry_json;  // the variant's entry in kernel.json, as written
 };
 
 class Registry {
@@ -85,18 +88,26 @@ class Registry {
   void BlobStored(int64_t size) { stored_bytes_ += size; }
 
   // The variant under build/<variant>/ of a kernel repository named
-  // "torch<version>-<accelerator>-<architecture>". NOT_FOUND lists the variants there are.
+  // "torch<version>-<accelerator>-<architecture>" in its kernel.json (see kernel_manifest.h).
+  // NOT_FOUND lists the variants there are, or the compute capabilities a CUDA variant was built for
+  // when `compute_capability` ("8.0"; empty: any) is not among them.
   absl::StatusOr<KernelVariant> FindKernelVariant(const std::string& namespace_name, const std::string& name,
                                                   const std::string& revision, const std::string& torch_version,
-                                                  const std::string& accelerator, const std::string& architecture);
+                                                  const std::string& accelerator, const std::string& architecture,
+                                                  const std::string& compute_capability = "");
 
   absl::StatusOr<GarbageReport> CollectGarbage(bool dry_run);
+
+  static constexpr int kKernelKind = 3;  // flotilla.v1.RepositoryKind KERNEL
 
   int64_t stored_bytes() const { return stored_bytes_; }
   // Logical bytes (every commit's tree) over stored bytes; 1 when nothing is stored.
   double DedupRatio();
 
  private:
+  // kernel.json of a commit's files, read from the blob store and parsed.
+  absl::StatusOr<KernelManifest> ReadKernelManifest(const std::vector<TreeEntry>& files);
+
   RegistryOptions options_;
   std::unique_ptr<MetadataStore> metadata_;
   std::unique_ptr<BlobStore> blobs_;

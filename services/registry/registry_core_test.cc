@@ -289,20 +289,61 @@ TEST(RegistryTest, GarbageCollectionKeepsReferencedAndYoungBlobs) {
   EXPECT_FALSE(registry->blobs().Size(young.sha256).ok());
 }
 
-TEST(RegistryTest, KernelVariants) {
+constexpr char kKernelManifest[] = R"({"name": "rmsnorm", "variants": {
+  "torch2.15-cpu-x86_64": {"library": "librmsnorm.so"},
+  "torch2.15-cu130-x86_64": {"library": "librmsnorm.so", "cuda_capabilities": ["8.0", "9.0"], "flags": "-O3"}}})";
+
+TEST(RegistryTest, KernelVariantsFollowTheManifest) {
   auto registry = OpenRegistry(TempDirectory());
   ASSERT_TRUE(registry->CreateRepository("acme", "rmsnorm", 3, false).ok());
   ASSERT_TRUE(registry->CreateCommit("acme", "rmsnorm", "main", std::nullopt, "a", "m",
-                                     {Store(*registry, "build/torch2.15-cpu-x86_64/rmsnorm.so", "cpu"),
-                                      Store(*registry, "build/torch2.15-cu130-x86_64/rmsnorm.so", "cuda"),
+                                     {Store(*registry, "kernel.json", kKernelManifest),
+                                      Store(*registry, "build/torch2.15-cpu-x86_64/librmsnorm.so", "cpu"),
+                                      Store(*registry, "build/torch2.15-cu130-x86_64/librmsnorm.so", "cuda"),
+                                      Store(*registry, "build/torch2.15-cu130-x86_64/kernels.ptx", "ptx"),
                                       Store(*registry, "README.md", "#")}).ok());
   auto variant = registry->FindKernelVariant("acme", "rmsnorm", "", "2.15", "cpu", "x86_64");
   ASSERT_TRUE(variant.ok()) << variant.status();
   EXPECT_EQ(variant->variant, "torch2.15-cpu-x86_64");
+  EXPECT_EQ(variant->library, "build/torch2.15-cpu-x86_64/librmsnorm.so");
   ASSERT_EQ(variant->files.size(), 1u);
+  auto cuda = registry->FindKernelVariant("acme", "rmsnorm", "", "torch2.15", "cu130", "x86_64", "9.0");
+  ASSERT_TRUE(cuda.ok()) << cuda.status();
+  EXPECT_EQ(cuda->files.size(), 2u);
+  EXPECT_TRUE(absl::StrContains(cuda->entry_json, "\"flags\":\"-O3\"")) << cuda->entry_json;
+  absl::Status old_gpu = registry->FindKernelVariant("acme", "rmsnorm", "", "2.15", "cu130", "x86_64", "7.5").status();
+  EXPECT_EQ(old_gpu.code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(absl::StrContains(old_gpu.message(), "compute capabilities 8.0, 9.0, not 7.5")) << old_gpu;
   absl::Status missing = registry->FindKernelVariant("acme", "rmsnorm", "", "2.15", "cpu", "aarch64").status();
   EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound);
   EXPECT_TRUE(absl::StrContains(missing.message(), "torch2.15-cpu-x86_64, torch2.15-cu130-x86_64")) << missing;
+}
+
+TEST(RegistryTest, KernelCommitsNeedAManifestThatMatchesTheTree) {
+  auto registry = OpenRegistry(TempDirectory());
+  ASSERT_TRUE(registry->CreateRepository("acme", "rmsnorm", 3, false).ok());
+  auto refused = [&](std::vector<TreeEntry> files, const std::string& words) {
+    absl::Status status = registry->CreateCommit("acme", "rmsnorm", "main", std::nullopt, "a", "m", std::move(files)).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+    EXPECT_TRUE(absl::StrContains(status.message(), words)) << status;
+  };
+  refused({Store(*registry, "build/torch2.15-cpu-x86_64/librmsnorm.so", "cpu")}, "needs a kernel.json");
+  refused({Store(*registry, "kernel.json", "{not json")}, "kernel.json: not valid JSON");
+  refused({Store(*registry, "kernel.json", R"({"name": "k", "variants": {"cpu-build": {"library": "a.so"}}})")},
+          "the name must be torch<major.minor>");
+  refused({Store(*registry, "kernel.json", R"({"name": "k", "variants": {"torch2.15-cpu-x86_64": {"library": "../a.so"}}})")},
+          "\"library\"");
+  refused({Store(*registry, "kernel.json", kKernelManifest),
+           Store(*registry, "build/torch2.15-cpu-x86_64/librmsnorm.so", "cpu")},
+          "whose library build/torch2.15-cu130-x86_64/librmsnorm.so is not in the commit");
+  refused({Store(*registry, "kernel.json", R"({"name": "k", "variants": {"torch2.15-cpu-x86_64": {"library": "a.so"}}})"),
+           Store(*registry, "build/torch2.15-cpu-x86_64/a.so", "cpu"),
+           Store(*registry, "build/torch2.14-cpu-x86_64/a.so", "old")},
+          "does not list: torch2.14-cpu-x86_64");
+  // A model repository needs no manifest.
+  ASSERT_TRUE(registry->CreateRepository("acme", "model", 1, false).ok());
+  EXPECT_TRUE(registry->CreateCommit("acme", "model", "main", std::nullopt, "a", "m",
+                                     {Store(*registry, "build/anything/x.bin", "x")}).ok());
 }
 
 }  // namespace

@@ -274,9 +274,12 @@ class RegistryGrpcService final : public RegistryService::CallbackService {
       auto commit = ResolveReference(context, reference);
       if (!commit.ok()) return commit.status();
       auto variant = registry_.FindKernelVariant(reference.namespace_(), reference.name(), commit->commit_id,
-                                                 request->torch_version(), request->accelerator(), request->architecture());
+                                                 request->torch_version(), request->accelerator(), request->architecture(),
+                                                 request->compute_capability());
       if (!variant.ok()) return variant.status();
       response->set_variant(variant->variant);
+      response->set_library(variant->library);
+      response->set_manifest_entry_json(variant->entry_json);
       response->set_commit_id(commit->commit_id);
       for (const TreeEntry& entry : variant->files) ToProto(entry, response->add_files());
       return absl::OkStatus();

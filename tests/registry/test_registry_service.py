@@ -286,7 +286,11 @@ def _call_ignoring(function, requests):
 def test_kernel_variant_lookup(registry, stubs):
     stub = stubs.registry_pb2_grpc.RegistryServiceStub(registry.channel())
     stub.CreateRepository(stubs.registry_pb2.CreateRepositoryRequest(namespace="kernels", name="rmsnorm", kind=3))
-    files = {"build/torch2.15-cpu-x86_64/rmsnorm.so": b"cpu", "build/torch2.15-cu130-x86_64/rmsnorm.so": b"cuda"}
+    manifest = json.dumps({"name": "rmsnorm", "variants": {
+        "torch2.15-cpu-x86_64": {"library": "rmsnorm.so"},
+        "torch2.15-cu130-x86_64": {"library": "rmsnorm.so", "cuda_capabilities": ["8.0", "9.0"]}}}).encode()
+    files = {"kernel.json": manifest, "build/torch2.15-cpu-x86_64/rmsnorm.so": b"cpu",
+             "build/torch2.15-cu130-x86_64/rmsnorm.so": b"cuda"}
     for data in files.values():
         upload(stub, stubs, "kernels/rmsnorm", data)
     commit(stub, stubs, "kernels/rmsnorm", files)
@@ -294,6 +298,13 @@ def test_kernel_variant_lookup(registry, stubs):
         reference=reference(stubs, "kernels/rmsnorm"), torch_version="2.15", accelerator="cu130", architecture="x86_64"))
     assert found.variant == "torch2.15-cu130-x86_64" and [f.path for f in found.files] == [
         "build/torch2.15-cu130-x86_64/rmsnorm.so"]
+    assert found.library == "build/torch2.15-cu130-x86_64/rmsnorm.so"
+    assert json.loads(found.manifest_entry_json)["cuda_capabilities"] == ["8.0", "9.0"]
+    with pytest.raises(grpc.RpcError) as error:
+        stub.FindKernelVariant(stubs.registry_pb2.FindKernelVariantRequest(
+            reference=reference(stubs, "kernels/rmsnorm"), torch_version="2.15", accelerator="cu130", architecture="x86_64",
+            compute_capability="7.0"))
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND and "8.0, 9.0, not 7.0" in error.value.details()
     with pytest.raises(grpc.RpcError) as error:
         stub.FindKernelVariant(stubs.registry_pb2.FindKernelVariantRequest(
             reference=reference(stubs, "kernels/rmsnorm"), torch_version="2.15", accelerator="cpu", architecture="aarch64"))

@@ -32,7 +32,7 @@ void AddChatTemplateCommands(CLI::App& app);
 
 // process-image: images to pixel_values (image_commands.cc; builds with FLOTILLA_WITH_TORCH).
 void AddImageCommands(CLI::App& app);
-// forward, generate: run models (model_commands.cc; links the models library).
+// forward, generate, save-pretrained: run models (model_commands.cc; links the models library).
 void AddModelCommands(CLI::App& app);
 
 // The data directory: --data-dir, else $FLOTILLA_HOME, else ~/.flotilla.

@@ -262,9 +262,44 @@ void RunGenerate(const ModelFlags& flags, const PromptFlags& prompt, int64_t max
   std::printf("%s\n", result.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
 }
 
+// As model.save_pretrained(output): config.json (with the stored dtype) and model.safetensors (tied
+// weights once); generation_config.json and the tokenizer and processor files are copied along, so
+// that the output folder loads again anywhere the input did.
+void RunSavePretrained(const ModelFlags& flags, const std::string& output) {
+  const std::string folder = ModelFolder(flags);
+  std::error_code same_error;
+  if (std::filesystem::exists(output) && std::filesystem::equivalent(folder, output, same_error)) {
+    throw CommandFailed(2, "save-pretrained: the output folder is the model's own folder; its weights are still mapped");
+  }
+  auto model = Load(flags, folder);
+  if (absl::Status saved = models::SavePretrained(*model, output); !saved.ok()) {
+    throw CommandFailed(1, std::string(saved.message()));
+  }
+  namespace fs = std::filesystem;
+  for (const auto& entry : fs::directory_iterator(folder)) {
+    const std::string name = entry.path().filename().string();
+    const bool weights = entry.path().extension() == ".safetensors" || name == "model.safetensors.index.json";
+    if (!entry.is_regular_file() || weights || name == "config.json") continue;
+    std::error_code error;
+    fs::copy_file(entry.path(), fs::path(output) / name, fs::copy_options::overwrite_existing, error);
+    if (error) throw CommandFailed(1, absl::StrCat("save-pretrained: copying ", name, ": ", error.message()));
+  }
+  std::printf("%s\n", nlohmann::json({{"output", output}, {"dtype", flags.dtype}}).dump().c_str());
+}
+
 }  // namespace
 
 void AddModelCommands(CLI::App& app) {
+  {
+    auto* command = app.add_subcommand("save-pretrained",
+                                       "Load a model and write it as save_pretrained does (e.g. float32 to bfloat16).");
+    auto flags = std::make_shared<ModelFlags>();
+    auto output = std::make_shared<std::string>();
+    AddModelFlags(command, *flags);
+    command->add_option("output", *output, "folder to write config.json, model.safetensors and the other files into")
+        ->required();
+    command->callback([=] { RunSavePretrained(*flags, *output); });
+  }
   {
     auto* command = app.add_subcommand("forward", "Run a model on token ids; write logits and hidden states.");
     auto flags = std::make_shared<ModelFlags>();
