@@ -46,15 +46,26 @@ struct LocalFile {
 
 }  // namespace
 
+std::shared_ptr<grpc::Channel> CreateRegistryChannel(const std::string& address, const ConnectionOptions& options) {
+  grpc::ChannelArguments arguments;
+  arguments.SetMaxReceiveMessageSize(64 << 20);
+  arguments.SetMaxSendMessageSize(64 << 20);
+  // Larger HTTP/2 frames from the registry: fewer frames (and wakeups) per MiB pulled.
+  arguments.SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, 4 << 20);
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (options.tls) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = options.tls_root_certificates;
+    credentials = grpc::SslCredentials(ssl);
+  }
+  return grpc::CreateCustomChannel(address, credentials, arguments);
+}
+
 RegistryClient::RegistryClient(const std::string& address, std::string token)
-    : RegistryClient([&] {
-        grpc::ChannelArguments arguments;
-        arguments.SetMaxReceiveMessageSize(64 << 20);
-        arguments.SetMaxSendMessageSize(64 << 20);
-        // Larger HTTP/2 frames from the registry: fewer frames (and wakeups) per MiB pulled.
-        arguments.SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, 4 << 20);
-        return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), arguments);
-      }(), std::move(token)) {}
+    : RegistryClient(CreateRegistryChannel(address, {}), std::move(token)) {}
+
+RegistryClient::RegistryClient(const std::string& address, const ConnectionOptions& options)
+    : RegistryClient(CreateRegistryChannel(address, options), options.token) {}
 
 RegistryClient::RegistryClient(std::shared_ptr<grpc::Channel> channel, std::string token)
     : channel_(std::move(channel)), token_(std::move(token)) {}

@@ -55,10 +55,22 @@ struct PullResult {
   int64_t cached_bytes = 0;  // already complete on disk
 };
 
+// How to reach the registry: plaintext by default (loopback), TLS when `tls` is set.
+struct ConnectionOptions {
+  std::string token;  // sent as "authorization: Bearer <token>" when not empty
+  bool tls = false;
+  // PEM roots to verify the registry's certificate (a private CA); empty: the system's roots.
+  std::string tls_root_certificates;
+};
+
+// A channel to the registry with the registry client's message limits and frame size.
+std::shared_ptr<grpc::Channel> CreateRegistryChannel(const std::string& address, const ConnectionOptions& options);
+
 class RegistryClient {
  public:
   // `token`: sent as "authorization: Bearer <token>" when not empty.
   explicit RegistryClient(const std::string& address, std::string token = "");
+  RegistryClient(const std::string& address, const ConnectionOptions& options);
   RegistryClient(std::shared_ptr<grpc::Channel> channel, std::string token);
 
   // Called after every chunk from the calling thread (for progress bars).

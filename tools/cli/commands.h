@@ -12,6 +12,8 @@
 #include <CLI/CLI.hpp>
 #include <absl/status/statusor.h>
 
+#include "services/registry/registry_client.h"
+
 namespace flotilla::cli {
 
 struct CommandFailed : std::runtime_error {
@@ -41,5 +43,9 @@ std::string DefaultDataDirectory();
 // The registry's gRPC address: `explicit_address` when not empty, else $FLOTILLA_REGISTRY, else the
 // running local mesh's under `data_directory`; FailedPrecondition saying how to give one otherwise.
 absl::StatusOr<std::string> RegistryAddress(const std::string& explicit_address, const std::string& data_directory);
+
+// TLS and token for talking to the registry: TLS when `tls` is set or a CA file is given (`tls_ca`,
+// else $FLOTILLA_TLS_CA); InvalidArgument when the CA file is not a PEM certificate.
+absl::StatusOr<registry::ConnectionOptions> RegistryConnection(bool tls, const std::string& tls_ca, const std::string& token);
 
 }  // namespace flotilla::cli

@@ -63,7 +63,10 @@ std::string ModelFolder(const ModelFlags& flags) {
     absl::StatusOr<std::string> address = RegistryAddress(flags.registry, flags.data_directory);
     if (!address.ok()) return address.status();
     const char* token = std::getenv("FLOTILLA_TOKEN");
-    registry::RegistryClient client(*address, token ? token : "");
+    // TLS when $FLOTILLA_TLS_CA names the registry's CA.
+    absl::StatusOr<registry::ConnectionOptions> connection = RegistryConnection(false, "", token ? token : "");
+    if (!connection.ok()) return connection.status();
+    registry::RegistryClient client(*address, *connection);
     return client.PullToCache(reference, ModelCacheDirectory(flags));
   });
   absl::StatusOr<std::string> folder = models::ResolveModelPath(flags.model);

@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <fstream>
+#include <sstream>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -33,6 +35,8 @@ struct RegistryFlags {
   std::string token;
   std::string data_directory = DefaultDataDirectory();
   bool as_json = false;
+  bool tls = false;
+  std::string tls_ca;
 };
 
 void AddRegistryFlags(CLI::App* command, const std::shared_ptr<RegistryFlags>& flags) {
@@ -41,6 +45,9 @@ void AddRegistryFlags(CLI::App* command, const std::shared_ptr<RegistryFlags>& f
   command->add_option("--token", flags->token, "Access token (default $FLOTILLA_TOKEN)");
   command->add_option("--data-dir", flags->data_directory, "The local mesh's data directory");
   command->add_flag("--json", flags->as_json, "Print JSON for scripts");
+  command->add_flag("--tls", flags->tls, "Connect with TLS, verifying the registry with the system's roots");
+  command->add_option("--tls-ca", flags->tls_ca, "Connect with TLS, verifying the registry with this PEM file "
+                                                  "(default $FLOTILLA_TLS_CA)");
 }
 
 [[noreturn]] void Fail(const absl::Status& status) {
@@ -70,6 +77,16 @@ std::string Token(const RegistryFlags& flags) {
   if (!flags.token.empty()) return flags.token;
   const char* token = std::getenv("FLOTILLA_TOKEN");
   return token ? token : "";
+}
+
+registry::ConnectionOptions Connection(const RegistryFlags& flags) {
+  absl::StatusOr<registry::ConnectionOptions> options = RegistryConnection(flags.tls, flags.tls_ca, Token(flags));
+  if (!options.ok()) Fail(options.status());
+  return *options;
+}
+
+std::unique_ptr<RegistryService::Stub> Stub(const RegistryFlags& flags) {
+  return RegistryService::NewStub(registry::CreateRegistryChannel(Address(flags), Connection(flags)));
 }
 
 void Authorize(grpc::ClientContext& context, const RegistryFlags& flags) {
@@ -139,7 +156,7 @@ void Push(const RegistryFlags& flags, const std::string& folder, const std::stri
   options.kind = kind == "config" ? 2 : kind == "kernel" ? 3 : 1;
   options.branch = branch;
   options.message = message.empty() ? absl::StrCat("push ", folder) : message;
-  registry::RegistryClient client(Address(flags), Token(flags));
+  registry::RegistryClient client(Address(flags), Connection(flags));
   ProgressBar bar(!flags.as_json);
   client.set_progress([&](const registry::TransferProgress& progress) { bar.Update(progress); });
   auto start = Clock::now();
@@ -159,7 +176,7 @@ void Push(const RegistryFlags& flags, const std::string& folder, const std::stri
 
 void Pull(const RegistryFlags& flags, const std::string& reference_text, const std::string& directory) {
   Reference(reference_text);
-  registry::RegistryClient client(Address(flags), Token(flags));
+  registry::RegistryClient client(Address(flags), Connection(flags));
   ProgressBar bar(!flags.as_json);
   client.set_progress([&](const registry::TransferProgress& progress) { bar.Update(progress); });
   absl::StatusOr<registry::PullResult> result = client.PullToDirectory(reference_text, directory);
@@ -178,7 +195,7 @@ void Pull(const RegistryFlags& flags, const std::string& reference_text, const s
 const char* KindName(int kind) { return kind == 2 ? "config" : kind == 3 ? "kernel" : "model"; }
 
 void List(const RegistryFlags& flags, const std::string& target, const std::string& filter) {
-  auto stub = RegistryService::NewStub(grpc::CreateChannel(Address(flags), grpc::InsecureChannelCredentials()));
+  auto stub = Stub(flags);
   if (target.empty()) {
     nlohmann::json repositories = nlohmann::json::array();
     ListRepositoriesRequest request;
@@ -227,7 +244,7 @@ void List(const RegistryFlags& flags, const std::string& target, const std::stri
 
 void Log(const RegistryFlags& flags, const std::string& target, int limit) {
   registry::ParsedReference reference = Reference(target);
-  auto stub = RegistryService::NewStub(grpc::CreateChannel(Address(flags), grpc::InsecureChannelCredentials()));
+  auto stub = Stub(flags);
   grpc::ClientContext context;
   Authorize(context, flags);
   ListCommitsRequest request;
@@ -256,7 +273,7 @@ void Log(const RegistryFlags& flags, const std::string& target, int limit) {
 
 void Tag(const RegistryFlags& flags, const std::string& target, const std::string& tag, bool remove) {
   registry::ParsedReference reference = Reference(target);
-  auto stub = RegistryService::NewStub(grpc::CreateChannel(Address(flags), grpc::InsecureChannelCredentials()));
+  auto stub = Stub(flags);
   grpc::ClientContext context;
   Authorize(context, flags);
   if (remove) {
@@ -284,7 +301,7 @@ void Tag(const RegistryFlags& flags, const std::string& target, const std::strin
 
 void Remove(const RegistryFlags& flags, const std::string& target) {
   registry::ParsedReference reference = Reference(target);
-  auto stub = RegistryService::NewStub(grpc::CreateChannel(Address(flags), grpc::InsecureChannelCredentials()));
+  auto stub = Stub(flags);
   grpc::ClientContext context;
   Authorize(context, flags);
   DeleteRepositoryRequest request;
@@ -297,7 +314,7 @@ void Remove(const RegistryFlags& flags, const std::string& target) {
 }
 
 void CollectGarbage(const RegistryFlags& flags, bool dry_run) {
-  auto stub = RegistryService::NewStub(grpc::CreateChannel(Address(flags), grpc::InsecureChannelCredentials()));
+  auto stub = Stub(flags);
   grpc::ClientContext context;
   Authorize(context, flags);
   CollectGarbageRequest request;
@@ -315,6 +332,26 @@ void CollectGarbage(const RegistryFlags& flags, bool dry_run) {
 }
 
 }  // namespace
+
+absl::StatusOr<registry::ConnectionOptions> RegistryConnection(bool tls, const std::string& tls_ca, const std::string& token) {
+  registry::ConnectionOptions options;
+  options.token = token;
+  std::string ca = tls_ca;
+  if (ca.empty()) {
+    if (const char* from_environment = std::getenv("FLOTILLA_TLS_CA"); from_environment && *from_environment) ca = from_environment;
+  }
+  options.tls = tls || !ca.empty();
+  if (!ca.empty()) {
+    std::ifstream stream(ca, std::ios::binary);
+    std::stringstream contents;
+    contents << stream.rdbuf();
+    if (!stream || contents.str().find("-----BEGIN CERTIFICATE-----") == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("--tls-ca ", ca, ": not a readable PEM certificate file"));
+    }
+    options.tls_root_certificates = contents.str();
+  }
+  return options;
+}
 
 absl::StatusOr<std::string> RegistryAddress(const std::string& explicit_address, const std::string& data_directory) {
   if (!explicit_address.empty()) return explicit_address;
