@@ -514,7 +514,8 @@ def test_bad_input_gets_precise_errors(start_service, stubs, tokenizer_fixtures,
                  grpc.StatusCode.RESOURCE_EXHAUSTED, "image 1", "100000")
 
     # Corrupt images name their index.
-    truncated = large[: len(large) // 3]
+    wide = (images / "jpeg_wide_1000x90.jpg").read_bytes()  # 90000 pixels: within the limit
+    truncated = wide[: len(wide) // 3]
     for index, data, fragment in ((1, truncated, "truncated"), (2, b"not an image", "unrecognised image data"),
                                   (0, b"", "unrecognised image data")):
         batch = [small, small, small]
