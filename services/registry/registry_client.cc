@@ -383,7 +383,7 @@ absl::Status DownloadOne(RegistryService::Stub& stub, const std::string& token, 
 }  // namespace
 
 absl::StatusOr<PullResult> RegistryClient::PullToDirectory(const std::string& reference_text,
-                                                           const std::string& directory) {
+                                                           const std::string& directory, const PathFilter& include) {
   auto reference = ParseReference(reference_text);
   if (!reference.ok()) return reference.status();
   auto stub = RegistryService::NewStub(channel_);
@@ -396,6 +396,11 @@ absl::StatusOr<PullResult> RegistryClient::PullToDirectory(const std::string& re
     grpc::ClientContext context;
     Authorize(context, token_);
     if (grpc::Status status = stub->ListFiles(&context, request, &listing); !status.ok()) return FromGrpcStatus(status);
+  }
+  if (include) {
+    auto* files = listing.mutable_files();
+    files->erase(std::remove_if(files->begin(), files->end(), [&](const FileEntry& entry) { return !include(entry.path()); }),
+                 files->end());
   }
   PullResult result;
   result.commit_id = listing.commit_id();
@@ -429,7 +434,8 @@ absl::StatusOr<PullResult> RegistryClient::PullToDirectory(const std::string& re
   return result;
 }
 
-absl::StatusOr<std::string> RegistryClient::PullToCache(const std::string& reference_text, const std::string& cache_root) {
+absl::StatusOr<std::string> RegistryClient::PullToCache(const std::string& reference_text, const std::string& cache_root,
+                                                        const PathFilter& include) {
   auto reference = ParseReference(reference_text);
   if (!reference.ok()) return reference.status();
   // Resolve first, so the directory is named by the commit id.
@@ -447,7 +453,7 @@ absl::StatusOr<std::string> RegistryClient::PullToCache(const std::string& refer
   const std::string directory =
       (fs::path(cache_root) / reference->namespace_name / reference->name / response.commit_id()).string();
   auto pulled = PullToDirectory(absl::StrCat(reference->namespace_name, "/", reference->name, "@", response.commit_id()),
-                                directory);
+                                directory, include);
   if (!pulled.ok()) return pulled.status();
   return directory;
 }

@@ -80,11 +80,17 @@ class RegistryClient {
   absl::StatusOr<PushResult> PushFolder(const std::string& folder, const std::string& namespace_name,
                                         const std::string& name, const PushOptions& options = {});
 
+  // Pulls only the files whose repository path it accepts (huggingface_hub's allow_patterns);
+  // an empty filter pulls every file.
+  using PathFilter = std::function<bool(const std::string& path)>;
+
   // Downloads "namespace/name[@revision]" into <cache_root>/<namespace>/<name>/<commit id>/ and
   // returns that directory.
-  absl::StatusOr<std::string> PullToCache(const std::string& reference, const std::string& cache_root);
+  absl::StatusOr<std::string> PullToCache(const std::string& reference, const std::string& cache_root,
+                                          const PathFilter& include = nullptr);
   // Same, into `directory` itself.
-  absl::StatusOr<PullResult> PullToDirectory(const std::string& reference, const std::string& directory);
+  absl::StatusOr<PullResult> PullToDirectory(const std::string& reference, const std::string& directory,
+                                             const PathFilter& include = nullptr);
 
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
   const std::string& token() const { return token_; }

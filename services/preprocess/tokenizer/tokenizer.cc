@@ -471,12 +471,14 @@ absl::StatusOr<Encoding> Tokenizer::EncodeSequence(std::string_view text, uint32
 }
 
 absl::StatusOr<Encoding> Tokenizer::PostProcess(Encoding encoding, std::optional<Encoding> pair,
-                                                bool add_special_tokens) const {
-  if (truncation_) {
-    size_t max_length = truncation_->max_length;
+                                                const EncodeOptions& options) const {
+  const bool add_special_tokens = options.add_special_tokens;
+  const TruncationParams* truncation = options.truncation ? options.truncation : (truncation_ ? &*truncation_ : nullptr);
+  if (truncation) {
+    size_t max_length = truncation->max_length;
     size_t added = post_processor_ ? post_processor_->AddedTokens(pair.has_value()) : 0;
     if (add_special_tokens && added > 0) max_length = max_length > added ? max_length - added : 0;
-    absl::Status status = TruncateEncodings(encoding, pair, *truncation_, max_length);
+    absl::Status status = TruncateEncodings(encoding, pair, *truncation, max_length);
     if (!status.ok()) return status;
   }
   std::vector<Encoding> encodings;
@@ -502,7 +504,7 @@ absl::StatusOr<Encoding> Tokenizer::Encode(std::string_view text, const EncodeOp
   if (!valid.ok()) return valid;
   auto encoding = EncodeSequence(text, 0, options.offset_type);
   if (!encoding.ok()) return encoding.status();
-  return PostProcess(std::move(*encoding), std::nullopt, options.add_special_tokens);
+  return PostProcess(std::move(*encoding), std::nullopt, options);
 }
 
 absl::StatusOr<Encoding> Tokenizer::EncodePair(std::string_view text, std::string_view pair,
@@ -515,7 +517,7 @@ absl::StatusOr<Encoding> Tokenizer::EncodePair(std::string_view text, std::strin
   if (!encoding.ok()) return encoding.status();
   auto pair_encoding = EncodeSequence(pair, 1, options.offset_type);
   if (!pair_encoding.ok()) return pair_encoding.status();
-  return PostProcess(std::move(*encoding), std::move(*pair_encoding), options.add_special_tokens);
+  return PostProcess(std::move(*encoding), std::move(*pair_encoding), options);
 }
 
 absl::StatusOr<std::vector<Encoding>> Tokenizer::EncodeBatch(std::span<const std::string_view> texts,
@@ -533,6 +535,27 @@ absl::StatusOr<std::vector<Encoding>> Tokenizer::EncodeBatch(std::span<const std
   for (size_t i = 0; i < statuses.size(); ++i) {
     if (!statuses[i].ok()) {
       return absl::Status(statuses[i].code(), absl::StrCat("EncodeBatch: text ", i, ": ", statuses[i].message()));
+    }
+  }
+  if (padding_) PadEncodings(encodings, *padding_);
+  return encodings;
+}
+
+absl::StatusOr<std::vector<Encoding>> Tokenizer::EncodePairBatch(
+    std::span<const std::pair<std::string_view, std::string_view>> pairs, const EncodeOptions& options) const {
+  std::vector<Encoding> encodings(pairs.size());
+  std::vector<absl::Status> statuses(pairs.size());
+  ThreadPool::Shared().ParallelFor(pairs.size(), [&](size_t i) {
+    auto encoding = EncodePair(pairs[i].first, pairs[i].second, options);
+    if (encoding.ok()) {
+      encodings[i] = std::move(*encoding);
+    } else {
+      statuses[i] = encoding.status();
+    }
+  });
+  for (size_t i = 0; i < statuses.size(); ++i) {
+    if (!statuses[i].ok()) {
+      return absl::Status(statuses[i].code(), absl::StrCat("EncodePairBatch: pair ", i, ": ", statuses[i].message()));
     }
   }
   if (padding_) PadEncodings(encodings, *padding_);

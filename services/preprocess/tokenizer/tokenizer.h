@@ -20,6 +20,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -33,9 +34,15 @@ namespace flotilla::tokenizer {
 // Python's `Tokenizer.encode(...).offsets` reports.
 enum class OffsetType { kByte, kChar };
 
+struct TruncationParams;
+
 struct EncodeOptions {
   bool add_special_tokens = true;
   OffsetType offset_type = OffsetType::kByte;
+  // Overrides tokenizer.json's truncation for this call (what `enable_truncation` would set);
+  // nullptr keeps the file's. The preprocess service passes a request's max_length here, since a
+  // shared Tokenizer must not be mutated.
+  const TruncationParams* truncation = nullptr;
 };
 
 // An entry of tokenizer.json's "added_tokens".
@@ -80,6 +87,9 @@ class Tokenizer {
   // Encodes every text on a shared pool of all cores, then applies batch padding.
   absl::StatusOr<std::vector<Encoding>> EncodeBatch(std::span<const std::string_view> texts,
                                                     const EncodeOptions& options = {}) const;
+  // The same for pairs (tokenizers' encode_batch([(text, pair), ...])).
+  absl::StatusOr<std::vector<Encoding>> EncodePairBatch(
+      std::span<const std::pair<std::string_view, std::string_view>> pairs, const EncodeOptions& options = {}) const;
 
   absl::StatusOr<std::string> Decode(std::span<const uint32_t> ids, bool skip_special_tokens) const;
 
@@ -117,7 +127,7 @@ class Tokenizer {
   void SplitOnAddedTokens(const AddedTokenMatcher& matcher, PreTokenizedString& pretokenized,
                           bool normalize) const;
   absl::StatusOr<Encoding> PostProcess(Encoding encoding, std::optional<Encoding> pair,
-                                       bool add_special_tokens) const;
+                                       const EncodeOptions& options) const;
 
   std::unique_ptr<Normalizer> normalizer_;
   std::unique_ptr<PreTokenizer> pre_tokenizer_;
