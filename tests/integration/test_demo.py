@@ -3,6 +3,7 @@ MiniLM go into the registry, and SmolLM2 pulled back from it answers the sample 
 run uploads nothing and answers the same."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
@@ -27,6 +28,16 @@ def test_demo_answers_from_a_model_pulled_from_the_local_registry(tmp_path):
         assert "pushed demo/all-minilm-l6-v2@main" in first.stdout
         cached = list((home / "cache" / "demo" / "smollm2-135m-instruct").iterdir())
         assert len(cached) == 1 and (cached[0] / "model.safetensors").is_file()
+
+        # The mesh's preprocess service resolves references at the mesh's registry.
+        mesh = json.loads((home / "run" / "mesh.json").read_text())
+        preprocess = next(service for service in mesh["services"] if service["name"] == "preprocess")
+        tokenized = subprocess.run([str(binary("flotilla")), "tokenize", "demo/smollm2-135m-instruct", "--text", "Paris",
+                                    "--server", preprocess["grpc_address"]], capture_output=True, text=True, timeout=120)
+        assert tokenized.returncode == 0, tokenized.stderr
+        local = subprocess.run([str(binary("flotilla")), "tokenize", str(REPOSITORY / "tests" / "fixtures" / "generated" /
+                                "models" / "smollm2" / "checkpoint"), "--text", "Paris"], capture_output=True, text=True)
+        assert json.loads(tokenized.stdout)["ids"] == json.loads(local.stdout)["ids"]
 
         second = run_demo(environment)
         assert "The mesh is already running." in second.stdout

@@ -164,7 +164,31 @@ void Up(const std::string& data_directory, int port_base, int timeout_seconds) {
     throw CommandFailed(1, message);
   };
 
+  // Waits for a service's ready file; a service that exits first fails the whole `up` with its last words.
+  const auto deadline = Clock::now() + std::chrono::seconds(timeout_seconds);
+  const auto wait_until_ready = [&](MeshService& service) {
+    const fs::path ready_file = RunDirectory(data_directory) / (service.name + ".ready");
+    while (true) {
+      int wait_status = 0;
+      if (waitpid(service.pid, &wait_status, WNOHANG) == service.pid) {
+        fail(absl::StrCat(service.name, " exited during start-up: ", LastLine(service.log_path),
+                          " (log: ", service.log_path, ")"));
+      }
+      if (absl::StatusOr<nlohmann::json> ready = ReadJsonFile(ready_file); ready.ok()) {
+        service.grpc_address = ready->value("grpc_address", "");
+        service.http_address = ready->value("http_address", "");
+        return;
+      }
+      if (Clock::now() > deadline) {
+        fail(absl::StrCat(service.name, " did not become ready within ", timeout_seconds, "s (log: ",
+                          service.log_path, ")"));
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  };
+
   const std::vector<std::string>& names = MeshServiceNames();
+  std::string registry_address;
   for (size_t index = 0; index < names.size(); ++index) {
     const std::string& name = names[index];
     const fs::path binary = binaries / ("flotilla-" + name);
@@ -176,37 +200,23 @@ void Up(const std::string& data_directory, int port_base, int timeout_seconds) {
     MeshService service;
     service.name = name;
     service.log_path = (fs::path(data_directory) / "logs" / (name + ".log")).string();
-    service.pid = Spawn(binary,
-                        {absl::StrCat("--grpc_listen=127.0.0.1:", grpc_port),
-                         absl::StrCat("--http_listen=127.0.0.1:", http_port),
-                         absl::StrCat("--data_dir=", (fs::path(data_directory) / name).string()),
-                         absl::StrCat("--ready_file=", ready_file.string())},
-                        service.log_path);
+    std::vector<std::string> arguments = {absl::StrCat("--grpc_listen=127.0.0.1:", grpc_port),
+                                          absl::StrCat("--http_listen=127.0.0.1:", http_port),
+                                          absl::StrCat("--data_dir=", (fs::path(data_directory) / name).string()),
+                                          absl::StrCat("--ready_file=", ready_file.string())};
+    // Preprocess resolves model references at the mesh's registry.
+    if (name == "preprocess") arguments.push_back(absl::StrCat("--registry=", registry_address));
+    service.pid = Spawn(binary, arguments, service.log_path);
     pids.push_back(service.pid);
     mesh.services.push_back(service);
-  }
-
-  // Wait for every ready file; a service that exits first fails the whole `up` with its last words.
-  const auto deadline = Clock::now() + std::chrono::seconds(timeout_seconds);
-  for (MeshService& service : mesh.services) {
-    const fs::path ready_file = RunDirectory(data_directory) / (service.name + ".ready");
-    while (true) {
-      int wait_status = 0;
-      if (waitpid(service.pid, &wait_status, WNOHANG) == service.pid) {
-        fail(absl::StrCat(service.name, " exited during start-up: ", LastLine(service.log_path),
-                          " (log: ", service.log_path, ")"));
-      }
-      if (absl::StatusOr<nlohmann::json> ready = ReadJsonFile(ready_file); ready.ok()) {
-        service.grpc_address = ready->value("grpc_address", "");
-        service.http_address = ready->value("http_address", "");
-        break;
-      }
-      if (Clock::now() > deadline) {
-        fail(absl::StrCat(service.name, " did not become ready within ", timeout_seconds, "s (log: ",
-                          service.log_path, ")"));
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    // The registry comes first and must be ready: the others are told its address.
+    if (name == "registry") {
+      wait_until_ready(mesh.services.back());
+      registry_address = mesh.services.back().grpc_address;
     }
+  }
+  for (MeshService& service : mesh.services) {
+    if (service.grpc_address.empty()) wait_until_ready(service);
   }
   for (const MeshService& service : mesh.services) {
     const std::string health = CheckHealth(service.grpc_address);
