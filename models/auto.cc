@@ -130,7 +130,13 @@ absl::Status LoadWeights(PreTrainedModel& model, const std::string& folder, cons
     if (tied.count(name)) continue;
     // A bare model (LlamaModel) loads from a head's checkpoint by its base-model prefix, as transformers does.
     std::string key = name;
-    if (!(*checkpoint)->Contains(key) && (*checkpoint)->Contains("model." + name)) key = "model." + name;
+    const std::string base_prefix = model.CheckpointBasePrefix();
+    if (!(*checkpoint)->Contains(key) && (*checkpoint)->Contains(base_prefix + name)) key = base_prefix + name;
+    // A head loads a bare model's checkpoint (the original gpt2 files have no "transformer." prefix).
+    if (!(*checkpoint)->Contains(key) && name.rfind(base_prefix, 0) == 0 &&
+        (*checkpoint)->Contains(name.substr(base_prefix.size()))) {
+      key = name.substr(base_prefix.size());
+    }
     auto located = (*checkpoint)->Locate(key);
     if (!located.ok()) {
       missing.push_back(name);

@@ -58,6 +58,9 @@ class PreTrainedModel : public torch::nn::Module {
   virtual std::map<std::string, std::string> TiedWeights() const { return {}; }
   // Prefix of the base model's parameters ("model."), as base_model_prefix.
   virtual std::string BaseModelPrefix() const { return "model."; }
+  // transformers' base_model_prefix with a dot: the prefix of the base model's keys in a head's
+  // checkpoint ("model.", GPT-2's "transformer."). The loader tries each key with and without it.
+  virtual std::string CheckpointBasePrefix() const { return "model."; }
 
   // Switches the attention function (any registered name or "eager") without reloading weights.
   void SetAttentionImplementation(const std::string& name);

@@ -36,6 +36,10 @@ nlohmann::json RopeParameters::ToJson() const {
   put("high_freq_factor", high_freq_factor);
   put("original_max_position_embeddings", original_max_position_embeddings);
   if (rope_type == "yarn") json["truncate"] = truncate;
+  if (rope_type == "longrope") {
+    json["short_factor"] = short_factor;
+    json["long_factor"] = long_factor;
+  }
   return json;
 }
 
@@ -69,21 +73,33 @@ RopeParameters ParseRopeParameters(ConfigReader& reader, double default_theta, i
   if (dictionary.contains("truncate") && dictionary["truncate"].is_boolean()) {
     parameters.truncate = dictionary["truncate"].get<bool>();
   }
+  auto factors = [&](const char* key) {
+    std::vector<double> values;
+    if (dictionary.contains(key) && dictionary[key].is_array()) {
+      for (const auto& value : dictionary[key]) values.push_back(value.is_number() ? value.get<double>() : 0.0);
+    }
+    return values;
+  };
+  parameters.short_factor = factors("short_factor");
+  parameters.long_factor = factors("long_factor");
   const std::string& type = parameters.rope_type;
-  if (type == "llama3" || type == "yarn") {
+  if (type == "llama3" || type == "yarn" || type == "longrope") {
     if (auto original = reader.OptionalInt("original_max_position_embeddings")) {
       parameters.original_max_position_embeddings = *original;
     } else if (!parameters.original_max_position_embeddings) {
       parameters.original_max_position_embeddings = max_position_embeddings;
     }
   }
-  if (type != "default" && type != "linear" && type != "dynamic" && type != "llama3" && type != "yarn") {
-    reader.Fail(absl::StrCat("key rope_parameters.rope_type: expected one of default, linear, dynamic, llama3, yarn",
+  if (type != "default" && type != "linear" && type != "dynamic" && type != "llama3" && type != "yarn" &&
+      type != "longrope") {
+    reader.Fail(absl::StrCat("key rope_parameters.rope_type: expected one of default, linear, dynamic, llama3, yarn, longrope",
                              " but got \"", type, "\""));
   } else if ((type == "linear" || type == "dynamic" || type == "llama3") && !parameters.factor) {
     reader.Fail(absl::StrCat("key rope_parameters.factor: required for rope_type ", type));
   } else if (type == "llama3" && (!parameters.low_freq_factor || !parameters.high_freq_factor)) {
     reader.Fail("key rope_parameters: rope_type llama3 needs low_freq_factor and high_freq_factor");
+  } else if (type == "longrope" && (parameters.short_factor.empty() || parameters.long_factor.empty())) {
+    reader.Fail("key rope_parameters: rope_type longrope needs short_factor and long_factor (lists of numbers)");
   }
   return parameters;
 }
@@ -159,6 +175,23 @@ RopeFrequencies ComputeRopeFrequencies(const RopeParameters& parameters, int64_t
     at::Tensor inv_freq_interpolation = 1.0 / (factor * pos_freqs);
     at::Tensor extrapolation_factor = 1 - ramp;
     result.inv_freq = inv_freq_interpolation * (1 - extrapolation_factor) + inv_freq_extrapolation * extrapolation_factor;
+  } else if (type == "longrope") {
+    const double original = static_cast<double>(*parameters.original_max_position_embeddings);
+    // Phi3 stores a longer max_position_embeddings beside the pretraining length; their ratio is the
+    // default factor.
+    const double factor = parameters.factor.value_or(max_position_embeddings / original);
+    if (parameters.attention_factor) {
+      result.attention_scaling = *parameters.attention_factor;
+    } else {
+      result.attention_scaling = factor <= 1.0 ? 1.0 : std::sqrt(1 + std::log(factor) / std::log(original));
+    }
+    const bool long_sequence = seq_len.has_value() && *seq_len > *parameters.original_max_position_embeddings;
+    const std::vector<double>& chosen = long_sequence ? parameters.long_factor : parameters.short_factor;
+    TORCH_CHECK(static_cast<int64_t>(chosen.size()) == dim / 2, "ComputeRopeFrequencies: longrope ",
+                long_sequence ? "long_factor" : "short_factor", " must have rotary_dim / 2 = ", dim / 2,
+                " entries, got ", chosen.size());
+    at::Tensor ext_factors = at::tensor(chosen, at::kDouble).to(at::kFloat);
+    result.inv_freq = 1.0 / (ext_factors * BasePowers(base, dim));
   } else {
     TORCH_CHECK(false, "ComputeRopeFrequencies: unknown rope_type ", type);
   }
@@ -167,6 +200,16 @@ RopeFrequencies ComputeRopeFrequencies(const RopeParameters& parameters, int64_t
 
 void DynamicRopeUpdate(const RopeParameters& parameters, int64_t head_dim, int64_t max_position_embeddings,
                        const at::Tensor& position_ids, DynamicRopeState& state, RopeFrequencies& current) {
+  if (parameters.rope_type == "longrope") {
+    // transformers' longrope_frequency_update: long factors while the longest position is past the
+    // pretraining length, the original (short) ones otherwise.
+    const int64_t seq_len = position_ids.max().item<int64_t>() + 1;
+    const bool long_sequence = seq_len > *parameters.original_max_position_embeddings;
+    current = long_sequence ? ComputeRopeFrequencies(parameters, head_dim, max_position_embeddings,
+                                                     *parameters.original_max_position_embeddings + 1)
+                            : state.original;
+    return;
+  }
   if (parameters.rope_type != "dynamic") return;
   const int64_t seq_len = position_ids.max().item<int64_t>() + 1;
   if (seq_len > state.max_seq_len_cached) {

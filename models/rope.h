@@ -1,5 +1,5 @@
 // Rotary position embedding parameters and inverse frequencies, as transformers'
-// modeling_rope_utils.py computes them: default, linear, dynamic (NTK), llama3 and yarn.
+// modeling_rope_utils.py computes them: default, linear, dynamic (NTK), llama3, yarn and longrope.
 //
 //   ASSIGN_OR_RETURN(RopeParameters rope, ParseRopeParameters(reader, /*default_theta=*/10000.0));
 //   RopeFrequencies frequencies = ComputeRopeFrequencies(rope, head_dim, max_position_embeddings);
@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <ATen/ATen.h>
 
@@ -37,6 +38,9 @@ struct RopeParameters {
   std::optional<double> high_freq_factor;
   std::optional<int64_t> original_max_position_embeddings;
   bool truncate = true;
+  // longrope: per-frequency divisors for sequences up to / beyond original_max_position_embeddings.
+  std::vector<double> short_factor;
+  std::vector<double> long_factor;
   nlohmann::json ToJson() const;
 };
 
@@ -53,7 +57,8 @@ struct RopeFrequencies {
 RopeFrequencies ComputeRopeFrequencies(const RopeParameters& parameters, int64_t head_dim,
                                        int64_t max_position_embeddings, std::optional<int64_t> seq_len = std::nullopt);
 
-// The dynamic type's update rule (transformers' dynamic_rope_update): recompute when positions grow
+// The dynamic type's update rule (and longrope's: long factors once positions pass
+// original_max_position_embeddings, short factors again below it) (transformers' dynamic_rope_update): recompute when positions grow
 // past the cached length, return to the original frequencies when they shrink back.
 struct DynamicRopeState {
   int64_t max_seq_len_cached = 0;

@@ -20,6 +20,9 @@ VARIANTS = {
     "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "rope_theta": 10000.0},
     "yarn_mscale": {"rope_type": "yarn", "factor": 8.0, "mscale": 0.707, "mscale_all_dim": 1.0,
                     "beta_fast": 16.0, "beta_slow": 2.0, "original_max_position_embeddings": 32, "rope_theta": 20000.0},
+    # 24 positions use the short factors, 80 the long ones.
+    "longrope": {"rope_type": "longrope", "factor": 4.0, "original_max_position_embeddings": 32, "rope_theta": 10000.0,
+                 "short_factor": [1.0 + 0.1 * i for i in range(16)], "long_factor": [1.0 + 0.75 * i for i in range(16)]},
 }
 
 
