@@ -130,7 +130,8 @@ absl::Status LoadWeights(PreTrainedModel& model, const std::string& folder, cons
     if (tied.count(name)) continue;
     // A bare model (LlamaModel) loads from a head's checkpoint by its base-model prefix, as transformers does.
     std::string key = name;
-    if (!(*checkpoint)->Contains(key) && (*checkpoint)->Contains("model." + name)) key = "model." + name;
+    const std::string head_key = model.HeadCheckpointPrefix() + name;
+    if (!(*checkpoint)->Contains(key) && (*checkpoint)->Contains(head_key)) key = head_key;
     auto located = (*checkpoint)->Locate(key);
     if (!located.ok()) {
       missing.push_back(name);

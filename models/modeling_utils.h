@@ -58,6 +58,9 @@ class PreTrainedModel : public torch::nn::Module {
   virtual std::map<std::string, std::string> TiedWeights() const { return {}; }
   // Prefix of the base model's parameters ("model."), as base_model_prefix.
   virtual std::string BaseModelPrefix() const { return "model."; }
+  // A bare model's parameters as a head's checkpoint stores them (transformers' base_model_prefix
+  // plus "."), tried for keys the checkpoint lacks: BertModel loads a BertForPreTraining checkpoint.
+  virtual std::string HeadCheckpointPrefix() const { return "model."; }
 
   // Switches the attention function (any registered name or "eager") without reloading weights.
   void SetAttentionImplementation(const std::string& name);

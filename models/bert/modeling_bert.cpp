@@ -408,14 +408,20 @@ class BertModel : public PreTrainedModel {
 
     ModelOutput output;
     at::Tensor sequence_output = encoder->forward(embedding_output, attention_mask, inputs, output);
-    output.last_hidden_state = debug.Output(sequence_output, "last_hidden_state");
-    if (pooler) output.pooler_output = debug.Output(pooler->forward(sequence_output), "pooler_output");
+    output.last_hidden_state = sequence_output;
+    if (pooler) {
+      output.pooler_output = pooler->forward(sequence_output);
+      debug.Outputs({{"last_hidden_state", sequence_output}, {"pooler_output", output.pooler_output}});
+    } else {
+      debug.Output(sequence_output, "last_hidden_state");
+    }
     return output;
   }
 
   const PretrainedConfig& config() const override { return *config_; }
   PretrainedConfig& mutable_config() override { return *config_; }
   std::string BaseModelPrefix() const override { return ""; }
+  std::string HeadCheckpointPrefix() const override { return "bert."; }
   TensorParallelPlan BaseModelTensorParallelPlan() const override {
     TensorParallelPlan plan;
     plan.Add("encoder.layer.*.attention.self.query", ParallelStyle::kColwise);

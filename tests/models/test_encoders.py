@@ -146,3 +146,20 @@ def test_forward_minilm_matches_transformers(minilm, flotilla, tmp_path):
     difference = (ours["last_hidden_state"] - reference.last_hidden_state).abs()[valid].max().item()
     assert difference <= TOLERANCE
     assert (ours["pooler_output"] - reference.pooler_output).abs().max().item() <= TOLERANCE
+
+
+def test_bare_model_loads_a_head_checkpoint(encoder_fixtures, flotilla, tmp_path):
+    """architectures ["BertForPreTraining"] (unregistered, as bert-base-uncased says) falls back to
+    BertModel, which finds its weights under the head's "bert." prefix."""
+    import shutil
+
+    model = tmp_path / "pretraining"
+    shutil.copytree(encoder_fixtures / "bert_seq_cls", model)
+    config = json.loads((model / "config.json").read_text())
+    config["architectures"] = ["BertForPreTraining"]
+    (model / "config.json").write_text(json.dumps(config))
+    reference = expected(encoder_fixtures, "bert_seq_cls")
+    ours = flotilla.forward(model, ids_text(reference["input_ids"][:1]), tmp_path / "out.safetensors")
+    assert "logits" not in ours
+    difference = (ours["last_hidden_state"] - reference["single.sdpa.hidden_states.2"]).abs().max().item()
+    assert difference <= TOLERANCE
