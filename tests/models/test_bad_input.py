@@ -127,3 +127,33 @@ def test_unknown_attention_implementation(flotilla, model_copy, tmp_path):
     result = flotilla.run("forward", str(model_copy), "--input-ids", "5", "--attention", "flash_attention_9",
                           "--output", str(tmp_path / "o.safetensors"), check=False)
     assert result.returncode != 0 and "flash_attention_9" in result.stderr and "eager" in result.stderr
+
+
+@pytest.fixture
+def encoder_copy(encoder_fixtures, tmp_path):
+    destination = tmp_path / "encoder"
+    shutil.copytree(encoder_fixtures / "bert_mlm_untied", destination)
+    return destination
+
+
+def test_encoder_heads_not_dividing_hidden_size(flotilla, encoder_copy, tmp_path):
+    config = json.loads((encoder_copy / "config.json").read_text())
+    config["num_attention_heads"] = 5
+    (encoder_copy / "config.json").write_text(json.dumps(config))
+    error = forward_error(flotilla, encoder_copy, tmp_path)
+    assert "config.json" in error and "hidden_size (32) must be a multiple of num_attention_heads (5)" in error
+
+
+def test_encoder_missing_tensor(flotilla, encoder_copy, tmp_path):
+    tensors = load_file(str(encoder_copy / "model.safetensors"))
+    del tensors["bert.encoder.layer.1.attention.self.key.bias"]
+    save_file(tensors, str(encoder_copy / "model.safetensors"), metadata={"format": "pt"})
+    error = forward_error(flotilla, encoder_copy, tmp_path)
+    assert "bert.encoder.layer.1.attention.self.key.bias" in error and "lacks" in error and "model.safetensors" in error
+
+
+def test_encoder_token_type_id_out_of_range(flotilla, encoder_copy, tmp_path):
+    result = flotilla.run("forward", str(encoder_copy), "--input-ids", "5,6,7", "--token-type-ids", "0,1,3",
+                          "--output", str(tmp_path / "o.safetensors"), check=False)
+    assert result.returncode != 0
+    assert "token type id 3 is outside [0, type_vocab_size=3)" in result.stderr

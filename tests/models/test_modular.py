@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import REPOSITORY
 
@@ -37,3 +38,17 @@ def test_edit_that_does_not_match_fails(tmp_path, monkeypatch):
         assert "occurs 0 times" in str(error)
     else:
         raise AssertionError("expected a ModularError")
+
+
+def test_renames_apply_in_one_pass_and_blocks_can_be_removed(tmp_path, monkeypatch):
+    sys.path.insert(0, str(GENERATOR.parent))
+    import modular  # noqa: PLC0415
+
+    monkeypatch.setattr(modular, "REPOSITORY", Path("/"))  # the banner names paths relative to it
+
+    assert modular.rename("BertModel bert", [("Bert", "Roberta"), ("bert", "roberta")]) == "RobertaModel roberta"
+    shard = tmp_path / "slim" / "modular_slim.cpp"
+    shard.parent.mkdir()
+    shard.write_text("//! parent: bert\n//! rename: Bert -> Slim\n//! remove block SlimPooler\n")
+    text = modular.expand(shard)
+    assert "// ---- block: SlimPooler ----" not in text and "// ---- block: SlimModel ----" in text

@@ -1,8 +1,11 @@
-// forward, generate: run a model from a folder or a registry reference on token ids or text, the way
-// transformers' model(...) and model.generate(...) do.
+// forward, generate, embed, save-pretrained: run a model from a folder or a registry reference on
+// token ids or text, the way transformers' model(...) and model.generate(...) do, or on texts the
+// way sentence-transformers' encode does.
 //
 //   flotilla forward ./smollm2 --input-ids "1,2,3;4,5" --output out.safetensors --debug-json debug.json
+//   flotilla forward ./bert --input-ids "101,7,102;101,102" --token-type-ids "0,0,1;0,0" --padding-side right ...
 //   flotilla generate ./smollm2 --prompt-ids 1,2,3 --max-new-tokens 16      # {"ids": [...]}
+//   flotilla embed ./all-MiniLM-L6-v2 --text "A sentence" --text "Another"   # {"embeddings": [[...], ...]}
 //   flotilla generate acme/smollm2@main --chat --prompt "What is 2+2?"     # {"ids": [...], "text": "..."}
 //
 // A registry reference is pulled once per commit into the model cache ($FLOTILLA_CACHE, else
@@ -23,6 +26,7 @@
 #include "models/auto.h"
 #include "models/debugger.h"
 #include "models/generation.h"
+#include "models/pooling.h"
 #include "models/safetensors.h"
 #include "services/preprocess/chat_template/chat_template.h"
 #include "services/preprocess/tokenizer/tokenizer.h"
@@ -110,6 +114,22 @@ std::pair<at::Tensor, std::optional<at::Tensor>> PadLeft(const std::vector<std::
   return {input_ids, padded ? std::optional<at::Tensor>(attention_mask) : std::nullopt};
 }
 
+// Pads on the right (as encoder tokenizers do); otherwise as PadLeft.
+std::pair<at::Tensor, std::optional<at::Tensor>> PadRight(const std::vector<std::vector<int64_t>>& rows, int64_t pad_id) {
+  size_t length = 0;
+  for (const auto& row : rows) length = std::max(length, row.size());
+  at::Tensor input_ids = at::full({static_cast<int64_t>(rows.size()), static_cast<int64_t>(length)}, pad_id, at::kLong);
+  at::Tensor attention_mask = at::zeros_like(input_ids);
+  bool padded = false;
+  for (size_t index = 0; index < rows.size(); ++index) {
+    const auto& row = rows[index];
+    padded |= row.size() < length;
+    input_ids[index].narrow(0, 0, row.size()).copy_(at::tensor(row, at::kLong));
+    attention_mask[index].narrow(0, 0, row.size()).fill_(1);
+  }
+  return {input_ids, padded ? std::optional<at::Tensor>(attention_mask) : std::nullopt};
+}
+
 std::shared_ptr<models::PreTrainedModel> Load(const ModelFlags& flags, const std::string& folder) {
   models::LoadOptions options;
   options.attn_implementation = flags.attention;
@@ -125,13 +145,25 @@ int64_t PadId(const models::PreTrainedModel& model) {
 }
 
 void RunForward(const ModelFlags& flags, const std::string& input_ids_text, const std::string& output_path,
-                const std::string& debug_json_path) {
+                const std::string& debug_json_path, const std::string& token_type_ids_text,
+                const std::string& padding_side) {
   auto rows = ParseIdRows(input_ids_text, "--input-ids");
+  std::vector<std::vector<int64_t>> token_type_rows;
+  if (!token_type_ids_text.empty()) {
+    token_type_rows = ParseIdRows(token_type_ids_text, "--token-type-ids");
+    bool same_shape = token_type_rows.size() == rows.size();
+    for (size_t index = 0; same_shape && index < rows.size(); ++index) {
+      same_shape = token_type_rows[index].size() == rows[index].size();
+    }
+    if (!same_shape) throw CommandFailed(2, "--token-type-ids: expected one type id per --input-ids id, row by row");
+  }
   auto model = Load(flags, ModelFolder(flags));
-  auto [input_ids, attention_mask] = PadLeft(rows, PadId(*model));
+  auto pad = padding_side == "right" ? PadRight : PadLeft;
+  auto [input_ids, attention_mask] = pad(rows, PadId(*model));
   models::ForwardInputs inputs;
   inputs.input_ids = input_ids;
   inputs.attention_mask = attention_mask;
+  if (!token_type_rows.empty()) inputs.token_type_ids = pad(token_type_rows, 0).first;
   inputs.output_hidden_states = true;
   models::ModelOutput output;
   nlohmann::json debug_json;
@@ -149,6 +181,7 @@ void RunForward(const ModelFlags& flags, const std::string& input_ids_text, cons
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   if (output.logits.defined()) tensors.emplace_back("logits", output.logits);
   tensors.emplace_back("last_hidden_state", output.last_hidden_state);
+  if (output.pooler_output.defined()) tensors.emplace_back("pooler_output", output.pooler_output);
   for (size_t index = 0; index < output.hidden_states.size(); ++index) {
     tensors.emplace_back(absl::StrCat("hidden_states.", index), output.hidden_states[index]);
   }
@@ -290,6 +323,56 @@ void RunSavePretrained(const ModelFlags& flags, const std::string& output) {
   std::printf("%s\n", nlohmann::json({{"output", output}, {"dtype", flags.dtype}}).dump().c_str());
 }
 
+// sentence-transformers' encode: tokenize (truncating to max_seq_length, no fixed padding),
+// pad the batch on the right, run the encoder, pool over the attention mask, normalise.
+void RunEmbed(const ModelFlags& flags, const std::vector<std::string>& texts) {
+  const std::string folder = ModelFolder(flags);
+  auto loaded_tokenizer = tokenizer::Tokenizer::FromDirectory(folder);
+  if (!loaded_tokenizer.ok()) throw CommandFailed(1, absl::StrCat("embed: ", loaded_tokenizer.status().message()));
+  tokenizer::Tokenizer& text_tokenizer = **loaded_tokenizer;
+  auto pooling = models::ReadSentenceEmbeddingConfig(folder);
+  if (!pooling.ok()) throw CommandFailed(1, absl::StrCat("embed: ", pooling.status().message()));
+  auto model = Load(flags, folder);
+  // As transformers' tokenizer call from sentence-transformers: its max_length replaces the
+  // tokenizer.json truncation, and padding is to the longest text, not tokenizer.json's.
+  std::optional<tokenizer::TruncationParams> truncation = text_tokenizer.truncation();
+  if (pooling->max_seq_length.has_value()) {
+    if (!truncation.has_value()) truncation = tokenizer::TruncationParams{};
+    truncation->max_length = static_cast<size_t>(*pooling->max_seq_length);
+  }
+  text_tokenizer.set_truncation(truncation);
+  text_tokenizer.set_padding(std::nullopt);
+  std::vector<std::vector<int64_t>> id_rows, type_rows;
+  for (const std::string& text : texts) {
+    auto encoding = text_tokenizer.Encode(text);
+    if (!encoding.ok()) throw CommandFailed(1, absl::StrCat("embed: tokenize: ", encoding.status().message()));
+    id_rows.emplace_back(encoding->ids.begin(), encoding->ids.end());
+    type_rows.emplace_back(encoding->type_ids.begin(), encoding->type_ids.end());
+  }
+  auto [input_ids, attention_mask] = PadRight(id_rows, PadId(*model));
+  models::ForwardInputs inputs;
+  inputs.input_ids = input_ids;
+  inputs.attention_mask = attention_mask;
+  inputs.token_type_ids = PadRight(type_rows, 0).first;
+  at::Tensor embeddings;
+  try {
+    models::ModelOutput output = model->Forward(inputs);
+    TORCH_CHECK(output.last_hidden_state.defined(), "the model returns no last_hidden_state");
+    embeddings = models::SentenceEmbeddings(output.last_hidden_state,
+                                            attention_mask.value_or(at::ones_like(input_ids)), *pooling)
+                     .to(at::kFloat)
+                     .contiguous();
+  } catch (const c10::Error& error) {
+    throw CommandFailed(1, absl::StrCat("embed(", flags.model, "): ", error.what_without_backtrace()));
+  }
+  nlohmann::json rows = nlohmann::json::array();
+  for (int64_t row = 0; row < embeddings.size(0); ++row) {
+    const float* values = embeddings[row].data_ptr<float>();
+    rows.push_back(std::vector<float>(values, values + embeddings.size(1)));
+  }
+  std::printf("%s\n", nlohmann::json{{"embeddings", rows}}.dump().c_str());
+}
+
 }  // namespace
 
 void AddModelCommands(CLI::App& app) {
@@ -309,12 +392,17 @@ void AddModelCommands(CLI::App& app) {
     auto input_ids = std::make_shared<std::string>();
     auto output = std::make_shared<std::string>();
     auto debug_json = std::make_shared<std::string>();
+    auto token_type_ids = std::make_shared<std::string>();
+    auto padding_side = std::make_shared<std::string>("left");
     AddModelFlags(command, *flags);
     command->add_option("--input-ids", *input_ids, "comma-separated ids; ';' separates batch rows (padded left)")
         ->required();
     command->add_option("--output", *output, "safetensors file for logits, hidden_states.<i>")->required();
     command->add_option("--debug-json", *debug_json, "record every submodule's inputs/outputs to this JSON file");
-    command->callback([=] { RunForward(*flags, *input_ids, *output, *debug_json); });
+    command->add_option("--token-type-ids", *token_type_ids, "encoders: segment ids, laid out as --input-ids");
+    command->add_option("--padding-side", *padding_side, "pad ragged rows on the left (decoders) or right (encoders)")
+        ->check(CLI::IsMember({"left", "right"}));
+    command->callback([=] { RunForward(*flags, *input_ids, *output, *debug_json, *token_type_ids, *padding_side); });
   }
   {
     auto* command = app.add_subcommand("generate", "Greedy generation with a KV cache; prints {\"ids\": [...]} (and \"text\").");
@@ -330,6 +418,14 @@ void AddModelCommands(CLI::App& app) {
     command->add_option("--max-new-tokens", *max_new_tokens, "at most this many new tokens")->check(CLI::PositiveNumber);
     command->add_flag("--ignore-eos", *no_eos, "do not stop at the config's EOS ids");
     command->callback([=] { RunGenerate(*flags, *prompt, *max_new_tokens, *no_eos); });
+  }
+  {
+    auto* command = app.add_subcommand("embed", "Sentence embeddings from an encoder; prints {\"embeddings\": [...]}.");
+    auto flags = std::make_shared<ModelFlags>();
+    auto texts = std::make_shared<std::vector<std::string>>();
+    AddModelFlags(command, *flags);
+    command->add_option("--text", *texts, "a text to embed (repeat for a batch)")->required();
+    command->callback([=] { RunEmbed(*flags, *texts); });
   }
 }
 

@@ -10,13 +10,14 @@ parent, renamed. The output is flat: a reader never needs to open the parent. Di
 line starting with `//!`):
 
     //! parent: llama                      models/llama/modeling_llama.cpp
-    //! rename: Llama -> Qwen2              applied to the whole parent, longest first
+    //! rename: Llama -> Qwen2              applied to the whole parent in one pass, longest first
     //! header                              replaces the file comment above the first block
     //! replace block Qwen2Config          replaces a block (named after renaming) ...
     //! edit block Qwen2Attention          ... or edits it: pairs of
     //! find                                  text that must occur exactly once in the block
     //! with                                  its replacement
     //! insert after Qwen2MLP block Qwen2Norm    a new block after an existing one
+    //! remove block RobertaOnlyMLMHead     drops a parent block the derived model does not have
     //! end                                 closes header / replace / edit / insert
 
 Anything outside directives in a shard is a comment for its reader and is not copied.
@@ -94,6 +95,8 @@ def parse_shard(path: Path) -> dict:
             body, _ = collect()
             index += 1
             shard["operations"].append(("insert", match.group(1), (match.group(2), body)))
+        elif directive.startswith("remove block "):
+            shard["operations"].append(("remove", directive.removeprefix("remove block ").strip(), None))
         elif directive.startswith("edit block "):
             name = directive.removeprefix("edit block ").strip()
             edits = []
@@ -124,9 +127,13 @@ def parse_shard(path: Path) -> dict:
 
 
 def rename(text: str, renames: list[tuple[str, str]]) -> str:
-    for old, new in sorted(renames, key=lambda pair: -len(pair[0])):
-        text = text.replace(old, new)
-    return text
+    """All renames in one pass, longest first, so a replacement is never renamed again (with
+    Bert -> Roberta and bert -> roberta, "Roberta" must not become "Rorobertaa")."""
+    if not renames:
+        return text
+    table = dict(renames)
+    pattern = re.compile("|".join(re.escape(old) for old in sorted(table, key=len, reverse=True)))
+    return pattern.sub(lambda match: table[match.group(0)], text)
 
 
 def expand(shard_path: Path) -> str:
@@ -156,6 +163,9 @@ def expand(shard_path: Path) -> str:
                                        f"(expected once):\n{find}")
                 body = body.replace(find, replacement)
             bodies[block_name] = body
+        elif kind == "remove":
+            names.remove(block_name)
+            del bodies[block_name]
         elif kind == "insert":
             new_name, body = payload
             names.insert(names.index(block_name) + 1, new_name)
