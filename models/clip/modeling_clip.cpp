@@ -566,6 +566,8 @@ class CLIPVisionModel : public PreTrainedModel {
 // embeddings normalised by their L2 norm, logits_per_text = text_embeds . image_embeds^T *
 // exp(logit_scale), logits_per_image its transpose. With one input only, that tower's projected
 // features (get_text_features / get_image_features) as text_embeds or image_embeds, unnormalised.
+// As transformers 5.23, each tower's pooler_output is replaced by its projection (CLIPOutput's
+// text_model_output.pooler_output is get_text_features' result).
 class CLIPModel : public PreTrainedModel {
  public:
   explicit CLIPModel(std::shared_ptr<CLIPConfig> config) : config_(std::move(config)) {
@@ -591,6 +593,7 @@ class CLIPModel : public PreTrainedModel {
     if (has_image) {
       ModelOutput vision_outputs = vision_model->forward(inputs);
       image_embeds = visual_projection->forward(vision_outputs.pooler_output);
+      vision_outputs.pooler_output = image_embeds;  // as get_image_features: the projected pooled output
       AddTower("vision_model.", vision_outputs, output);
       output.last_hidden_state = vision_outputs.last_hidden_state;
       output.pooler_output = vision_outputs.pooler_output;
@@ -599,6 +602,7 @@ class CLIPModel : public PreTrainedModel {
     if (has_text) {
       ModelOutput text_outputs = text_model->forward(inputs);
       text_embeds = text_projection->forward(text_outputs.pooler_output);
+      text_outputs.pooler_output = text_embeds;  // as get_text_features: the projected pooled output
       AddTower("text_model.", text_outputs, output);
       if (!has_image) {
         output.last_hidden_state = text_outputs.last_hidden_state;
