@@ -36,6 +36,8 @@ struct ForwardInputs {
   bool output_attentions = false;
   // Compute logits for only the last N positions (0 = all), as transformers' logits_to_keep.
   int64_t logits_to_keep = 0;
+  std::optional<at::Tensor> pixel_values;  // vision encoders: [batch, channels, height, width] float
+  bool interpolate_pos_encoding = false;   // vision encoders: accept other image sizes (bicubic positions)
 };
 
 struct ModelOutput {
@@ -44,6 +46,9 @@ struct ModelOutput {
   at::Tensor pooler_output;               // encoders with a pooler
   std::vector<at::Tensor> hidden_states;  // when output_hidden_states
   std::vector<at::Tensor> attentions;     // when output_attentions (eager only)
+  // Model-specific named outputs (CLIP: logits_per_text, text_embeds, image_embeds, and each
+  // tower's outputs as "text_model.last_hidden_state", "vision_model.hidden_states.<i>").
+  std::map<std::string, at::Tensor> named_outputs;
 };
 
 class PreTrainedModel : public torch::nn::Module {

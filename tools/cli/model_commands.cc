@@ -10,12 +10,18 @@
 //
 // A registry reference is pulled once per commit into the model cache ($FLOTILLA_CACHE, else
 // <data dir>/cache) through the registry client; the registry's address is found as for `pull`.
+//   flotilla forward ./clip --pixel-values pixels.safetensors --input-ids "0,5,6,2;0,7,2" \
+//       --padding-side right --output out.safetensors    # vision models: a `pixel_values` tensor
+//   flotilla forward ./clip --image cat.jpg --input-ids ... # pixels by the folder's preprocessor_config.json
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -32,6 +38,9 @@
 #include "services/preprocess/tokenizer/tokenizer.h"
 #include "services/registry/registry_client.h"
 #include "tools/cli/commands.h"
+#ifdef FLOTILLA_WITH_IMAGE_COMMANDS
+#include "services/preprocess/image/image_processor.h"
+#endif
 
 namespace flotilla::cli {
 namespace {
@@ -114,8 +123,18 @@ std::pair<at::Tensor, std::optional<at::Tensor>> PadLeft(const std::vector<std::
   return {input_ids, padded ? std::optional<at::Tensor>(attention_mask) : std::nullopt};
 }
 
-// Pads on the right (as encoder tokenizers do); otherwise as PadLeft.
-std::pair<at::Tensor, std::optional<at::Tensor>> PadRight(const std::vector<std::vector<int64_t>>& rows, int64_t pad_id) {
+// Inputs of `forward` beyond token ids: pixel_values from a safetensors file or images through the
+// model's image processor, and the side ragged text rows are padded on (left for decoders; right
+// for encoders and CLIP, whose tokenizers pad right and whose EOS pooling expects it).
+struct VisionFlags {
+  std::string pixel_values_path;
+  std::vector<std::string> images;
+  std::string padding_side = "left";
+  bool interpolate_pos_encoding = false;
+};
+
+std::pair<at::Tensor, std::optional<at::Tensor>> PadRight(const std::vector<std::vector<int64_t>>& rows,
+                                                          int64_t pad_id) {
   size_t length = 0;
   for (const auto& row : rows) length = std::max(length, row.size());
   at::Tensor input_ids = at::full({static_cast<int64_t>(rows.size()), static_cast<int64_t>(length)}, pad_id, at::kLong);
@@ -128,6 +147,35 @@ std::pair<at::Tensor, std::optional<at::Tensor>> PadRight(const std::vector<std:
     attention_mask[index].narrow(0, 0, row.size()).fill_(1);
   }
   return {input_ids, padded ? std::optional<at::Tensor>(attention_mask) : std::nullopt};
+}
+
+at::Tensor ReadPixelValues(const VisionFlags& vision, const std::string& folder) {
+  if (!vision.pixel_values_path.empty()) {
+    auto file = models::SafetensorsFile::Open(vision.pixel_values_path);
+    if (!file.ok()) throw CommandFailed(1, absl::StrCat("--pixel-values: ", file.status().message()));
+    auto tensor = (*file)->Get("pixel_values");
+    if (!tensor.ok()) {
+      throw CommandFailed(1, absl::StrCat("--pixel-values ", vision.pixel_values_path,
+                                          ": no `pixel_values` tensor: ", tensor.status().message()));
+    }
+    return tensor->clone();  // the file's mapping goes away with `file`
+  }
+#ifdef FLOTILLA_WITH_IMAGE_COMMANDS
+  const std::string config_path = folder + "/preprocessor_config.json";
+  auto processor = image::ImageProcessor::FromFile(config_path);
+  if (!processor.ok()) throw CommandFailed(1, absl::StrCat("--image: ", processor.status().message()));
+  std::vector<std::string> encoded_images;
+  for (const std::string& path : vision.images) {
+    std::ifstream stream(path, std::ios::binary);
+    if (!stream) throw CommandFailed(2, absl::StrCat("--image: cannot read ", path));
+    encoded_images.emplace_back((std::istreambuf_iterator<char>(stream)), std::istreambuf_iterator<char>());
+  }
+  auto processed = processor->ProcessEncoded(encoded_images, torch::kCPU);
+  if (!processed.ok()) throw CommandFailed(1, absl::StrCat("--image: ", processed.status().message()));
+  return processed->pixel_values;
+#else
+  throw CommandFailed(2, "--image: this build has no image processor");
+#endif
 }
 
 std::shared_ptr<models::PreTrainedModel> Load(const ModelFlags& flags, const std::string& folder) {
@@ -146,8 +194,12 @@ int64_t PadId(const models::PreTrainedModel& model) {
 
 void RunForward(const ModelFlags& flags, const std::string& input_ids_text, const std::string& output_path,
                 const std::string& debug_json_path, const std::string& token_type_ids_text,
-                const std::string& padding_side) {
-  auto rows = ParseIdRows(input_ids_text, "--input-ids");
+                const VisionFlags& vision) {
+  const bool has_pixels = !vision.pixel_values_path.empty() || !vision.images.empty();
+  if (input_ids_text.empty() && !has_pixels) {
+    throw CommandFailed(2, "forward: give --input-ids, --pixel-values or --image");
+  }
+  auto rows = input_ids_text.empty() ? std::vector<std::vector<int64_t>>{} : ParseIdRows(input_ids_text, "--input-ids");
   std::vector<std::vector<int64_t>> token_type_rows;
   if (!token_type_ids_text.empty()) {
     token_type_rows = ParseIdRows(token_type_ids_text, "--token-type-ids");
@@ -157,14 +209,21 @@ void RunForward(const ModelFlags& flags, const std::string& input_ids_text, cons
     }
     if (!same_shape) throw CommandFailed(2, "--token-type-ids: expected one type id per --input-ids id, row by row");
   }
-  auto model = Load(flags, ModelFolder(flags));
-  auto pad = padding_side == "right" ? PadRight : PadLeft;
-  auto [input_ids, attention_mask] = pad(rows, PadId(*model));
+  const std::string folder = ModelFolder(flags);
+  auto model = Load(flags, folder);
+  auto pad = vision.padding_side == "right" ? PadRight : PadLeft;
+  at::Tensor input_ids;
+  std::optional<at::Tensor> attention_mask;
+  if (!rows.empty()) std::tie(input_ids, attention_mask) = pad(rows, PadId(*model));
   models::ForwardInputs inputs;
   inputs.input_ids = input_ids;
   inputs.attention_mask = attention_mask;
   if (!token_type_rows.empty()) inputs.token_type_ids = pad(token_type_rows, 0).first;
   inputs.output_hidden_states = true;
+  if (has_pixels) {
+    inputs.pixel_values = ReadPixelValues(vision, folder).to(flags.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat);
+  }
+  inputs.interpolate_pos_encoding = vision.interpolate_pos_encoding;
   models::ModelOutput output;
   nlohmann::json debug_json;
   try {
@@ -185,8 +244,14 @@ void RunForward(const ModelFlags& flags, const std::string& input_ids_text, cons
   for (size_t index = 0; index < output.hidden_states.size(); ++index) {
     tensors.emplace_back(absl::StrCat("hidden_states.", index), output.hidden_states[index]);
   }
-  tensors.emplace_back("input_ids", input_ids);
-  tensors.emplace_back("attention_mask", attention_mask.value_or(at::ones_like(input_ids)));
+  for (const auto& [name, tensor] : output.named_outputs) {
+    if (tensor.defined()) tensors.emplace_back(name, tensor);
+  }
+  if (input_ids.defined()) {
+    tensors.emplace_back("input_ids", input_ids);
+    tensors.emplace_back("attention_mask", attention_mask.value_or(at::ones_like(input_ids)));
+  }
+  if (inputs.pixel_values.has_value()) tensors.emplace_back("pixel_values", *inputs.pixel_values);
   auto saved = models::SaveSafetensors(output_path, tensors);
   if (!saved.ok()) throw CommandFailed(1, std::string(saved.message()));
   if (!debug_json_path.empty()) {
@@ -393,16 +458,21 @@ void AddModelCommands(CLI::App& app) {
     auto output = std::make_shared<std::string>();
     auto debug_json = std::make_shared<std::string>();
     auto token_type_ids = std::make_shared<std::string>();
-    auto padding_side = std::make_shared<std::string>("left");
     AddModelFlags(command, *flags);
-    command->add_option("--input-ids", *input_ids, "comma-separated ids; ';' separates batch rows (padded left)")
-        ->required();
+    command->add_option("--input-ids", *input_ids, "comma-separated ids; ';' separates batch rows (padded left)");
+    auto vision = std::make_shared<VisionFlags>();
+    auto* pixel_values = command->add_option("--pixel-values", vision->pixel_values_path,
+                                             "safetensors file holding a `pixel_values` tensor [batch, 3, H, W]");
+    command->add_option("--image", vision->images, "image file(s), processed by the model's preprocessor_config.json")
+        ->excludes(pixel_values);
+    command->add_option("--padding-side", vision->padding_side, "where ragged --input-ids rows are padded")
+        ->check(CLI::IsMember({"left", "right"}));
+    command->add_flag("--interpolate-pos-encoding", vision->interpolate_pos_encoding,
+                      "vision models: resize position embeddings for other image sizes");
     command->add_option("--output", *output, "safetensors file for logits, hidden_states.<i>")->required();
     command->add_option("--debug-json", *debug_json, "record every submodule's inputs/outputs to this JSON file");
     command->add_option("--token-type-ids", *token_type_ids, "encoders: segment ids, laid out as --input-ids");
-    command->add_option("--padding-side", *padding_side, "pad ragged rows on the left (decoders) or right (encoders)")
-        ->check(CLI::IsMember({"left", "right"}));
-    command->callback([=] { RunForward(*flags, *input_ids, *output, *debug_json, *token_type_ids, *padding_side); });
+    command->callback([=] { RunForward(*flags, *input_ids, *output, *debug_json, *token_type_ids, *vision); });
   }
   {
     auto* command = app.add_subcommand("generate", "Greedy generation with a KV cache; prints {\"ids\": [...]} (and \"text\").");
