@@ -24,6 +24,7 @@ struct ChatTemplateArguments {
   std::string extra_context;
   bool add_generation_prompt = false;
   int repeat = 1;
+  ModelSourceFlags model_source;
 };
 
 std::string ReadWholeFile(const std::string& path, const std::string& what) {
@@ -35,7 +36,9 @@ std::string ReadWholeFile(const std::string& path, const std::string& what) {
 }
 
 void RunChatTemplate(const ChatTemplateArguments& arguments) {
-  absl::StatusOr<chat_template::ModelChatTemplate> model = chat_template::LoadChatTemplate(arguments.model_directory);
+  const std::string folder = LocalModelFolder(arguments.model_directory, arguments.model_source.registry,
+                                              arguments.model_source.data_directory, /*weights=*/false);
+  absl::StatusOr<chat_template::ModelChatTemplate> model = chat_template::LoadChatTemplate(folder);
   if (!model.ok()) throw CommandFailed(1, std::string(model.status().message()));
   chat_template::ChatTemplateOptions options;
   options.add_generation_prompt = arguments.add_generation_prompt;
@@ -71,7 +74,9 @@ void RunChatTemplate(const ChatTemplateArguments& arguments) {
 void AddChatTemplateCommands(CLI::App& app) {
   auto arguments = std::make_shared<ChatTemplateArguments>();
   CLI::App* command = app.add_subcommand("chat-template", "Render a model's chat template for a conversation (as apply_chat_template).");
-  command->add_option("model", arguments->model_directory, "Model directory (tokenizer_config.json or chat_template.jinja)")->required();
+  command->add_option("model", arguments->model_directory,
+                      "Model folder (tokenizer_config.json or chat_template.jinja), or namespace/name[@revision]")->required();
+  AddModelSourceFlags(command, arguments->model_source);
   command->add_option("--messages", arguments->messages_file, "JSON file with the list of messages")->required();
   command->add_flag("--add-generation-prompt", arguments->add_generation_prompt, "End with the assistant turn's header");
   command->add_option("--tools", arguments->tools_file, "JSON file with a list of tool schemas");

@@ -44,6 +44,23 @@ std::string DefaultDataDirectory();
 // running local mesh's under `data_directory`; FailedPrecondition saying how to give one otherwise.
 absl::StatusOr<std::string> RegistryAddress(const std::string& explicit_address, const std::string& data_directory);
 
+// Where registry references are pulled to: $FLOTILLA_CACHE, else <data_directory>/cache.
+std::string ModelCacheDirectory(const std::string& data_directory);
+
+// A local folder for a command's MODEL argument: a folder as it is, or a registry reference
+// (namespace/name[@revision]) pulled into the model cache once per commit (<cache>/<namespace>/
+// <name>/<commit id>/, so a moved branch gets its new commit). `weights` false pulls only the
+// small files (config, tokenizer, templates, processors), for commands that need no weights.
+// Throws CommandFailed with the registry's reason.
+std::string LocalModelFolder(const std::string& folder_or_reference, const std::string& registry_address,
+                             const std::string& data_directory, bool weights);
+// --registry and --data-dir for commands that take such a MODEL argument.
+struct ModelSourceFlags {
+  std::string registry;
+  std::string data_directory = DefaultDataDirectory();
+};
+void AddModelSourceFlags(CLI::App* command, ModelSourceFlags& flags);
+
 // TLS and token for talking to the registry: TLS when `tls` is set or a CA file is given (`tls_ca`,
 // else $FLOTILLA_TLS_CA); InvalidArgument when the CA file is not a PEM certificate.
 absl::StatusOr<registry::ConnectionOptions> RegistryConnection(bool tls, const std::string& tls_ca, const std::string& token);

@@ -27,6 +27,7 @@ struct ProcessImageOptions {
   int threads = 0;
   int iterations = 0;
   int64_t max_pixels = image::DecodeOptions{}.max_pixels;
+  ModelSourceFlags model_source;
 };
 
 std::string ReadFileBytes(const std::string& path) {
@@ -38,12 +39,8 @@ std::string ReadFileBytes(const std::string& path) {
 }
 
 void RunProcessImage(const ProcessImageOptions& options) {
-  const fs::path model(options.model);
-  if (!fs::is_directory(model)) {
-    throw CommandFailed(2, absl::StrCat("process-image: ", options.model,
-                                        " is not a directory (registry references are not supported yet; "
-                                        "pass a folder holding preprocessor_config.json)"));
-  }
+  const fs::path model(LocalModelFolder(options.model, options.model_source.registry,
+                                       options.model_source.data_directory, /*weights=*/false));
   absl::StatusOr<image::ImageProcessor> processor =
       image::ImageProcessor::FromFile((model / "preprocessor_config.json").string());
   if (!processor.ok()) throw CommandFailed(1, std::string(processor.status().message()));
@@ -89,7 +86,9 @@ void AddImageCommands(CLI::App& app) {
   auto options = std::make_shared<ProcessImageOptions>();
   CLI::App* command = app.add_subcommand(
       "process-image", "Decode images and compute pixel_values with a model's preprocessor_config.json.");
-  command->add_option("model", options->model, "Folder holding preprocessor_config.json")->required();
+  command->add_option("model", options->model, "Folder holding preprocessor_config.json, or namespace/name[@revision]")
+      ->required();
+  AddModelSourceFlags(command, options->model_source);
   command->add_option("images", options->images, "JPEG, PNG or WebP files")->required();
   command->add_option("--output,-o", options->output, "safetensors file to write (pixel_values, image_grid_thw)")
       ->capture_default_str();

@@ -63,24 +63,16 @@ void AddModelFlags(CLI::App* command, ModelFlags& flags) {
   command->add_option("--data-dir", flags.data_directory, "the local mesh's data directory");
 }
 
-std::string ModelCacheDirectory(const ModelFlags& flags) {
-  if (const char* cache = std::getenv("FLOTILLA_CACHE"); cache && *cache) return cache;
-  return (std::filesystem::path(flags.data_directory) / "cache").string();
-}
-
 // The local folder of flags.model: itself when it is a folder, else the registry reference pulled
-// into the model cache (<cache>/<namespace>/<name>/<commit id>/, so an unchanged revision is not
-// fetched again and a moved branch gets its new commit).
+// into the model cache (see LocalModelFolder). Installed as the models library's resolver too, so
+// models::FromPretrained takes references.
 std::string ModelFolder(const ModelFlags& flags) {
   models::SetModelReferenceResolver([flags](const std::string& reference) -> absl::StatusOr<std::string> {
-    absl::StatusOr<std::string> address = RegistryAddress(flags.registry, flags.data_directory);
-    if (!address.ok()) return address.status();
-    const char* token = std::getenv("FLOTILLA_TOKEN");
-    // TLS when $FLOTILLA_TLS_CA names the registry's CA.
-    absl::StatusOr<registry::ConnectionOptions> connection = RegistryConnection(false, "", token ? token : "");
-    if (!connection.ok()) return connection.status();
-    registry::RegistryClient client(*address, *connection);
-    return client.PullToCache(reference, ModelCacheDirectory(flags));
+    try {
+      return LocalModelFolder(reference, flags.registry, flags.data_directory, /*weights=*/true);
+    } catch (const CommandFailed& failed) {
+      return absl::UnavailableError(failed.what());
+    }
   });
   absl::StatusOr<std::string> folder = models::ResolveModelPath(flags.model);
   if (!folder.ok()) throw CommandFailed(1, std::string(folder.status().message()));

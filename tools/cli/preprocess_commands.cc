@@ -96,10 +96,12 @@ void AddPreprocessCommands(CLI::App& app) {
   struct TokenizeOptions {
     std::string source, text, pair, server;
     bool no_special_tokens = false;
+    ModelSourceFlags model_source;
   };
   auto tokenize_options = std::make_shared<TokenizeOptions>();
   CLI::App* tokenize = app.add_subcommand("tokenize", "Encode text with a tokenizer.json; prints JSON ids, tokens, offsets.");
-  tokenize->add_option("source", tokenize_options->source, "Directory holding tokenizer.json")->required();
+  tokenize->add_option("source", tokenize_options->source, "Folder holding tokenizer.json, or namespace/name[@revision]")->required();
+  AddModelSourceFlags(tokenize, tokenize_options->model_source);
   tokenize->add_option("--text", tokenize_options->text, "Text to encode")->required();
   tokenize->add_option("--pair", tokenize_options->pair, "Second sequence of a pair");
   tokenize->add_flag("--no-special-tokens", tokenize_options->no_special_tokens, "Do not add the post-processor's special tokens");
@@ -133,7 +135,8 @@ void AddPreprocessCommands(CLI::App& app) {
       std::printf("%s\n", output.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
       return;
     }
-    auto tokenizer = LoadTokenizer(tokenize_options->source);
+    auto tokenizer = LoadTokenizer(LocalModelFolder(tokenize_options->source, tokenize_options->model_source.registry,
+                                                    tokenize_options->model_source.data_directory, /*weights=*/false));
     tokenizer::EncodeOptions options;
     options.add_special_tokens = !tokenize_options->no_special_tokens;
     options.offset_type = tokenizer::OffsetType::kChar;
@@ -150,10 +153,12 @@ void AddPreprocessCommands(CLI::App& app) {
   struct DetokenizeOptions {
     std::string source, ids, server;
     bool skip_special_tokens = false;
+    ModelSourceFlags model_source;
   };
   auto detokenize_options = std::make_shared<DetokenizeOptions>();
   CLI::App* detokenize = app.add_subcommand("detokenize", "Decode token ids with a tokenizer.json; prints the text.");
-  detokenize->add_option("source", detokenize_options->source, "Directory holding tokenizer.json")->required();
+  detokenize->add_option("source", detokenize_options->source, "Folder holding tokenizer.json, or namespace/name[@revision]")->required();
+  AddModelSourceFlags(detokenize, detokenize_options->model_source);
   detokenize->add_option("--ids", detokenize_options->ids, "Comma-separated token ids")->required();
   detokenize->add_flag("--skip-special-tokens", detokenize_options->skip_special_tokens, "Leave special tokens out");
   detokenize->add_option("--server", detokenize_options->server,
@@ -171,7 +176,8 @@ void AddPreprocessCommands(CLI::App& app) {
       std::printf("%s\n", response.text().c_str());
       return;
     }
-    auto tokenizer = LoadTokenizer(detokenize_options->source);
+    auto tokenizer = LoadTokenizer(LocalModelFolder(detokenize_options->source, detokenize_options->model_source.registry,
+                                                    detokenize_options->model_source.data_directory, /*weights=*/false));
     auto text = tokenizer->Decode(ParseIds(detokenize_options->ids), detokenize_options->skip_special_tokens);
     if (!text.ok()) throw CommandFailed(1, "detokenize: " + std::string(text.status().message()));
     std::printf("%s\n", text->c_str());

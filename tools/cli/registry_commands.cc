@@ -6,12 +6,14 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
 
+#include <absl/strings/match.h>
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_format.h>
 #include <grpcpp/grpcpp.h>
@@ -351,6 +353,43 @@ absl::StatusOr<registry::ConnectionOptions> RegistryConnection(bool tls, const s
     options.tls_root_certificates = contents.str();
   }
   return options;
+}
+
+std::string ModelCacheDirectory(const std::string& data_directory) {
+  if (const char* cache = std::getenv("FLOTILLA_CACHE"); cache && *cache) return cache;
+  return (std::filesystem::path(data_directory) / "cache").string();
+}
+
+std::string LocalModelFolder(const std::string& folder_or_reference, const std::string& registry_address,
+                             const std::string& data_directory, bool weights) {
+  std::error_code error;
+  if (std::filesystem::is_directory(folder_or_reference, error)) return folder_or_reference;
+  if (!registry::ParseReference(folder_or_reference).ok()) {
+    throw CommandFailed(2, absl::StrCat(folder_or_reference, " is neither a folder nor a registry reference namespace/name[@revision]"));
+  }
+  absl::StatusOr<std::string> address = RegistryAddress(registry_address, data_directory);
+  if (!address.ok()) Fail(address.status());
+  const char* token = std::getenv("FLOTILLA_TOKEN");
+  absl::StatusOr<registry::ConnectionOptions> connection = RegistryConnection(false, "", token ? token : "");
+  if (!connection.ok()) Fail(connection.status());
+  registry::RegistryClient client(*address, *connection);
+  registry::RegistryClient::PathFilter small_files = [](const std::string& path) {
+    static const std::vector<std::string> kWeightSuffixes = {".safetensors", ".bin", ".pt", ".pth", ".gguf", ".onnx", ".h5", ".msgpack"};
+    for (const std::string& suffix : kWeightSuffixes) {
+      if (absl::EndsWith(path, suffix)) return false;
+    }
+    return path != "model.safetensors.index.json";
+  };
+  absl::StatusOr<std::string> folder =
+      client.PullToCache(folder_or_reference, ModelCacheDirectory(data_directory), weights ? nullptr : small_files);
+  if (!folder.ok()) Fail(folder.status());
+  return *folder;
+}
+
+void AddModelSourceFlags(CLI::App* command, ModelSourceFlags& flags) {
+  command->add_option("--registry", flags.registry,
+                      "registry gRPC address for references (default $FLOTILLA_REGISTRY, else the local mesh's)");
+  command->add_option("--data-dir", flags.data_directory, "the local mesh's data directory");
 }
 
 absl::StatusOr<std::string> RegistryAddress(const std::string& explicit_address, const std::string& data_directory) {
