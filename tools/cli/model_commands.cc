@@ -97,9 +97,12 @@ std::vector<std::vector<int64_t>> ParseIdRows(const std::string& text, const cha
   return rows;
 }
 
-// Pads a ragged batch on the left (as decoder tokenizers do for generation) with the pad id and
-// returns (input_ids, attention_mask or nullopt when no row is padded).
-std::pair<at::Tensor, std::optional<at::Tensor>> PadLeft(const std::vector<std::vector<int64_t>>& rows, int64_t pad_id) {
+enum class PaddingSide { kLeft, kRight };
+
+// Pads a ragged batch with the pad id, on the left (as decoder tokenizers do for generation) or the
+// right (encoders, CLIP), and returns (input_ids, attention_mask or nullopt when no row is padded).
+std::pair<at::Tensor, std::optional<at::Tensor>> Pad(const std::vector<std::vector<int64_t>>& rows, int64_t pad_id,
+                                                     PaddingSide side) {
   size_t length = 0;
   for (const auto& row : rows) length = std::max(length, row.size());
   at::Tensor input_ids = at::full({static_cast<int64_t>(rows.size()), static_cast<int64_t>(length)}, pad_id, at::kLong);
@@ -107,8 +110,8 @@ std::pair<at::Tensor, std::optional<at::Tensor>> PadLeft(const std::vector<std::
   bool padded = false;
   for (size_t index = 0; index < rows.size(); ++index) {
     const auto& row = rows[index];
-    const int64_t offset = static_cast<int64_t>(length - row.size());
-    padded |= offset > 0;
+    padded |= row.size() < length;
+    const int64_t offset = side == PaddingSide::kLeft ? static_cast<int64_t>(length - row.size()) : 0;
     input_ids[index].narrow(0, offset, row.size()).copy_(at::tensor(row, at::kLong));
     attention_mask[index].narrow(0, offset, row.size()).fill_(1);
   }
@@ -124,22 +127,6 @@ struct VisionFlags {
   std::string padding_side = "left";
   bool interpolate_pos_encoding = false;
 };
-
-std::pair<at::Tensor, std::optional<at::Tensor>> PadRight(const std::vector<std::vector<int64_t>>& rows,
-                                                          int64_t pad_id) {
-  size_t length = 0;
-  for (const auto& row : rows) length = std::max(length, row.size());
-  at::Tensor input_ids = at::full({static_cast<int64_t>(rows.size()), static_cast<int64_t>(length)}, pad_id, at::kLong);
-  at::Tensor attention_mask = at::zeros_like(input_ids);
-  bool padded = false;
-  for (size_t index = 0; index < rows.size(); ++index) {
-    const auto& row = rows[index];
-    padded |= row.size() < length;
-    input_ids[index].narrow(0, 0, row.size()).copy_(at::tensor(row, at::kLong));
-    attention_mask[index].narrow(0, 0, row.size()).fill_(1);
-  }
-  return {input_ids, padded ? std::optional<at::Tensor>(attention_mask) : std::nullopt};
-}
 
 at::Tensor ReadPixelValues(const VisionFlags& vision, const std::string& folder) {
   if (!vision.pixel_values_path.empty()) {
@@ -203,14 +190,14 @@ void RunForward(const ModelFlags& flags, const std::string& input_ids_text, cons
   }
   const std::string folder = ModelFolder(flags);
   auto model = Load(flags, folder);
-  auto pad = vision.padding_side == "right" ? PadRight : PadLeft;
+  const PaddingSide side = vision.padding_side == "right" ? PaddingSide::kRight : PaddingSide::kLeft;
   at::Tensor input_ids;
   std::optional<at::Tensor> attention_mask;
-  if (!rows.empty()) std::tie(input_ids, attention_mask) = pad(rows, PadId(*model));
+  if (!rows.empty()) std::tie(input_ids, attention_mask) = Pad(rows, PadId(*model), side);
   models::ForwardInputs inputs;
   inputs.input_ids = input_ids;
   inputs.attention_mask = attention_mask;
-  if (!token_type_rows.empty()) inputs.token_type_ids = pad(token_type_rows, 0).first;
+  if (!token_type_rows.empty()) inputs.token_type_ids = Pad(token_type_rows, 0, side).first;
   inputs.output_hidden_states = true;
   if (has_pixels) {
     inputs.pixel_values = ReadPixelValues(vision, folder).to(flags.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat);
@@ -319,7 +306,7 @@ void RunGenerate(const ModelFlags& flags, const PromptFlags& prompt, int64_t max
   options.max_new_tokens = max_new_tokens;
   models::ReadGenerationConfig(folder, options);
   if (no_eos) options.eos_token_id = std::vector<int64_t>{};
-  auto [prompt_ids, attention_mask] = PadLeft(rows, PadId(*model));
+  auto [prompt_ids, attention_mask] = Pad(rows, PadId(*model), PaddingSide::kLeft);
   absl::StatusOr<at::Tensor> generated;
   try {
     generated = models::GenerateGreedy(*model, prompt_ids, attention_mask, options);
@@ -406,11 +393,11 @@ void RunEmbed(const ModelFlags& flags, const std::vector<std::string>& texts) {
     id_rows.emplace_back(encoding->ids.begin(), encoding->ids.end());
     type_rows.emplace_back(encoding->type_ids.begin(), encoding->type_ids.end());
   }
-  auto [input_ids, attention_mask] = PadRight(id_rows, PadId(*model));
+  auto [input_ids, attention_mask] = Pad(id_rows, PadId(*model), PaddingSide::kRight);
   models::ForwardInputs inputs;
   inputs.input_ids = input_ids;
   inputs.attention_mask = attention_mask;
-  inputs.token_type_ids = PadRight(type_rows, 0).first;
+  inputs.token_type_ids = Pad(type_rows, 0, PaddingSide::kRight).first;
   at::Tensor embeddings;
   try {
     models::ModelOutput output = model->Forward(inputs);
