@@ -267,7 +267,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(std::string_view 
     // Parse again with exceptions to get the position of the error.
     try {
       (void)Json::parse(json_text);
-    } catch (const Json::parse_error& error) {
+    } catch (const Json::exception& error) {  // parse_error, or out_of_range for a number like 8e8888
       return absl::InvalidArgumentError(absl::StrCat("LoadTokenizer(", source, "): not valid JSON: ", error.what()));
     }
     return absl::InvalidArgumentError(absl::StrCat("LoadTokenizer(", source, "): not valid JSON"));

@@ -56,6 +56,11 @@ TEST(TokenizerTest, LoadErrorsNameTheField) {
   auto not_json = Tokenizer::FromJson("{", "broken.json");
   ASSERT_FALSE(not_json.ok());
   EXPECT_NE(not_json.status().message().find("broken.json"), std::string::npos);
+  // Found by tokenizer_fuzzer: a number too large for a double used to escape as an exception.
+  auto overflow = Tokenizer::FromJson("8e8888", "overflow.json");
+  ASSERT_FALSE(overflow.ok());
+  EXPECT_EQ(overflow.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(overflow.status().message().find("number overflow"), std::string::npos) << overflow.status();
   auto no_file = Tokenizer::FromFile("/nonexistent/tokenizer.json");
   EXPECT_EQ(no_file.status().code(), absl::StatusCode::kNotFound);
 }
