@@ -44,9 +44,14 @@ target_compile_definitions(flotilla_torch INTERFACE
   USE_DISTRIBUTED USE_C10D_GLOO USE_RPC USE_TENSORPIPE _GLIBCXX_USE_CXX11_ABI=1
   # gRPC targets define _REENTRANT; GCC refuses a precompiled header built without it.
   _REENTRANT)
+# at::parallel_for is a header template whose `#pragma omp parallel` is compiled into OUR object
+# files: without -fopenmp it silently runs every "parallel" loop on one thread. The OpenMP runtime
+# is the wheel's own libgomp, so a process holds one thread team, not two competing ones.
+target_compile_options(flotilla_torch INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-fopenmp>)
 target_link_libraries(flotilla_torch INTERFACE
   ${FLOTILLA_TORCH_LIBRARY_DIR}/libtorch_cpu.so
   ${FLOTILLA_TORCH_LIBRARY_DIR}/libc10.so
+  ${FLOTILLA_TORCH_LIBRARY_DIR}/libgomp.so.1
   Threads::Threads)
 target_link_options(flotilla_torch INTERFACE
   "LINKER:-rpath,${FLOTILLA_TORCH_LIBRARY_DIR}"
