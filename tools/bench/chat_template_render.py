@@ -90,6 +90,10 @@ def main() -> None:
                 "speedup": round(reference_seconds / flotilla_seconds, 2),
             })
             print(json.dumps(results[-1]), flush=True)
+    print(f"\n{'template':<28} {'tools':>5} {'transformers µs':>16} {'flotilla µs':>12} {'speedup':>8}")
+    for row in results:
+        print(f"{row['template']:<28} {str(row['tools']):>5} {row['transformers_us']:>16.1f} {row['flotilla_us']:>12.1f} "
+              f"{row['speedup']:>7.2f}x")
 
 
 if __name__ == "__main__":

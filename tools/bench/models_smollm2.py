@@ -120,6 +120,28 @@ def main() -> None:
         "peak_rss_end_over_weights": report["flotilla"]["peak_rss_end_bytes"] / weight_bytes,
     }
     print(json.dumps(report, indent=2))
+    print_table(report)
+
+
+def print_table(report: dict) -> None:
+    """One row per measurement: Flotilla next to transformers eager and sdpa, and Flotilla's ratio
+    to the better of the two (higher is better for Flotilla in every row)."""
+    flotilla, eager, sdpa = report["flotilla"], report["transformers_eager"], report["transformers_sdpa"]
+    print(f"\nSmolLM2-135M float32, {report['threads']} threads; copy bandwidth "
+          f"{report['copy_bandwidth_bytes_per_second'] / 1e9:.1f} GB/s, weights {flotilla['weight_bytes'] / 1e6:.0f} MB, "
+          f"batch-1 bound {report['batch1_bound_tokens_per_second']:.1f} tokens/s")
+    print(f"{'measurement':<30} {'flotilla':>10} {'tf eager':>10} {'tf sdpa':>10} {'flotilla vs best':>17}")
+    rows = [("load seconds (lower wins)", "load_seconds", False),
+            ("prefill 512 tokens/s", "prefill_tokens_per_second", True),
+            ("decode batch 1 tokens/s", "decode_batch1_tokens_per_second", True),
+            ("decode batch 8 tokens/s", "decode_batch8_tokens_per_second", True),
+            ("RSS after load MB (lower wins)", "peak_rss_after_load_bytes", False)]
+    for label, key, higher_is_better in rows:
+        scale = 1e-6 if key.endswith("bytes") else 1.0
+        ours, theirs = flotilla[key] * scale, (eager[key] * scale, sdpa[key] * scale)
+        ratio = ours / max(theirs) if higher_is_better else min(theirs) / ours
+        print(f"{label:<30} {ours:>10.2f} {theirs[0]:>10.2f} {theirs[1]:>10.2f} {ratio:>16.2f}x")
+    print(f"{'decode batch 1, share of bound':<30} {report['flotilla_batch1_fraction_of_bound']:>10.0%}")
 
 
 if __name__ == "__main__":

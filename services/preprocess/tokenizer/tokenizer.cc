@@ -520,12 +520,16 @@ absl::StatusOr<Encoding> Tokenizer::EncodePair(std::string_view text, std::strin
   return PostProcess(std::move(*encoding), std::move(*pair_encoding), options);
 }
 
-absl::StatusOr<std::vector<Encoding>> Tokenizer::EncodeBatch(std::span<const std::string_view> texts,
-                                                             const EncodeOptions& options) const {
-  std::vector<Encoding> encodings(texts.size());
-  std::vector<absl::Status> statuses(texts.size());
-  ThreadPool::Shared().ParallelFor(texts.size(), [&](size_t i) {
-    auto encoding = Encode(texts[i], options);
+namespace {
+
+// Encodes items 0..count-1 with `encode_one` on the shared pool; the first failure (lowest index)
+// is returned, prefixed with `what` and the index, so a batch fails as its first bad item would.
+template <typename EncodeOne>
+absl::StatusOr<std::vector<Encoding>> EncodeEach(size_t count, const char* what, EncodeOne encode_one) {
+  std::vector<Encoding> encodings(count);
+  std::vector<absl::Status> statuses(count);
+  ThreadPool::Shared().ParallelFor(count, [&](size_t i) {
+    auto encoding = encode_one(i);
     if (encoding.ok()) {
       encodings[i] = std::move(*encoding);
     } else {
@@ -533,32 +537,25 @@ absl::StatusOr<std::vector<Encoding>> Tokenizer::EncodeBatch(std::span<const std
     }
   });
   for (size_t i = 0; i < statuses.size(); ++i) {
-    if (!statuses[i].ok()) {
-      return absl::Status(statuses[i].code(), absl::StrCat("EncodeBatch: text ", i, ": ", statuses[i].message()));
-    }
+    if (!statuses[i].ok()) return absl::Status(statuses[i].code(), absl::StrCat(what, i, ": ", statuses[i].message()));
   }
-  if (padding_) PadEncodings(encodings, *padding_);
+  return encodings;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<Encoding>> Tokenizer::EncodeBatch(std::span<const std::string_view> texts,
+                                                             const EncodeOptions& options) const {
+  auto encodings = EncodeEach(texts.size(), "EncodeBatch: text ", [&](size_t i) { return Encode(texts[i], options); });
+  if (encodings.ok() && padding_) PadEncodings(*encodings, *padding_);
   return encodings;
 }
 
 absl::StatusOr<std::vector<Encoding>> Tokenizer::EncodePairBatch(
     std::span<const std::pair<std::string_view, std::string_view>> pairs, const EncodeOptions& options) const {
-  std::vector<Encoding> encodings(pairs.size());
-  std::vector<absl::Status> statuses(pairs.size());
-  ThreadPool::Shared().ParallelFor(pairs.size(), [&](size_t i) {
-    auto encoding = EncodePair(pairs[i].first, pairs[i].second, options);
-    if (encoding.ok()) {
-      encodings[i] = std::move(*encoding);
-    } else {
-      statuses[i] = encoding.status();
-    }
-  });
-  for (size_t i = 0; i < statuses.size(); ++i) {
-    if (!statuses[i].ok()) {
-      return absl::Status(statuses[i].code(), absl::StrCat("EncodePairBatch: pair ", i, ": ", statuses[i].message()));
-    }
-  }
-  if (padding_) PadEncodings(encodings, *padding_);
+  auto encodings = EncodeEach(pairs.size(), "EncodePairBatch: pair ",
+                              [&](size_t i) { return EncodePair(pairs[i].first, pairs[i].second, options); });
+  if (encodings.ok() && padding_) PadEncodings(*encodings, *padding_);
   return encodings;
 }
 
