@@ -426,6 +426,25 @@ double PythonRound(double value, int64_t digits) {
   return std::strtod(buffer, nullptr);
 }
 
+// A width or precision a template asks for: more than the whole output may hold is an error up
+// front, rather than gigabytes of padding (or an overflowing int) discovered later.
+int64_t CheckedCount(Renderer& renderer, int64_t count, SourceLocation location, const char* what) {
+  const auto limit = static_cast<int64_t>(renderer.limits().max_output_bytes);
+  if (count > limit) {
+    renderer.Fail(location, absl::StrCat(what, " ", count, " exceeds the rendered output limit of ", limit, " bytes"));
+  }
+  return count;
+}
+
+// Reads the decimal digits at spec[i...], saturating far above any limit instead of overflowing.
+int64_t ReadCount(const std::string& spec, size_t& i) {
+  int64_t count = 0;
+  while (i < spec.size() && std::isdigit(static_cast<unsigned char>(spec[i]))) {
+    count = std::min<int64_t>(count * 10 + (spec[i++] - '0'), int64_t{1} << 50);
+  }
+  return count;
+}
+
 // Python's format() of one value with a format spec ("", ">10", ".2f", "d", "x"...).
 std::string FormatSpec(Renderer& renderer, const Value& value, const std::string& spec, SourceLocation location) {
   if (spec.empty()) return value.ToString();
@@ -447,18 +466,16 @@ std::string FormatSpec(Renderer& renderer, const Value& value, const std::string
     if (!align) align = '=';
     ++i;
   }
-  int width = 0;
-  while (i < spec.size() && std::isdigit(static_cast<unsigned char>(spec[i]))) width = width * 10 + (spec[i++] - '0');
+  const int64_t width = CheckedCount(renderer, ReadCount(spec, i), location, "format width");
   bool thousands = false;
   if (i < spec.size() && spec[i] == ',') {
     thousands = true;
     ++i;
   }
-  int precision = -1;
+  int64_t precision = -1;
   if (i < spec.size() && spec[i] == '.') {
     ++i;
-    precision = 0;
-    while (i < spec.size() && std::isdigit(static_cast<unsigned char>(spec[i]))) precision = precision * 10 + (spec[i++] - '0');
+    precision = CheckedCount(renderer, ReadCount(spec, i), location, "format precision");
   }
   char type = i < spec.size() ? spec[i++] : '\0';
   if (i != spec.size()) renderer.Fail(location, "unsupported format specifier '" + spec + "'");
@@ -467,12 +484,11 @@ std::string FormatSpec(Renderer& renderer, const Value& value, const std::string
   if (type == 'f' || type == 'F' || type == 'e' || type == 'E' || type == '%' || (type == '\0' && value.IsFloat() && precision >= 0)) {
     if (!numeric) renderer.Fail(location, "Unknown format code '" + std::string(1, type) + "' for object of type '" + PythonTypeName(value) + "'");
     double number = value.AsDouble() * (type == '%' ? 100 : 1);
-    char buffer[512];
-    char format[16];
-    std::snprintf(format, sizeof(format), "%%.%d%c", precision < 0 ? 6 : precision, type == '%' || type == '\0' ? 'f' : type);
-    if (type == '\0') std::snprintf(format, sizeof(format), "%%.%dg", precision);
-    std::snprintf(buffer, sizeof(buffer), format, number);
-    body = buffer;
+    const int digits = static_cast<int>(precision < 0 ? 6 : precision);
+    const char conversion = type == '\0' ? 'g' : type == '%' ? 'f' : type;
+    const char format[] = {'%', '.', '*', conversion, '\0'};
+    body.resize(std::snprintf(nullptr, 0, format, digits, number));
+    std::snprintf(body.data(), body.size() + 1, format, digits, number);
     if (type == '%') body += '%';
   } else if (type == 'd' || type == 'x' || type == 'X' || type == 'o' || type == 'b') {
     if (!value.IsInt() && !value.IsBool()) renderer.Fail(location, "Unknown format code '" + std::string(1, type) + "' for object of type '" + PythonTypeName(value) + "'");
@@ -505,14 +521,14 @@ std::string FormatSpec(Renderer& renderer, const Value& value, const std::string
   }
   if (numeric && sign == '+' && !body.empty() && body[0] != '-') body = "+" + body;
   if (numeric && sign == ' ' && !body.empty() && body[0] != '-') body = " " + body;
-  int length = static_cast<int>(DecodeUtf8(body).size());
+  const auto length = static_cast<int64_t>(DecodeUtf8(body).size());
   if (length >= width) return body;
-  int padding = width - length;
+  const int64_t padding = width - length;
   if (!align) align = numeric ? '>' : '<';
   std::string fill_text(1, fill);
-  auto pad = [&](int count) {
+  auto pad = [&](int64_t count) {
     std::string out;
-    for (int k = 0; k < count; ++k) out += fill_text;
+    for (int64_t k = 0; k < count; ++k) out += fill_text;
     return out;
   };
   switch (align) {
@@ -753,7 +769,7 @@ Value StringMethod(Renderer& renderer, const std::string& text, const std::strin
   }
   if (name == "center" || name == "ljust" || name == "rjust") {
     Signature args = signature({"width", "fillchar"});
-    int64_t width = IntArgument(renderer, args.Get(0), location, "width");
+    int64_t width = CheckedCount(renderer, IntArgument(renderer, args.Get(0), location, "width"), location, "width");
     std::string fill = args.Get(1, Value(" ")).ToString();
     int64_t length = static_cast<int64_t>(DecodeUtf8(text).size());
     if (width <= length) return Value(text);
@@ -788,7 +804,7 @@ Value StringMethod(Renderer& renderer, const std::string& text, const std::strin
   }
   if (name == "zfill") {
     Signature args = signature({"width"});
-    int64_t width = IntArgument(renderer, args.Get(0), location, "width");
+    int64_t width = CheckedCount(renderer, IntArgument(renderer, args.Get(0), location, "width"), location, "width");
     int64_t length = static_cast<int64_t>(DecodeUtf8(text).size());
     if (width <= length) return Value(text);
     size_t sign = (!text.empty() && (text[0] == '-' || text[0] == '+')) ? 1 : 0;
@@ -929,13 +945,13 @@ std::string FormatPercent(Renderer& renderer, const std::string& format, const V
     }
     std::string flags;
     while (i < format.size() && std::strchr("-+ 0#", format[i]) != nullptr) flags += format[i++];
-    std::string width;
-    while (i < format.size() && std::isdigit(static_cast<unsigned char>(format[i]))) width += format[i++];
+    const size_t width_begin = i;
+    CheckedCount(renderer, ReadCount(format, i), location, "format width");
+    const std::string width = format.substr(width_begin, i - width_begin);
     std::string precision;
     if (i < format.size() && format[i] == '.') {
       ++i;
-      precision = "0";
-      while (i < format.size() && std::isdigit(static_cast<unsigned char>(format[i]))) precision += format[i++];
+      precision = std::to_string(CheckedCount(renderer, ReadCount(format, i), location, "format precision"));
     }
     if (i >= format.size()) renderer.Fail(location, "incomplete format");
     char type = format[i];
@@ -951,7 +967,7 @@ std::string FormatPercent(Renderer& renderer, const std::string& format, const V
     std::string align = flags.find('-') != std::string::npos ? "<" : "";
     std::string sign = flags.find('+') != std::string::npos ? "+" : flags.find(' ') != std::string::npos ? " " : "";
     std::string zero = flags.find('0') != std::string::npos && align.empty() ? "0" : "";
-    std::string precision_spec = precision.empty() ? "" : "." + std::to_string(std::stoi(precision));
+    std::string precision_spec = precision.empty() ? "" : "." + precision;
     switch (type) {
       case 's': out += FormatSpec(renderer, Value(value.ToString()), align + width + precision_spec, location); break;
       case 'r': out += FormatSpec(renderer, Value(value.Repr()), align + width + precision_spec, location); break;
@@ -971,9 +987,10 @@ std::string FormatPercent(Renderer& renderer, const std::string& format, const V
       case 'G':
         if (!value.IsNumber()) renderer.Fail(location, "must be real number, not " + PythonTypeName(value));
         if (type == 'g' || type == 'G') {
-          char buffer[512];
-          std::snprintf(buffer, sizeof(buffer), ("%" + flags + width + (precision.empty() ? "" : "." + precision) + type).c_str(), value.AsDouble());
-          out += buffer;
+          const std::string conversion = "%" + flags + width + (precision.empty() ? "" : "." + precision) + type;
+          std::string formatted(std::snprintf(nullptr, 0, conversion.c_str(), value.AsDouble()), '\0');
+          std::snprintf(formatted.data(), formatted.size() + 1, conversion.c_str(), value.AsDouble());
+          out += formatted;
         } else {
           out += FormatSpec(renderer, Value(value.AsDouble()), align + sign + zero + width + (precision.empty() ? ".6" : precision_spec) + std::string(1, type), location);
         }
@@ -1377,7 +1394,7 @@ Value Renderer::CallFilter(const std::string& name, const Value& subject, CallAr
   if (name == "indent") {
     Signature args = signature({"width", "first", "blank"});
     Value width = args.Get(0, Value(4));
-    std::string indentation = width.IsString() ? width.AsString() : std::string(std::max<int64_t>(0, IntArgument(*this, width, location, "width")), ' ');
+    std::string indentation = width.IsString() ? width.AsString() : std::string(std::max<int64_t>(0, CheckedCount(*this, IntArgument(*this, width, location, "width"), location, "width")), ' ');
     bool first = args.Get(1, Value(false)).Truthy();
     bool blank = args.Get(2, Value(false)).Truthy();
     std::vector<std::string> lines = SplitLines(text_of(subject) + "\n");

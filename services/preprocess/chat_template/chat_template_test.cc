@@ -99,6 +99,19 @@ TEST(ChatTemplateTest, EndlessRecursionAndRunawayOutputAreStopped) {
   EXPECT_NE(status.message().find("exceeds the limit of 1000 bytes"), std::string::npos) << status;
 }
 
+// A width or precision beyond the output limit fails at once (fuzzer find: "%6666…d" padded for
+// minutes); ordinary widths still format as Python does.
+TEST(ChatTemplateTest, HugeFormatWidthsAreRefusedUpFront) {
+  for (const char* source : {"{{ '%99999999999999999999999999d' % 1 }}", "{{ '%.99999999999f' % 1.5 }}",
+                             "{{ '%99999999999g' % 1.5 }}", "{{ 'a'.center(99999999999) }}",
+                             "{{ 'a'.zfill(99999999999) }}", "{{ 'a\nb' | indent(99999999999) }}"}) {
+    absl::Status status = RenderError(source);
+    EXPECT_NE(status.message().find("exceeds the rendered output limit"), std::string::npos) << source << ": " << status;
+  }
+  EXPECT_EQ(Render("{{ '%5d|%-4s|%.2f|%.3g|%06.1f' % (3, 'a', 1.5, 1234.5, -2.25) }}"), "    3|a   |1.50|1.23e+03|-002.2");
+  EXPECT_EQ(Render("{{ 'ab'.center(6, '*') }}{{ '7'.zfill(3) }}"), "**ab**007");
+}
+
 TEST(ChatTemplateTest, UndefinedBehavesLikeJinja) {
   EXPECT_EQ(Render("[{{ missing }}]{{ missing is defined }}{{ missing|length }}{{ messages[0].nope }}{{ none.x }}"), "[]False0");
   absl::Status status = RenderError("{{ missing.attribute }}");
