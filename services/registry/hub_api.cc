@@ -307,49 +307,42 @@ class HubHandlers {
       response.set_header("Content-Length", std::to_string(entry.size));
       return;
     }
-    // The body is written straight from a read-only mapping of the blob, in large writes: one copy
+    // The body is written straight from read-only mappings of the blob, 8 MiB at a time: one copy
     // (page cache to socket) per byte and few system calls, where a pread into a buffer and a write
-    // of it copy twice. Blobs are immutable and garbage collection only unlinks them, so the
-    // mapping stays valid until the response is done. httplib cuts Range requests out of it.
-    const std::string blob_path = registry_.blobs().LocalPath(entry.sha256);
-    int descriptor = open(blob_path.c_str(), O_RDONLY | O_CLOEXEC);
+    // of it copy twice. Each window is unmapped once written, so the process's resident memory
+    // does not grow with the file. Blobs are immutable and garbage collection only unlinks them.
+    // httplib cuts Range requests out of the body.
+    int descriptor = open(registry_.blobs().LocalPath(entry.sha256).c_str(), O_RDONLY | O_CLOEXEC);
     if (descriptor < 0) {
       return SendError(response, absl::DataLossError(absl::StrCat("blob ", entry.sha256, " of ", path, " is missing")));
     }
+    // A short blob would fault (SIGBUS) when a window past its end is read: refuse it here.
     struct stat status;
     if (fstat(descriptor, &status) != 0 || status.st_size < entry.size) {
       close(descriptor);
       return SendError(response, absl::DataLossError(absl::StrCat("blob ", entry.sha256, " of ", path, " holds ",
                                                                   status.st_size, " bytes, expected ", entry.size)));
     }
-    const size_t size = static_cast<size_t>(entry.size);
-    const char* mapping = nullptr;
-    if (size > 0) {
-      void* address = mmap(nullptr, size, PROT_READ, MAP_SHARED, descriptor, 0);
-      if (address == MAP_FAILED) {
-        close(descriptor);
-        return SendError(response, absl::InternalError(absl::StrCat("mmap blob ", entry.sha256, " of ", path, ": ",
-                                                                    std::strerror(errno))));
-      }
-      madvise(address, size, MADV_SEQUENTIAL);
-      mapping = static_cast<const char*>(address);
-    }
-    close(descriptor);
+    posix_fadvise(descriptor, 0, 0, POSIX_FADV_SEQUENTIAL);
     Metrics().pulls.Add({{"api", "hub"}}).Increment();
     prometheus::Counter* sent = &Metrics().bytes_sent.Add({{"api", "hub"}});
     response.set_content_provider(
-        size, "application/octet-stream",
-        [mapping, size, sent](size_t offset, size_t length, httplib::DataSink& sink) {
-          // Large pieces (a blocking send of each), yet a slow client's progress still shows.
+        static_cast<size_t>(entry.size), "application/octet-stream",
+        [descriptor, sent](size_t offset, size_t length, httplib::DataSink& sink) {
           constexpr size_t kPieceBytes = 8 << 20;
+          static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
           const size_t piece = std::min(length, kPieceBytes);
-          if (mapping == nullptr || offset + piece > size) return false;
-          sent->Increment(static_cast<double>(piece));
-          return sink.write(mapping + offset, piece);
+          const size_t start = offset - offset % page;
+          const size_t window_length = offset + piece - start;
+          void* window = mmap(nullptr, window_length, PROT_READ, MAP_SHARED, descriptor, static_cast<off_t>(start));
+          if (window == MAP_FAILED) return false;
+          madvise(window, window_length, MADV_SEQUENTIAL);
+          const bool written = sink.write(static_cast<const char*>(window) + (offset - start), piece);
+          munmap(window, window_length);
+          if (written) sent->Increment(static_cast<double>(piece));
+          return written;
         },
-        [mapping, size](bool) {
-          if (mapping != nullptr) munmap(const_cast<char*>(mapping), size);
-        });
+        [descriptor](bool) { close(descriptor); });
   }
 
   // --- upload side ---

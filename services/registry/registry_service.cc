@@ -414,46 +414,30 @@ grpc::ServerReadReactor<UploadBlobRequest>* RegistryGrpcService::UploadBlob(grpc
   return new UploadReactor(*this, context, response);
 }
 
-// A read-only mapping of one blob, shared by the slices that are still being sent. Blobs are
-// immutable and garbage collection only unlinks them, so a mapping stays valid while it lives.
-class BlobMapping {
- public:
-  static absl::StatusOr<std::shared_ptr<BlobMapping>> Open(const std::string& path, int64_t size) {
-    int descriptor = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (descriptor < 0) return absl::NotFoundError(absl::StrCat("open ", path, ": ", std::strerror(errno)));
-    struct stat status;
-    if (fstat(descriptor, &status) != 0 || status.st_size < size) {
-      close(descriptor);
-      return absl::DataLossError(absl::StrCat("blob ", path, " holds ", status.st_size, " bytes, expected ", size));
-    }
-    void* address = nullptr;
-    if (size > 0) {
-      address = mmap(nullptr, static_cast<size_t>(size), PROT_READ, MAP_SHARED, descriptor, 0);
-      if (address == MAP_FAILED) {
-        close(descriptor);
-        return absl::InternalError(absl::StrCat("mmap ", path, ": ", std::strerror(errno)));
-      }
-      madvise(address, static_cast<size_t>(size), MADV_SEQUENTIAL);
-    }
-    close(descriptor);
-    return std::shared_ptr<BlobMapping>(new BlobMapping(static_cast<char*>(address), size));
-  }
-  ~BlobMapping() {
-    if (address_ != nullptr) munmap(address_, static_cast<size_t>(size_));
-  }
-  char* data() const { return address_; }
-
- private:
-  BlobMapping(char* address, int64_t size) : address_(address), size_(size) {}
-  char* address_;
-  int64_t size_;
-};
-
-// The slice of [offset, offset + length) of a mapping; the slice keeps the mapping alive.
-grpc::Slice MappedSlice(const std::shared_ptr<BlobMapping>& mapping, int64_t offset, int64_t length) {
-  auto* owner = new std::shared_ptr<BlobMapping>(mapping);
-  return grpc::Slice(mapping->data() + offset, static_cast<size_t>(length),
-                     [](void* user_data) { delete static_cast<std::shared_ptr<BlobMapping>*>(user_data); }, owner);
+// A slice of [offset, offset + length) of a blob file, as a read-only mapping of just that window:
+// gRPC sends it to the socket without a copy in user space, and unmapping it when gRPC releases
+// the slice keeps the process's resident memory at the messages in flight (a mapping of the
+// whole blob would count every page sent in its RSS). Blobs are immutable and garbage collection
+// only unlinks them, so the window stays valid until it is unmapped.
+absl::StatusOr<grpc::Slice> MappedSlice(int descriptor, int64_t offset, int64_t length) {
+  struct Window {
+    void* address;
+    size_t length;
+  };
+  static const int64_t page = sysconf(_SC_PAGESIZE);
+  const int64_t start = offset - offset % page;
+  const size_t window_length = static_cast<size_t>(offset + length - start);
+  void* address = mmap(nullptr, window_length, PROT_READ, MAP_SHARED, descriptor, start);
+  if (address == MAP_FAILED) return absl::InternalError(absl::StrCat("mmap: ", std::strerror(errno)));
+  madvise(address, window_length, MADV_SEQUENTIAL);
+  auto* window = new Window{address, window_length};
+  return grpc::Slice(static_cast<char*>(address) + (offset - start), static_cast<size_t>(length),
+                     [](void* user_data) {
+                       auto* window = static_cast<Window*>(user_data);
+                       munmap(window->address, window->length);
+                       delete window;
+                     },
+                     window);
 }
 
 // Server-streaming download of one file, 1 MiB per message, from an offset. Each message is the
@@ -478,6 +462,9 @@ class DownloadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
     WriteNext();
   }
   void OnDone() override { delete this; }
+  ~DownloadReactor() override {
+    if (descriptor_ >= 0) close(descriptor_);
+  }
 
  private:
   absl::Status Start(grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw_request) {
@@ -506,12 +493,17 @@ class DownloadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
                                                 " is outside the file's ", entry_.size, " bytes"));
     }
     offset_ = request->offset();
-    auto mapping = BlobMapping::Open(service_.registry_.blobs().LocalPath(entry_.sha256), entry_.size);
-    if (!mapping.ok()) {
-      return absl::DataLossError(absl::StrCat("download of ", entry_.path, ": blob ", entry_.sha256,
-                                              " is missing or short: ", mapping.status().message()));
+    descriptor_ = open(service_.registry_.blobs().LocalPath(entry_.sha256).c_str(), O_RDONLY | O_CLOEXEC);
+    if (descriptor_ < 0) {
+      return absl::DataLossError(absl::StrCat("download of ", entry_.path, ": blob ", entry_.sha256, " is missing"));
     }
-    mapping_ = *std::move(mapping);
+    // A short blob would fault (SIGBUS) when a window past its end is read: refuse it here.
+    struct stat status;
+    if (fstat(descriptor_, &status) != 0 || status.st_size < entry_.size) {
+      return absl::DataLossError(absl::StrCat("download of ", entry_.path, ": blob ", entry_.sha256, " holds ",
+                                              status.st_size, " bytes, expected ", entry_.size));
+    }
+    posix_fadvise(descriptor_, offset_, 0, POSIX_FADV_SEQUENTIAL);
     DownloadFileResponse header;
     ToProto(entry_, header.mutable_entry());
     header.set_commit_id(commit->commit_id);
@@ -534,7 +526,14 @@ class DownloadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
     }
     grpc::Slice slices[2] = {grpc::Slice(prefix), grpc::Slice()};
     size_t slice_count = 1;
-    if (length > 0) slices[slice_count++] = MappedSlice(mapping_, offset_, length);
+    if (length > 0) {
+      auto data = MappedSlice(descriptor_, offset_, length);
+      if (!data.ok()) {
+        return Finish(grpc::Status(grpc::StatusCode::INTERNAL, absl::StrCat("download of ", entry_.path, ": blob ",
+                                                                            entry_.sha256, ": ", data.status().message())));
+      }
+      slices[slice_count++] = *std::move(data);
+    }
     message_ = grpc::ByteBuffer(slices, slice_count);
     offset_ += length;
     bytes_counter_.Increment(static_cast<double>(length));
@@ -544,7 +543,7 @@ class DownloadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
 
   RegistryGrpcService& service_;
   prometheus::Counter& bytes_counter_;
-  std::shared_ptr<BlobMapping> mapping_;
+  int descriptor_ = -1;
   grpc::ByteBuffer message_;
   std::string header_;  // the first message's entry and commit_id, serialized
   TreeEntry entry_;
