@@ -6,10 +6,15 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <map>
+#include <mutex>
 #include <set>
+#include <thread>
+#include <vector>
 
 #include <absl/strings/str_cat.h>
 #include <grpcpp/grpcpp.h>
@@ -292,6 +297,107 @@ absl::StatusOr<PushResult> RegistryClient::PushFolder(const std::string& folder,
 
 namespace {
 
+// Writes and hashes the chunks of one download on a second thread, so that receiving the next
+// chunk (gRPC read and parse, on the caller's thread) overlaps with pwrite and sha256 of the
+// previous ones. Chunk buffers are recycled: Push swaps a spent buffer (with its capacity) back
+// into the caller's message, so the parse of the next message allocates nothing.
+// Not thread-safe: one thread calls Push and Close.
+class WriteHashPipeline {
+ public:
+  WriteHashPipeline(int descriptor, int64_t offset, Sha256& hasher, std::string path)
+      : descriptor_(descriptor), offset_(offset), hasher_(hasher), path_(std::move(path)),
+        thread_([this] { Run(); }) {}
+  ~WriteHashPipeline() { Close().IgnoreError(); }
+
+  // Hands `chunk` over (leaving a recycled buffer in its place). False when writing failed: stop
+  // receiving, Close says why.
+  bool Push(std::string& chunk) {
+    std::unique_lock lock(mutex_);
+    // Bounded: a slow disk makes the receiver wait (and gRPC flow control slow the sender).
+    space_.wait(lock, [&] { return queued_bytes_ < kQueueBytes || !error_.ok(); });
+    if (!error_.ok()) return false;
+    queued_bytes_ += static_cast<int64_t>(chunk.size());
+    std::string spare;
+    if (!spare_.empty()) {
+      spare = std::move(spare_.back());
+      spare_.pop_back();
+    }
+    queue_.push_back(std::move(chunk));
+    chunk = std::move(spare);
+    work_.notify_one();
+    return true;
+  }
+
+  // Waits until every chunk is written and hashed; the write error if there was one. Idempotent.
+  absl::Status Close() {
+    {
+      std::lock_guard lock(mutex_);
+      closed_ = true;
+      work_.notify_one();
+    }
+    if (thread_.joinable()) thread_.join();
+    std::lock_guard lock(mutex_);
+    return error_;
+  }
+
+  // The file offset after the last byte written (valid after Close).
+  int64_t offset() const { return offset_; }
+
+ private:
+  static constexpr int64_t kQueueBytes = 16 << 20;
+
+  void Run() {
+    std::unique_lock lock(mutex_);
+    while (true) {
+      work_.wait(lock, [&] { return !queue_.empty() || closed_; });
+      if (queue_.empty()) return;
+      std::string chunk = std::move(queue_.front());
+      queue_.pop_front();
+      lock.unlock();
+      absl::Status status = WriteAndHash(chunk);
+      lock.lock();
+      queued_bytes_ -= static_cast<int64_t>(chunk.size());
+      spare_.push_back(std::move(chunk));
+      if (!status.ok()) {
+        error_ = status;
+        queue_.clear();
+        space_.notify_all();
+        return;
+      }
+      space_.notify_one();
+    }
+  }
+
+  absl::Status WriteAndHash(const std::string& chunk) {
+    const char* cursor = chunk.data();
+    size_t left = chunk.size();
+    while (left > 0) {
+      ssize_t written = pwrite(descriptor_, cursor, left, offset_);
+      if (written < 0 && errno == EINTR) continue;
+      if (written < 0) return ErrnoError("write", path_);
+      cursor += written;
+      left -= written;
+      offset_ += written;
+    }
+    hasher_.Update(chunk);
+    return absl::OkStatus();
+  }
+
+  const int descriptor_;
+  int64_t offset_;  // owned by the thread until Close joins it
+  Sha256& hasher_;
+  const std::string path_;
+  std::mutex mutex_;
+  std::condition_variable work_;   // a chunk was queued, or Close was called
+  std::condition_variable space_;  // a chunk was written, or writing failed
+  std::deque<std::string> queue_;  // guarded by mutex_
+  std::vector<std::string> spare_;  // guarded by mutex_
+  int64_t queued_bytes_ = 0;        // guarded by mutex_
+  bool closed_ = false;             // guarded by mutex_
+  absl::Status error_;              // guarded by mutex_
+  std::thread thread_;              // last: starts after the members it uses
+};
+
 // Downloads one file into `final_path` via `final_path`.incomplete, resuming and verifying.
 absl::Status DownloadOne(RegistryService::Stub& stub, const std::string& token, const ModelReference& pinned,
                          const FileEntry& entry, const std::string& final_path, TransferProgress& progress,
@@ -329,26 +435,18 @@ absl::Status DownloadOne(RegistryService::Stub& stub, const std::string& token, 
     std::unique_ptr<grpc::ClientReader<DownloadFileResponse>> reader = stub.DownloadFile(&context, request);
     DownloadFileResponse response;
     absl::Status write_error;
-    while (reader->Read(&response)) {
-      const std::string& data = response.data();
-      const char* cursor = data.data();
-      size_t left = data.size();
-      while (left > 0) {
-        ssize_t written = pwrite(descriptor, cursor, left, offset);
-        if (written < 0 && errno == EINTR) continue;
-        if (written < 0) {
-          write_error = ErrnoError("write", partial);
-          break;
-        }
-        cursor += written;
-        left -= written;
-        offset += written;
+    {
+      WriteHashPipeline pipeline(descriptor, offset, hasher, partial);
+      while (reader->Read(&response)) {
+        const int64_t length = static_cast<int64_t>(response.data().size());
+        if (length == 0) continue;
+        if (!pipeline.Push(*response.mutable_data())) break;
+        *downloaded += length;
+        progress.done_bytes += length;
+        if (report) report(progress);
       }
-      if (!write_error.ok()) break;
-      hasher.Update(data);
-      *downloaded += static_cast<int64_t>(data.size());
-      progress.done_bytes += static_cast<int64_t>(data.size());
-      if (report) report(progress);
+      write_error = pipeline.Close();
+      offset = pipeline.offset();
     }
     if (!write_error.ok()) {
       context.TryCancel();

@@ -2,8 +2,13 @@
 // PullToCache (directory named by the commit id, files verified, a second pull fetches nothing).
 #include "services/registry/registry_client.h"
 
+#include <sys/resource.h>
+
+#include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 
 #include <grpcpp/grpcpp.h>
@@ -106,6 +111,62 @@ TEST_F(RegistryClientTest, PushFolderThenPullToCache) {
 
   EXPECT_EQ(client.PullToCache("acme/llama@nope", cache).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(client.PullToCache("acme/missing", cache).status().code(), absl::StatusCode::kNotFound);
+}
+
+// A file of many messages (more than the writer thread's queue holds), with bytes that differ
+// everywhere, so chunks written out of order or twice would fail the sha256 check.
+std::string DistinctBytes(size_t size) {
+  std::mt19937_64 generator(7);
+  std::string bytes(size, '\0');
+  for (size_t at = 0; at + 8 <= size; at += 8) {
+    const uint64_t value = generator();
+    std::memcpy(bytes.data() + at, &value, 8);
+  }
+  return bytes;
+}
+
+TEST_F(RegistryClientTest, PullWritesAndHashesOnASecondThreadAndResumesAfterAWriteError) {
+  const fs::path source = root_ + "/source";
+  const std::string weights = DistinctBytes((40 << 20) + 12345);
+  WriteFile(source / "model.safetensors", weights);
+  RegistryClient client(address_);
+  auto pushed = client.PushFolder(source.string(), "acme", "big");
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+
+  // The disk "fills up" after 8 MiB: the write error ends the pull, the bytes written stay.
+  const fs::path target = root_ + "/target";
+  const rlim_t limit = 8 << 20;
+  struct rlimit original;
+  getrlimit(RLIMIT_FSIZE, &original);
+  std::signal(SIGXFSZ, SIG_IGN);
+  struct rlimit small = original;
+  small.rlim_cur = limit;
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
+  auto failed = client.PullToDirectory("acme/big", target.string());
+  setrlimit(RLIMIT_FSIZE, &original);
+  std::signal(SIGXFSZ, SIG_DFL);
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kInternal) << failed.status();
+  EXPECT_NE(failed.status().message().find("write("), std::string::npos) << failed.status();
+  ASSERT_TRUE(fs::exists(target / "model.safetensors.incomplete"));
+  EXPECT_EQ(fs::file_size(target / "model.safetensors.incomplete"), limit);
+
+  // The next pull continues from there and verifies the whole file.
+  auto resumed = client.PullToDirectory("acme/big", target.string());
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->downloaded_bytes, static_cast<int64_t>(weights.size() - limit));
+  EXPECT_EQ(ReadFile(target / "model.safetensors"), weights);
+  EXPECT_FALSE(fs::exists(target / "model.safetensors.incomplete"));
+
+  // From scratch, and from an offset inside a message.
+  const fs::path fresh = root_ + "/fresh";
+  auto whole = client.PullToDirectory("acme/big", fresh.string());
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_EQ(ReadFile(fresh / "model.safetensors"), weights);
+  const fs::path odd = root_ + "/odd";
+  WriteFile(odd / "model.safetensors.incomplete", weights.substr(0, (3 << 20) + 777));
+  auto continued = client.PullToDirectory("acme/big", odd.string());
+  ASSERT_TRUE(continued.ok()) << continued.status();
+  EXPECT_EQ(ReadFile(odd / "model.safetensors"), weights);
 }
 
 }  // namespace

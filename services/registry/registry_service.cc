@@ -1,9 +1,15 @@
 #include "services/registry/registry_service.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <vector>
 
 #include <absl/strings/match.h>
 #include <absl/strings/str_cat.h>
@@ -52,7 +58,10 @@ void ToProto(const TreeEntry& entry, FileEntry* file) {
   file->set_sha256(entry.sha256);
 }
 
-class RegistryGrpcService final : public RegistryService::CallbackService {
+// DownloadFile is a raw method (ByteBuffer in and out): its responses are encoded by hand so the
+// file bytes go out as slices of a mapping of the blob, with no copy in user space (see
+// DownloadReactor). Every other method is a plain callback method.
+class RegistryGrpcService final : public RegistryService::WithRawCallbackMethod_DownloadFile<RegistryService::CallbackService> {
  public:
   RegistryGrpcService(Registry& registry, const Authorizer& authorizer) : registry_(registry), authorizer_(authorizer) {}
 
@@ -264,8 +273,8 @@ class RegistryGrpcService final : public RegistryService::CallbackService {
     });
   }
 
-  grpc::ServerWriteReactor<DownloadFileResponse>* DownloadFile(grpc::CallbackServerContext* context,
-                                                               const DownloadFileRequest* request) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* DownloadFile(grpc::CallbackServerContext* context,
+                                                           const grpc::ByteBuffer* request) override;
 
   grpc::ServerUnaryReactor* FindKernelVariant(grpc::CallbackServerContext* context, const FindKernelVariantRequest* request,
                                               FindKernelVariantResponse* response) override {
@@ -405,10 +414,38 @@ grpc::ServerReadReactor<UploadBlobRequest>* RegistryGrpcService::UploadBlob(grpc
   return new UploadReactor(*this, context, response);
 }
 
-// Server-streaming download of one file, 1 MiB per message, from an offset.
-class DownloadReactor final : public grpc::ServerWriteReactor<DownloadFileResponse> {
+// A slice of [offset, offset + length) of a blob file, as a read-only mapping of just that window:
+// gRPC sends it to the socket without a copy in user space, and unmapping it when gRPC releases
+// the slice keeps the process's resident memory at the messages in flight (a mapping of the
+// whole blob would count every page sent in its RSS). Blobs are immutable and garbage collection
+// only unlinks them, so the window stays valid until it is unmapped.
+absl::StatusOr<grpc::Slice> MappedSlice(int descriptor, int64_t offset, int64_t length) {
+  struct Window {
+    void* address;
+    size_t length;
+  };
+  static const int64_t page = sysconf(_SC_PAGESIZE);
+  const int64_t start = offset - offset % page;
+  const size_t window_length = static_cast<size_t>(offset + length - start);
+  void* address = mmap(nullptr, window_length, PROT_READ, MAP_SHARED, descriptor, start);
+  if (address == MAP_FAILED) return absl::InternalError(absl::StrCat("mmap: ", std::strerror(errno)));
+  madvise(address, window_length, MADV_SEQUENTIAL);
+  auto* window = new Window{address, window_length};
+  return grpc::Slice(static_cast<char*>(address) + (offset - start), static_cast<size_t>(length),
+                     [](void* user_data) {
+                       auto* window = static_cast<Window*>(user_data);
+                       munmap(window->address, window->length);
+                       delete window;
+                     },
+                     window);
+}
+
+// Server-streaming download of one file, 1 MiB per message, from an offset. Each message is the
+// DownloadFileResponse wire format written by hand: the first one's entry and commit_id
+// (serialized by protobuf), then field 3 (data) as a tag, a length and a slice of the mapped blob.
+class DownloadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
-  DownloadReactor(RegistryGrpcService& service, grpc::CallbackServerContext* context, const DownloadFileRequest* request)
+  DownloadReactor(RegistryGrpcService& service, grpc::CallbackServerContext* context, const grpc::ByteBuffer* request)
       : service_(service), bytes_counter_(Metrics().bytes_sent.Add({{"api", "grpc"}})) {
     absl::Status status = Start(context, request);
     if (!status.ok()) {
@@ -419,18 +456,27 @@ class DownloadReactor final : public grpc::ServerWriteReactor<DownloadFileRespon
     Metrics().pulls.Add({{"api", "grpc"}}).Increment();
     WriteNext();
   }
-  ~DownloadReactor() override {
-    if (descriptor_ >= 0) close(descriptor_);
-  }
 
   void OnWriteDone(bool ok) override {
     if (!ok) return Finish(grpc::Status(grpc::StatusCode::CANCELLED, "DownloadFile: the client went away"));
     WriteNext();
   }
   void OnDone() override { delete this; }
+  ~DownloadReactor() override {
+    if (descriptor_ >= 0) close(descriptor_);
+  }
 
  private:
-  absl::Status Start(grpc::CallbackServerContext* context, const DownloadFileRequest* request) {
+  absl::Status Start(grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw_request) {
+    DownloadFileRequest parsed;
+    std::vector<grpc::Slice> slices;
+    if (!raw_request->Dump(&slices).ok()) return absl::InvalidArgumentError("DownloadFile: unreadable request");
+    std::string bytes;
+    for (const grpc::Slice& slice : slices) bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+    if (!parsed.ParseFromString(bytes)) {
+      return absl::InvalidArgumentError("DownloadFile: the request is not a DownloadFileRequest");
+    }
+    const DownloadFileRequest* request = &parsed;
     auto commit = service_.ResolveReference(context, request->reference());
     if (!commit.ok()) return commit.status();
     auto files = service_.registry_.Files(*commit);
@@ -447,53 +493,66 @@ class DownloadReactor final : public grpc::ServerWriteReactor<DownloadFileRespon
                                                 " is outside the file's ", entry_.size, " bytes"));
     }
     offset_ = request->offset();
-    const std::string path = service_.registry_.blobs().LocalPath(entry_.sha256);
-    descriptor_ = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    descriptor_ = open(service_.registry_.blobs().LocalPath(entry_.sha256).c_str(), O_RDONLY | O_CLOEXEC);
     if (descriptor_ < 0) {
       return absl::DataLossError(absl::StrCat("download of ", entry_.path, ": blob ", entry_.sha256, " is missing"));
     }
+    // A short blob would fault (SIGBUS) when a window past its end is read: refuse it here.
+    struct stat status;
+    if (fstat(descriptor_, &status) != 0 || status.st_size < entry_.size) {
+      return absl::DataLossError(absl::StrCat("download of ", entry_.path, ": blob ", entry_.sha256, " holds ",
+                                              status.st_size, " bytes, expected ", entry_.size));
+    }
     posix_fadvise(descriptor_, offset_, 0, POSIX_FADV_SEQUENTIAL);
-    ToProto(entry_, response_.mutable_entry());
-    response_.set_commit_id(commit->commit_id);
+    DownloadFileResponse header;
+    ToProto(entry_, header.mutable_entry());
+    header.set_commit_id(commit->commit_id);
+    header_ = header.SerializeAsString();
     return absl::OkStatus();
   }
 
   void WriteNext() {
     if (sent_header_ && offset_ >= entry_.size) return Finish(grpc::Status::OK);
-    std::string* data = response_.mutable_data();
-    int64_t length = std::min(kChunkBytes, entry_.size - offset_);
-    data->resize(length);
-    int64_t filled = 0;
-    while (filled < length) {
-      ssize_t got = pread(descriptor_, data->data() + filled, length - filled, offset_ + filled);
-      if (got <= 0) {
-        if (got < 0 && errno == EINTR) continue;
-        return Finish(grpc::Status(grpc::StatusCode::DATA_LOSS,
-                                   absl::StrCat("download of ", entry_.path, ": blob ", entry_.sha256, " is short")));
+    const int64_t length = std::min(kChunkBytes, entry_.size - offset_);
+    // Field 3 (bytes), wire type 2: tag, varint length, then the bytes.
+    std::string prefix = sent_header_ ? std::string() : std::move(header_);
+    prefix.push_back(static_cast<char>((3 << 3) | 2));
+    for (uint64_t value = static_cast<uint64_t>(length);; value >>= 7) {
+      if (value < 0x80) {
+        prefix.push_back(static_cast<char>(value));
+        break;
       }
-      filled += got;
+      prefix.push_back(static_cast<char>((value & 0x7f) | 0x80));
     }
+    grpc::Slice slices[2] = {grpc::Slice(prefix), grpc::Slice()};
+    size_t slice_count = 1;
+    if (length > 0) {
+      auto data = MappedSlice(descriptor_, offset_, length);
+      if (!data.ok()) {
+        return Finish(grpc::Status(grpc::StatusCode::INTERNAL, absl::StrCat("download of ", entry_.path, ": blob ",
+                                                                            entry_.sha256, ": ", data.status().message())));
+      }
+      slices[slice_count++] = *std::move(data);
+    }
+    message_ = grpc::ByteBuffer(slices, slice_count);
     offset_ += length;
     bytes_counter_.Increment(static_cast<double>(length));
-    if (sent_header_) {
-      response_.clear_entry();
-      response_.clear_commit_id();
-    }
     sent_header_ = true;
-    StartWrite(&response_);
+    StartWrite(&message_);
   }
 
   RegistryGrpcService& service_;
   prometheus::Counter& bytes_counter_;
-  DownloadFileResponse response_;
+  int descriptor_ = -1;
+  grpc::ByteBuffer message_;
+  std::string header_;  // the first message's entry and commit_id, serialized
   TreeEntry entry_;
   int64_t offset_ = 0;
-  int descriptor_ = -1;
   bool sent_header_ = false;
 };
 
-grpc::ServerWriteReactor<DownloadFileResponse>* RegistryGrpcService::DownloadFile(grpc::CallbackServerContext* context,
-                                                                                const DownloadFileRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* RegistryGrpcService::DownloadFile(grpc::CallbackServerContext* context,
+                                                                            const grpc::ByteBuffer* request) {
   return new DownloadReactor(*this, context, request);
 }
 

@@ -1,8 +1,15 @@
 #!/usr/bin/env python3
 """Registry transfer benchmark: push and pull of one large generated file over loopback next to
-`cp` of the same file on the same disk, and huggingface_hub's snapshot_download of a many-file repo
-next to the same files fetched from `python -m http.server` with the same parallelism. Prints a
-table (MB/s, ratio to the baseline, registry peak RSS).
+`cp` (and `dd conv=fsync`) of the same file on the same disk, and a many-file repo fetched with 8
+threads from Flotilla's Hub API next to the same files served by `python -m http.server`:
+
+- the same plain urllib fetcher against both servers (the servers alone);
+- huggingface_hub's own per-file downloader (`file_download.http_get`, what hf_hub_download runs
+  for each file) against both servers: the client's code path, same for both;
+- `snapshot_download` from Flotilla (http.server cannot answer its API calls): http_get plus the
+  repo listing, a HEAD per file and the cache layout, against http_get from http.server.
+
+Prints a markdown table (transfer, MiB/s, x baseline) and a detailed one (seconds, registry RSS).
 
     python tools/bench/registry_transfer.py --size-mib 2048 --snapshot-files 20 --snapshot-mib 1024
 
@@ -11,6 +18,7 @@ Needs build/bin/flotilla-registry and build/bin/flotilla (or --build-dir).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -39,6 +47,14 @@ def write_random_file(path: Path, size: int) -> None:
             chunk = (block[shift:] + block[:shift])[: size - written]
             file.write(chunk)
             written += len(chunk)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(4 * MIB):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def rss_mib(pid: int) -> float:
@@ -73,11 +89,6 @@ class PeakRss:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def best_of(runs: int, function) -> float:
-    """The fastest of `runs` runs (the least disturbed by other processes on a shared machine)."""
-    return min(timed(function)[0] for _ in range(runs))
 
 
 def timed(function):
@@ -121,6 +132,36 @@ def fetch_all(base_url: str, names: list[str], target: Path, workers: int = 8) -
         list(pool.map(fetch, names))
 
 
+HUB_HTTP_GET = textwrap.dedent("""
+    import os, sys, time
+    from concurrent.futures import ThreadPoolExecutor
+    from huggingface_hub.file_download import http_get
+    base, target, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+    def fetch(name):
+        with open(os.path.join(target, name), "wb") as file:
+            http_get(f"{base}/{name}", file)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(fetch, names))
+    print(time.perf_counter() - start)
+""")
+
+HUB_SNAPSHOT = textwrap.dedent("""
+    import time
+    from huggingface_hub import snapshot_download
+    start = time.perf_counter()
+    snapshot_download("bench/snapshot", max_workers=8)
+    print(time.perf_counter() - start)
+""")
+
+
+def timed_python(code: str, *args: str, environment: dict | None = None) -> float:
+    """Runs `code` in a fresh interpreter; the seconds it prints (its own timing, without start-up)."""
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True,
+                            env=environment)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mib", type=int, default=2048, help="size of the single large file")
@@ -128,6 +169,7 @@ def main() -> None:
     parser.add_argument("--snapshot-mib", type=int, default=1024, help="total size of the snapshot repo")
     parser.add_argument("--build-dir", type=Path, default=REPOSITORY / "build")
     parser.add_argument("--work-dir", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each snapshot row (the fastest counts)")
     arguments = parser.parse_args()
     build = arguments.build_dir.resolve()
     work = Path(tempfile.mkdtemp(prefix="registry_bench_", dir=arguments.work_dir))
@@ -149,6 +191,7 @@ def main() -> None:
             # The registry fsyncs every blob before it exists (durability); cp does not unless asked.
             cp_sync_seconds, _ = timed(lambda: subprocess.run(
                 ["dd", f"if={big}", f"of={work / 'copy.bin'}", "bs=4M", "conv=fsync", "status=none"], check=True))
+            hash_seconds, _ = timed(lambda: sha256_of(big))
             registry_cpu_before = cpu_seconds(registry.pid)
             with PeakRss(registry.pid) as push_rss:
                 push_seconds, pushed = timed(lambda: cli(build, "push", str(source), "bench/large", "--registry",
@@ -159,13 +202,18 @@ def main() -> None:
             registry_cpu = cpu_seconds(registry.pid) - registry_cpu_before
             assert pushed["uploaded_bytes"] == size
             cp_rate = size / MIB / cp_seconds
-            rows.append((f"cp {arguments.size_mib} MiB", cp_seconds, cp_rate, 1.0, ""))
-            rows.append((f"cp {arguments.size_mib} MiB + fsync (dd conv=fsync)", cp_sync_seconds,
-                         size / MIB / cp_sync_seconds, cp_seconds / cp_sync_seconds, ""))
+            rate = lambda seconds: size / MIB / seconds
+            rows.append((f"cp {arguments.size_mib} MiB", cp_seconds, cp_rate, 1.0, "", ""))
+            rows.append((f"dd conv=fsync {arguments.size_mib} MiB (cp + fsync)", cp_sync_seconds,
+                         rate(cp_sync_seconds), cp_seconds / cp_sync_seconds, "", "cp"))
+            rows.append((f"sha256 of {arguments.size_mib} MiB (hashlib; the push's client hash pass)", hash_seconds,
+                         rate(hash_seconds), cp_seconds / hash_seconds, "", "cp"))
             rows.append((f"flotilla push {arguments.size_mib} MiB (incl. client sha256)", push_seconds,
-                         size / MIB / push_seconds, cp_seconds / push_seconds, f"{push_rss.peak:.0f}"))
+                         rate(push_seconds), cp_seconds / push_seconds, f"{push_rss.peak:.0f}", "cp"))
+            rows.append((f"flotilla push {arguments.size_mib} MiB (incl. client sha256)", push_seconds,
+                         rate(push_seconds), cp_sync_seconds / push_seconds, "", "dd conv=fsync"))
             rows.append((f"flotilla pull {arguments.size_mib} MiB (verified)", pull_seconds,
-                         size / MIB / pull_seconds, cp_seconds / pull_seconds, f"{pull_rss.peak:.0f}"))
+                         rate(pull_seconds), cp_seconds / pull_seconds, f"{pull_rss.peak:.0f}", "cp"))
             for path in [big, work / "copy.bin"]:
                 path.unlink()
             shutil.rmtree(work / "pulled")
@@ -183,52 +231,69 @@ def main() -> None:
             static = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
                                        "--directory", str(snapshot)], stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL)
+            static_url = f"http://127.0.0.1:{port}"
+            flotilla_url = f"http://{ready['http_address']}/bench/snapshot/resolve/main"
+            hub_environment = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_OFFLINE": "0"}
+            runs = arguments.runs
+
+            def fresh(folder: str) -> Path:
+                shutil.rmtree(work / folder, ignore_errors=True)
+                (work / folder).mkdir()
+                return work / folder
+
+            # Rounds alternate the contenders, so a burst of load elsewhere hits both alike.
+            times = {key: [] for key in ["plain_static", "plain_flotilla", "hub_static", "hub_flotilla", "snapshot"]}
             try:
                 time.sleep(1.0)
-                (work / "static").mkdir()
-                static_seconds = best_of(3, lambda: fetch_all(f"http://127.0.0.1:{port}", names, work / "static"))
+                with PeakRss(registry.pid) as snapshot_rss:
+                    for attempt in range(runs):
+                        times["plain_static"].append(timed(lambda: fetch_all(static_url, names, fresh("plain")))[0])
+                        times["plain_flotilla"].append(timed(lambda: fetch_all(flotilla_url, names, fresh("plain")))[0])
+                        times["hub_static"].append(timed_python(HUB_HTTP_GET, static_url, str(fresh("hub")), *names,
+                                                                environment=hub_environment))
+                        times["hub_flotilla"].append(timed_python(HUB_HTTP_GET, flotilla_url, str(fresh("hub")),
+                                                                  *names, environment=hub_environment))
+                        times["snapshot"].append(timed_python(HUB_SNAPSHOT, environment={
+                            **hub_environment, "HF_ENDPOINT": f"http://{ready['http_address']}",
+                            "HF_HOME": str(fresh("hf_home"))}))
             finally:
                 static.terminate()
                 static.wait()
-            # The same plain-HTTP fetcher against Flotilla's resolve URLs: the server side alone.
-            (work / "flotilla_plain").mkdir()
-            plain_seconds = best_of(3, lambda: fetch_all(f"http://{ready['http_address']}/bench/snapshot/resolve/main",
-                                                         names, work / "flotilla_plain"))
-            environment = {**os.environ, "HF_ENDPOINT": f"http://{ready['http_address']}",
-                           "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-            code = textwrap.dedent("""
-                import time
-                from huggingface_hub import snapshot_download
-                start = time.perf_counter()
-                snapshot_download("bench/snapshot", max_workers=8)
-                print(time.perf_counter() - start)
-            """)
-            hub_runs = []
-            with PeakRss(registry.pid) as snapshot_rss:
-                for attempt in range(3):  # each into a fresh cache
-                    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                            env={**environment, "HF_HOME": str(work / f"hf_home_{attempt}")})
-                    hub_runs.append(float(result.stdout.strip().splitlines()[-1]))
-                    shutil.rmtree(work / f"hf_home_{attempt}")
-            hub_seconds = min(hub_runs)
+            shutil.rmtree(work / "plain", ignore_errors=True)
+            shutil.rmtree(work / "hub", ignore_errors=True)
+            shutil.rmtree(work / "hf_home", ignore_errors=True)
+            best_times = {key: min(values) for key, values in times.items()}
             total = per_file * files / MIB
-            rows.append((f"http.server, {files} files / {total:.0f} MiB, 8 threads", static_seconds,
-                         total / static_seconds, 1.0, ""))
-            rows.append((f"same fetcher from flotilla /resolve/ URLs", plain_seconds, total / plain_seconds,
-                         static_seconds / plain_seconds, ""))
-            rows.append((f"snapshot_download from flotilla, same files", hub_seconds, total / hub_seconds,
-                         static_seconds / hub_seconds, f"{snapshot_rss.peak:.0f}"))
+            what = f"{files} files / {total:.0f} MiB, 8 threads"
+            labels = {"plain_static": "urllib from http.server", "hub_static": "http_get from http.server"}
+            snapshot_rows = [
+                (f"urllib fetcher from http.server, {what}", "plain_static", "plain_static", ""),
+                ("urllib fetcher from flotilla /resolve/", "plain_flotilla", "plain_static", ""),
+                (f"huggingface_hub http_get from http.server, {what}", "hub_static", "hub_static", ""),
+                ("huggingface_hub http_get from flotilla /resolve/", "hub_flotilla", "hub_static", ""),
+                ("snapshot_download from flotilla", "snapshot", "hub_static", f"{snapshot_rss.peak:.0f}"),
+            ]
+            for name, key, baseline, rss in snapshot_rows:
+                rows.append((name, best_times[key], total / best_times[key], best_times[baseline] / best_times[key],
+                             rss, "" if key == baseline else labels[baseline]))
+            print("snapshot rows, every run (s): " + json.dumps({key: [round(value, 2) for value in values]
+                                                                 for key, values in times.items()}))
         finally:
             registry.terminate()
             registry.wait()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+    load = os.getloadavg()
     print(f"\nregistry CPU (user+sys) for the push and pull of {arguments.size_mib} MiB: {registry_cpu:.2f} s; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print(f"\n{'transfer':<58} {'seconds':>8} {'MiB/s':>8} {'x baseline':>10} {'registry RSS MiB':>17}")
-    for name, seconds, rate, ratio, rss in rows:
-        print(f"{name:<58} {seconds:>8.2f} {rate:>8.0f} {ratio:>10.2f} {rss:>17}")
+          f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min) on {os.cpu_count()} CPUs")
+    print(f"\n{'transfer':<62} {'seconds':>8} {'MiB/s':>8} {'x baseline':>10} {'baseline':<26} {'registry RSS MiB':>16}")
+    for name, seconds, rate, ratio, rss, baseline in rows:
+        print(f"{name:<62} {seconds:>8.2f} {rate:>8.0f} {ratio:>10.2f} {baseline or '(reference)':<26} {rss:>16}")
+    # The same rows as a markdown table, for notes and issues.
+    print("\n| transfer | MiB/s | × baseline |\n| --- | ---: | ---: |")
+    for name, seconds, rate, ratio, rss, baseline in rows:
+        print(f"| {name} | {rate:.0f} | " + (f"{ratio:.2f}× {baseline} |" if baseline else "reference |"))
 
 
 if __name__ == "__main__":
