@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <algorithm>
 #include <map>
 #include <regex>
 #include <set>
@@ -67,6 +68,15 @@ absl::StatusOr<std::shared_ptr<PreTrainedModel>> ModelFromConfig(const nlohmann:
                                                    absl::StrJoin(RegisteredModelTypes(), ", "), ")"));
   }
   std::string wanted = architecture;
+  const bool registered_for_type =
+      std::any_of(known->second.begin(), known->second.end(), [&](const auto& entry) { return entry.first == wanted; });
+  if (!wanted.empty() && !registered_for_type) {
+    std::vector<std::string> names;
+    for (const auto& [name, factory] : known->second) names.push_back(name);
+    return absl::InvalidArgumentError(absl::StrCat(config_path, ": architecture \"", wanted,
+                                                   "\" is not registered for model_type ", model_type,
+                                                   " (known: ", absl::StrJoin(names, ", "), ")"));
+  }
   if (wanted.empty() && config.contains("architectures") && config["architectures"].is_array() &&
       !config["architectures"].empty() && config["architectures"][0].is_string()) {
     wanted = config["architectures"][0].get<std::string>();
@@ -163,6 +173,23 @@ absl::Status LoadWeights(PreTrainedModel& model, const std::string& folder, cons
     used_keys.insert(key);
     plans.emplace_back(key, std::move(plan));
   }
+  // A bare model from a head's checkpoint that never had one of its optional submodules (BertModel
+  // or ViTModel from ForMaskedLM / ForImageClassification: no pooler). transformers initialises it
+  // randomly; the model drops it instead, so no output depends on random weights.
+  if (!missing.empty()) {
+    std::map<std::string, std::vector<std::string>> missing_by_module;
+    for (const std::string& name : missing) missing_by_module[name.substr(0, name.find('.'))].push_back(name);
+    std::set<std::string> dropped;
+    for (const auto& [module_name, names] : missing_by_module) {
+      size_t module_parameters = 0;
+      for (const auto& item : parameters) module_parameters += item.key().rfind(module_name + ".", 0) == 0;
+      if (names.size() != module_parameters || !model.DropMissingModule(module_name)) continue;
+      dropped.insert(module_name);
+      LogWarning("the checkpoint has no weights for an optional submodule; the model is built without it",
+                 {{"checkpoint", label}, {"module", module_name}});
+    }
+    std::erase_if(missing, [&](const std::string& name) { return dropped.count(name.substr(0, name.find('.'))) > 0; });
+  }
   if (!missing.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("LoadWeights(", label, "): the checkpoint lacks ", missing.size(),
                                                    " tensor(s) the model needs: ", absl::StrJoin(missing, ", ")));
@@ -209,7 +236,7 @@ absl::StatusOr<std::shared_ptr<PreTrainedModel>> FromPretrained(const std::strin
   if (!options.attn_implementation.empty()) (*config)["attn_implementation"] = options.attn_implementation;
   std::shared_ptr<PreTrainedModel> model;
   try {
-    auto built = ModelFromConfig(*config, config_path);
+    auto built = ModelFromConfig(*config, config_path, options.architecture);
     if (!built.ok()) return built.status();
     model = *std::move(built);
     CheckAttentionImplementation(model->config().attn_implementation);

@@ -11,8 +11,11 @@
 //                    FromPretrained("/models/smollm2", {.attn_implementation = "eager"}));
 //   RETURN_IF_ERROR(SavePretrained(*model, "/tmp/copy"));   // transformers loads it back
 //
-// The architecture is config.json's `architectures[0]` when registered, else the model_type's
-// first registration. Loading checks every parameter against the checkpoint (missing or
+// The architecture is LoadOptions::architecture when given, else config.json's `architectures[0]`
+// when registered, else the model_type's first registration. A bare class loads a fuller
+// checkpoint as transformers' base_model_prefix logic does (PreTrainedModel::CheckpointBasePrefix;
+// a pooler the head never had is dropped, see DropMissingModule). Loading checks every parameter
+// against the checkpoint (missing or
 // mis-shaped: an error naming the file and key; extra: one warning listing them), ties weights as
 // the model declares, and places all weights that need a copy in one pre-sized allocation; weights
 // whose dtype already matches alias the mmap'd file (zero-copy).
@@ -38,6 +41,10 @@ struct LoadOptions {
   std::optional<at::ScalarType> dtype;     // default: float32 (transformers' default)
   bool zero_copy = true;                   // alias the mapping when dtypes match (CPU)
   nlohmann::json config_overrides = nlohmann::json::object();  // merged into config.json
+  // "" = config.json's architectures[0]; else a class registered for the config's model_type, e.g.
+  // "CLIPVisionModel" or "CLIPTextModelWithProjection" from a CLIPModel folder, "BertModel" from a
+  // BertForMaskedLM one (as <Class>.from_pretrained(folder) in transformers).
+  std::string architecture;
 };
 
 // Builds a model from config.json's contents (weights uninitialised).
@@ -57,7 +64,8 @@ struct ModelRegistration {
   static ::flotilla::models::ModelRegistration FLOTILLA_REGISTER_MODEL_CONCAT(model_registration_, \
                                                                               __COUNTER__)(model_type, architecture, factory)
 
-// Builds (unloaded) the class config.json names. `architecture` overrides architectures[0].
+// Builds (unloaded) the class config.json names. `architecture` overrides architectures[0]; it
+// must be registered for the config's model_type.
 absl::StatusOr<std::shared_ptr<PreTrainedModel>> ModelFromConfig(const nlohmann::json& config,
                                                                  const std::string& config_path,
                                                                  const std::string& architecture = "");

@@ -73,10 +73,22 @@ absl::StatusOr<at::Tensor> GenerateGreedy(PreTrainedModel& model, const at::Tens
         break;
       }
     }
-    inputs.input_ids = next_tokens.view({batch, 1});
-    inputs.position_ids = next_position.clone();
+    const int64_t sequence_length = prompt_length + step + 1;
+    if (model.DropsCacheBeforeGenerationStep(sequence_length, cache.GetSeqLength())) {
+      // The model's prepare_inputs_for_generation drops the cache (Phi-3 longrope): recompute the
+      // whole sequence, positions from the mask as for the prompt.
+      cache = DynamicCache();
+      cache.Reserve(batch, total_length);
+      at::Tensor sequence_mask = mask_buffer.narrow(1, 0, sequence_length);
+      inputs.input_ids = at::cat({prompt_ids, generated.narrow(1, 0, step + 1)}, 1);
+      inputs.position_ids = sequence_mask.cumsum(-1) - 1;
+      inputs.position_ids->masked_fill_(sequence_mask == 0, 1);
+    } else {
+      inputs.input_ids = next_tokens.view({batch, 1});
+      inputs.position_ids = next_position.clone();
+    }
     next_position.add_(1);
-    if (padded) inputs.attention_mask = mask_buffer.narrow(1, 0, prompt_length + step + 1);
+    if (padded) inputs.attention_mask = mask_buffer.narrow(1, 0, sequence_length);
   }
   return generated.narrow(1, 0, step);
 }

@@ -1,7 +1,8 @@
 // Greedy generation with a dynamic KV cache, as transformers' GenerationMixin does it for
 // do_sample=False: positions from the attention mask (left padding supported), logits only for
 // the last position, finished sequences padded with pad_token_id (else the first EOS id), stop
-// when every sequence has produced an EOS id or after max_new_tokens.
+// when every sequence has produced an EOS id or after max_new_tokens. A model whose
+// DropsCacheBeforeGenerationStep says so (Phi-3 longrope) gets the whole sequence recomputed once.
 //
 //   GenerationOptions options{.max_new_tokens = 32};
 //   ASSIGN_OR_RETURN(at::Tensor new_ids, GenerateGreedy(*model, prompt_ids, attention_mask, options));

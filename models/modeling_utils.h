@@ -67,6 +67,17 @@ class PreTrainedModel : public torch::nn::Module {
   // checkpoint ("model.", GPT-2's "transformer."). The loader tries each key with and without it.
   virtual std::string CheckpointBasePrefix() const { return "model."; }
 
+  // Generation hook, as a model's prepare_inputs_for_generation override in transformers: true when
+  // the next step must drop the KV cache and recompute the whole sequence (prompt and generated
+  // tokens, `sequence_length` of them) instead of appending one token to the `past_length` cached.
+  // Phi-3 does this once, when longrope switches from short to long factors.
+  virtual bool DropsCacheBeforeGenerationStep(int64_t sequence_length, int64_t past_length) const { return false; }
+
+  // Called by the loader when the checkpoint lacks every weight of the top-level submodule `name`
+  // (a bare BertModel / ViTModel from a head checkpoint built without the pooler): returns true when
+  // the model can do without it and has dropped it (that output is then not computed).
+  virtual bool DropMissingModule(const std::string& name) { return false; }
+
   // Switches the attention function (any registered name or "eager") without reloading weights.
   void SetAttentionImplementation(const std::string& name);
   const std::string& attention_implementation() const { return config().attn_implementation; }

@@ -16,6 +16,9 @@ constexpr std::pair<const char*, ParallelStyle> kStyles[] = {
     {"vocab_parallel", ParallelStyle::kVocabParallel},
     {"embedding_rowwise", ParallelStyle::kVocabParallel},
     {"replicated", ParallelStyle::kReplicated},
+    {"conv1d_colwise", ParallelStyle::kConv1DColwise},
+    {"conv1d_rowwise", ParallelStyle::kConv1DRowwise},
+    {"conv1d_packed_colwise", ParallelStyle::kConv1DPackedColwise},
 };
 
 }  // namespace
@@ -26,7 +29,8 @@ absl::StatusOr<ParallelStyle> ParseParallelStyle(std::string_view name) {
   }
   return absl::InvalidArgumentError(absl::StrCat(
       "unknown tensor-parallel style \"", std::string(name),
-      "\" (known: colwise, rowwise, packed_colwise, packed_rowwise, colwise_gather_output, vocab_parallel, replicated)"));
+      "\" (known: colwise, rowwise, packed_colwise, packed_rowwise, colwise_gather_output, vocab_parallel, replicated, "
+      "conv1d_colwise, conv1d_rowwise, conv1d_packed_colwise)"));
 }
 
 std::string ParallelStyleName(ParallelStyle style) {
@@ -34,6 +38,18 @@ std::string ParallelStyleName(ParallelStyle style) {
     if (known == style) return text;
   }
   return "?";
+}
+
+int64_t PackedParts(ParallelStyle style) {
+  switch (style) {
+    case ParallelStyle::kPackedColwise:
+    case ParallelStyle::kPackedRowwise:
+      return 2;
+    case ParallelStyle::kConv1DPackedColwise:
+      return 3;
+    default:
+      return 1;
+  }
 }
 
 absl::StatusOr<TensorParallelPlan> TensorParallelPlan::FromJson(const nlohmann::json& json) {
@@ -102,13 +118,25 @@ absl::StatusOr<at::Tensor> ShardParameter(const at::Tensor& full, std::string_vi
       dim = 1;
       packed = true;
       break;
+    // Conv1D weights are [in, out]: the output dimension is 1 (the bias, [out], stays dim 0).
+    case ParallelStyle::kConv1DColwise:
+      dim = is_bias ? 0 : 1;
+      break;
+    case ParallelStyle::kConv1DPackedColwise:
+      dim = is_bias ? 0 : 1;
+      packed = true;
+      break;
+    case ParallelStyle::kConv1DRowwise:
+      if (is_bias) return full;
+      dim = 0;
+      break;
   }
   if (dim >= full.dim()) {
     return absl::InvalidArgumentError(absl::StrCat("ShardParameter(", std::string(parameter_name), "): ", ParallelStyleName(style),
                                                    " splits dimension ", dim, " but the tensor has shape [",
                                                    absl::StrJoin(full.sizes(), ", "), "]"));
   }
-  const int64_t parts = packed ? packed_parts : 1;
+  const int64_t parts = packed ? (packed_parts > 0 ? packed_parts : PackedParts(style)) : 1;
   const int64_t size = full.size(dim);
   if (size % (parts * world_size) != 0) {
     return absl::InvalidArgumentError(absl::StrCat("ShardParameter(", std::string(parameter_name), "): dimension ", dim, " of size ",

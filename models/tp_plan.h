@@ -13,6 +13,11 @@
 // colwise_gather_output (the lm_head: colwise, gathered after), vocab_parallel (embedding rows),
 // replicated. `*` matches one dotted component (a layer index).
 //
+// GPT-2's Conv1D stores its weight transposed ([in, out], bias [out]), so the same splits fall on
+// the other dimension: conv1d_colwise (weight dim 1, bias dim 0), conv1d_rowwise (weight dim 0,
+// bias replicated) and conv1d_packed_colwise (c_attn's fused [q | k | v] columns: each third split
+// separately, weight dim 1 and bias dim 0).
+//
 // Thread-safety: immutable after construction.
 #pragma once
 
@@ -40,7 +45,14 @@ enum class ParallelStyle {
   kColwiseGatherOutput,
   kVocabParallel,
   kReplicated,
+  kConv1DColwise,
+  kConv1DRowwise,
+  kConv1DPackedColwise,
 };
+
+// How many equal parts a packed style's fused tensor holds: 2 for packed_colwise / packed_rowwise
+// (gate_up_proj), 3 for conv1d_packed_colwise (c_attn's q, k, v); 1 for the others.
+int64_t PackedParts(ParallelStyle style);
 
 absl::StatusOr<ParallelStyle> ParseParallelStyle(std::string_view name);
 std::string ParallelStyleName(ParallelStyle style);
@@ -63,10 +75,11 @@ class TensorParallelPlan {
 bool GlobMatchesModuleName(std::string_view pattern, std::string_view module_name);
 
 // Rank `rank`'s shard of `full` (a parameter named `...weight` or `...bias`) under `style`.
-// Sizes that the world size does not divide are an error naming the tensor.
+// Sizes that the world size does not divide are an error naming the tensor. packed_parts 0 means
+// PackedParts(style).
 absl::StatusOr<at::Tensor> ShardParameter(const at::Tensor& full, std::string_view parameter_name,
                                           ParallelStyle style, int64_t rank, int64_t world_size,
-                                          int64_t packed_parts = 2);
+                                          int64_t packed_parts = 0);
 
 // Every tensor of `checkpoint`, sharded for one rank. A tensor's module name is its key without
 // the trailing ".weight"/".bias"; keys under `base_prefix` ("model.") are matched against `plan`

@@ -422,6 +422,14 @@ class BertModel : public PreTrainedModel {
   PretrainedConfig& mutable_config() override { return *config_; }
   std::string BaseModelPrefix() const override { return ""; }
   std::string CheckpointBasePrefix() const override { return "bert."; }
+  // From a BertForMaskedLM checkpoint (whose BertModel has no pooler): built without it, so the
+  // outputs have no pooler_output (transformers would initialise the pooler randomly).
+  bool DropMissingModule(const std::string& name) override {
+    if (name != "pooler" || !pooler) return false;
+    unregister_module("pooler");
+    pooler = nullptr;
+    return true;
+  }
   TensorParallelPlan BaseModelTensorParallelPlan() const override {
     TensorParallelPlan plan;
     plan.Add("encoder.layer.*.attention.self.query", ParallelStyle::kColwise);

@@ -3,7 +3,8 @@
 // embedding, conv patches, learned positions), text embeddings, eager attention, attention, MLP
 // (quick_gelu), encoder layer, encoder, text model (causal mask + padding, EOS pooling), vision
 // model (pre-layernorm, CLS pooling), CLIPModel (projections, normalised embeddings, logit_scale,
-// logits_per_image / logits_per_text), registration.
+// logits_per_image / logits_per_text), the towers with projections (CLIPTextModelWithProjection,
+// CLIPVisionModelWithProjection), registration.
 //
 // Submodules carry the checkpoint's names (text_model.encoder.layers.0.self_attn.q_proj.weight,
 // vision_model.pre_layrnorm.weight — transformers' spelling), so loading needs no renaming table.
@@ -134,6 +135,18 @@ struct CLIPConfig : PretrainedConfig {
     return config;
   }
 };
+
+// ---- block: TowerConfigJson ----
+// A tower's config.json contents: itself, or the CLIPConfig's text_config / vision_config when the
+// file is a full CLIP checkpoint's (transformers' base_config_key, so CLIPTextModel.from_pretrained
+// works on a CLIPModel folder). The top-level attn_implementation (the loader's option) carries over.
+nlohmann::json TowerConfigJson(const nlohmann::json& json, const char* base_config_key) {
+  if (!json.is_object() || json.value("model_type", std::string()) != "clip") return json;
+  nlohmann::json tower = json.contains(base_config_key) && json[base_config_key].is_object() ? json[base_config_key]
+                                                                                              : nlohmann::json::object();
+  if (json.contains("attn_implementation")) tower["attn_implementation"] = json["attn_implementation"];
+  return tower;
+}
 
 // ---- block: Activation ----
 // ACT2FN for the activations CLIP checkpoints use (quick_gelu for OpenAI's, gelu for others).
@@ -518,9 +531,12 @@ class CLIPTextModel : public PreTrainedModel {
   const PretrainedConfig& config() const override { return *config_; }
   PretrainedConfig& mutable_config() override { return *config_; }
   std::string BaseModelPrefix() const override { return ""; }
+  // Loaded from a CLIPModel (or CLIPTextModelWithProjection) checkpoint, the tower's tensors sit
+  // under text_model.; the rest of that checkpoint is reported as unused.
+  std::string CheckpointBasePrefix() const override { return "text_model."; }
 
   static absl::StatusOr<std::shared_ptr<PreTrainedModel>> FromConfig(const nlohmann::json& json) {
-    auto config = CLIPTextConfig::FromJson(json, "config.json");
+    auto config = CLIPTextConfig::FromJson(TowerConfigJson(json, "text_config"), "config.json");
     if (!config.ok()) return config.status();
     return std::make_shared<CLIPTextModel>(*config);
   }
@@ -549,9 +565,10 @@ class CLIPVisionModel : public PreTrainedModel {
   const PretrainedConfig& config() const override { return *config_; }
   PretrainedConfig& mutable_config() override { return *config_; }
   std::string BaseModelPrefix() const override { return ""; }
+  std::string CheckpointBasePrefix() const override { return "vision_model."; }
 
   static absl::StatusOr<std::shared_ptr<PreTrainedModel>> FromConfig(const nlohmann::json& json) {
-    auto config = CLIPVisionConfig::FromJson(json, "config.json");
+    auto config = CLIPVisionConfig::FromJson(TowerConfigJson(json, "vision_config"), "config.json");
     if (!config.ok()) return config.status();
     return std::make_shared<CLIPVisionModel>(*config);
   }
@@ -559,6 +576,86 @@ class CLIPVisionModel : public PreTrainedModel {
  private:
   std::shared_ptr<CLIPVisionConfig> config_;
   std::shared_ptr<CLIPVisionTransformerImpl> body_;
+};
+
+// ---- block: CLIPTextModelWithProjection ----
+// The text tower under text_model. and text_projection (no bias): text_embeds is the projected
+// pooled output (unnormalised), as get_text_features. Outputs: last_hidden_state, hidden_states,
+// named_outputs["text_embeds"] (CLIPTextModelOutput has no pooler_output). Its checkpoint keys are
+// CLIPModel's, so it also loads from a CLIPModel folder.
+class CLIPTextModelWithProjection : public PreTrainedModel {
+ public:
+  explicit CLIPTextModelWithProjection(std::shared_ptr<CLIPTextConfig> config) : config_(std::move(config)) {
+    text_model = register_module("text_model", std::make_shared<CLIPTextTransformerImpl>(config_, config_));
+    text_projection =
+        register_module("text_projection", Linear(config_->hidden_size, config_->projection_dim, /*bias=*/false));
+  }
+
+  ModelOutput Forward(const ForwardInputs& inputs) override {
+    c10::InferenceMode inference_mode;
+    DebugScope debug(this, {{"input_ids", inputs.input_ids}});
+    ModelOutput output = text_model->forward(inputs);
+    output.named_outputs["text_embeds"] = debug.Output(text_projection->forward(output.pooler_output), "text_embeds");
+    output.pooler_output = at::Tensor();
+    return output;
+  }
+
+  const PretrainedConfig& config() const override { return *config_; }
+  PretrainedConfig& mutable_config() override { return *config_; }
+  std::string BaseModelPrefix() const override { return "text_model."; }
+  std::string CheckpointBasePrefix() const override { return ""; }
+
+  static absl::StatusOr<std::shared_ptr<PreTrainedModel>> FromConfig(const nlohmann::json& json) {
+    auto config = CLIPTextConfig::FromJson(TowerConfigJson(json, "text_config"), "config.json");
+    if (!config.ok()) return config.status();
+    return std::make_shared<CLIPTextModelWithProjection>(*config);
+  }
+
+  std::shared_ptr<CLIPTextTransformerImpl> text_model;
+  Linear text_projection{nullptr};
+
+ private:
+  std::shared_ptr<CLIPTextConfig> config_;
+};
+
+// ---- block: CLIPVisionModelWithProjection ----
+// The vision tower under vision_model. and visual_projection (no bias): image_embeds is the
+// projected pooled output (unnormalised), as get_image_features. Outputs: last_hidden_state,
+// hidden_states, named_outputs["image_embeds"].
+class CLIPVisionModelWithProjection : public PreTrainedModel {
+ public:
+  explicit CLIPVisionModelWithProjection(std::shared_ptr<CLIPVisionConfig> config) : config_(std::move(config)) {
+    vision_model = register_module("vision_model", std::make_shared<CLIPVisionTransformerImpl>(config_, config_));
+    visual_projection =
+        register_module("visual_projection", Linear(config_->hidden_size, config_->projection_dim, /*bias=*/false));
+  }
+
+  ModelOutput Forward(const ForwardInputs& inputs) override {
+    c10::InferenceMode inference_mode;
+    DebugScope debug(this, {});
+    ModelOutput output = vision_model->forward(inputs);
+    output.named_outputs["image_embeds"] =
+        debug.Output(visual_projection->forward(output.pooler_output), "image_embeds");
+    output.pooler_output = at::Tensor();
+    return output;
+  }
+
+  const PretrainedConfig& config() const override { return *config_; }
+  PretrainedConfig& mutable_config() override { return *config_; }
+  std::string BaseModelPrefix() const override { return "vision_model."; }
+  std::string CheckpointBasePrefix() const override { return ""; }
+
+  static absl::StatusOr<std::shared_ptr<PreTrainedModel>> FromConfig(const nlohmann::json& json) {
+    auto config = CLIPVisionConfig::FromJson(TowerConfigJson(json, "vision_config"), "config.json");
+    if (!config.ok()) return config.status();
+    return std::make_shared<CLIPVisionModelWithProjection>(*config);
+  }
+
+  std::shared_ptr<CLIPVisionTransformerImpl> vision_model;
+  Linear visual_projection{nullptr};
+
+ private:
+  std::shared_ptr<CLIPVisionConfig> config_;
 };
 
 // ---- block: CLIPModel ----
@@ -659,5 +756,13 @@ class CLIPModel : public PreTrainedModel {
 FLOTILLA_REGISTER_MODEL("clip", "CLIPModel", CLIPModel::FromConfig);
 FLOTILLA_REGISTER_MODEL("clip_text_model", "CLIPTextModel", CLIPTextModel::FromConfig);
 FLOTILLA_REGISTER_MODEL("clip_vision_model", "CLIPVisionModel", CLIPVisionModel::FromConfig);
+FLOTILLA_REGISTER_MODEL("clip_text_model", "CLIPTextModelWithProjection", CLIPTextModelWithProjection::FromConfig);
+FLOTILLA_REGISTER_MODEL("clip_vision_model", "CLIPVisionModelWithProjection", CLIPVisionModelWithProjection::FromConfig);
+// A CLIPModel folder also loads as one tower (with or without its projection), as
+// <Tower>.from_pretrained(clip_checkpoint) does: LoadOptions::architecture / `--architecture`.
+FLOTILLA_REGISTER_MODEL("clip", "CLIPTextModel", CLIPTextModel::FromConfig);
+FLOTILLA_REGISTER_MODEL("clip", "CLIPVisionModel", CLIPVisionModel::FromConfig);
+FLOTILLA_REGISTER_MODEL("clip", "CLIPTextModelWithProjection", CLIPTextModelWithProjection::FromConfig);
+FLOTILLA_REGISTER_MODEL("clip", "CLIPVisionModelWithProjection", CLIPVisionModelWithProjection::FromConfig);
 
 }  // namespace flotilla::models::clip

@@ -350,10 +350,19 @@ class GPT2Model : public PreTrainedModel {
   PretrainedConfig& mutable_config() override { return *config_; }
   std::string BaseModelPrefix() const override { return ""; }
   std::string CheckpointBasePrefix() const override { return "transformer."; }
-  // No default plan: transformers' GPT2Config has no base_model_tp_plan, and the plan styles
-  // assume Linear's [out, in] layout while Conv1D stores [in, out] (with q, k, v fused in c_attn).
-  // A config.json base_model_tp_plan still overrides this.
-  TensorParallelPlan BaseModelTensorParallelPlan() const override { return {}; }
+  // transformers' GPT2Config has no base_model_tp_plan; this is Flotilla's (config.json's
+  // base_model_tp_plan overrides it). Conv1D weights are [in, out], so the splits use the conv1d_*
+  // styles (tp_plan.h): c_attn's fused q | k | v columns each split across ranks (every rank gets
+  // whole heads of all three), c_fc's columns, and the input rows of both c_proj (their outputs
+  // are summed across ranks).
+  TensorParallelPlan BaseModelTensorParallelPlan() const override {
+    TensorParallelPlan plan;
+    plan.Add("h.*.attn.c_attn", ParallelStyle::kConv1DPackedColwise);
+    plan.Add("h.*.attn.c_proj", ParallelStyle::kConv1DRowwise);
+    plan.Add("h.*.mlp.c_fc", ParallelStyle::kConv1DColwise);
+    plan.Add("h.*.mlp.c_proj", ParallelStyle::kConv1DRowwise);
+    return plan;
+  }
 
   Embedding wte{nullptr};
   Embedding wpe{nullptr};

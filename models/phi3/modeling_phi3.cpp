@@ -9,10 +9,10 @@
 // Submodules carry the checkpoint's names (model.layers.0.self_attn.qkv_proj.weight), so loading
 // needs no renaming table. Infrastructure lives in models/*.h; model behaviour lives here.
 //
-// Not reproduced: transformers' Phi3ForCausalLM.prepare_inputs_for_generation drops the KV cache
-// once, when generation first crosses original_max_position_embeddings with longrope (the cached
-// keys were rotated with the short factors); flotilla's generation keeps the cache, so tokens
-// generated past that point may differ from transformers' for longrope checkpoints.
+// Generation: as transformers' Phi3ForCausalLM.prepare_inputs_for_generation, the KV cache is
+// dropped once, when the sequence first grows past original_max_position_embeddings (the cached
+// keys were rotated with longrope's short factors; the whole sequence is recomputed with the long
+// ones). See DropsCacheBeforeGenerationStep and GenerateGreedy (models/generation.cc).
 
 // ---- block: Includes ----
 #include <cmath>
@@ -424,6 +424,14 @@ class Phi3ForCausalLM : public PreTrainedModel {
   const PretrainedConfig& config() const override { return *config_; }
   PretrainedConfig& mutable_config() override { return *config_; }
   TensorParallelPlan BaseModelTensorParallelPlan() const override { return model->BaseModelTensorParallelPlan(); }
+  // prepare_inputs_for_generation's override: the first time the sequence reaches
+  // original_max_position_embeddings + 1 tokens while the cache holds at most that many, the cache
+  // is dropped and the whole sequence recomputed (the rotary switches to the long factors there).
+  // As transformers, the check does not look at the rope type.
+  bool DropsCacheBeforeGenerationStep(int64_t sequence_length, int64_t past_length) const override {
+    return sequence_length >= config_->original_max_position_embeddings + 1 &&
+           past_length <= config_->original_max_position_embeddings;
+  }
   std::map<std::string, std::string> TiedWeights() const override {
     return {{"lm_head.weight", "model.embed_tokens.weight"}};
   }

@@ -433,6 +433,15 @@ class ViTModel : public PreTrainedModel {
   const PretrainedConfig& config() const override { return *config_; }
   PretrainedConfig& mutable_config() override { return *config_; }
   std::string BaseModelPrefix() const override { return ""; }
+  // A ViTForImageClassification checkpoint holds the base model under vit. (without a pooler:
+  // DropMissingModule builds ViTModel without it, instead of transformers' random initialisation).
+  std::string CheckpointBasePrefix() const override { return "vit."; }
+  bool DropMissingModule(const std::string& name) override {
+    if (name != "pooler" || !pooler) return false;
+    unregister_module("pooler");
+    pooler = nullptr;
+    return true;
+  }
 
   std::shared_ptr<ViTEmbeddingsImpl> embeddings;
   std::shared_ptr<ViTEncoderImpl> encoder;

@@ -10,7 +10,8 @@ import torch
 from .conftest import GENERATED, ids_text, run_script
 
 TOLERANCE = 1e-4
-CASES = ["vit_model", "vit_classifier", "clip_legacy_eos", "clip_eos_id", "clip_text", "clip_vision"]
+CASES = ["vit_model", "vit_classifier", "clip_legacy_eos", "clip_eos_id", "clip_text", "clip_vision",
+         "clip_text_projection", "clip_vision_projection"]
 
 
 @pytest.fixture(scope="session")
@@ -104,7 +105,7 @@ def test_clip_towers_alone_give_the_joint_embeddings(vision_fixtures, flotilla, 
         assert (normalised - reference[key]).abs().max().item() <= TOLERANCE
 
 
-@pytest.mark.parametrize("case", ["vit_classifier", "clip_legacy_eos", "clip_vision"])
+@pytest.mark.parametrize("case", ["vit_classifier", "clip_legacy_eos", "clip_vision", "clip_text_projection"])
 def test_bfloat16_within_transformers_tolerance(vision_fixtures, flotilla, tmp_path, case):
     reference = load(vision_fixtures / case / "expected.safetensors")
     ours = run_forward(flotilla, vision_fixtures / case, tmp_path / "bf16.safetensors", reference,

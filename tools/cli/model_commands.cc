@@ -48,6 +48,7 @@ namespace {
 struct ModelFlags {
   std::string model;
   std::string attention;
+  std::string architecture;
   std::string dtype = "float32";
   std::string registry;
   std::string data_directory = DefaultDataDirectory();
@@ -57,6 +58,9 @@ void AddModelFlags(CLI::App* command, ModelFlags& flags) {
   command->add_option("model", flags.model, "model folder (config.json + safetensors) or namespace/name@revision")
       ->required();
   command->add_option("--attention", flags.attention, "attention implementation: eager, sdpa (default: config's)");
+  command->add_option("--architecture", flags.architecture,
+                      "load as this registered class instead of config.json's architectures[0] "
+                      "(e.g. CLIPVisionModel from a CLIPModel folder, BertModel from a BertForMaskedLM one)");
   command->add_option("--dtype", flags.dtype, "float32 or bfloat16")->check(CLI::IsMember({"float32", "bfloat16"}));
   command->add_option("--registry", flags.registry,
                       "registry gRPC address for references (default $FLOTILLA_REGISTRY, else the local mesh's)");
@@ -160,6 +164,7 @@ at::Tensor ReadPixelValues(const VisionFlags& vision, const std::string& folder)
 std::shared_ptr<models::PreTrainedModel> Load(const ModelFlags& flags, const std::string& folder) {
   models::LoadOptions options;
   options.attn_implementation = flags.attention;
+  options.architecture = flags.architecture;
   options.dtype = flags.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
   auto model = models::FromPretrained(folder, options);
   if (!model.ok()) throw CommandFailed(1, std::string(model.status().message()));
