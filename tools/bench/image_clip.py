@@ -5,7 +5,7 @@ already read into memory; reading 32 small files from the page cache costs well 
 
     python tools/bench/image_clip.py [--threads N] [--iterations 20] [--size 640x480]
 
-Prints one JSON line per contender and the speedups. Targets (issue #6): >= 1.5x the fast
+Prints one JSON line per contender and the speedups, then a table (processor, images/s, x slow, x fast). Targets (issue #6): >= 1.5x the fast
 processor and >= 10x the slow one on CPU.
 """
 from __future__ import annotations
@@ -92,6 +92,11 @@ def main() -> None:
                           "batch": options.count, "size": options.size}))
     print(json.dumps({"speedup_vs_fast": round(results["flotilla"] / results["transformers_fast"], 2),
                       "speedup_vs_slow": round(results["flotilla"] / results["transformers_slow"], 2)}))
+    print(f"\n{options.count} JPEGs {options.size}, {options.threads} threads, load average {os.getloadavg()[0]:.2f}")
+    print(f"{'processor':<20} {'images/s':>10} {'x slow':>8} {'x fast':>8}")
+    for name, rate in results.items():
+        print(f"{name:<20} {rate:>10.1f} {rate / results['transformers_slow']:>8.2f} "
+              f"{rate / results['transformers_fast']:>8.2f}")
 
 
 if __name__ == "__main__":
