@@ -85,6 +85,8 @@ void ConfigReader::Common(PretrainedConfig& config) {
   config.pad_token_id = OptionalInt("pad_token_id");
   config.bos_token_id = OptionalInt("bos_token_id");
   config.tie_word_embeddings = Bool("tie_word_embeddings", config.tie_word_embeddings);
+  nlohmann::json id2label = Raw("id2label");
+  config.num_labels = id2label.is_object() ? static_cast<int64_t>(id2label.size()) : Int("num_labels", 2);
   config.dtype = String("dtype", String("torch_dtype", ""));
   config.tp_plan_override = Raw("base_model_tp_plan");
   nlohmann::json eos = Raw("eos_token_id");

@@ -38,6 +38,8 @@ struct PretrainedConfig {
   std::optional<int64_t> bos_token_id;
   std::vector<int64_t> eos_token_id;  // an int or a list in config.json
   bool tie_word_embeddings = false;
+  // Classification heads' width: len(id2label) when the config has one, else num_labels, else 2.
+  int64_t num_labels = 2;
   std::string dtype;  // `dtype` (or legacy `torch_dtype`) as written, "" when absent
   // A tensor-parallel plan from config.json (`base_model_tp_plan`), overriding the model's default.
   nlohmann::json tp_plan_override;

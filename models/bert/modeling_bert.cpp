@@ -47,8 +47,6 @@ struct BertConfig : PretrainedConfig {
   int64_t max_position_embeddings = 512;
   int64_t type_vocab_size = 2;
   double layer_norm_eps = 1e-12;
-  // PretrainedConfig.num_labels: len(id2label) when the config has one, else num_labels, else 2.
-  int64_t num_labels = 2;
 
   static absl::StatusOr<std::shared_ptr<BertConfig>> FromJson(const nlohmann::json& json) {
     auto config = std::make_shared<BertConfig>();
@@ -65,8 +63,6 @@ struct BertConfig : PretrainedConfig {
     config->max_position_embeddings = reader.Int("max_position_embeddings", 512);
     config->type_vocab_size = reader.Int("type_vocab_size", 2);
     config->layer_norm_eps = reader.Double("layer_norm_eps", 1e-12);
-    nlohmann::json id2label = reader.Raw("id2label");
-    config->num_labels = id2label.is_object() ? static_cast<int64_t>(id2label.size()) : reader.Int("num_labels", 2);
     if (reader.Bool("is_decoder", false)) reader.Fail("is_decoder: only the bidirectional encoder is supported");
     if (config->num_attention_heads <= 0 || config->hidden_size % config->num_attention_heads != 0) {
       reader.Fail(absl::StrCat("hidden_size (", config->hidden_size, ") must be a multiple of num_attention_heads (",

@@ -449,6 +449,54 @@ class Phi3ForCausalLM : public PreTrainedModel {
   std::shared_ptr<Phi3Config> config_;
 };
 
+// ---- block: Phi3ForSequenceClassification ----
+// transformers' GenericForSequenceClassification: a bias-free `score` on every position's hidden
+// state, then each row's logits at its rightmost token that is not pad_token_id (left or right
+// padding alike); without a pad token only a batch of one is defined. logits [batch, num_labels].
+class Phi3ForSequenceClassification : public PreTrainedModel {
+ public:
+  explicit Phi3ForSequenceClassification(std::shared_ptr<Phi3Config> config) : config_(std::move(config)) {
+    model = register_module("model", std::make_shared<Phi3Model>(config_));
+    score = register_module("score", Linear(config_->hidden_size, config_->num_labels, /*bias=*/false));
+  }
+
+  ModelOutput Forward(const ForwardInputs& inputs) override {
+    c10::InferenceMode inference_mode;
+    DebugScope debug(this, {{"input_ids", inputs.input_ids}});
+    ModelOutput output = model->Forward(inputs);
+    at::Tensor logits = score->forward(output.last_hidden_state);
+    const int64_t batch = inputs.input_ids.size(0);
+    at::Tensor last_non_pad_token;
+    if (config_->pad_token_id.has_value()) {
+      at::Tensor non_pad_mask = inputs.input_ids.ne(*config_->pad_token_id).to(at::kInt);
+      at::Tensor token_indices = at::arange(inputs.input_ids.size(1), non_pad_mask.options());
+      last_non_pad_token = (token_indices * non_pad_mask).argmax(-1);
+    } else {
+      TORCH_CHECK(batch == 1, "Phi3ForSequenceClassification: config.json has no pad_token_id, so only a batch of "
+                  "one sequence is defined; got ", batch);
+      last_non_pad_token = at::full({1}, logits.size(1) - 1, at::kLong);
+    }
+    output.logits = debug.Output(logits.index({at::arange(batch), last_non_pad_token}), "logits");
+    return output;
+  }
+
+  const PretrainedConfig& config() const override { return *config_; }
+  PretrainedConfig& mutable_config() override { return *config_; }
+  TensorParallelPlan BaseModelTensorParallelPlan() const override { return model->BaseModelTensorParallelPlan(); }
+
+  static absl::StatusOr<std::shared_ptr<PreTrainedModel>> FromConfig(const nlohmann::json& json) {
+    auto config = Phi3Config::FromJson(json);
+    if (!config.ok()) return config.status();
+    return std::make_shared<Phi3ForSequenceClassification>(*config);
+  }
+
+  std::shared_ptr<Phi3Model> model;
+  Linear score{nullptr};
+
+ private:
+  std::shared_ptr<Phi3Config> config_;
+};
+
 // ---- block: Registration ----
 absl::StatusOr<std::shared_ptr<PreTrainedModel>> Phi3ModelFromConfig(const nlohmann::json& json) {
   auto config = Phi3Config::FromJson(json);
@@ -458,5 +506,6 @@ absl::StatusOr<std::shared_ptr<PreTrainedModel>> Phi3ModelFromConfig(const nlohm
 
 FLOTILLA_REGISTER_MODEL("phi3", "Phi3ForCausalLM", Phi3ForCausalLM::FromConfig);
 FLOTILLA_REGISTER_MODEL("phi3", "Phi3Model", Phi3ModelFromConfig);
+FLOTILLA_REGISTER_MODEL("phi3", "Phi3ForSequenceClassification", Phi3ForSequenceClassification::FromConfig);
 
 }  // namespace flotilla::models::phi3

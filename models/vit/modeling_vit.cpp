@@ -50,7 +50,6 @@ struct ViTConfig : PretrainedConfig {
   bool qkv_bias = true;
   int64_t pooler_output_size = 768;  // default: hidden_size
   std::string pooler_act = "tanh";
-  int64_t num_labels = 2;  // from id2label when present, as PretrainedConfig does
 
   static absl::StatusOr<std::shared_ptr<ViTConfig>> FromJson(const nlohmann::json& json) {
     auto config = std::make_shared<ViTConfig>();
@@ -69,8 +68,6 @@ struct ViTConfig : PretrainedConfig {
     std::optional<int64_t> pooler_output_size = reader.OptionalInt("pooler_output_size");
     config->pooler_output_size = pooler_output_size.value_or(0) > 0 ? *pooler_output_size : config->hidden_size;
     config->pooler_act = reader.String("pooler_act", "tanh");
-    nlohmann::json id2label = reader.Raw("id2label");
-    config->num_labels = id2label.is_object() ? static_cast<int64_t>(id2label.size()) : reader.Int("num_labels", 2);
     if (config->num_attention_heads <= 0 || config->hidden_size % config->num_attention_heads != 0) {
       reader.Fail(absl::StrCat("hidden_size (", config->hidden_size, ") must be a multiple of num_attention_heads (",
                                config->num_attention_heads, ")"));
