@@ -193,3 +193,27 @@ def test_decompression_bomb_is_refused(images, tmp_path):
     result = run_flotilla(model_dir, [path], tmp_path / "out.safetensors")
     assert result.returncode == 1
     assert "100000x100000" in result.stderr and "exceeds the limit" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("decode_only", [False, True])
+def test_benchmark_mode_times_the_batch_and_still_writes_pixel_values(decode_only, images, tmp_path):
+    """`--iterations` (tools/bench/image_clip.py) reports images/s for the whole pipeline, or with
+    `--decode-only` for the decoding alone; either way the output file is the normal result."""
+    from transformers import CLIPImageProcessor
+
+    model_dir = processor_dir(tmp_path, CLIPImageProcessor())
+    paths = [images / "jpeg_q95_420.jpg", images / "png_rgb.png"]
+    output = tmp_path / "out.safetensors"
+    extra = ["--iterations", "2", "--threads", "2"] + (["--decode-only"] if decode_only else [])
+    result = run_flotilla(model_dir, paths, output, *extra)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["timed"] == ("decode" if decode_only else "decode+process")
+    assert summary["images_per_second"] > 0 and summary["threads"] == 2
+    expected = reference(model_dir, paths)["pixel_values"]
+    assert (load_file(output)["pixel_values"] - expected).abs().max().item() <= TOLERANCE
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(paths[0].read_bytes()[:200])
+    result = run_flotilla(model_dir, [paths[1], broken], output, *extra)
+    assert result.returncode == 1 and "image 1" in result.stderr, result.stderr

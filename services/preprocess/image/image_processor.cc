@@ -784,23 +784,35 @@ absl::StatusOr<ProcessedImages> ImageProcessor::ProcessEncoded(const std::vector
     processed.pixel_values = pixel_values;
     return processed;
   }
-  std::vector<torch::Tensor> images(encoded_images.size());
+  absl::StatusOr<std::vector<DecodedImage>> decoded = DecodeImages(encoded_images, options);
+  if (!decoded.ok()) return decoded.status();
+  std::vector<torch::Tensor> images;
+  images.reserve(decoded->size());
+  for (DecodedImage& image : *decoded) {
+    images.push_back(ImageTensor(image));
+    image.pixels = {};  // the tensor holds a copy; one of the two is enough
+  }
+  return Process(images, device);
+}
+
+absl::StatusOr<std::vector<DecodedImage>> DecodeImages(const std::vector<std::string>& encoded_images,
+                                                       const DecodeOptions& options) {
+  std::vector<DecodedImage> images(encoded_images.size());
   std::vector<absl::Status> statuses(encoded_images.size());
   ParallelForEachImage(encoded_images.size(), [&](size_t index) {
     absl::StatusOr<DecodedImage> decoded = DecodeImage(encoded_images[index], options);
-    if (!decoded.ok()) {
+    if (decoded.ok()) {
+      images[index] = *std::move(decoded);
+    } else {
       statuses[index] = decoded.status();
-      return;
     }
-    images[index] = ImageTensor(*decoded);
   });
   for (size_t index = 0; index < statuses.size(); ++index) {
     if (!statuses[index].ok()) {
-      return absl::Status(statuses[index].code(),
-                          absl::StrCat("image ", index, ": ", statuses[index].message()));
+      return absl::Status(statuses[index].code(), absl::StrCat("image ", index, ": ", statuses[index].message()));
     }
   }
-  return Process(images, device);
+  return images;
 }
 
 }  // namespace flotilla::image

@@ -86,6 +86,11 @@ torch::Tensor ResizeLikeTorchvision(const torch::Tensor& images, int64_t height,
 // A decoded picture as a uint8 [3, H, W] tensor (contiguous, CPU).
 torch::Tensor ImageTensor(const DecodedImage& image);
 
+// Decodes every file's bytes in parallel on at::get_num_threads() threads, as ProcessEncoded does.
+// The first failure is returned, naming the image's index.
+absl::StatusOr<std::vector<DecodedImage>> DecodeImages(const std::vector<std::string>& encoded_images,
+                                                       const DecodeOptions& options = {});
+
 class ImageProcessor {
  public:
   static absl::StatusOr<ImageProcessor> FromJson(const nlohmann::json& json);
