@@ -9,6 +9,10 @@ threads from Flotilla's Hub API next to the same files served by `python -m http
 - `snapshot_download` from Flotilla (http.server cannot answer its API calls): http_get plus the
   repo listing, a HEAD per file and the cache layout, against http_get from http.server.
 
+Two rows are ceilings, not contenders: sha256 of the file on one core (the push hashes every byte
+on the client and again on the server, before the commit exists) and the plainest loopback TCP
+copy (sendfile, recv, write; no framing, no hash, no fsync), which bounds any network pull.
+
 Prints a markdown table (transfer, MiB/s, x baseline) and a detailed one (seconds, registry RSS).
 
     python tools/bench/registry_transfer.py --size-mib 2048 --snapshot-files 20 --snapshot-mib 1024
@@ -123,6 +127,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def raw_loopback_copy(source: Path, target: Path) -> None:
+    """The plainest transfer over loopback TCP: sendfile on one end, recv + write on the other, no
+    framing, no hashing, no fsync. Not a contender: the ceiling any network pull has here."""
+    size = source.stat().st_size
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+
+        def serve() -> None:
+            connection, _ = listener.accept()
+            with connection, open(source, "rb") as file:
+                offset = 0
+                while offset < size:
+                    offset += os.sendfile(connection.fileno(), file.fileno(), offset, size - offset)
+
+        sender = threading.Thread(target=serve)
+        sender.start()
+        buffer = bytearray(MIB)
+        view = memoryview(buffer)
+        with socket.create_connection(listener.getsockname()) as connection, open(target, "wb", buffering=0) as file:
+            while received := connection.recv_into(buffer):
+                file.write(view[:received])
+        sender.join()
+
+
 def fetch_all(base_url: str, names: list[str], target: Path, workers: int = 8) -> None:
     def fetch(name: str) -> None:
         with urllib.request.urlopen(f"{base_url}/{name}") as response, open(target / name, "wb") as file:
@@ -192,6 +221,11 @@ def main() -> None:
             cp_sync_seconds, _ = timed(lambda: subprocess.run(
                 ["dd", f"if={big}", f"of={work / 'copy.bin'}", "bs=4M", "conv=fsync", "status=none"], check=True))
             hash_seconds, _ = timed(lambda: sha256_of(big))
+            raw_times = []
+            for _ in range(3):
+                (work / "copy.bin").unlink(missing_ok=True)  # a new file each time, as cp writes
+                raw_times.append(timed(lambda: raw_loopback_copy(big, work / "copy.bin"))[0])
+            raw_seconds = min(raw_times)
             registry_cpu_before = cpu_seconds(registry.pid)
             with PeakRss(registry.pid) as push_rss:
                 push_seconds, pushed = timed(lambda: cli(build, "push", str(source), "bench/large", "--registry",
@@ -208,6 +242,8 @@ def main() -> None:
                          rate(cp_sync_seconds), cp_seconds / cp_sync_seconds, "", "cp"))
             rows.append((f"sha256 of {arguments.size_mib} MiB (hashlib; the push's client hash pass)", hash_seconds,
                          rate(hash_seconds), cp_seconds / hash_seconds, "", "cp"))
+            rows.append((f"raw TCP loopback, sendfile -> recv -> write (best of 3)", raw_seconds,
+                         rate(raw_seconds), cp_seconds / raw_seconds, "", "cp"))
             rows.append((f"flotilla push {arguments.size_mib} MiB (incl. client sha256)", push_seconds,
                          rate(push_seconds), cp_seconds / push_seconds, f"{push_rss.peak:.0f}", "cp"))
             rows.append((f"flotilla push {arguments.size_mib} MiB (incl. client sha256)", push_seconds,
