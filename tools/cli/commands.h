@@ -1,6 +1,7 @@
-// The flotilla CLI is one binary with subcommands; each group of subcommands lives in its own file
-// and adds itself to the app here. To add a command: write a function in the file of its group
-// (or a new file) and call it from flotilla_main.cc.
+// The flotilla CLI: subcommands in groups, each group in its own file, added to the app here. To
+// add a command: write a function in the file of its group (or a new file) and call it from
+// flotilla_main.cc. The LibTorch groups (image, model) are called from torch_main.cc instead: they
+// run in flotilla-torch, which flotilla execs for them (torch_commands.h).
 //
 // A command reports failure by printing one line to stderr and throwing CommandFailed, which the
 // main turns into the exit code.
@@ -32,9 +33,9 @@ void AddPreprocessCommands(CLI::App& app);
 // chat-template: render a model's chat template (chat_template_commands.cc).
 void AddChatTemplateCommands(CLI::App& app);
 
-// process-image: images to pixel_values (image_commands.cc; builds with FLOTILLA_WITH_TORCH).
+// process-image: images to pixel_values (image_commands.cc; in flotilla-torch).
 void AddImageCommands(CLI::App& app);
-// forward, generate, save-pretrained: run models (model_commands.cc; links the models library).
+// forward, generate, embed, save-pretrained: run models (model_commands.cc; in flotilla-torch).
 void AddModelCommands(CLI::App& app);
 
 // The data directory: --data-dir, else $FLOTILLA_HOME, else ~/.flotilla.

@@ -4,6 +4,7 @@
 
 #include "services/common/logging.h"
 #include "tools/cli/commands.h"
+#include "tools/cli/torch_commands.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"Flotilla: push, preprocess, run and serve Hugging Face models.", "flotilla"};
@@ -12,11 +13,8 @@ int main(int argc, char** argv) {
   flotilla::cli::AddRegistryCommands(app);
   flotilla::cli::AddPreprocessCommands(app);
   flotilla::cli::AddChatTemplateCommands(app);
-#ifdef FLOTILLA_WITH_IMAGE_COMMANDS
-  flotilla::cli::AddImageCommands(app);
-#endif
-#ifdef FLOTILLA_WITH_MODEL_COMMANDS
-  flotilla::cli::AddModelCommands(app);
+#ifdef FLOTILLA_WITH_TORCH_COMMANDS
+  flotilla::cli::AddTorchCommandForwarders(app);  // run by flotilla-torch
 #endif
   try {
     app.parse(argc, argv);
