@@ -23,6 +23,10 @@ struct CommandFailed : std::runtime_error {
   int exit_code;
 };
 
+// Parses the command line and runs the chosen command: 0, CLI11's code for a usage error, or a
+// CommandFailed's exit code after printing its message to stderr.
+int RunCommandLine(CLI::App& app, int argc, char** argv);
+
 // up, down, status: the local mesh (mesh_commands.cc).
 void AddMeshCommands(CLI::App& app);
 // push, pull, ls, log, tag, rm, gc: the registry (registry_commands.cc).

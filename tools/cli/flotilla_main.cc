@@ -1,7 +1,5 @@
 // flotilla: the command line for a Flotilla mesh. `flotilla --help` lists the commands;
 // `flotilla COMMAND --help` explains one.
-#include <cstdio>
-
 #include "services/common/logging.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/torch_commands.h"
@@ -16,13 +14,5 @@ int main(int argc, char** argv) {
 #ifdef FLOTILLA_WITH_TORCH_COMMANDS
   flotilla::cli::AddTorchCommandForwarders(app);  // run by flotilla-torch
 #endif
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& error) {
-    return app.exit(error);
-  } catch (const flotilla::cli::CommandFailed& failure) {
-    std::fprintf(stderr, "flotilla: %s\n", failure.what());
-    return failure.exit_code;
-  }
-  return 0;
+  return flotilla::cli::RunCommandLine(app, argc, argv);
 }

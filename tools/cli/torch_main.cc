@@ -1,7 +1,5 @@
 // flotilla-torch: the flotilla commands that run on LibTorch (see torch_commands.h). `flotilla`
 // execs it for them; it can also be run directly, with the same arguments.
-#include <cstdio>
-
 #include "tools/cli/commands.h"
 
 int main(int argc, char** argv) {
@@ -10,13 +8,5 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   flotilla::cli::AddImageCommands(app);
   flotilla::cli::AddModelCommands(app);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& error) {
-    return app.exit(error);
-  } catch (const flotilla::cli::CommandFailed& failure) {
-    std::fprintf(stderr, "flotilla: %s\n", failure.what());
-    return failure.exit_code;
-  }
-  return 0;
+  return flotilla::cli::RunCommandLine(app, argc, argv);
 }
