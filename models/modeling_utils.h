@@ -78,6 +78,16 @@ class PreTrainedModel : public torch::nn::Module {
   // the model can do without it and has dropped it (that output is then not computed).
   virtual bool DropMissingModule(const std::string& name) { return false; }
 
+  // Joint text-image embedding models (CLIP): transformers' get_text_features(input_ids,
+  // attention_mask) and get_image_features(pixel_values), the projected pooled output
+  // [batch, projection_dim], unnormalised. EmbedsText / EmbedsImages say whether the class has them
+  // (CLIPModel both, CLIPTextModelWithProjection text, CLIPVisionModelWithProjection images);
+  // `flotilla embed` asks before tokenizing or decoding. The defaults fail a TORCH_CHECK.
+  virtual bool EmbedsText() const { return false; }
+  virtual bool EmbedsImages() const { return false; }
+  virtual at::Tensor GetTextFeatures(const ForwardInputs& inputs);
+  virtual at::Tensor GetImageFeatures(const ForwardInputs& inputs);
+
   // Switches the attention function (any registered name or "eager") without reloading weights.
   void SetAttentionImplementation(const std::string& name);
   const std::string& attention_implementation() const { return config().attn_implementation; }

@@ -4,7 +4,8 @@
 // (quick_gelu), encoder layer, encoder, text model (causal mask + padding, EOS pooling), vision
 // model (pre-layernorm, CLS pooling), CLIPModel (projections, normalised embeddings, logit_scale,
 // logits_per_image / logits_per_text), the towers with projections (CLIPTextModelWithProjection,
-// CLIPVisionModelWithProjection), registration.
+// CLIPVisionModelWithProjection), registration. The classes with projections also answer
+// GetTextFeatures / GetImageFeatures (get_text_features / get_image_features; `flotilla embed`).
 //
 // Submodules carry the checkpoint's names (text_model.encoder.layers.0.self_attn.q_proj.weight,
 // vision_model.pre_layrnorm.weight — transformers' spelling), so loading needs no renaming table.
@@ -600,6 +601,13 @@ class CLIPTextModelWithProjection : public PreTrainedModel {
     return output;
   }
 
+  // text_embeds alone (what `flotilla embed --text` prints).
+  bool EmbedsText() const override { return true; }
+  at::Tensor GetTextFeatures(const ForwardInputs& inputs) override {
+    c10::InferenceMode inference_mode;
+    return text_projection->forward(text_model->forward(inputs).pooler_output);
+  }
+
   const PretrainedConfig& config() const override { return *config_; }
   PretrainedConfig& mutable_config() override { return *config_; }
   std::string BaseModelPrefix() const override { return "text_model."; }
@@ -638,6 +646,13 @@ class CLIPVisionModelWithProjection : public PreTrainedModel {
         debug.Output(visual_projection->forward(output.pooler_output), "image_embeds");
     output.pooler_output = at::Tensor();
     return output;
+  }
+
+  // image_embeds alone (what `flotilla embed --image` prints).
+  bool EmbedsImages() const override { return true; }
+  at::Tensor GetImageFeatures(const ForwardInputs& inputs) override {
+    c10::InferenceMode inference_mode;
+    return visual_projection->forward(vision_model->forward(inputs).pooler_output);
   }
 
   const PretrainedConfig& config() const override { return *config_; }
@@ -688,18 +703,16 @@ class CLIPModel : public PreTrainedModel {
     ModelOutput output;
     at::Tensor text_embeds, image_embeds;
     if (has_image) {
-      ModelOutput vision_outputs = vision_model->forward(inputs);
-      image_embeds = visual_projection->forward(vision_outputs.pooler_output);
-      vision_outputs.pooler_output = image_embeds;  // as get_image_features: the projected pooled output
+      ModelOutput vision_outputs = ImageFeatures(inputs);
+      image_embeds = vision_outputs.pooler_output;
       AddTower("vision_model.", vision_outputs, output);
       output.last_hidden_state = vision_outputs.last_hidden_state;
       output.pooler_output = vision_outputs.pooler_output;
       output.hidden_states = vision_outputs.hidden_states;
     }
     if (has_text) {
-      ModelOutput text_outputs = text_model->forward(inputs);
-      text_embeds = text_projection->forward(text_outputs.pooler_output);
-      text_outputs.pooler_output = text_embeds;  // as get_text_features: the projected pooled output
+      ModelOutput text_outputs = TextFeatures(inputs);
+      text_embeds = text_outputs.pooler_output;
       AddTower("text_model.", text_outputs, output);
       if (!has_image) {
         output.last_hidden_state = text_outputs.last_hidden_state;
@@ -720,6 +733,19 @@ class CLIPModel : public PreTrainedModel {
     return output;
   }
 
+  // get_text_features / get_image_features: the projected, unnormalised embeddings that Forward
+  // normalises before taking the cosine similarities.
+  bool EmbedsText() const override { return true; }
+  bool EmbedsImages() const override { return true; }
+  at::Tensor GetTextFeatures(const ForwardInputs& inputs) override {
+    c10::InferenceMode inference_mode;
+    return TextFeatures(inputs).pooler_output;
+  }
+  at::Tensor GetImageFeatures(const ForwardInputs& inputs) override {
+    c10::InferenceMode inference_mode;
+    return ImageFeatures(inputs).pooler_output;
+  }
+
   const PretrainedConfig& config() const override { return *config_; }
   PretrainedConfig& mutable_config() override { return *config_; }
   std::string BaseModelPrefix() const override { return ""; }
@@ -736,6 +762,20 @@ class CLIPModel : public PreTrainedModel {
   at::Tensor logit_scale;
 
  private:
+  // As transformers 5.23's get_text_features / get_image_features: the tower's outputs with its
+  // pooler_output replaced by the projection of it (CLIPOutput's text_model_output.pooler_output is
+  // that projection too).
+  ModelOutput TextFeatures(const ForwardInputs& inputs) {
+    ModelOutput text_outputs = text_model->forward(inputs);
+    text_outputs.pooler_output = text_projection->forward(text_outputs.pooler_output);
+    return text_outputs;
+  }
+  ModelOutput ImageFeatures(const ForwardInputs& inputs) {
+    ModelOutput vision_outputs = vision_model->forward(inputs);
+    vision_outputs.pooler_output = visual_projection->forward(vision_outputs.pooler_output);
+    return vision_outputs;
+  }
+
   // _get_vector_norm: sqrt(sum(x^2)) over the last dimension, as transformers computes it.
   static at::Tensor VectorNorm(const at::Tensor& tensor) {
     return at::pow(at::sum(at::pow(tensor, 2), -1, /*keepdim=*/true), 0.5);

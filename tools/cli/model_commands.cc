@@ -6,6 +6,7 @@
 //   flotilla forward ./bert --input-ids "101,7,102;101,102" --token-type-ids "0,0,1;0,0" --padding-side right ...
 //   flotilla generate ./smollm2 --prompt-ids 1,2,3 --max-new-tokens 16      # {"ids": [...]}
 //   flotilla embed ./all-MiniLM-L6-v2 --text "A sentence" --text "Another"   # {"embeddings": [[...], ...]}
+//   flotilla embed ./clip --image cat.jpg --text "a photo of a cat" --text "a dog"  # embeds + logits_per_image
 //   flotilla generate acme/smollm2@main --chat --prompt "What is 2+2?"     # {"ids": [...], "text": "..."}
 //
 // A registry reference is pulled once per commit into the model cache ($FLOTILLA_CACHE, else
@@ -30,6 +31,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "models/auto.h"
+#include "models/config.h"
 #include "models/debugger.h"
 #include "models/generation.h"
 #include "models/pooling.h"
@@ -132,6 +134,52 @@ struct VisionFlags {
   bool interpolate_pos_encoding = false;
 };
 
+// Throws unless every path is a readable file, so a typo fails before a model is loaded.
+void CheckImageFiles(const std::vector<std::string>& paths) {
+  for (const std::string& path : paths) {
+    std::error_code error;
+    if (!std::filesystem::is_regular_file(path, error)) {
+      throw CommandFailed(2, absl::StrCat("--image: cannot read \"", path, "\": ",
+                                          std::filesystem::exists(path, error) ? "not a file" : "no such file"));
+    }
+  }
+}
+
+// pixel_values for image files by the folder's image processor: preprocessor_config.json (the Hub's
+// layout), else processor_config.json's "image_processor" (what transformers 5's
+// ProcessorMixin.save_pretrained writes; AutoImageProcessor reads either).
+at::Tensor ProcessImages(const std::vector<std::string>& paths, const std::string& folder) {
+#ifdef FLOTILLA_WITH_IMAGE_COMMANDS
+  namespace fs = std::filesystem;
+  absl::StatusOr<image::ImageProcessor> processor = absl::NotFoundError("");
+  const fs::path image_config = fs::path(folder) / "preprocessor_config.json";
+  const fs::path processor_config = fs::path(folder) / "processor_config.json";
+  if (fs::exists(image_config) || !fs::exists(processor_config)) {
+    processor = image::ImageProcessor::FromFile(image_config.string());
+  } else {
+    auto json = models::ReadJsonFile(processor_config.string());
+    if (!json.ok()) throw CommandFailed(1, absl::StrCat("--image: ", json.status().message()));
+    if (!json->contains("image_processor") || !(*json)["image_processor"].is_object()) {
+      throw CommandFailed(1, absl::StrCat("--image: ", folder, " has no preprocessor_config.json and its ",
+                                          "processor_config.json has no \"image_processor\""));
+    }
+    processor = image::ImageProcessor::FromJson((*json)["image_processor"]);
+  }
+  if (!processor.ok()) throw CommandFailed(1, absl::StrCat("--image: ", processor.status().message()));
+  std::vector<std::string> encoded_images;
+  for (const std::string& path : paths) {
+    std::ifstream stream(path, std::ios::binary);
+    if (!stream) throw CommandFailed(2, absl::StrCat("--image: cannot read ", path));
+    encoded_images.emplace_back((std::istreambuf_iterator<char>(stream)), std::istreambuf_iterator<char>());
+  }
+  auto processed = processor->ProcessEncoded(encoded_images, torch::kCPU);
+  if (!processed.ok()) throw CommandFailed(1, absl::StrCat("--image: ", processed.status().message()));
+  return processed->pixel_values;
+#else
+  throw CommandFailed(2, "--image: this build has no image processor");
+#endif
+}
+
 at::Tensor ReadPixelValues(const VisionFlags& vision, const std::string& folder) {
   if (!vision.pixel_values_path.empty()) {
     auto file = models::SafetensorsFile::Open(vision.pixel_values_path);
@@ -143,22 +191,7 @@ at::Tensor ReadPixelValues(const VisionFlags& vision, const std::string& folder)
     }
     return tensor->clone();  // the file's mapping goes away with `file`
   }
-#ifdef FLOTILLA_WITH_IMAGE_COMMANDS
-  const std::string config_path = folder + "/preprocessor_config.json";
-  auto processor = image::ImageProcessor::FromFile(config_path);
-  if (!processor.ok()) throw CommandFailed(1, absl::StrCat("--image: ", processor.status().message()));
-  std::vector<std::string> encoded_images;
-  for (const std::string& path : vision.images) {
-    std::ifstream stream(path, std::ios::binary);
-    if (!stream) throw CommandFailed(2, absl::StrCat("--image: cannot read ", path));
-    encoded_images.emplace_back((std::istreambuf_iterator<char>(stream)), std::istreambuf_iterator<char>());
-  }
-  auto processed = processor->ProcessEncoded(encoded_images, torch::kCPU);
-  if (!processed.ok()) throw CommandFailed(1, absl::StrCat("--image: ", processed.status().message()));
-  return processed->pixel_values;
-#else
-  throw CommandFailed(2, "--image: this build has no image processor");
-#endif
+  return ProcessImages(vision.images, folder);
 }
 
 std::shared_ptr<models::PreTrainedModel> Load(const ModelFlags& flags, const std::string& folder) {
@@ -372,16 +405,39 @@ void RunSavePretrained(const ModelFlags& flags, const std::string& output) {
   std::printf("%s\n", nlohmann::json({{"output", output}, {"dtype", flags.dtype}}).dump().c_str());
 }
 
+struct EmbedFlags {
+  std::vector<std::string> texts;
+  std::vector<std::string> images;
+  bool normalize = false;
+};
+
+// [batch, dim] float rows as JSON lists.
+nlohmann::json JsonRows(const at::Tensor& tensor) {
+  at::Tensor rows_tensor = tensor.to(at::kFloat).contiguous();
+  nlohmann::json rows = nlohmann::json::array();
+  for (int64_t row = 0; row < rows_tensor.size(0); ++row) {
+    const float* values = rows_tensor[row].data_ptr<float>();
+    rows.push_back(std::vector<float>(values, values + rows_tensor.size(1)));
+  }
+  return rows;
+}
+
+// What the folder loads as, for messages: --architecture, else config.json's architectures[0].
+std::string LoadedArchitecture(const ModelFlags& flags, const models::PreTrainedModel& model) {
+  if (!flags.architecture.empty()) return flags.architecture;
+  const auto& architectures = model.config().architectures;
+  return architectures.empty() ? absl::StrCat("model_type \"", model.config().model_type, "\"") : architectures[0];
+}
+
 // sentence-transformers' encode: tokenize (truncating to max_seq_length, no fixed padding),
 // pad the batch on the right, run the encoder, pool over the attention mask, normalise.
-void RunEmbed(const ModelFlags& flags, const std::vector<std::string>& texts) {
-  const std::string folder = ModelFolder(flags);
+at::Tensor SentenceTransformerEmbeddings(const ModelFlags& flags, const std::string& folder,
+                                         models::PreTrainedModel& model, const std::vector<std::string>& texts) {
   auto loaded_tokenizer = tokenizer::Tokenizer::FromDirectory(folder);
   if (!loaded_tokenizer.ok()) throw CommandFailed(1, absl::StrCat("embed: ", loaded_tokenizer.status().message()));
   tokenizer::Tokenizer& text_tokenizer = **loaded_tokenizer;
   auto pooling = models::ReadSentenceEmbeddingConfig(folder);
   if (!pooling.ok()) throw CommandFailed(1, absl::StrCat("embed: ", pooling.status().message()));
-  auto model = Load(flags, folder);
   // As transformers' tokenizer call from sentence-transformers: its max_length replaces the
   // tokenizer.json truncation, and padding is to the longest text, not tokenizer.json's.
   std::optional<tokenizer::TruncationParams> truncation = text_tokenizer.truncation();
@@ -398,28 +454,146 @@ void RunEmbed(const ModelFlags& flags, const std::vector<std::string>& texts) {
     id_rows.emplace_back(encoding->ids.begin(), encoding->ids.end());
     type_rows.emplace_back(encoding->type_ids.begin(), encoding->type_ids.end());
   }
-  auto [input_ids, attention_mask] = Pad(id_rows, PadId(*model), PaddingSide::kRight);
+  auto [input_ids, attention_mask] = Pad(id_rows, PadId(model), PaddingSide::kRight);
   models::ForwardInputs inputs;
   inputs.input_ids = input_ids;
   inputs.attention_mask = attention_mask;
   inputs.token_type_ids = Pad(type_rows, 0, PaddingSide::kRight).first;
-  at::Tensor embeddings;
   try {
-    models::ModelOutput output = model->Forward(inputs);
+    models::ModelOutput output = model.Forward(inputs);
     TORCH_CHECK(output.last_hidden_state.defined(), "the model returns no last_hidden_state");
-    embeddings = models::SentenceEmbeddings(output.last_hidden_state,
-                                            attention_mask.value_or(at::ones_like(input_ids)), *pooling)
-                     .to(at::kFloat)
-                     .contiguous();
+    return models::SentenceEmbeddings(output.last_hidden_state, attention_mask.value_or(at::ones_like(input_ids)),
+                                      *pooling);
   } catch (const c10::Error& error) {
     throw CommandFailed(1, absl::StrCat("embed(", flags.model, "): ", error.what_without_backtrace()));
   }
-  nlohmann::json rows = nlohmann::json::array();
-  for (int64_t row = 0; row < embeddings.size(0); ++row) {
-    const float* values = embeddings[row].data_ptr<float>();
-    rows.push_back(std::vector<float>(values, values + embeddings.size(1)));
+}
+
+// The ids and attention mask of `tokenizer(texts, padding=True, return_tensors="pt")` in
+// transformers: special tokens added, no truncation (the call's default turns tokenizer.json's
+// off), padding to the longest text with tokenizer_config.json's pad_token on its padding_side
+// (CLIP: "<|endoftext|>", right).
+std::pair<at::Tensor, std::optional<at::Tensor>> TokenizeLikeTransformers(const std::string& folder,
+                                                                         const std::string& architecture,
+                                                                         const std::vector<std::string>& texts,
+                                                                         int64_t fallback_pad_id) {
+  namespace fs = std::filesystem;
+  if (!fs::exists(fs::path(folder) / "tokenizer.json")) {
+    throw CommandFailed(1, absl::StrCat("embed --text: ", folder, " (", architecture,
+                                        ") has no tokenizer.json; save the checkpoint's tokenizer beside it ",
+                                        "(CLIPTokenizer or CLIPProcessor save_pretrained)"));
   }
-  std::printf("%s\n", nlohmann::json{{"embeddings", rows}}.dump().c_str());
+  auto loaded = tokenizer::Tokenizer::FromDirectory(folder);
+  if (!loaded.ok()) throw CommandFailed(1, absl::StrCat("embed --text: ", loaded.status().message()));
+  tokenizer::Tokenizer& text_tokenizer = **loaded;
+  int64_t pad_id = text_tokenizer.padding().has_value() ? text_tokenizer.padding()->pad_id : fallback_pad_id;
+  text_tokenizer.set_truncation(std::nullopt);
+  text_tokenizer.set_padding(std::nullopt);
+  PaddingSide side = PaddingSide::kRight;
+  const fs::path config_path = fs::path(folder) / "tokenizer_config.json";
+  if (fs::exists(config_path)) {
+    auto config = models::ReadJsonFile(config_path.string());
+    if (!config.ok()) throw CommandFailed(1, absl::StrCat("embed --text: ", config.status().message()));
+    const nlohmann::json pad_token = config->value("pad_token", nlohmann::json());
+    const std::string pad_content = pad_token.is_string()   ? pad_token.get<std::string>()
+                                    : pad_token.is_object() ? pad_token.value("content", std::string())
+                                                            : std::string();
+    if (!pad_content.empty()) {
+      std::optional<uint32_t> id = text_tokenizer.TokenToId(pad_content);
+      if (!id.has_value()) {
+        throw CommandFailed(1, absl::StrCat("embed --text: ", config_path.string(), ": pad_token \"", pad_content,
+                                            "\" is not in tokenizer.json's vocabulary"));
+      }
+      pad_id = *id;
+    }
+    if (config->value("padding_side", std::string("right")) == "left") side = PaddingSide::kLeft;
+  }
+  std::vector<std::vector<int64_t>> rows;
+  for (const std::string& text : texts) {
+    auto encoding = text_tokenizer.Encode(text);
+    if (!encoding.ok()) throw CommandFailed(1, absl::StrCat("embed --text: tokenize: ", encoding.status().message()));
+    rows.emplace_back(encoding->ids.begin(), encoding->ids.end());
+  }
+  return Pad(rows, pad_id, side);
+}
+
+// CLIP-style joint embeddings: get_text_features / get_image_features, or with texts and images
+// on a model that has both, CLIPModel(...)'s normalised embeddings and logits.
+nlohmann::json JointEmbeddings(const ModelFlags& flags, const std::string& folder, models::PreTrainedModel& model,
+                               const std::string& architecture, const EmbedFlags& embed) {
+  const char* const architecture_hint =
+      flags.architecture.empty() ? "" : " (chosen by --architecture; drop it to load config.json's class)";
+  if (!embed.texts.empty() && !model.EmbedsText()) {
+    throw CommandFailed(2, absl::StrCat("embed --text: ", folder, " loads as ", architecture, architecture_hint,
+                                        ", a vision-only tower with no text embeddings; pass --image files, or embed "
+                                        "text with a CLIPModel or CLIPTextModelWithProjection checkpoint"));
+  }
+  if (!embed.images.empty() && !model.EmbedsImages()) {
+    throw CommandFailed(2, absl::StrCat("embed --image: ", folder, " loads as ", architecture, architecture_hint,
+                                        ", a text-only tower with no image embeddings; pass --text, or embed "
+                                        "images with a CLIPModel or CLIPVisionModelWithProjection checkpoint"));
+  }
+  const at::ScalarType dtype = flags.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
+  models::ForwardInputs inputs;
+  if (!embed.texts.empty()) {
+    std::tie(inputs.input_ids, inputs.attention_mask) =
+        TokenizeLikeTransformers(folder, architecture, embed.texts, PadId(model));
+  }
+  if (!embed.images.empty()) inputs.pixel_values = ProcessImages(embed.images, folder).to(dtype);
+  auto finish = [&](const at::Tensor& embeddings) {
+    return embed.normalize ? models::L2Normalize(embeddings.to(at::kFloat)) : embeddings;
+  };
+  try {
+    if (embed.texts.empty()) return {{"embeddings", JsonRows(finish(model.GetImageFeatures(inputs)))}};
+    if (embed.images.empty()) return {{"embeddings", JsonRows(finish(model.GetTextFeatures(inputs)))}};
+    models::ModelOutput output = model.Forward(inputs);
+    for (const char* name : {"text_embeds", "image_embeds", "logits_per_text", "logits_per_image"}) {
+      TORCH_CHECK(output.named_outputs.count(name) && output.named_outputs[name].defined(), architecture,
+                  " returned no ", name, " for texts and images together");
+    }
+    return {{"text_embeds", JsonRows(finish(output.named_outputs["text_embeds"]))},
+            {"image_embeds", JsonRows(finish(output.named_outputs["image_embeds"]))},
+            {"logits_per_text", JsonRows(output.named_outputs["logits_per_text"])},
+            {"logits_per_image", JsonRows(output.named_outputs["logits_per_image"])}};
+  } catch (const c10::Error& error) {
+    throw CommandFailed(1, absl::StrCat("embed(", flags.model, "): ", error.what_without_backtrace()));
+  }
+}
+
+// Sentence-transformers encoders (pooling from modules.json; a plain transformers text checkpoint
+// gets mean pooling, as SentenceTransformer(folder) does) and CLIP checkpoints (the model's
+// EmbedsText / EmbedsImages). Prints {"embeddings": [[...], ...]}, or for CLIP texts and images
+// together {"text_embeds", "image_embeds", "logits_per_text", "logits_per_image"}.
+void RunEmbed(const ModelFlags& flags, const EmbedFlags& embed) {
+  if (embed.texts.empty() && embed.images.empty()) throw CommandFailed(2, "embed: give --text, --image or both");
+  CheckImageFiles(embed.images);
+  const std::string folder = ModelFolder(flags);
+  auto model = Load(flags, folder);
+  const std::string architecture = LoadedArchitecture(flags, *model);
+  nlohmann::json result;
+  if (model->EmbedsText() || model->EmbedsImages()) {
+    result = JointEmbeddings(flags, folder, *model, architecture, embed);
+  } else {
+    namespace fs = std::filesystem;
+    if (!embed.images.empty()) {
+      throw CommandFailed(2, absl::StrCat("embed --image: ", folder, " loads as ", architecture,
+                                          ", which has no image embeddings; embed images with a CLIP checkpoint ",
+                                          "(CLIPModel, CLIPVisionModelWithProjection), or run `flotilla forward ",
+                                          "--image` for this model's outputs"));
+    }
+    if (!fs::exists(fs::path(folder) / "modules.json") && !fs::exists(fs::path(folder) / "tokenizer.json")) {
+      throw CommandFailed(2, absl::StrCat("embed: ", folder, " loads as ", architecture,
+                                          ", which has neither sentence-transformers pooling (modules.json, with a "
+                                          "tokenizer.json) nor CLIP embeddings; embed with a sentence-transformers "
+                                          "folder or a CLIP checkpoint (CLIPModel, CLIPTextModelWithProjection, "
+                                          "CLIPVisionModelWithProjection), or run `flotilla forward` for this "
+                                          "model's outputs"));
+    }
+    at::Tensor embeddings = SentenceTransformerEmbeddings(flags, folder, *model, embed.texts);
+    if (embed.normalize) embeddings = models::L2Normalize(embeddings);
+    result = {{"embeddings", JsonRows(embeddings)}};
+  }
+  std::printf("%s\n", result.dump().c_str());
 }
 
 }  // namespace
@@ -474,12 +648,18 @@ void AddModelCommands(CLI::App& app) {
     command->callback([=] { RunGenerate(*flags, *prompt, *max_new_tokens, *no_eos); });
   }
   {
-    auto* command = app.add_subcommand("embed", "Sentence embeddings from an encoder; prints {\"embeddings\": [...]}.");
+    auto* command = app.add_subcommand(
+        "embed",
+        "Embeddings from a sentence-transformers encoder or a CLIP checkpoint (texts and/or images); prints "
+        "{\"embeddings\": [...]} (CLIP with both: text_embeds, image_embeds, logits_per_text, logits_per_image).");
     auto flags = std::make_shared<ModelFlags>();
-    auto texts = std::make_shared<std::vector<std::string>>();
+    auto embed = std::make_shared<EmbedFlags>();
     AddModelFlags(command, *flags);
-    command->add_option("--text", *texts, "a text to embed (repeat for a batch)")->required();
-    command->callback([=] { RunEmbed(*flags, *texts); });
+    command->add_option("--text", embed->texts, "a text to embed (repeat for a batch)");
+    command->add_option("--image", embed->images,
+                        "CLIP: an image file to embed (repeat for a batch), processed by the folder's image processor");
+    command->add_flag("--normalize", embed->normalize, "L2-normalise each embedding (the logits are unchanged)");
+    command->callback([=] { RunEmbed(*flags, *embed); });
   }
 }
 
