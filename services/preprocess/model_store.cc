@@ -99,17 +99,21 @@ absl::StatusOr<std::shared_ptr<const PreprocessModel>> LoadPreprocessModel(const
         absl::StrCat("chat template does not load: ", chat_template.status().message()));
   }
 
-  if (fs::exists(fs::path(directory) / "preprocessor_config.json", error)) {
+  if (fs::exists(fs::path(directory) / "preprocessor_config.json", error) ||
+      fs::exists(fs::path(directory) / "processor_config.json", error)) {
     auto loaded = LoadImageProcessor(directory);
     if (loaded.ok()) {
       model->image_processor = *std::move(loaded);
+    } else if (absl::IsNotFound(loaded.status())) {
+      model->image_processor_status = absl::FailedPreconditionError(std::string(loaded.status().message()));
     } else {
       model->image_processor_status = absl::Status(
           absl::IsUnimplemented(loaded.status()) ? absl::StatusCode::kUnimplemented : absl::StatusCode::kFailedPrecondition,
-          absl::StrCat("preprocessor_config.json does not load: ", loaded.status().message()));
+          absl::StrCat("image processor does not load: ", loaded.status().message()));
     }
   } else {
-    model->image_processor_status = absl::FailedPreconditionError("has no preprocessor_config.json");
+    model->image_processor_status =
+        absl::FailedPreconditionError("has no image processor (preprocessor_config.json or processor_config.json)");
   }
 
   LogInfo("preprocess model loaded",

@@ -1,4 +1,4 @@
-// ProcessImages' LibTorch half: load preprocessor_config.json, decode and process the request's
+// ProcessImages' LibTorch half: load the image processor (preprocessor_config.json or processor_config.json), decode and process the request's
 // images, write pixel_values (and image_grid_thw) as flotilla.v1.Tensor. Kept apart so the rest of
 // the service compiles without torch headers.
 #include <filesystem>
@@ -12,7 +12,7 @@
 namespace flotilla::preprocess {
 
 absl::StatusOr<std::shared_ptr<const image::ImageProcessor>> LoadImageProcessor(const std::string& directory) {
-  auto processor = image::ImageProcessor::FromFile((std::filesystem::path(directory) / "preprocessor_config.json").string());
+  auto processor = image::ImageProcessor::FromDirectory(directory);
   if (!processor.ok()) return processor.status();
   return std::make_shared<const image::ImageProcessor>(*std::move(processor));
 }

@@ -217,3 +217,28 @@ def test_benchmark_mode_times_the_batch_and_still_writes_pixel_values(decode_onl
     broken.write_bytes(paths[0].read_bytes()[:200])
     result = run_flotilla(model_dir, [paths[1], broken], output, *extra)
     assert result.returncode == 1 and "image 1" in result.stderr, result.stderr
+
+
+def test_processor_config_json_is_read_when_there_is_no_preprocessor_config(images, tmp_path):
+    """transformers 5's ProcessorMixin.save_pretrained (CLIPProcessor, ...) writes only
+    processor_config.json, with the image processor nested under "image_processor"."""
+    from transformers import CLIPImageProcessor
+
+    model_dir = processor_dir(tmp_path, CLIPImageProcessor(size={"shortest_edge": 96}, crop_size=96))
+    image_processor = json.loads((model_dir / "preprocessor_config.json").read_text())
+    (model_dir / "preprocessor_config.json").unlink()
+    (model_dir / "processor_config.json").write_text(json.dumps({"image_processor": image_processor,
+                                                                 "processor_class": "CLIPProcessor"}))
+    paths = [images / "jpeg_q95_420.jpg", images / "png_rgb.png"]
+    expected = reference(model_dir, paths)["pixel_values"]
+    pixel_values = flotilla_outputs(model_dir, paths, tmp_path)["pixel_values"]
+    assert pixel_values.shape == expected.shape == (2, 3, 96, 96)
+    assert (pixel_values - expected).abs().max().item() <= TOLERANCE
+
+    (model_dir / "processor_config.json").write_text(json.dumps({"processor_class": "CLIPProcessor"}))
+    result = run_flotilla(model_dir, paths, tmp_path / "out.safetensors")
+    assert result.returncode == 1 and 'has no "image_processor" object' in result.stderr, result.stderr
+    (model_dir / "processor_config.json").unlink()
+    result = run_flotilla(model_dir, paths, tmp_path / "out.safetensors")
+    assert result.returncode == 1
+    assert "neither preprocessor_config.json nor processor_config.json" in result.stderr, result.stderr

@@ -340,17 +340,25 @@ def test_apply_chat_template_with_tool_calls(mesh, tokenizer_fixtures, tmp_path)
 
 # --- ProcessImages -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("class_name,kwargs", [
-    ("CLIPImageProcessor", {}),
-    ("Qwen2VLImageProcessor", {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 64}),
+@pytest.mark.parametrize("class_name,kwargs,layout", [
+    ("CLIPImageProcessor", {}, "preprocessor_config.json"),
+    # All that transformers 5's CLIPProcessor.save_pretrained writes: the image processor nested in
+    # processor_config.json.
+    ("CLIPImageProcessor", {}, "processor_config.json"),
+    ("Qwen2VLImageProcessor", {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 64}, "preprocessor_config.json"),
 ])
-def test_process_images_matches_transformers(mesh, images, tmp_path, class_name, kwargs):
+def test_process_images_matches_transformers(mesh, images, tmp_path, class_name, kwargs, layout):
     import torch  # noqa: PLC0415
     import transformers  # noqa: PLC0415
 
     processor = getattr(transformers, class_name)(**kwargs)
     folder = tmp_path / "processor"
     processor.save_pretrained(folder)
+    if layout == "processor_config.json":
+        image_processor = json.loads((folder / "preprocessor_config.json").read_text())
+        (folder / "preprocessor_config.json").unlink()
+        (folder / "processor_config.json").write_text(json.dumps({"image_processor": image_processor,
+                                                                  "processor_class": "CLIPProcessor"}))
     mesh.push(folder, "acme/vision")
     paths = [images / name for name in ("jpeg_q95_420.jpg", "png_rgba.png", "webp_lossy.webp", "jpeg_odd_333x517.jpg",
                                         "exif_orientation_6.jpg")]

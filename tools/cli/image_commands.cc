@@ -13,6 +13,7 @@
 #include "services/preprocess/image/image_processor.h"
 #include "services/preprocess/image/safetensors_writer.h"
 #include "tools/cli/commands.h"
+#include "tools/cli/torch_commands.h"
 
 namespace flotilla::cli {
 namespace {
@@ -42,8 +43,7 @@ std::string ReadFileBytes(const std::string& path) {
 void RunProcessImage(const ProcessImageOptions& options) {
   const fs::path model(LocalModelFolder(options.model, options.model_source.registry,
                                        options.model_source.data_directory, /*weights=*/false));
-  absl::StatusOr<image::ImageProcessor> processor =
-      image::ImageProcessor::FromFile((model / "preprocessor_config.json").string());
+  absl::StatusOr<image::ImageProcessor> processor = image::ImageProcessor::FromDirectory(model.string());
   if (!processor.ok()) throw CommandFailed(1, std::string(processor.status().message()));
   if (options.threads > 0) at::set_num_threads(options.threads);
   std::vector<std::string> encoded;
@@ -93,9 +93,8 @@ void RunProcessImage(const ProcessImageOptions& options) {
 
 void AddImageCommands(CLI::App& app) {
   auto options = std::make_shared<ProcessImageOptions>();
-  CLI::App* command = app.add_subcommand(
-      "process-image", "Decode images and compute pixel_values with a model's preprocessor_config.json.");
-  command->add_option("model", options->model, "Folder holding preprocessor_config.json, or namespace/name[@revision]")
+  CLI::App* command = app.add_subcommand("process-image", TorchCommandDescription("process-image"));
+  command->add_option("model", options->model, "Folder holding preprocessor_config.json (or processor_config.json), or namespace/name[@revision]")
       ->required();
   AddModelSourceFlags(command, options->model_source);
   command->add_option("images", options->images, "JPEG, PNG or WebP files")->required();

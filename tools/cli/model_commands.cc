@@ -40,6 +40,7 @@
 #include "services/preprocess/tokenizer/tokenizer.h"
 #include "services/registry/registry_client.h"
 #include "tools/cli/commands.h"
+#include "tools/cli/torch_commands.h"
 #ifdef FLOTILLA_WITH_IMAGE_COMMANDS
 #include "services/preprocess/image/image_processor.h"
 #endif
@@ -145,26 +146,10 @@ void CheckImageFiles(const std::vector<std::string>& paths) {
   }
 }
 
-// pixel_values for image files by the folder's image processor: preprocessor_config.json (the Hub's
-// layout), else processor_config.json's "image_processor" (what transformers 5's
-// ProcessorMixin.save_pretrained writes; AutoImageProcessor reads either).
+// pixel_values for image files by the folder's image processor (ImageProcessor::FromDirectory).
 at::Tensor ProcessImages(const std::vector<std::string>& paths, const std::string& folder) {
 #ifdef FLOTILLA_WITH_IMAGE_COMMANDS
-  namespace fs = std::filesystem;
-  absl::StatusOr<image::ImageProcessor> processor = absl::NotFoundError("");
-  const fs::path image_config = fs::path(folder) / "preprocessor_config.json";
-  const fs::path processor_config = fs::path(folder) / "processor_config.json";
-  if (fs::exists(image_config) || !fs::exists(processor_config)) {
-    processor = image::ImageProcessor::FromFile(image_config.string());
-  } else {
-    auto json = models::ReadJsonFile(processor_config.string());
-    if (!json.ok()) throw CommandFailed(1, absl::StrCat("--image: ", json.status().message()));
-    if (!json->contains("image_processor") || !(*json)["image_processor"].is_object()) {
-      throw CommandFailed(1, absl::StrCat("--image: ", folder, " has no preprocessor_config.json and its ",
-                                          "processor_config.json has no \"image_processor\""));
-    }
-    processor = image::ImageProcessor::FromJson((*json)["image_processor"]);
-  }
+  absl::StatusOr<image::ImageProcessor> processor = image::ImageProcessor::FromDirectory(folder);
   if (!processor.ok()) throw CommandFailed(1, absl::StrCat("--image: ", processor.status().message()));
   std::vector<std::string> encoded_images;
   for (const std::string& path : paths) {
@@ -600,8 +585,7 @@ void RunEmbed(const ModelFlags& flags, const EmbedFlags& embed) {
 
 void AddModelCommands(CLI::App& app) {
   {
-    auto* command = app.add_subcommand("save-pretrained",
-                                       "Load a model and write it as save_pretrained does (e.g. float32 to bfloat16).");
+    auto* command = app.add_subcommand("save-pretrained", TorchCommandDescription("save-pretrained"));
     auto flags = std::make_shared<ModelFlags>();
     auto output = std::make_shared<std::string>();
     AddModelFlags(command, *flags);
@@ -610,7 +594,7 @@ void AddModelCommands(CLI::App& app) {
     command->callback([=] { RunSavePretrained(*flags, *output); });
   }
   {
-    auto* command = app.add_subcommand("forward", "Run a model on token ids; write logits and hidden states.");
+    auto* command = app.add_subcommand("forward", TorchCommandDescription("forward"));
     auto flags = std::make_shared<ModelFlags>();
     auto input_ids = std::make_shared<std::string>();
     auto output = std::make_shared<std::string>();
@@ -621,7 +605,7 @@ void AddModelCommands(CLI::App& app) {
     auto vision = std::make_shared<VisionFlags>();
     auto* pixel_values = command->add_option("--pixel-values", vision->pixel_values_path,
                                              "safetensors file holding a `pixel_values` tensor [batch, 3, H, W]");
-    command->add_option("--image", vision->images, "image file(s), processed by the model's preprocessor_config.json")
+    command->add_option("--image", vision->images, "image file(s), processed by the model's image processor (preprocessor_config.json)")
         ->excludes(pixel_values);
     command->add_option("--padding-side", vision->padding_side, "where ragged --input-ids rows are padded")
         ->check(CLI::IsMember({"left", "right"}));
@@ -633,7 +617,7 @@ void AddModelCommands(CLI::App& app) {
     command->callback([=] { RunForward(*flags, *input_ids, *output, *debug_json, *token_type_ids, *vision); });
   }
   {
-    auto* command = app.add_subcommand("generate", "Greedy generation with a KV cache; prints {\"ids\": [...]} (and \"text\").");
+    auto* command = app.add_subcommand("generate", TorchCommandDescription("generate"));
     auto flags = std::make_shared<ModelFlags>();
     auto prompt = std::make_shared<PromptFlags>();
     auto max_new_tokens = std::make_shared<int64_t>(20);
@@ -648,10 +632,7 @@ void AddModelCommands(CLI::App& app) {
     command->callback([=] { RunGenerate(*flags, *prompt, *max_new_tokens, *no_eos); });
   }
   {
-    auto* command = app.add_subcommand(
-        "embed",
-        "Embeddings from a sentence-transformers encoder or a CLIP checkpoint (texts and/or images); prints "
-        "{\"embeddings\": [...]} (CLIP with both: text_embeds, image_embeds, logits_per_text, logits_per_image).");
+    auto* command = app.add_subcommand("embed", TorchCommandDescription("embed"));
     auto flags = std::make_shared<ModelFlags>();
     auto embed = std::make_shared<EmbedFlags>();
     AddModelFlags(command, *flags);

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -592,6 +593,33 @@ absl::StatusOr<ImageProcessor> ImageProcessor::FromFile(const std::string& path)
   if (!processor.ok()) {
     return absl::Status(processor.status().code(),
                         absl::StrCat(path, ": ", processor.status().message()));
+  }
+  return processor;
+}
+
+absl::StatusOr<ImageProcessor> ImageProcessor::FromDirectory(const std::string& directory) {
+  const std::string image_config = directory + "/preprocessor_config.json";
+  const std::string processor_config = directory + "/processor_config.json";
+  std::error_code error;
+  if (std::filesystem::exists(image_config, error) || !std::filesystem::exists(processor_config, error)) {
+    absl::StatusOr<ImageProcessor> processor = FromFile(image_config);
+    if (absl::IsNotFound(processor.status())) {
+      return absl::NotFoundError(absl::StrCat(directory, " has no image processor: neither preprocessor_config.json ",
+                                              "nor processor_config.json is there"));
+    }
+    return processor;
+  }
+  std::ifstream file(processor_config);
+  Json json = Json::parse(file, nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(processor_config, ": invalid JSON"));
+  if (!json.is_object() || !json.contains("image_processor") || !json["image_processor"].is_object()) {
+    return absl::NotFoundError(absl::StrCat(directory, " has no image processor: no preprocessor_config.json, and ",
+                                            processor_config, " has no \"image_processor\" object"));
+  }
+  absl::StatusOr<ImageProcessor> processor = FromJson(json["image_processor"]);
+  if (!processor.ok()) {
+    return absl::Status(processor.status().code(),
+                        absl::StrCat(processor_config, " image_processor: ", processor.status().message()));
   }
   return processor;
 }

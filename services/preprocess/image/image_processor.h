@@ -95,6 +95,11 @@ class ImageProcessor {
  public:
   static absl::StatusOr<ImageProcessor> FromJson(const nlohmann::json& json);
   static absl::StatusOr<ImageProcessor> FromFile(const std::string& path);
+  // A model folder's image processor, found as AutoImageProcessor finds it: preprocessor_config.json
+  // (the Hub's layout), else the "image_processor" object of processor_config.json (all that
+  // transformers 5's ProcessorMixin.save_pretrained writes, e.g. for CLIPProcessor). NotFound
+  // naming both files when neither holds one.
+  static absl::StatusOr<ImageProcessor> FromDirectory(const std::string& directory);
   explicit ImageProcessor(ImageProcessorConfig config) : config_(std::move(config)) {}
 
   const ImageProcessorConfig& config() const { return config_; }
