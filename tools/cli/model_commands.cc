@@ -37,13 +37,11 @@
 #include "models/pooling.h"
 #include "models/safetensors.h"
 #include "services/preprocess/chat_template/chat_template.h"
+#include "services/preprocess/image/image_processor.h"
 #include "services/preprocess/tokenizer/tokenizer.h"
 #include "services/registry/registry_client.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/torch_commands.h"
-#ifdef FLOTILLA_WITH_IMAGE_COMMANDS
-#include "services/preprocess/image/image_processor.h"
-#endif
 
 namespace flotilla::cli {
 namespace {
@@ -148,7 +146,6 @@ void CheckImageFiles(const std::vector<std::string>& paths) {
 
 // pixel_values for image files by the folder's image processor (ImageProcessor::FromDirectory).
 at::Tensor ProcessImages(const std::vector<std::string>& paths, const std::string& folder) {
-#ifdef FLOTILLA_WITH_IMAGE_COMMANDS
   absl::StatusOr<image::ImageProcessor> processor = image::ImageProcessor::FromDirectory(folder);
   if (!processor.ok()) throw CommandFailed(1, absl::StrCat("--image: ", processor.status().message()));
   std::vector<std::string> encoded_images;
@@ -160,9 +157,6 @@ at::Tensor ProcessImages(const std::vector<std::string>& paths, const std::strin
   auto processed = processor->ProcessEncoded(encoded_images, torch::kCPU);
   if (!processed.ok()) throw CommandFailed(1, absl::StrCat("--image: ", processed.status().message()));
   return processed->pixel_values;
-#else
-  throw CommandFailed(2, "--image: this build has no image processor");
-#endif
 }
 
 at::Tensor ReadPixelValues(const VisionFlags& vision, const std::string& folder) {
