@@ -1,7 +1,7 @@
-// ProcessImages' LibTorch half: load the image processor (preprocessor_config.json or processor_config.json), decode and process the request's
-// images, write pixel_values (and image_grid_thw) as flotilla.v1.Tensor. Kept apart so the rest of
-// the service compiles without torch headers.
-#include <filesystem>
+// ProcessImages' LibTorch half: load the image processor (preprocessor_config.json, else
+// processor_config.json), decode and process the request's images, write pixel_values (and
+// image_grid_thw) as flotilla.v1.Tensor. Kept apart so the rest of the service compiles without
+// torch headers.
 
 #include <absl/strings/str_cat.h>
 
