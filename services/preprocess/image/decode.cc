@@ -129,6 +129,22 @@ bool RunJpegDecode(std::string_view bytes, const DecodeOptions& options, JpegSta
         "DecodeJpeg: expected 3 output components but got ", info.output_components));
     return true;
   }
+  const int64_t picture_width = info.output_width;
+  if (options.needed_columns && state.orientation == 1) {
+    auto [first, last] = options.needed_columns(info.output_height, picture_width);
+    // At the edges of a cropped window fancy upsampling has no neighbour to blend with, so the
+    // window reaches a margin past the columns asked for; libjpeg widens it to whole iMCUs.
+    constexpr int64_t kMargin = 16;
+    first = std::max<int64_t>(0, first - kMargin);
+    last = std::min<int64_t>(picture_width, last + kMargin);
+    if (first < last && (first > 0 || last < picture_width)) {
+      auto window_first = static_cast<JDIMENSION>(first);
+      auto window_width = static_cast<JDIMENSION>(last - first);
+      jpeg_crop_scanline(&info, &window_first, &window_width);
+      image.first_column = window_first;
+      image.picture_width = picture_width;
+    }
+  }
   image.height = info.output_height;
   image.width = info.output_width;
   image.pixels.resize(static_cast<size_t>(image.height * image.width * 3));

@@ -19,8 +19,10 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -39,12 +41,22 @@ struct DecodeOptions {
   int64_t max_pixels = 89'478'485;
   // Apply the EXIF orientation tag, as transformers' loaders do.
   bool apply_exif_orientation = true;
+  // For a caller that reads only some columns (a center crop): given the picture's height and
+  // width, the columns [first, last) it will read. A JPEG stored upright then skips the IDCT,
+  // upsampling and colour conversion of the iMCU columns well outside them (libjpeg-turbo's
+  // jpeg_crop_scanline). The columns asked for are bit-identical to a whole decode; the window's
+  // outermost columns, beyond a margin around them, may not be.
+  std::function<std::pair<int64_t, int64_t>(int64_t height, int64_t width)> needed_columns;
 };
 
 struct DecodedImage {
   int64_t height = 0;
-  int64_t width = 0;
+  int64_t width = 0;            // columns held in `pixels`
   std::vector<uint8_t> pixels;  // height * width * 3, RGB, row-major
+  // Set when needed_columns made a JPEG decode part of each row: the columns held are
+  // [first_column, first_column + width) of a picture `picture_width` wide. 0: the whole width.
+  int64_t first_column = 0;
+  int64_t picture_width = 0;
 };
 
 // Detects the format and decodes. Errors: InvalidArgument for corrupt, truncated or unrecognised

@@ -259,5 +259,43 @@ TEST(ExifOrientationTest, JpegWithOrientationSixIsRotated) {
   EXPECT_EQ(stored->width, 8);
 }
 
+TEST(DecodeImageTest, JpegColumnWindowMatchesTheWholeDecodeInTheColumnsAskedFor) {
+  // 4:2:0 (jpeg_set_defaults), so fancy upsampling blends chroma across the window's edges.
+  const std::string jpeg = EncodeJpeg(200, 64, 90);
+  absl::StatusOr<DecodedImage> whole = DecodeImage(jpeg);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  DecodeOptions options;
+  options.needed_columns = [](int64_t height, int64_t width) {
+    EXPECT_EQ(height, 64);
+    EXPECT_EQ(width, 200);
+    return std::pair<int64_t, int64_t>{70, 130};
+  };
+  absl::StatusOr<DecodedImage> window = DecodeImage(jpeg, options);
+  ASSERT_TRUE(window.ok()) << window.status();
+  EXPECT_EQ(window->picture_width, 200);
+  EXPECT_EQ(window->height, 64);
+  EXPECT_EQ(window->first_column % 16, 0);  // whole iMCUs
+  EXPECT_LE(window->first_column, 70 - 16);
+  EXPECT_GE(window->first_column + window->width, 130 + 16);
+  EXPECT_LT(window->width, 200);
+  // The window's outermost columns may differ (fancy upsampling sees no neighbour there): that is
+  // what the margin is for. Everything asked for must be bit-identical.
+  for (int64_t y = 0; y < 64; ++y) {
+    for (int64_t column = 70; column < 130; ++column) {
+      for (int64_t channel = 0; channel < 3; ++channel) {
+        ASSERT_EQ(window->pixels[(y * window->width + column - window->first_column) * 3 + channel],
+                  whole->pixels[(y * 200 + column) * 3 + channel])
+            << "row " << y << ", column " << column;
+      }
+    }
+  }
+  // Asking for every column decodes the whole picture, as without the option.
+  options.needed_columns = [](int64_t, int64_t width) { return std::pair<int64_t, int64_t>{0, width}; };
+  absl::StatusOr<DecodedImage> all = DecodeImage(jpeg, options);
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all->picture_width, 0);
+  EXPECT_EQ(all->pixels, whole->pixels);
+}
+
 }  // namespace
 }  // namespace flotilla::image

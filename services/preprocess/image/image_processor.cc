@@ -351,13 +351,24 @@ FastPlan PlanFastPath(const ImageProcessorConfig& config, const torch::Device& d
   return plan;
 }
 
-// Axis weights cost ~30 us to make; pictures of one size share them. Per thread, bounded.
+// Axis weights cost ~30 us to make; pictures of one size share them. Per thread. A reference
+// CachedAxis returns stays valid until the thread's next TrimAxisCache, which each picture calls
+// before its first lookup (so a picture's axes never dangle, and the cache stays bounded).
+using AxisCache = std::map<std::tuple<int64_t, int64_t, ResampleFilter>, ResampleAxis>;
+AxisCache& ThreadAxisCache() {
+  thread_local AxisCache cache;
+  return cache;
+}
+
+void TrimAxisCache() {
+  if (ThreadAxisCache().size() >= 64) ThreadAxisCache().clear();
+}
+
 const ResampleAxis& CachedAxis(int64_t input_size, int64_t output_size, ResampleFilter filter) {
-  thread_local std::map<std::tuple<int64_t, int64_t, ResampleFilter>, ResampleAxis> cache;
+  AxisCache& cache = ThreadAxisCache();
   const auto key = std::tuple{input_size, output_size, filter};
   auto found = cache.find(key);
   if (found != cache.end()) return found->second;
-  if (cache.size() >= 64) cache.clear();
   return cache.emplace(key, MakeResampleAxis(input_size, output_size, filter)).first->second;
 }
 
@@ -370,10 +381,35 @@ struct FastScratch {
 // [left, left + out_width), maps each byte through `lut` ([3][256] floats) into `output`
 // ([3, out_height, out_width] float32, contiguous). Returns false (nothing written) when ATen's
 // weights cannot be reproduced for this size, so the caller uses the general path.
+// torchvision's center_crop offset along one axis (the plan guarantees the crop fits).
+int64_t CenterCropOffset(int64_t resized, int64_t cropped) {
+  return static_cast<int64_t>(static_cast<double>(resized - cropped) / 2.0);
+}
+
+// The input columns FastResizeCropNormalize will read for a height x width picture: those under
+// the crop's output columns, each with the kernel's padded taps. All of them where the fast path
+// will not run, so that the general path gets a whole picture.
+std::pair<int64_t, int64_t> ColumnsTheFastPathReads(const ImageProcessorConfig& config, const FastPlan& plan,
+                                                    int64_t height, int64_t width) {
+  absl::StatusOr<std::pair<int64_t, int64_t>> target = ResizeTarget(config, height, width);
+  if (!target.ok() || target->first <= 0 || target->second <= 0) return {0, width};
+  const ResampleAxis& columns = CachedAxis(width, target->second, plan.filter);
+  const ResampleAxis& rows = CachedAxis(height, target->first, plan.filter);
+  if (!columns.exact || !rows.exact) return {0, width};
+  const int64_t left = CenterCropOffset(target->second, plan.out_width);
+  int64_t first = width, last = 0;
+  for (int64_t x = left; x < left + plan.out_width; ++x) {
+    first = std::min<int64_t>(first, columns.first[x]);
+    last = std::max<int64_t>(last, columns.first[x] + columns.taps_padded);
+  }
+  return {first, std::min(last, width)};
+}
+
 bool FastResizeCropNormalize(const DecodedImage& image, std::pair<int64_t, int64_t> target, int64_t top,
                              int64_t left, const FastPlan& plan, const float* lut, float* output,
                              FastScratch& scratch) {
-  const ResampleAxis& columns = CachedAxis(image.width, target.second, plan.filter);
+  const int64_t picture_width = image.picture_width > 0 ? image.picture_width : image.width;
+  const ResampleAxis& columns = CachedAxis(picture_width, target.second, plan.filter);
   const ResampleAxis& rows = CachedAxis(image.height, target.first, plan.filter);
   if (!columns.exact || !rows.exact) return false;
   const int64_t out_height = plan.out_height, out_width = plan.out_width;
@@ -395,7 +431,7 @@ bool FastResizeCropNormalize(const DecodedImage& image, std::pair<int64_t, int64
       source = scratch.padded_row.data();
     }
     ResampleRowHorizontally(source, columns, left, left + out_width,
-                            scratch.intermediate.data() + (y - row_begin) * row_bytes);
+                            scratch.intermediate.data() + (y - row_begin) * row_bytes, image.first_column);
   }
   scratch.output_row.resize(static_cast<size_t>(row_bytes));
   const int64_t plane = out_height * out_width;
@@ -568,6 +604,9 @@ torch::Tensor ResizeLikeTorchvision(const torch::Tensor& images, int64_t height,
 }
 
 torch::Tensor ImageTensor(const DecodedImage& image) {
+  TORCH_CHECK(image.picture_width == 0 || image.picture_width == image.width, "ImageTensor: the image holds columns ",
+              image.first_column, "..", image.first_column + image.width, " of ", image.picture_width,
+              " (decoded with needed_columns); decode the whole picture");
   // HWC bytes to a contiguous CHW tensor: transformers' process_image ends with .contiguous().
   torch::Tensor hwc = torch::from_blob(const_cast<uint8_t*>(image.pixels.data()),
                                        {image.height, image.width, 3}, torch::kUInt8);
@@ -776,24 +815,32 @@ absl::StatusOr<ProcessedImages> ImageProcessor::ProcessEncoded(const std::vector
     std::vector<absl::Status> statuses(encoded_images.size());
     ParallelForEachImage(encoded_images.size(), [&](size_t index) {
       thread_local FastScratch scratch;
-      absl::StatusOr<DecodedImage> decoded = DecodeImage(encoded_images[index], options);
+      TrimAxisCache();
+      // Decode only the columns the crop keeps (whole iMCUs of them): the IDCT, upsampling and
+      // colour conversion of the rest would be thrown away.
+      DecodeOptions windowed = options;
+      windowed.needed_columns = [&](int64_t height, int64_t width) {
+        return ColumnsTheFastPathReads(config_, plan, height, width);
+      };
+      absl::StatusOr<DecodedImage> decoded = DecodeImage(encoded_images[index], windowed);
       if (!decoded.ok()) {
         statuses[index] = decoded.status();
         return;
       }
-      absl::StatusOr<std::pair<int64_t, int64_t>> target = ResizeTarget(config_, decoded->height, decoded->width);
+      const int64_t picture_width = decoded->picture_width > 0 ? decoded->picture_width : decoded->width;
+      absl::StatusOr<std::pair<int64_t, int64_t>> target = ResizeTarget(config_, decoded->height, picture_width);
       if (!target.ok()) {
         statuses[index] = target.status();
         return;
       }
       if (target->first <= 0 || target->second <= 0) {
         statuses[index] = absl::InvalidArgumentError(absl::StrCat(
-            "ImageProcessor::Process: image (", decoded->width, "x", decoded->height, ") resizes to an empty ",
+            "ImageProcessor::Process: image (", picture_width, "x", decoded->height, ") resizes to an empty ",
             target->second, "x", target->first));
         return;
       }
-      const auto top = static_cast<int64_t>(static_cast<double>(target->first - plan.out_height) / 2.0);
-      const auto left = static_cast<int64_t>(static_cast<double>(target->second - plan.out_width) / 2.0);
+      const int64_t top = CenterCropOffset(target->first, plan.out_height);
+      const int64_t left = CenterCropOffset(target->second, plan.out_width);
       float* output = pixel_values.data_ptr<float>() + static_cast<int64_t>(index) * 3 * plan.out_height * plan.out_width;
       if (FastResizeCropNormalize(*decoded, *target, top, left, plan, lut, output, scratch)) return;
       absl::StatusOr<ProcessedImages> general = Process({ImageTensor(*decoded)}, device);

@@ -95,10 +95,10 @@ bool HasAvx2() {
 uint8_t ClampToByte(int32_t value) { return static_cast<uint8_t>(std::clamp(value, 0, 255)); }
 
 void HorizontalScalar(const uint8_t* input, const ResampleAxis& axis, int64_t out_begin, int64_t out_end,
-                      uint8_t* output) {
+                      uint8_t* output, int64_t input_first_column) {
   const int32_t rounding = 1 << (axis.precision - 1);
   for (int64_t x = out_begin; x < out_end; ++x, output += 4) {
-    const uint8_t* pixel = input + 3 * static_cast<int64_t>(axis.first[x]);
+    const uint8_t* pixel = input + 3 * (static_cast<int64_t>(axis.first[x]) - input_first_column);
     const int16_t* weights = &axis.weights[static_cast<size_t>(x * axis.taps)];
     int32_t red = rounding, green = rounding, blue = rounding;
     for (int k = 0; k < axis.count[x]; ++k, pixel += 3) {
@@ -114,7 +114,8 @@ void HorizontalScalar(const uint8_t* input, const ResampleAxis& axis, int64_t ou
 }
 
 __attribute__((target("avx2"))) void HorizontalAvx2(const uint8_t* input, const ResampleAxis& axis,
-                                                    int64_t out_begin, int64_t out_end, uint8_t* output) {
+                                                    int64_t out_begin, int64_t out_end, uint8_t* output,
+                                                    int64_t input_first_column) {
   // Both 128-bit lanes hold the same 16 input bytes (pixels p0..p4, RGB); lane 0 picks the int16
   // pairs (r0 r1, g0 g1, b0 b1, 0 0), lane 1 (r2 r3, g2 g3, b2 b3, 0 0), for _mm256_madd_epi16
   // against (w0 w1 x4 | w2 w3 x4).
@@ -123,7 +124,7 @@ __attribute__((target("avx2"))) void HorizontalAvx2(const uint8_t* input, const 
   const __m128i rounding = _mm_set1_epi32(1 << (axis.precision - 1));
   const int groups = axis.taps_padded / 4;
   for (int64_t x = out_begin; x < out_end; ++x, output += 4) {
-    const uint8_t* pixel = input + 3 * static_cast<int64_t>(axis.first[x]);
+    const uint8_t* pixel = input + 3 * (static_cast<int64_t>(axis.first[x]) - input_first_column);
     const int16_t* weights = &axis.weights_avx2[static_cast<size_t>(x * groups * 16)];
     __m256i sum = _mm256_setzero_si256();
     for (int group = 0; group < groups; ++group, pixel += 12, weights += 16) {
@@ -213,11 +214,11 @@ ResampleAxis MakeResampleAxis(int64_t input_size, int64_t output_size, ResampleF
 int64_t HorizontalOverreadBytes(const ResampleAxis& axis) { return 3 * static_cast<int64_t>(axis.taps_padded) + 16; }
 
 void ResampleRowHorizontally(const uint8_t* input, const ResampleAxis& axis, int64_t out_begin, int64_t out_end,
-                             uint8_t* output) {
+                             uint8_t* output, int64_t input_first_column) {
   if (HasAvx2()) {
-    HorizontalAvx2(input, axis, out_begin, out_end, output);
+    HorizontalAvx2(input, axis, out_begin, out_end, output, input_first_column);
   } else {
-    HorizontalScalar(input, axis, out_begin, out_end, output);
+    HorizontalScalar(input, axis, out_begin, out_end, output, input_first_column);
   }
 }
 

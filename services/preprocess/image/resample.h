@@ -51,10 +51,12 @@ ResampleAxis MakeResampleAxis(int64_t input_size, int64_t output_size, ResampleF
 // than this to the end of their buffer must be copied into a padded buffer first.
 int64_t HorizontalOverreadBytes(const ResampleAxis& axis);
 
-// Output columns [out_begin, out_end) of one row: `input` holds axis.input_size RGB pixels (3
-// bytes each), `output` receives (out_end - out_begin) RGBX pixels (4 bytes, the 4th is 0).
+// Output columns [out_begin, out_end) of one row: `input` holds the row's RGB pixels (3 bytes
+// each) from column `input_first_column` on (a decoded window, DecodedImage::first_column), at
+// least up to the last column those outputs read; `output` receives (out_end - out_begin) RGBX
+// pixels (4 bytes, the 4th is 0).
 void ResampleRowHorizontally(const uint8_t* input, const ResampleAxis& axis, int64_t out_begin,
-                             int64_t out_end, uint8_t* output);
+                             int64_t out_end, uint8_t* output, int64_t input_first_column = 0);
 
 // Output row `out_row` of the vertical pass. `intermediate` holds the input rows from `first_row`
 // on (at least up to the last row out_row uses), each `row_bytes` bytes long at `stride` bytes
