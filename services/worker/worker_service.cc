@@ -127,10 +127,5 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Forward(grpc::CallbackServerContext
   return RejectUnary(context, NotYetImplemented("WorkerService.Forward", "issue #5 (models)"));
 }
 
-grpc::ServerBidiReactor<flotilla::v1::StepRequest, flotilla::v1::StepResponse>* WorkerServiceImpl::Step(
-    grpc::CallbackServerContext*) {
-  return Reject<grpc::ServerBidiReactor<flotilla::v1::StepRequest, flotilla::v1::StepResponse>>(
-      NotYetImplemented("WorkerService.Step", "the serving work (paged KV cache, continuous batching)"));
-}
 
 }  // namespace flotilla

@@ -26,8 +26,6 @@ class WorkerServiceImpl final : public flotilla::v1::WorkerService::CallbackServ
   grpc::ServerUnaryReactor* Forward(grpc::CallbackServerContext* context,
                                     const flotilla::v1::ForwardRequest* request,
                                     flotilla::v1::ForwardResponse* response) override;
-  grpc::ServerBidiReactor<flotilla::v1::StepRequest, flotilla::v1::StepResponse>* Step(
-      grpc::CallbackServerContext* context) override;
 };
 
 }  // namespace flotilla
