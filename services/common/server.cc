@@ -265,6 +265,7 @@ int ServiceMain(int argc, char** argv, const std::string& service_name, const Se
   }
   LogInfo("serving", {{"grpc_address", grpc_endpoint}, {"http_address", http_endpoint},
                       {"tls", !options.tls_certificate.empty()}});
+  if (bundle->on_serving) bundle->on_serving(grpc_endpoint, http_endpoint);
 
   int received_signal = 0;
   sigwait(&stop_signals, &received_signal);
@@ -275,8 +276,9 @@ int ServiceMain(int argc, char** argv, const std::string& service_name, const Se
                        {"deadline_seconds", absl::ToDoubleSeconds(options.drain_deadline)}});
   ready = false;
   grpc_server->GetHealthCheckService()->SetServingStatus(false);
-  grpc_server->Shutdown(std::chrono::system_clock::now() +
-                        absl::ToChronoNanoseconds(options.drain_deadline));
+  const absl::Time drain_deadline = absl::Now() + options.drain_deadline;
+  if (bundle->on_drain) bundle->on_drain(drain_deadline);
+  grpc_server->Shutdown(absl::ToChronoTime(drain_deadline));
   grpc_server->Wait();
   http_server->stop();
   http_thread.join();

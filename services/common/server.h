@@ -51,6 +51,12 @@ struct ServiceBundle {
   std::vector<std::unique_ptr<grpc::Service>> grpc_services;
   // Adds service-specific routes (the Hub API, the OpenAI API) to the HTTP side port.
   std::function<void(httplib::Server&)> add_http_routes;
+  // Called once both ports listen, with the addresses they bound (a worker registers itself with
+  // its gateways from here).
+  std::function<void(const std::string& grpc_address, const std::string& http_address)> on_serving;
+  // Called on SIGTERM after health turns NOT_SERVING and before the gRPC server shuts down: stop
+  // admitting work and return once the work in flight is done or the deadline has passed.
+  std::function<void(absl::Time deadline)> on_drain;
   // Keeps state the services point into alive until they are destroyed.
   std::shared_ptr<void> state;
 };

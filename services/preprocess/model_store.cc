@@ -24,6 +24,7 @@ namespace fs = std::filesystem;
 constexpr const char* kProcessorFiles[] = {
     "tokenizer.json",     "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "chat_template.jinja", "chat_template.json",   "preprocessor_config.json", "processor_config.json",
+    "generation_config.json", "config.json",
 };
 constexpr char kAdditionalChatTemplates[] = "additional_chat_templates";
 

@@ -1,14 +1,236 @@
-// The worker service binary: one tensor-parallel replica's rank 0.
+// The worker service binary: one tensor-parallel replica's rank 0. With --model it loads the model
+// (a folder, or a registry reference pulled once per commit into <data_dir>/cache), sizes its KV
+// pool, starts the engine and registers with the gateways given by --gateways; without it, it
+// answers Matmul and GetWorkerInfo only.
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
 #include <memory>
+#include <string>
+#include <vector>
 
+#include <absl/flags/flag.h>
+#include <absl/strings/ascii.h>
+#include <absl/strings/str_cat.h>
+#include <absl/strings/str_split.h>
+#include <torch/version.h>
+
+#include "models/auto.h"
+#include "models/generation.h"
+#include "services/common/logging.h"
 #include "services/common/server.h"
+#include "services/registry/names.h"
+#include "services/registry/registry_client.h"
+#include "services/worker/gateway_registration.h"
 #include "services/worker/worker_service.h"
 
-int main(int argc, char** argv) {
-  return flotilla::ServiceMain(argc, argv, "worker",
-      [](const flotilla::ServerOptions&) -> absl::StatusOr<flotilla::ServiceBundle> {
-        flotilla::ServiceBundle bundle;
-        bundle.grpc_services.push_back(std::make_unique<flotilla::WorkerServiceImpl>());
-        return bundle;
-      });
+ABSL_FLAG(std::string, model, "", "a model folder or a registry reference namespace/name[@revision] to serve");
+ABSL_FLAG(std::string, served_model_name, "", "the name clients use (default: the repository or folder name)");
+ABSL_FLAG(int32_t, replica, 0, "this worker group's replica index among those serving the model");
+ABSL_FLAG(std::string, gateways, "", "comma-separated gateway gRPC addresses to register with");
+ABSL_FLAG(std::string, advertise_address, "",
+          "the address gateways reach this worker at (default: the gRPC listen address; on Kubernetes, the pod IP)");
+ABSL_FLAG(std::string, registry, "", "registry gRPC address for references (default $FLOTILLA_REGISTRY)");
+ABSL_FLAG(std::string, dtype, "float32", "float32 or bfloat16");
+ABSL_FLAG(std::string, attention, "paged", "attention implementation: paged, sdpa or eager");
+ABSL_FLAG(int64_t, kv_cache_memory, 1LL << 30, "bytes of KV-cache blocks (keys and values of every layer)");
+ABSL_FLAG(int32_t, kv_block_size, 16, "tokens per KV-cache block");
+ABSL_FLAG(int32_t, max_model_len, 0, "longest sequence (prompt + output); 0: the model's, capped by the KV pool");
+ABSL_FLAG(int32_t, max_num_batched_tokens, 512, "token budget of one engine step (chunked prefill splits longer prompts)");
+ABSL_FLAG(int32_t, max_num_seqs, 64, "most sequences in one step");
+ABSL_FLAG(bool, enable_prefix_caching, true, "reuse the KV blocks of prompt prefixes seen before");
+ABSL_FLAG(std::string, task, "auto", "generate, embed, classify, or auto (from the architecture)");
+
+namespace flotilla {
+namespace {
+
+std::string TaskFor(const std::string& architecture, const std::string& requested) {
+  if (requested != "auto") return requested;
+  if (architecture.ends_with("ForCausalLM") || architecture.ends_with("LMHeadModel")) return "generate";
+  if (architecture.ends_with("ForSequenceClassification")) return "classify";
+  return "embed";
 }
+
+int64_t ConfigInt(const nlohmann::json& config, std::initializer_list<const char*> keys, int64_t fallback) {
+  for (const char* key : keys) {
+    if (config.contains(key) && config[key].is_number_integer()) return config[key].get<int64_t>();
+  }
+  return fallback;
+}
+
+std::string DefaultServedName(const std::string& model) {
+  std::string name = model;
+  if (const size_t at = name.find('@'); at != std::string::npos && !std::filesystem::is_directory(model)) {
+    name = name.substr(0, at);
+  }
+  while (!name.empty() && name.back() == '/') name.pop_back();
+  name = std::filesystem::path(name).filename().string();
+  return absl::AsciiStrToLower(name);
+}
+
+absl::StatusOr<std::string> ResolveFolder(const std::string& model, const ServerOptions& options) {
+  std::error_code error;
+  if (std::filesystem::is_directory(model, error)) return std::filesystem::absolute(model).string();
+  if (!registry::ParseReference(model).ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--model ", model, " is neither a folder nor a registry reference namespace/name[@revision]"));
+  }
+  std::string address = absl::GetFlag(FLAGS_registry);
+  if (address.empty()) {
+    if (const char* from_environment = std::getenv("FLOTILLA_REGISTRY")) address = from_environment;
+  }
+  if (address.empty()) return absl::InvalidArgumentError(absl::StrCat("--model ", model, " is a registry reference: pass --registry"));
+  const char* token = std::getenv("FLOTILLA_TOKEN");
+  registry::RegistryClient client(address, token ? token : "");
+  const std::string cache = options.data_directory.empty()
+                                ? (std::filesystem::temp_directory_path() / "flotilla-worker-cache").string()
+                                : (std::filesystem::path(options.data_directory) / "cache").string();
+  return client.PullToCache(model, cache);
+}
+
+absl::StatusOr<ServiceBundle> CreateWorker(const ServerOptions& options) {
+  ServiceBundle bundle;
+  const std::string model_flag = absl::GetFlag(FLAGS_model);
+  if (model_flag.empty()) {
+    bundle.grpc_services.push_back(std::make_unique<WorkerServiceImpl>());
+    return bundle;
+  }
+  const std::string dtype_name = absl::GetFlag(FLAGS_dtype);
+  if (dtype_name != "float32" && dtype_name != "bfloat16") {
+    return absl::InvalidArgumentError(absl::StrCat("--dtype must be float32 or bfloat16, got ", dtype_name));
+  }
+  const at::ScalarType dtype = dtype_name == "bfloat16" ? at::kBFloat16 : at::kFloat;
+  absl::StatusOr<std::string> folder = ResolveFolder(model_flag, options);
+  if (!folder.ok()) return folder.status();
+
+  auto served = std::make_shared<ServedModel>();
+  const std::string attention = absl::GetFlag(FLAGS_attention);
+  models::LoadOptions load_options{.attn_implementation = attention, .dtype = dtype};
+  absl::StatusOr<std::shared_ptr<models::PreTrainedModel>> model;
+  try {
+    models::CheckAttentionImplementation(attention);
+    model = models::FromPretrained(*folder, load_options);
+  } catch (const c10::Error& error) {
+    return absl::InvalidArgumentError(absl::StrCat("--attention ", attention, ": ", error.what_without_backtrace()));
+  }
+  if (!model.ok()) return model.status();
+  served->model = *model;
+  const models::PretrainedConfig& config = served->model->config();
+  const std::string architecture = config.architectures.empty() ? config.model_type : config.architectures[0];
+  const std::string task = TaskFor(architecture, absl::GetFlag(FLAGS_task));
+  if (task != "generate" && task != "embed" && task != "classify") {
+    return absl::InvalidArgumentError(absl::StrCat("--task must be auto, generate, embed or classify, got ", task));
+  }
+
+  int64_t max_model_len = ConfigInt(config.source, {"max_position_embeddings", "n_positions"}, 2048);
+  if (absl::GetFlag(FLAGS_max_model_len) > 0) {
+    if (absl::GetFlag(FLAGS_max_model_len) > max_model_len) {
+      LogWarning("--max_model_len exceeds the model's max_position_embeddings",
+                 {{"max_model_len", absl::GetFlag(FLAGS_max_model_len)}, {"max_position_embeddings", max_model_len}});
+    }
+    max_model_len = absl::GetFlag(FLAGS_max_model_len);
+  }
+
+  flotilla::v1::WorkerInfo& info = served->info;
+  info.set_world_size(1);
+  info.set_device("cpu");
+  info.set_torch_version(TORCH_VERSION);
+  if (std::filesystem::is_directory(model_flag)) {
+    info.mutable_model()->set_local_path(*folder);
+  } else {
+    absl::StatusOr<registry::ParsedReference> reference = registry::ParseReference(model_flag);
+    info.mutable_model()->set_namespace_(reference->namespace_name);
+    info.mutable_model()->set_name(reference->name);
+    info.mutable_model()->set_revision(reference->revision);
+    // The cache folder is <cache>/<namespace>/<name>/<commit id>.
+    info.set_commit_id(std::filesystem::path(*folder).filename().string());
+  }
+  std::string served_name = absl::GetFlag(FLAGS_served_model_name);
+  if (served_name.empty()) served_name = DefaultServedName(model_flag);
+  info.set_served_model_name(served_name);
+  info.set_task(task);
+  info.set_attention_implementation(attention);
+  info.set_dtype(dtype_name);
+  info.set_vocab_size(static_cast<int32_t>(ConfigInt(config.source, {"vocab_size"}, 0)));
+
+  if (task == "generate") {
+    worker::ModelRunnerOptions runner_options{.kv_cache_memory_bytes = absl::GetFlag(FLAGS_kv_cache_memory),
+                                              .block_size = absl::GetFlag(FLAGS_kv_block_size),
+                                              .kv_dtype = dtype};
+    absl::StatusOr<std::unique_ptr<worker::ModelRunner>> runner = worker::ModelRunner::Create(served->model, runner_options);
+    if (!runner.ok()) return runner.status();
+    const int64_t capacity = (*runner)->num_blocks() * (*runner)->block_size();
+    if (capacity < max_model_len) {
+      LogInfo("max_model_len capped by the KV pool", {{"max_model_len", max_model_len}, {"kv_capacity_tokens", capacity}});
+      max_model_len = capacity;
+    }
+    info.set_kv_cache_blocks(static_cast<int32_t>((*runner)->num_blocks()));
+    info.set_kv_block_size(static_cast<int32_t>((*runner)->block_size()));
+    models::GenerationOptions generation;
+    models::ReadGenerationConfig(*folder, generation);
+    std::vector<int32_t> eos_token_ids;
+    for (int64_t id : generation.eos_token_id.value_or(config.eos_token_id)) eos_token_ids.push_back(static_cast<int32_t>(id));
+    worker::EngineOptions engine_options{.max_num_batched_tokens = absl::GetFlag(FLAGS_max_num_batched_tokens),
+                                         .max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs),
+                                         .max_model_len = static_cast<int>(max_model_len),
+                                         .enable_prefix_caching = absl::GetFlag(FLAGS_enable_prefix_caching)};
+    served->engine = std::make_unique<worker::Engine>(std::move(*runner), engine_options, std::move(eos_token_ids), served_name);
+  } else if (task == "embed") {
+    absl::StatusOr<models::SentenceEmbeddingConfig> pooling = models::ReadSentenceEmbeddingConfig(*folder);
+    if (!pooling.ok()) return pooling.status();
+    served->pooling = *pooling;
+    if (pooling->max_seq_length.has_value()) max_model_len = std::min(max_model_len, *pooling->max_seq_length);
+  }
+  info.set_max_model_len(static_cast<int32_t>(max_model_len));
+  LogInfo("model loaded", {{"model", model_flag}, {"served_model_name", served_name}, {"task", task},
+                           {"architecture", architecture}, {"max_model_len", max_model_len},
+                           {"kv_cache_blocks", info.kv_cache_blocks()}, {"attention", attention}, {"dtype", dtype_name}});
+
+  std::vector<std::string> gateways;
+  for (absl::string_view address : absl::StrSplit(absl::GetFlag(FLAGS_gateways), ',', absl::SkipWhitespace())) {
+    gateways.emplace_back(address);
+  }
+  struct WorkerState {
+    std::shared_ptr<ServedModel> served;
+    std::unique_ptr<GatewayRegistration> registration;
+    std::string address;
+    int32_t replica = 0;
+  };
+  auto state = std::make_shared<WorkerState>();
+  state->served = served;
+  state->replica = absl::GetFlag(FLAGS_replica);
+  state->registration = std::make_unique<GatewayRegistration>(gateways, [state]() {
+    flotilla::v1::WorkerReport report;
+    *report.mutable_info() = state->served->info;
+    report.set_address(state->address);
+    report.set_replica(state->replica);
+    if (state->served->engine != nullptr) *report.mutable_load() = LoadToProto(state->served->engine->Load());
+    return report;
+  });
+  if (served->engine != nullptr) {
+    GatewayRegistration* registration = state->registration.get();
+    served->engine->SetStepObserver([registration] { registration->ReportNow(); });
+  }
+  bundle.grpc_services.push_back(std::make_unique<WorkerServiceImpl>(served));
+  bundle.on_serving = [state](const std::string& grpc_address, const std::string&) {
+    state->address = absl::GetFlag(FLAGS_advertise_address).empty() ? grpc_address : absl::GetFlag(FLAGS_advertise_address);
+    state->registration->Start();
+  };
+  bundle.on_drain = [state](absl::Time deadline) {
+    // Stop admitting, tell the gateways (they route elsewhere), finish what runs, then leave.
+    if (state->served->engine != nullptr) state->served->engine->StartDrain();
+    state->registration->ReportNow();
+    if (state->served->engine != nullptr) {
+      state->served->engine->WaitUntilIdle(std::chrono::steady_clock::now() +
+                                           absl::ToChronoNanoseconds(std::max(absl::ZeroDuration(), deadline - absl::Now())));
+    }
+    state->registration->Stop();
+  };
+  bundle.state = state;
+  return bundle;
+}
+
+}  // namespace
+}  // namespace flotilla
+
+int main(int argc, char** argv) { return flotilla::ServiceMain(argc, argv, "worker", flotilla::CreateWorker); }

@@ -1,0 +1,73 @@
+// The model runner: turns one engine step into ONE forward of an unchanged single-file model.
+// Every scheduled sequence's new tokens (a prompt chunk or one decode token) are packed into one
+// row with per-token position ids; the paged KV cache and the step's block tables reach the model
+// through the cache interface and the paged forward context (models/paged_attention.h), as
+// transformers' continuous batching does — the model never learns it is being batched.
+//
+//   ASSIGN_OR_RETURN(auto runner, ModelRunner::Create(model, {.kv_cache_memory_bytes = 1 << 30}));
+//   std::vector<RunnerSequence> step = {{.token_ids = prompt, .start_position = 0,
+//                                        .block_table = &blocks, .samples = true}};
+//   at::Tensor logits = runner->Execute(step);   // [1, vocab] float32: one row per sampling sequence
+//
+// Thread-safety: none. One engine thread calls Execute.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "absl/status/statusor.h"
+#include "models/modeling_utils.h"
+#include "models/paged_attention.h"
+
+namespace flotilla::worker {
+
+struct ModelRunnerOptions {
+  // Bytes of KV-cache pool (keys and values of every layer). 0: enough for max_num_seqs sequences
+  // of max_model_len tokens, capped at 1 GiB.
+  int64_t kv_cache_memory_bytes = 0;
+  int64_t block_size = 16;
+  at::ScalarType kv_dtype = at::kFloat;
+};
+
+// One sequence's part of a step.
+struct RunnerSequence {
+  // The tokens whose KV this step computes: positions [start_position, start_position + size).
+  std::span<const int32_t> token_ids;
+  int64_t start_position = 0;
+  // The sequence's cache blocks, covering at least start_position + token_ids.size() positions.
+  const std::vector<int32_t>* block_table = nullptr;
+  // Whether the logits of the last token are wanted (the chunk ends the known tokens).
+  bool samples = false;
+};
+
+class ModelRunner {
+ public:
+  static absl::StatusOr<std::unique_ptr<ModelRunner>> Create(std::shared_ptr<models::PreTrainedModel> model,
+                                                             const ModelRunnerOptions& options);
+
+  // Runs the step and returns float32 logits [number of sampling sequences, vocab], in order.
+  // Throws c10::Error on a bad step (a bug in the caller): the engine turns it into an abort.
+  at::Tensor Execute(const std::vector<RunnerSequence>& sequences);
+
+  int64_t num_blocks() const { return num_blocks_; }
+  int64_t block_size() const { return block_size_; }
+  int64_t bytes_per_block() const { return bytes_per_block_; }
+  models::PreTrainedModel& model() { return *model_; }
+
+ private:
+  ModelRunner(std::shared_ptr<models::PreTrainedModel> model, std::unique_ptr<models::PagedKVCache> cache,
+              int64_t num_blocks, int64_t block_size, int64_t bytes_per_block);
+
+  std::shared_ptr<models::PreTrainedModel> model_;
+  std::unique_ptr<models::PagedKVCache> cache_;
+  int64_t num_blocks_;
+  int64_t block_size_;
+  int64_t bytes_per_block_;
+};
+
+}  // namespace flotilla::worker

@@ -1,0 +1,339 @@
+"""The mesh serves: real gateway and worker processes on loopback, checked against transformers.
+
+Greedy outputs through the gateway equal transformers' `generate` run one prompt at a time
+(float32), for SmolLM2 and for random checkpoints of every decoder architecture, with many
+concurrent requests, prefix caching on, and a KV budget small enough to force preemption.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+DECODER_CASES = ["llama_gqa_tied", "llama_mha_untied", "llama_rope_yarn", "qwen2_sliding", "qwen3_qk_norm",
+                 "mistral_sliding", "gpt2_tied", "gpt2_untied_scaled", "phi3_gqa_partial_rotary",
+                 "gemma2_softcap_sliding", "gemma2_mha_untied", "gemma3_gqa", "gemma3_mha_linear_rope_softcap"]
+
+
+def transformers_greedy(folder, prompts, max_new_tokens, eos=True):
+    """transformers' generate, one prompt at a time (the reference the issue names)."""
+    import transformers  # noqa: PLC0415
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    outputs = []
+    for prompt, budget in zip(prompts, max_new_tokens):
+        ids = torch.tensor([prompt])
+        kwargs = dict(max_new_tokens=budget, do_sample=False, attention_mask=torch.ones_like(ids))
+        if not eos:
+            kwargs.update(eos_token_id=None, pad_token_id=0)
+        with torch.no_grad():
+            generated = model.generate(ids, **kwargs)
+        outputs.append(generated[0, len(prompt):].tolist())
+    return outputs
+
+
+def generate_ids(mesh, name, prompt, max_tokens, **sampling):
+    stubs = mesh.stubs
+    request = stubs.gateway_pb2.GenerateRequest(
+        model=name, prompt_ids=stubs.common_pb2.TokenIds(ids=prompt),
+        sampling=stubs.gateway_pb2.SamplingParameters(max_new_tokens=max_tokens, **sampling))
+    ids, finish = [], ""
+    for response in mesh.gateway_stub().Generate(request, timeout=600):
+        ids.extend(response.token_ids)
+        finish = response.finish_reason or finish
+    return ids, finish
+
+
+def concurrently(function, arguments, workers=64):
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda item: function(*item), arguments))
+
+
+def metric(url, name, labels=""):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    pattern = re.compile(rf"^{re.escape(name)}(\{{[^}}]*\}})?\s+([0-9.eE+-]+)$", re.M)
+    total = 0.0
+    for match in pattern.finditer(text):
+        if labels in (match.group(1) or ""):
+            total += float(match.group(2))
+    return total
+
+
+def post(url, body, content_type="application/json"):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": content_type}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read()), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read()), dict(error.headers)
+
+
+def smollm2_prompts(smollm2_folder, count, seed=0):
+    """Real text prompts of different lengths, tokenized with SmolLM2's own tokenizer."""
+    import transformers  # noqa: PLC0415
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_folder)
+    words = ("the river runs past an old mill where children learn to count stones and the miller tells "
+             "stories of winters long ago when the water froze and the wheel stood still for a month").split()
+    generator = random.Random(seed)
+    prompts = []
+    for _ in range(count):
+        length = generator.randint(1, 60)
+        prompts.append(tokenizer.encode(" ".join(generator.choice(words) for _ in range(length))))
+    return prompts
+
+
+@pytest.mark.slow
+def test_64_concurrent_greedy_requests_equal_transformers_one_at_a_time(smollm2_mesh, smollm2_folder):
+    prompts = smollm2_prompts(smollm2_folder, 64)
+    budgets = [4 + (index * 7) % 21 for index in range(64)]
+    expected = transformers_greedy(smollm2_folder, prompts, budgets)
+    results = concurrently(lambda prompt, budget: generate_ids(smollm2_mesh, "smollm2", prompt, budget),
+                           list(zip(prompts, budgets)))
+    for index, ((ids, finish), reference) in enumerate(zip(results, expected)):
+        assert ids == reference, f"request {index}: prompt of {len(prompts[index])} tokens"
+        assert finish in ("stop", "length")
+    # Prompts of one prompt family share leading blocks: the prefix cache was consulted.
+    metrics_url = smollm2_mesh.workers["smollm2"][0].http_url("/metrics")
+    assert metric(metrics_url, "flotilla_prefix_cache_queries_total") > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attention", ["paged", "sdpa", "eager"])
+def test_every_decoder_architecture_serves_greedy_like_transformers(mesh, decoder_fixtures, attention):
+    cases = DECODER_CASES if attention == "paged" else ["llama_gqa_tied", "mistral_sliding", "gemma2_softcap_sliding",
+                                                        "gpt2_tied"]
+    generator = random.Random(1)
+    jobs = []
+    for case in cases:
+        mesh.serve(decoder_fixtures / case, case, f"--attention={attention}", "--kv_cache_memory=4194304",
+                   "--max_num_batched_tokens=24")  # small budget: prompts are chunked
+        prompts = [[generator.randint(3, 159) for _ in range(generator.randint(1, 30))] for _ in range(6)]
+        budgets = [min(generator.randint(1, 24), 64 - len(prompt)) for prompt in prompts]
+        expected = transformers_greedy(decoder_fixtures / case, prompts, budgets, eos=False)
+        jobs.extend((case, prompt, budget, reference) for prompt, budget, reference in zip(prompts, budgets, expected))
+    results = concurrently(
+        lambda case, prompt, budget, _: generate_ids(mesh, case, prompt, budget, ignore_eos=True), jobs)
+    for (case, prompt, budget, reference), (ids, finish) in zip(jobs, results):
+        assert ids == reference, f"{case} ({attention}): prompt {prompt}"
+        assert finish == "length"
+
+
+@pytest.mark.slow
+def test_a_small_kv_budget_preempts_and_still_equals_transformers(mesh, smollm2_folder):
+    # 48 blocks of 16 tokens: a few sequences at a time; the rest wait or are preempted.
+    mesh.serve(smollm2_folder, "tight", "--kv_cache_memory=2211840", "--max_num_seqs=16")
+    prompts = smollm2_prompts(smollm2_folder, 16, seed=3)
+    budgets = [24] * 16
+    expected = transformers_greedy(smollm2_folder, prompts, budgets)
+    results = concurrently(lambda prompt, budget: generate_ids(mesh, "tight", prompt, budget),
+                           list(zip(prompts, budgets)), workers=16)
+    assert [ids for ids, _ in results] == expected
+    assert metric(mesh.workers["tight"][0].http_url("/metrics"), "flotilla_num_preemptions_total") > 0
+
+
+def test_seeded_sampling_is_the_same_alone_and_among_31_others(smollm2_mesh, smollm2_folder):
+    prompt = smollm2_prompts(smollm2_folder, 1, seed=5)[0]
+    sampling = dict(temperature=0.9, top_p=0.95, top_k=50, seed=1234, has_seed=True, ignore_eos=True)
+    alone, _ = generate_ids(smollm2_mesh, "smollm2", prompt, 16, **sampling)
+    others = smollm2_prompts(smollm2_folder, 31, seed=6)
+    jobs = [(p, dict(temperature=1.0, seed=index, has_seed=True, ignore_eos=True)) for index, p in enumerate(others)]
+    jobs.insert(17, (prompt, sampling))
+    results = concurrently(lambda p, s: generate_ids(smollm2_mesh, "smollm2", p, 16, **s), jobs, workers=32)
+    assert results[17][0] == alone
+    different_seed, _ = generate_ids(smollm2_mesh, "smollm2", prompt, 16, **{**sampling, "seed": 99})
+    assert different_seed != alone
+
+
+def test_openai_client_chat_and_completions_streaming_and_not(smollm2_mesh, smollm2_folder):
+    import openai  # noqa: PLC0415
+    import transformers  # noqa: PLC0415
+
+    client = openai.OpenAI(base_url=smollm2_mesh.openai_url, api_key="unused")
+    assert [model.id for model in client.models.list()] == ["smollm2"]
+    messages = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_folder)
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    prompt = prompt["input_ids"] if isinstance(prompt, dict) or hasattr(prompt, "keys") else prompt
+    reference_ids = transformers_greedy(smollm2_folder, [list(prompt)], [24])[0]
+    reference = tokenizer.decode(reference_ids, skip_special_tokens=True)
+
+    chat = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=24, temperature=0)
+    assert chat.choices[0].message.content == reference
+    assert chat.usage.prompt_tokens == len(prompt)
+    assert chat.usage.completion_tokens == len(reference_ids)
+    assert chat.choices[0].finish_reason in ("stop", "length")
+
+    stream = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=24, temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
+    pieces, usage, finish = [], None, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            pieces.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    assert "".join(pieces) == reference
+    assert usage.completion_tokens == len(reference_ids)
+    assert finish == chat.choices[0].finish_reason
+
+    completion = client.completions.create(model="smollm2", prompt="The capital of France is", max_tokens=8,
+                                           temperature=0, logprobs=2)
+    text_ids = tokenizer.encode("The capital of France is")
+    expected_ids = transformers_greedy(smollm2_folder, [text_ids], [8])[0]
+    assert completion.choices[0].text == tokenizer.decode(expected_ids, skip_special_tokens=True)
+    assert len(completion.choices[0].logprobs.token_logprobs) == len(expected_ids)
+    assert all(value <= 0 for value in completion.choices[0].logprobs.token_logprobs)
+
+    chat_logprobs = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=4, temperature=0,
+                                                   logprobs=True, top_logprobs=3)
+    content = chat_logprobs.choices[0].logprobs.content
+    assert len(content) == 4 and all(len(entry.top_logprobs) == 3 for entry in content)
+    # Greedy: the chosen token is the most likely one.
+    assert all(entry.logprob == pytest.approx(entry.top_logprobs[0].logprob, abs=1e-5) for entry in content)
+
+
+def test_stop_strings_end_the_text_without_leaking_it(smollm2_mesh):
+    import openai  # noqa: PLC0415
+
+    client = openai.OpenAI(base_url=smollm2_mesh.openai_url, api_key="unused")
+    messages = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+    full = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=24, temperature=0)
+    text = full.choices[0].message.content
+    assert "Paris" in text
+    stopped = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=24, temperature=0,
+                                             stop=["Paris"])
+    assert stopped.choices[0].message.content == text[:text.index("Paris")]
+    assert stopped.choices[0].finish_reason == "stop"
+
+
+def test_n_choices_and_usage(smollm2_mesh):
+    import openai  # noqa: PLC0415
+
+    client = openai.OpenAI(base_url=smollm2_mesh.openai_url, api_key="unused")
+    result = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Hi"}],
+                                            max_tokens=6, temperature=1.0, seed=7, n=3, extra_body={"ignore_eos": True})
+    assert [choice.index for choice in result.choices] == [0, 1, 2]
+    assert all(choice.finish_reason == "length" for choice in result.choices)
+    assert result.usage.completion_tokens == 18
+
+
+def test_bad_requests_get_openai_errors_and_change_nothing(smollm2_mesh):
+    url = smollm2_mesh.openai_url
+    status, body, _ = post(f"{url}/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "x"}]})
+    assert status == 404 and "nope" in body["error"]["message"] and "smollm2" in body["error"]["message"]
+    max_model_len = smollm2_mesh.models()["smollm2"]["max_model_len"]
+    status, body, _ = post(f"{url}/completions", {"model": "smollm2", "prompt": "x " * (max_model_len + 10), "max_tokens": 4})
+    assert status == 400 and str(max_model_len) in body["error"]["message"], body
+    status, body, _ = post(f"{url}/completions", {"model": "smollm2", "prompt": "x", "max_tokens": 0})
+    assert status == 400 and body["error"]["param"] == "max_tokens"
+    status, body, _ = post(f"{url}/chat/completions", b"{not json")
+    assert status == 400 and "error" in body
+    status, body, _ = post(f"{url}/chat/completions", b"{}", content_type="text/plain")
+    assert status == 415
+    status, body, _ = post(f"{url}/chat/completions", {"model": "smollm2", "messages": [{"role": "user", "content": "x"}],
+                                                       "frobnicate": 1})
+    assert status == 400 and "frobnicate" in body["error"]["message"]
+    status, body, _ = post(f"{url}/chat/completions", {"model": "smollm2", "messages": [{"role": "user", "content": "x"}],
+                                                       "logit_bias": {"999999": 5}})
+    assert status == 400 and body["error"]["param"] == "logit_bias"
+    status, body, _ = post(f"{url}/chat/completions", {"model": "smollm2", "messages": [{"role": "user", "content": "x"}],
+                                                       "n": 1000})
+    assert status == 400
+    status, body, _ = post(f"{url}/embeddings", {"model": "smollm2", "input": "x"})
+    assert status == 400 and "generation" in body["error"]["message"]
+    # Still serving, unchanged.
+    status, body, _ = post(f"{url}/completions", {"model": "smollm2", "prompt": "Hello", "max_tokens": 2, "temperature": 0})
+    assert status == 200 and body["usage"]["completion_tokens"] == 2
+
+
+def test_embeddings_equal_sentence_transformers_and_chat_to_an_encoder_is_refused(mesh, minilm):
+    import openai  # noqa: PLC0415
+    from sentence_transformers import SentenceTransformer  # noqa: PLC0415
+
+    mesh.serve(minilm, "minilm")
+    client = openai.OpenAI(base_url=mesh.openai_url, api_key="unused")
+    sentences = ["A man is eating food.", "The new movie is awesome, I loved it!", "x" * 3]
+    result = client.embeddings.create(model="minilm", input=sentences)
+    reference = SentenceTransformer(str(minilm), device="cpu").encode(sentences, convert_to_tensor=True)
+    for item, expected in zip(result.data, reference):
+        got = torch.tensor(item.embedding)
+        assert torch.nn.functional.cosine_similarity(got, expected, dim=0) >= 0.99999
+    assert result.usage.prompt_tokens > 0
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="minilm", messages=[{"role": "user", "content": "x"}])
+
+
+def test_a_disconnected_stream_frees_its_blocks(smollm2_mesh):
+    worker = smollm2_mesh.workers["smollm2"][0]
+    metrics_url = worker.http_url("/metrics")
+    request = urllib.request.Request(
+        f"{smollm2_mesh.openai_url}/completions",
+        data=json.dumps({"model": "smollm2", "prompt": "Tell me a long story.", "max_tokens": 2000,
+                         "ignore_eos": True, "stream": True}).encode(),
+        headers={"Content-Type": "application/json"}, method="POST")
+    response = urllib.request.urlopen(request, timeout=60)
+    for _ in range(3):
+        assert response.readline()
+    assert metric(metrics_url, "flotilla_num_requests_running") == 1
+    response.close()  # the client goes away mid-stream
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if metric(metrics_url, "flotilla_num_requests_running") == 0 and metric(metrics_url, "flotilla_kv_cache_usage_perc") == 0:
+            break
+        time.sleep(0.1)
+    assert metric(metrics_url, "flotilla_num_requests_running") == 0
+    assert metric(metrics_url, "flotilla_kv_cache_usage_perc") == 0
+
+
+def test_overload_gets_429_with_retry_after(tmp_path, stubs, smollm2_folder):
+    from serving.conftest import start_mesh  # noqa: PLC0415
+
+    mesh = start_mesh(tmp_path / "mesh", stubs, "--max_waiting_requests=1")
+    try:
+        mesh.serve(smollm2_folder, "smollm2", "--max_num_seqs=1")
+        body = {"model": "smollm2", "prompt": "Count to a hundred:", "max_tokens": 64, "ignore_eos": True}
+        results = concurrently(lambda _: post(f"{mesh.openai_url}/completions", body), [(i,) for i in range(8)], workers=8)
+        statuses = [status for status, _, _ in results]
+        assert 200 in statuses and 429 in statuses
+        rejected = next(result for result in results if result[0] == 429)
+        assert rejected[2].get("Retry-After") and rejected[1]["error"]["message"]
+    finally:
+        mesh.stop()
+
+
+def test_sigterm_drains_the_worker_and_the_gateway(mesh, smollm2_folder):
+    worker = mesh.serve(smollm2_folder, "smollm2")
+    results = {}
+
+    def long_request():
+        results["long"] = post(f"{mesh.openai_url}/completions",
+                               {"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 48, "ignore_eos": True,
+                                "temperature": 0})
+
+    thread = threading.Thread(target=long_request)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while metric(worker.http_url("/metrics"), "flotilla_num_requests_running") < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    worker.process.send_signal(15)
+    time.sleep(0.3)
+    status, body, _ = post(f"{mesh.openai_url}/completions", {"model": "smollm2", "prompt": "x", "max_tokens": 2})
+    assert status == 503, body
+    thread.join(timeout=120)
+    status, body, _ = results["long"]
+    assert status == 200 and body["usage"]["completion_tokens"] == 48
+    assert worker.process.wait(timeout=60) == 0
+    # With its only worker gone the model answers 503 (retry later), not 404.
+    status, body, _ = post(f"{mesh.openai_url}/completions", {"model": "smollm2", "prompt": "x", "max_tokens": 2})
+    assert status == 503
