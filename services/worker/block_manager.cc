@@ -71,8 +71,9 @@ void BlockManager::ComputeBlockHashes(Sequence& sequence, int num_full_blocks) c
   for (int block = static_cast<int>(hashes.size()); block < num_full_blocks; ++block) {
     uint64_t hash = block == 0 ? kRootHash : hashes[block - 1];
     for (int position = block * block_size_; position < (block + 1) * block_size_; ++position) {
-      hash = Mix64(hash ^ (static_cast<uint64_t>(static_cast<uint32_t>(sequence.token_id(position))) +
-                           0x9e3779b97f4a7c15ULL));
+      hash =
+          Mix64(hash ^ (static_cast<uint64_t>(static_cast<uint32_t>(sequence.token_id(position))) +
+                        0x9e3779b97f4a7c15ULL));
     }
     hashes.push_back(hash);
   }
@@ -102,12 +103,13 @@ bool BlockManager::Allocate(Sequence& sequence, int num_new_tokens) {
   const bool first_allocation = sequence.block_table.empty() && sequence.num_computed_tokens == 0;
   std::vector<int32_t> prefix_blocks;
   if (first_allocation) prefix_blocks = FindPrefixBlocks(sequence);
-  const int num_computed_tokens =
-      first_allocation ? static_cast<int>(prefix_blocks.size()) * block_size_
-                       : sequence.num_computed_tokens;
+  const int num_computed_tokens = first_allocation
+                                      ? static_cast<int>(prefix_blocks.size()) * block_size_
+                                      : sequence.num_computed_tokens;
   const int num_held_blocks = first_allocation ? static_cast<int>(prefix_blocks.size())
                                                : static_cast<int>(sequence.block_table.size());
-  const int num_needed_blocks = (num_computed_tokens + num_new_tokens + block_size_ - 1) / block_size_;
+  const int num_needed_blocks =
+      (num_computed_tokens + num_new_tokens + block_size_ - 1) / block_size_;
   const int num_fresh_blocks = std::max(0, num_needed_blocks - num_held_blocks);
   // A prefix hit on a block nobody holds takes it off the free queue too.
   int num_revived_blocks = 0;

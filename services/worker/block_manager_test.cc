@@ -1,8 +1,8 @@
 #include "services/worker/block_manager.h"
 
-#include <numeric>
-
 #include <gtest/gtest.h>
+
+#include <numeric>
 
 namespace flotilla::worker {
 namespace {
@@ -136,7 +136,7 @@ TEST(BlockManagerTest, UncachedFreedBlocksAreReusedBeforeCachedOnes) {
 
 TEST(BlockManagerTest, EvictsLeastRecentlyUsedCachedBlocksFirst) {
   BlockManager blocks(/*num_blocks=*/4, kBlockSize, /*enable_prefix_caching=*/true);
-  Sequence older = MakeSequence(Range(0, 5));      // 1 cached block + 1 partial
+  Sequence older = MakeSequence(Range(0, 5));    // 1 cached block + 1 partial
   Sequence newer = MakeSequence(Range(100, 5));  // 1 cached block + 1 partial
   AllocateAndCompute(blocks, older);
   AllocateAndCompute(blocks, newer);

@@ -1,11 +1,11 @@
 #include "services/worker/sampler.h"
 
+#include <ATen/ATen.h>
+
 #include <algorithm>
 #include <limits>
 #include <unordered_map>
 #include <unordered_set>
-
-#include <ATen/ATen.h>
 
 namespace flotilla::worker {
 namespace {
@@ -35,12 +35,14 @@ namespace {
 //     their probability reaches top_p, always at least one), 8. min-p (MinPLogitsWarper: drop
 //     tokens whose probability is below min_p times the top one's), each on the result of the
 //     previous (probabilities renormalised in between).
-//  9. The draw: an exponential race (equivalently Gumbel-max): token = argmax(p_v / E_v) with
-//     E_v ~ Exp(1) independent per vocabulary entry picks v with probability p_v. vLLM's
-//     random_sample does the same with q.exponential_(). Here E_v = -log(u_v), and u_v is a
-//     counter-based uniform: a hash of (seed, position, v) (see DrawUniforms), so the draw
-//     depends only on the sequence's seed and the token's position, never on the batch, the
-//     device, or how many draws happened before.
+//  9. The draw: inverse transform sampling. One uniform u in [0, 1) per row, a counter-based
+//     hash of (seed, position) (UniformForPosition), and the token is the first id whose
+//     cumulative probability (in id order, float64) exceeds u. So the draw depends only on the
+//     sequence's seed, the token's position and the row's own probabilities: never on the
+//     batch, nor on how many draws came before. vLLM instead races exponential noise
+//     (argmax p_v / E_v, one random number per vocabulary entry) from a device generator, whose
+//     state depends on the batch, hence its per-request generators for seeded requests; one
+//     uniform per row needs no generator state and moves S numbers to the device, not S x vocab.
 
 // splitmix64's finaliser: a bijective 64-bit mix with full avalanche.
 uint64_t Mix64(uint64_t value) {
@@ -52,17 +54,12 @@ uint64_t Mix64(uint64_t value) {
   return value;
 }
 
-// Uniforms in [0, 1) (53 random bits each) for every vocabulary entry of one draw, as a CPU
-// float64 tensor [vocab_size]: u_v = hash(seed, position, v).
-at::Tensor DrawUniforms(uint64_t seed, int64_t position, int64_t vocab_size) {
-  at::Tensor uniforms = at::empty({vocab_size}, at::TensorOptions().dtype(at::kDouble));
-  double* data = uniforms.data_ptr<double>();
-  const uint64_t key = Mix64(seed ^ Mix64(static_cast<uint64_t>(position) + 0x9e3779b97f4a7c15ULL));
-  for (int64_t token = 0; token < vocab_size; ++token) {
-    const uint64_t bits = Mix64(key + static_cast<uint64_t>(token) * 0xd1b54a32d192ed03ULL);
-    data[token] = static_cast<double>(bits >> 11) * 0x1.0p-53;
-  }
-  return uniforms;
+// A uniform in [0, 1) with 53 random bits for the draw at `position` of a sequence seeded with
+// `seed`: a pure function of the two (Note [Sampling order], step 9).
+double UniformForPosition(uint64_t seed, int64_t position) {
+  const uint64_t bits =
+      Mix64(Mix64(seed) ^ Mix64(static_cast<uint64_t>(position) + 0x9e3779b97f4a7c15ULL));
+  return static_cast<double>(bits >> 11) * 0x1.0p-53;
 }
 
 bool NeedsMinTokensMask(const Sequence& sequence) {
@@ -109,15 +106,13 @@ void ApplyBiasAndPenalties(at::Tensor row, const Sequence& sequence) {
   }
 
   if (NeedsMinTokensMask(sequence)) {
-    std::vector<int64_t> token_ids(sequence.stop_token_ids.begin(),
-                                   sequence.stop_token_ids.end());
+    std::vector<int64_t> token_ids(sequence.stop_token_ids.begin(), sequence.stop_token_ids.end());
     if (!sequence.ignore_eos) {
       token_ids.insert(token_ids.end(), sequence.eos_token_ids.begin(),
                        sequence.eos_token_ids.end());
     }
     CheckTokenIds(token_ids, vocab_size, "stop or eos", sequence);
-    row.index_fill_(0, TokenIdTensor(token_ids, device),
-                    -std::numeric_limits<float>::infinity());
+    row.index_fill_(0, TokenIdTensor(token_ids, device), -std::numeric_limits<float>::infinity());
   }
 
   if (sampling.has_repetition_penalty()) {
@@ -140,8 +135,8 @@ void ApplyBiasAndPenalties(at::Tensor row, const Sequence& sequence) {
       std::vector<float> deltas;
       for (const auto& [token_id, count] : counts) {
         token_ids.push_back(token_id);
-        deltas.push_back(-(sampling.frequency_penalty * static_cast<float>(count) +
-                           sampling.presence_penalty));
+        deltas.push_back(
+            -(sampling.frequency_penalty * static_cast<float>(count) + sampling.presence_penalty));
       }
       CheckTokenIds(token_ids, vocab_size, "output", sequence);
       row.index_add_(0, TokenIdTensor(token_ids, device),
@@ -175,15 +170,15 @@ at::Tensor SampleAtTemperature(const at::Tensor& scores,
     any_min_p |= sampling.has_min_p();
   }
   const auto float_options = at::TensorOptions().dtype(at::kFloat);
-  at::Tensor logits =
-      scores / at::tensor(temperatures, float_options).to(device).unsqueeze(1);
+  at::Tensor logits = scores / at::tensor(temperatures, float_options).to(device).unsqueeze(1);
 
   if (any_top_k || any_top_p) {
     // One stable sort serves both: ties keep the lower id first, as for greedy.
     auto [sorted, order] = logits.sort(/*stable=*/true, /*dim=*/-1, /*descending=*/true);
     at::Tensor removed = at::zeros_like(sorted, at::TensorOptions().dtype(at::kBool));
     if (any_top_k) {
-      const at::Tensor ranks = at::arange(vocab_size, at::TensorOptions().dtype(at::kLong).device(device));
+      const at::Tensor ranks =
+          at::arange(vocab_size, at::TensorOptions().dtype(at::kLong).device(device));
       removed = ranks.unsqueeze(0) >= TokenIdTensor(top_ks, device).unsqueeze(1);
     }
     if (any_top_p) {
@@ -191,28 +186,35 @@ at::Tensor SampleAtTemperature(const at::Tensor& scores,
       // Probability of the tokens strictly more likely: a token is kept while the ones before
       // it have not reached top_p yet, so the first token is always kept.
       const at::Tensor before = probabilities.cumsum(-1) - probabilities;
-      removed = removed.logical_or(before >= at::tensor(top_ps, float_options).to(device).unsqueeze(1));
+      removed =
+          removed.logical_or(before >= at::tensor(top_ps, float_options).to(device).unsqueeze(1));
     }
     logits = logits.scatter(1, order, sorted.masked_fill(removed, -infinity));
   }
   if (any_min_p) {
     const at::Tensor probabilities = logits.softmax(-1);
-    const at::Tensor threshold =
-        probabilities.amax(-1, /*keepdim=*/true) * at::tensor(min_ps, float_options).to(device).unsqueeze(1);
+    const at::Tensor threshold = probabilities.amax(-1, /*keepdim=*/true) *
+                                 at::tensor(min_ps, float_options).to(device).unsqueeze(1);
     logits = logits.masked_fill(probabilities < threshold, -infinity);
   }
 
-  // The exponential race in log space: argmax(log p_v - log E_v), in float64 so that the
-  // comparison does not round near-ties differently from the probabilities.
-  std::vector<at::Tensor> uniforms;
+  // Inverse transform sampling, in float64 so that the cumulative sum of a large vocabulary
+  // keeps its resolution.
+  std::vector<double> uniforms;
   uniforms.reserve(num_rows);
   for (const Sequence* sequence : sequences) {
-    uniforms.push_back(DrawUniforms(sequence->sampling.seed.value_or(sequence->random_seed),
-                                    sequence->num_tokens(), vocab_size));
+    uniforms.push_back(UniformForPosition(sequence->sampling.seed.value_or(sequence->random_seed),
+                                          sequence->num_tokens()));
   }
-  const at::Tensor exponentials = at::stack(uniforms).to(device).log().neg();
-  const at::Tensor race = logits.to(at::kDouble).log_softmax(-1) - exponentials.log();
-  return race.argmax(-1);
+  const at::Tensor cumulative = logits.to(at::kDouble).softmax(-1).cumsum(-1);
+  // Scaled by the row's total (1 up to rounding) so that u never lands past the last token.
+  const at::Tensor thresholds =
+      at::tensor(uniforms, at::TensorOptions().dtype(at::kDouble)).to(device).unsqueeze(1) *
+      cumulative.narrow(1, vocab_size - 1, 1);
+  // The first id whose cumulative probability exceeds u; ids of probability 0 never qualify.
+  return at::searchsorted(cumulative, thresholds, /*out_int32=*/false, /*right=*/true)
+      .squeeze(1)
+      .clamp_max(vocab_size - 1);
 }
 
 }  // namespace
@@ -221,8 +223,8 @@ std::vector<SampledToken> Sampler::Sample(const at::Tensor& logits,
                                           const std::vector<const Sequence*>& sequences) const {
   const int64_t num_rows = static_cast<int64_t>(sequences.size());
   TORCH_CHECK(logits.dim() == 2 && logits.size(0) == num_rows && logits.size(1) > 0,
-              "Sampler::Sample: expected logits [", num_rows, ", vocab] (one row per sequence) but got ",
-              logits.sizes());
+              "Sampler::Sample: expected logits [", num_rows,
+              ", vocab] (one row per sequence) but got ", logits.sizes());
   TORCH_CHECK(at::isFloatingType(logits.scalar_type()),
               "Sampler::Sample: expected floating-point logits but got ", logits.scalar_type());
   std::vector<SampledToken> sampled(num_rows);
@@ -277,21 +279,22 @@ std::vector<SampledToken> Sampler::Sample(const at::Tensor& logits,
       max_top = std::max<int64_t>(max_top, sequences[row]->sampling.top_logprobs);
     }
     max_top = std::min(max_top, logprobs.size(1));
-    at::Tensor top_values, top_ids;
-    if (max_top > 0) {
-      auto [values, ids] = logprobs.topk(max_top, /*dim=*/-1, /*largest=*/true, /*sorted=*/true);
-      top_values = values.to(at::kCPU);
-      top_ids = ids.to(at::kCPU);
-    }
+    // Empty [rows, 0] tensors when nobody asked for alternatives, so the accessors stay valid.
+    const auto [top_values, top_ids] =
+        logprobs.topk(max_top, /*dim=*/-1, /*largest=*/true, /*sorted=*/true);
+    const at::Tensor top_values_cpu = top_values.to(at::kCPU);
+    const at::Tensor top_ids_cpu = top_ids.to(at::kCPU);
+    const auto top_value_rows = top_values_cpu.accessor<float, 2>();
+    const auto top_id_rows = top_ids_cpu.accessor<int64_t, 2>();
+    const auto chosen_logprob_values = chosen_logprobs.accessor<float, 1>();
     for (size_t position = 0; position < logprob_rows.size(); ++position) {
       const int64_t row = logprob_rows[position];
       SampledToken& token = sampled[row];
-      token.logprob = chosen_logprobs[position].item<float>();
-      const int64_t count =
-          std::min<int64_t>(sequences[row]->sampling.top_logprobs, max_top);
+      token.logprob = chosen_logprob_values[position];
+      const int64_t count = std::min<int64_t>(sequences[row]->sampling.top_logprobs, max_top);
       for (int64_t rank = 0; rank < count; ++rank) {
-        token.top_logprobs.emplace_back(static_cast<int32_t>(top_ids[position][rank].item<int64_t>()),
-                                        top_values[position][rank].item<float>());
+        token.top_logprobs.emplace_back(static_cast<int32_t>(top_id_rows[position][rank]),
+                                        top_value_rows[position][rank]);
       }
     }
   }

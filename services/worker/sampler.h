@@ -19,9 +19,9 @@
 // the engine catches it at its boundary.
 #pragma once
 
-#include <vector>
-
 #include <ATen/core/Tensor.h>
+
+#include <vector>
 
 #include "services/worker/sequence.h"
 

@@ -1,12 +1,12 @@
 #include "services/worker/sampler.h"
 
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <limits>
 #include <map>
 #include <set>
-
-#include <ATen/ATen.h>
-#include <gtest/gtest.h>
 
 namespace flotilla::worker {
 namespace {

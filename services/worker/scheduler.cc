@@ -55,10 +55,9 @@ bool ServedBefore(const std::shared_ptr<Sequence>& left, const std::shared_ptr<S
 // victim never has to be taken out of the step already built.
 
 int SchedulerOutput::num_sampling_sequences() const {
-  return static_cast<int>(std::count_if(sequences.begin(), sequences.end(),
-                                        [](const ScheduledSequence& scheduled) {
-                                          return scheduled.samples;
-                                        }));
+  return static_cast<int>(
+      std::count_if(sequences.begin(), sequences.end(),
+                    [](const ScheduledSequence& scheduled) { return scheduled.samples; }));
 }
 
 Scheduler::Scheduler(SchedulerOptions options, BlockManager& block_manager)
@@ -73,12 +72,12 @@ Scheduler::Scheduler(SchedulerOptions options, BlockManager& block_manager)
              "the KV cache holds " + std::to_string(cache_tokens) +
                  " tokens, expected at least max_model_len " +
                  std::to_string(options_.max_model_len));
-  CheckOrDie(options_.enable_chunked_prefill ||
-                 options_.max_num_batched_tokens >= options_.max_model_len,
-             "Scheduler",
-             "without chunked prefill, expected max_num_batched_tokens >= max_model_len " +
-                 std::to_string(options_.max_model_len) + " but got " +
-                 std::to_string(options_.max_num_batched_tokens));
+  CheckOrDie(
+      options_.enable_chunked_prefill || options_.max_num_batched_tokens >= options_.max_model_len,
+      "Scheduler",
+      "without chunked prefill, expected max_num_batched_tokens >= max_model_len " +
+          std::to_string(options_.max_model_len) + " but got " +
+          std::to_string(options_.max_num_batched_tokens));
 }
 
 void Scheduler::Add(std::shared_ptr<Sequence> sequence) {
@@ -98,10 +97,10 @@ void Scheduler::Add(std::shared_ptr<Sequence> sequence) {
 
 bool Scheduler::Abort(const std::string& request_id) {
   for (auto* queue : {&waiting_, &running_}) {
-    auto found = std::find_if(queue->begin(), queue->end(),
-                              [&](const std::shared_ptr<Sequence>& sequence) {
-                                return sequence->request_id == request_id;
-                              });
+    auto found =
+        std::find_if(queue->begin(), queue->end(), [&](const std::shared_ptr<Sequence>& sequence) {
+          return sequence->request_id == request_id;
+        });
     if (found == queue->end()) continue;
     std::shared_ptr<Sequence> sequence = *found;
     queue->erase(found);

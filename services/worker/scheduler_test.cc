@@ -1,9 +1,9 @@
 #include "services/worker/scheduler.h"
 
+#include <gtest/gtest.h>
+
 #include <map>
 #include <numeric>
-
-#include <gtest/gtest.h>
 
 namespace flotilla::worker {
 namespace {
@@ -239,6 +239,38 @@ TEST(SchedulerTest, PreemptsTheLowestPriorityNotTheLatest) {
   harness.RunToCompletion();
   EXPECT_EQ(background->output_token_ids, (std::vector<int32_t>{1005, 1006, 1007, 1008}));
   EXPECT_EQ(background->finish_reason, "length");
+}
+
+TEST(SchedulerTest, ALowerPriorityVictimPreemptsItself) {
+  // a (priority 0) has room to grow in its blocks; b (priority 1) fills its two blocks and
+  // needs a third: the victim is b itself, so b yields and a keeps running.
+  Harness harness(Options(100, 64, /*max_model_len=*/16), /*num_blocks=*/4);
+  auto first = MakeSequence("a", 5, /*max_tokens=*/3, /*priority=*/0);
+  auto second = MakeSequence("b", 8, /*max_tokens=*/2, /*priority=*/1);
+  harness.scheduler.Add(first);
+  harness.scheduler.Add(second);
+  harness.Step();
+  SchedulerOutput step;
+  harness.Step(&step);
+  ASSERT_EQ(step.preempted.size(), 1u);
+  EXPECT_EQ(step.preempted[0], second);
+  EXPECT_EQ(TokensPerRequest(step), (std::map<std::string, int>{{"a", 1}}));
+  harness.RunToCompletion();
+  EXPECT_EQ(first->output_token_ids, (std::vector<int32_t>{1005, 1006, 1007}));
+  EXPECT_EQ(second->output_token_ids, (std::vector<int32_t>{1008, 1009}));
+}
+
+TEST(SchedulerTest, WithoutChunkedPrefillAPromptWaitsForTheWholeBudget) {
+  SchedulerOptions options = Options(/*max_num_batched_tokens=*/16, 64, /*max_model_len=*/16);
+  options.enable_chunked_prefill = false;
+  Harness harness(options);
+  harness.scheduler.Add(MakeSequence("a", 10, 2));
+  harness.scheduler.Add(MakeSequence("b", 10, 2));
+  SchedulerOutput step;
+  harness.Step(&step);
+  EXPECT_EQ(TokensPerRequest(step), (std::map<std::string, int>{{"a", 10}}));
+  harness.Step(&step);
+  EXPECT_EQ(TokensPerRequest(step), (std::map<std::string, int>{{"a", 1}, {"b", 10}}));
 }
 
 TEST(SchedulerTest, NoAdmissionInAStepThatPreempted) {
