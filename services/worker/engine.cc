@@ -203,7 +203,7 @@ void Engine::Loop() {
       load_.kv_blocks_used = block_manager_.num_used_blocks();
       load_.prefix_cache_queries = block_manager_.prefix_cache_queries();
       load_.prefix_cache_hits = block_manager_.prefix_cache_hits();
-      load_.waiting_tokens = scheduler_.num_waiting_tokens();
+      load_.waiting_tokens = scheduler_.num_uncomputed_tokens();
       load_.num_preemptions = scheduler_.num_preemptions_total();
       observer = step_observer_;
       if (callbacks_.empty()) idle_.notify_all();
@@ -244,7 +244,7 @@ void Engine::RunStep() {
   for (size_t i = 0; i < step.sequences.size(); ++i) {
     const ScheduledSequence& scheduled = step.sequences[i];
     const Sequence& sequence = *scheduled.sequence;
-    const int64_t start = sequence.num_computed_tokens;
+    const int64_t start = scheduled.num_computed_tokens;
     std::vector<int32_t>& buffer = token_buffers[i];
     buffer.reserve(scheduled.num_tokens);
     for (int64_t position = start; position < start + scheduled.num_tokens; ++position) {
@@ -261,7 +261,7 @@ void Engine::RunStep() {
   std::vector<SampledToken> sampled;
   try {
     at::Tensor logits = runner_->Execute(runner_sequences);
-    if (!sampling.empty()) sampled = Sample(logits, sampling);
+    if (!sampling.empty()) sampled = sampler_.Sample(logits, sampling);
   } catch (const c10::Error& error) {
     // A failed forward is our bug or an impossible input: end the step's requests, keep serving.
     LogError("engine step failed", {{"error", error.what_without_backtrace()}, {"sequences", step.sequences.size()}});
@@ -280,7 +280,7 @@ void Engine::RunStep() {
       auto found = callbacks_.find(update.sequence->request_id);
       if (found == callbacks_.end()) continue;
       EngineOutput output;
-      if (update.token.has_value()) output.tokens.push_back(*update.token);
+      output.tokens.push_back(update.token);
       output.prompt_tokens = static_cast<int>(update.sequence->prompt_token_ids.size());
       output.cached_prompt_tokens = update.sequence->num_cached_prompt_tokens;
       output.finish_reason = update.finish_reason;

@@ -96,6 +96,7 @@ class Engine {
   int max_model_len_ = 0;
   BlockManager block_manager_;
   Scheduler scheduler_;
+  Sampler sampler_;
 
   mutable std::mutex mutex_;
   std::condition_variable wake_;

@@ -204,6 +204,11 @@ absl::StatusOr<std::shared_ptr<worker::Sequence>> SequenceFromRequest(const flot
     if (absl::Status status = check_id(id, "generated_token_ids"); !status.ok()) return status;
     sequence->output_token_ids.push_back(id);
   }
+  sequence->num_carried_over_tokens = request.generated_token_ids_size();
+  if (request.generated_token_ids_size() >= request.max_tokens()) {
+    return absl::InvalidArgumentError(absl::StrCat("Generate: ", request.generated_token_ids_size(),
+                                                   " tokens carried over already reach max_tokens ", request.max_tokens()));
+  }
   sequence->max_tokens = request.max_tokens();
   sequence->min_tokens = request.min_tokens();
   sequence->stop_token_ids.assign(request.stop_token_ids().begin(), request.stop_token_ids().end());
