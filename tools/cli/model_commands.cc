@@ -39,6 +39,7 @@
 #include "services/preprocess/chat_template/chat_template.h"
 #include "services/preprocess/image/image_processor.h"
 #include "services/preprocess/tokenizer/tokenizer.h"
+#include "services/preprocess/tokenizer/tokenizer_settings.h"
 #include "services/registry/registry_client.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/torch_commands.h"
@@ -450,8 +451,9 @@ at::Tensor SentenceTransformerEmbeddings(const ModelFlags& flags, const std::str
 
 // The ids and attention mask of `tokenizer(texts, padding=True, return_tensors="pt")` in
 // transformers: special tokens added, no truncation (the call's default turns tokenizer.json's
-// off), padding to the longest text with tokenizer_config.json's pad_token on its padding_side
-// (CLIP: "<|endoftext|>", right).
+// off), padding to the longest text with the pad_token and padding_side transformers reads
+// (tokenizer_settings.h: special_tokens_map.json, then tokenizer_config.json; CLIP:
+// "<|endoftext|>", right).
 std::pair<at::Tensor, std::optional<at::Tensor>> TokenizeLikeTransformers(const std::string& folder,
                                                                          const std::string& architecture,
                                                                          const std::vector<std::string>& texts,
@@ -468,25 +470,18 @@ std::pair<at::Tensor, std::optional<at::Tensor>> TokenizeLikeTransformers(const 
   int64_t pad_id = text_tokenizer.padding().has_value() ? text_tokenizer.padding()->pad_id : fallback_pad_id;
   text_tokenizer.set_truncation(std::nullopt);
   text_tokenizer.set_padding(std::nullopt);
-  PaddingSide side = PaddingSide::kRight;
-  const fs::path config_path = fs::path(folder) / "tokenizer_config.json";
-  if (fs::exists(config_path)) {
-    auto config = models::ReadJsonFile(config_path.string());
-    if (!config.ok()) throw CommandFailed(1, absl::StrCat("embed --text: ", config.status().message()));
-    const nlohmann::json pad_token = config->value("pad_token", nlohmann::json());
-    const std::string pad_content = pad_token.is_string()   ? pad_token.get<std::string>()
-                                    : pad_token.is_object() ? pad_token.value("content", std::string())
-                                                            : std::string();
-    if (!pad_content.empty()) {
-      std::optional<uint32_t> id = text_tokenizer.TokenToId(pad_content);
-      if (!id.has_value()) {
-        throw CommandFailed(1, absl::StrCat("embed --text: ", config_path.string(), ": pad_token \"", pad_content,
-                                            "\" is not in tokenizer.json's vocabulary"));
-      }
-      pad_id = *id;
+  auto settings = tokenizer::LoadTokenizerSettings(folder, text_tokenizer);
+  if (!settings.ok()) throw CommandFailed(1, absl::StrCat("embed --text: ", settings.status().message()));
+  // A pad token named by config.json only is not one a transformers tokenizer would pad with.
+  const std::optional<tokenizer::SpecialToken>& pad_token = settings->pad_token;
+  if (pad_token.has_value() && pad_token->source != "config.json") {
+    if (!pad_token->id.has_value()) {
+      throw CommandFailed(1, absl::StrCat("embed --text: ", folder, "/", pad_token->source, ": pad_token \"",
+                                          pad_token->content, "\" is not in tokenizer.json's vocabulary"));
     }
-    if (config->value("padding_side", std::string("right")) == "left") side = PaddingSide::kLeft;
+    pad_id = *pad_token->id;
   }
+  const PaddingSide side = settings->pad_left ? PaddingSide::kLeft : PaddingSide::kRight;
   std::vector<std::vector<int64_t>> rows;
   for (const std::string& text : texts) {
     auto encoding = text_tokenizer.Encode(text);
