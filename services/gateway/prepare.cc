@@ -55,7 +55,6 @@ ApiResult<PreparedGeneration> PrepareGeneration(Gateway& gateway, const Generati
   prepared.processors = *processors;
   absl::StatusOr<const tokenizer::Tokenizer*> tokenizer = prepared.processors.handle.Tokenizer();
   if (tokenizer.ok()) prepared.tokenizer = *tokenizer;
-  const tokenizer::TokenizerSettings& settings = prepared.processors.handle.model->settings;
 
   std::vector<int32_t> prompt_ids;
   if (request.prompt_token_ids.has_value()) {
@@ -69,17 +68,17 @@ ApiResult<PreparedGeneration> PrepareGeneration(Gateway& gateway, const Generati
     std::string text;
     bool add_special_tokens;
     if (request.messages.has_value()) {
-      absl::StatusOr<const chat_template::ModelChatTemplate*> chat_template = prepared.processors.handle.ChatTemplate();
-      if (!chat_template.ok()) {
-        return InvalidRequestError(absl::StrCat("The model `", request.model, "` has no chat template (",
-                                                chat_template.status().message(), "); use /v1/completions."),
+      if (prepared.processors.handle.model->chat_template == nullptr) {
+        return InvalidRequestError(absl::StrCat("The model `", request.model, "` ",
+                                                prepared.processors.handle.model->chat_template_status.message(),
+                                                "; use /v1/completions."),
                                    "messages");
       }
       chat_template::ChatTemplateOptions options;
       options.add_generation_prompt = request.add_generation_prompt && !request.continue_final_message;
       if (request.tools.is_array() && !request.tools.empty()) options.tools_json = request.tools.dump();
       if (request.chat_template_kwargs.is_object()) options.extra_context_json = request.chat_template_kwargs.dump();
-      absl::StatusOr<std::string> rendered = (*chat_template)->Render(request.messages->dump(), options);
+      absl::StatusOr<std::string> rendered = prepared.processors.handle.model->RenderChat(request.messages->dump(), options);
       if (!rendered.ok()) {
         return InvalidRequestError(absl::StrCat("The chat template of `", request.model, "` failed: ",
                                                 rendered.status().message()),
@@ -151,7 +150,7 @@ ApiResult<PreparedGeneration> PrepareGeneration(Gateway& gateway, const Generati
   job.tokenizer = prepared.tokenizer;
 
   // Unset sampling fields take generation_config.json's values, as vLLM does; then OpenAI's.
-  const tokenizer::GenerationDefaults& defaults = settings.generation;
+  const tokenizer::GenerationDefaults& defaults = prepared.processors.handle.model->generation_defaults;
   flotilla::v1::WorkerGenerateRequest& worker = job.worker_request;
   worker.set_max_tokens(max_tokens);
   worker.set_min_tokens(request.min_tokens);
@@ -160,11 +159,13 @@ ApiResult<PreparedGeneration> PrepareGeneration(Gateway& gateway, const Generati
   worker.set_priority(request.priority);
   flotilla::v1::TokenSampling& sampling = *worker.mutable_sampling();
   const bool model_samples = defaults.do_sample.value_or(true);
-  sampling.set_temperature(request.temperature.value_or(model_samples ? defaults.temperature.value_or(1.0f) : 0.0f));
-  sampling.set_top_p(request.top_p.value_or(defaults.top_p.value_or(1.0f)));
-  sampling.set_top_k(request.top_k.value_or(defaults.top_k.value_or(0)));
-  sampling.set_min_p(request.min_p.value_or(defaults.min_p.value_or(0.0f)));
-  sampling.set_repetition_penalty(request.repetition_penalty.value_or(defaults.repetition_penalty.value_or(1.0f)));
+  sampling.set_temperature(
+      request.temperature.value_or(model_samples ? static_cast<float>(defaults.temperature.value_or(1.0)) : 0.0f));
+  sampling.set_top_p(request.top_p.value_or(static_cast<float>(defaults.top_p.value_or(1.0))));
+  sampling.set_top_k(request.top_k.value_or(static_cast<int>(defaults.top_k.value_or(0))));
+  sampling.set_min_p(request.min_p.value_or(0.0f));
+  sampling.set_repetition_penalty(
+      request.repetition_penalty.value_or(static_cast<float>(defaults.repetition_penalty.value_or(1.0))));
   sampling.set_presence_penalty(request.presence_penalty);
   sampling.set_frequency_penalty(request.frequency_penalty);
   for (const auto& [token_id, bias] : request.logit_bias) (*sampling.mutable_logit_bias())[token_id] = bias;

@@ -53,6 +53,19 @@ std::string LocalCacheKey(const fs::path& directory) {
 
 }  // namespace
 
+absl::StatusOr<std::string> PreprocessModel::RenderChat(const std::string& messages_json,
+                                                      chat_template::ChatTemplateOptions options,
+                                                      const std::optional<std::string>& name) const {
+  if (chat_template == nullptr) return chat_template_status;
+  absl::StatusOr<std::string> source = chat_template->Select(name, options.tools_json.has_value());
+  if (!source.ok()) return source.status();
+  if (auto parsed = parsed_chat_templates.find(*source); parsed != parsed_chat_templates.end()) {
+    options.special_tokens = chat_template->special_tokens;
+    return parsed->second.Render(messages_json, options);
+  }
+  return chat_template->Render(messages_json, options, name);  // reports the parse error
+}
+
 bool IsProcessorFile(const std::string& repository_path) {
   for (const char* name : kProcessorFiles) {
     if (repository_path == name) return true;
@@ -98,6 +111,10 @@ absl::StatusOr<std::shared_ptr<const PreprocessModel>> LoadPreprocessModel(const
   } else {
     model->chat_template_status = absl::FailedPreconditionError(
         absl::StrCat("chat template does not load: ", chat_template.status().message()));
+  }
+
+  if (absl::StatusOr<tokenizer::GenerationDefaults> defaults = tokenizer::LoadGenerationDefaults(directory); defaults.ok()) {
+    model->generation_defaults = *std::move(defaults);
   }
 
   if (fs::exists(fs::path(directory) / "preprocessor_config.json", error) ||

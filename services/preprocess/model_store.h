@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <absl/container/flat_hash_map.h>
@@ -26,6 +27,7 @@
 #include "services/preprocess/chat_template/chat_template.h"
 #include "services/preprocess/model_cache.h"
 #include "services/preprocess/tokenizer/tokenizer.h"
+#include "services/preprocess/tokenizer/tokenizer_settings.h"
 
 namespace flotilla::image {
 class ImageProcessor;
@@ -48,6 +50,14 @@ struct PreprocessModel {
   absl::Status chat_template_status;
   std::shared_ptr<const image::ImageProcessor> image_processor;
   absl::Status image_processor_status;
+  // generation_config.json's eos ids and sampling defaults (empty when the folder has none).
+  tokenizer::GenerationDefaults generation_defaults;
+
+  // Renders the chat template transformers' get_chat_template would pick (`name`, else tool_use
+  // when tools are given and the model has one, else the default), with the tokenizer's special
+  // tokens, reusing the parse made at load.
+  absl::StatusOr<std::string> RenderChat(const std::string& messages_json, chat_template::ChatTemplateOptions options,
+                                         const std::optional<std::string>& name = std::nullopt) const;
 };
 
 // A loaded model and how this call named it.

@@ -465,16 +465,7 @@ absl::Status PreprocessServiceImpl::DoApplyChatTemplate(const ApplyChatTemplateR
   if (!request.template_name().empty()) name = request.template_name();
   const std::string messages_text = messages.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
   const std::string model_prefix = absl::StrCat(kRpc, ": model ", handle->description, ": ");
-  absl::StatusOr<std::string> source = (*model_template)->Select(name, options.tools_json.has_value());
-  if (!source.ok()) return Prefixed(source.status(), model_prefix);
-  absl::StatusOr<std::string> prompt;
-  if (auto parsed = handle->model->parsed_chat_templates.find(*source);
-      parsed != handle->model->parsed_chat_templates.end()) {
-    options.special_tokens = (*model_template)->special_tokens;
-    prompt = parsed->second.Render(messages_text, options);
-  } else {
-    prompt = (*model_template)->Render(messages_text, options, name);  // reports the parse error
-  }
+  absl::StatusOr<std::string> prompt = handle->model->RenderChat(messages_text, options, name);
   if (!prompt.ok()) return Prefixed(prompt.status(), model_prefix);
 
   if (tokenizer != nullptr) {
