@@ -14,6 +14,7 @@
 #include <memory>
 #include <string>
 
+#include <absl/status/status.h>
 #include <absl/strings/str_cat.h>
 #include <grpcpp/grpcpp.h>
 
@@ -55,7 +56,8 @@ std::string DescribeFailure(const grpc::Status& status, const std::string& model
       return absl::StrCat("chat ", model, ": the gateway at ", gateway, " is unavailable: ", status.error_message());
     default:
       return absl::StrCat("chat ", model, ": GatewayService.Generate at ", gateway, " failed (",
-                          static_cast<int>(status.error_code()), "): ", status.error_message());
+                          absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())),
+                          "): ", status.error_message());
   }
 }
 

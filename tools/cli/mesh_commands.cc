@@ -238,7 +238,8 @@ void Down(const std::string& data_directory, int timeout_seconds) {
   if (worker_pids.empty()) {
     std::printf("flotilla: stopped %zu services\n", pids.size());
   } else {
-    std::printf("flotilla: stopped %zu workers and %zu services\n", worker_pids.size(), pids.size());
+    std::printf("flotilla: stopped %zu %s and %zu services\n", worker_pids.size(),
+                worker_pids.size() == 1 ? "worker" : "workers", pids.size());
   }
 }
 

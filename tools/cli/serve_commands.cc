@@ -79,7 +79,11 @@ void ForgetWorkers(const std::string& data_directory, const std::set<int>& pids)
 // directory), or a registry reference as given.
 std::string ResolveModel(const std::string& model) {
   std::error_code error;
-  if (fs::is_directory(model, error)) return fs::absolute(model).lexically_normal().string();
+  if (fs::is_directory(model, error)) {
+    fs::path folder = fs::absolute(model).lexically_normal();
+    if (!folder.has_filename() && folder.has_parent_path()) folder = folder.parent_path();  // "models/x/"
+    return folder.string();
+  }
   if (!registry::ParseReference(model).ok()) {
     throw CommandFailed(2, absl::StrCat("serve ", model,
                                         ": neither a folder nor a registry reference namespace/name[@revision]"));
