@@ -82,7 +82,9 @@ void PrintTable(const MeshState& mesh, bool with_health) {
                 service.http_address.c_str(), with_health ? CheckHealth(service.grpc_address).c_str() : "");
   }
   if (mesh.workers.empty()) return;
-  std::printf("\n%-20s %-7s %-8s %-22s %-22s %-12s %-13s %-7s %s\n", "MODEL", "REPLICA", "PID", "GRPC", "HTTP",
+  int name_width = 20;
+  for (const MeshWorker& worker : mesh.workers) name_width = std::max(name_width, static_cast<int>(worker.name.size()));
+  std::printf("\n%-*s %-7s %-8s %-22s %-22s %-12s %-13s %-7s %s\n", name_width, "MODEL", "REPLICA", "PID", "GRPC", "HTTP",
               "HEALTH", "KV BLOCKS", "RUNNING", "WAITING");
   for (const MeshWorker& worker : mesh.workers) {
     const std::string health = WorkerHealth(worker);
@@ -91,7 +93,7 @@ void PrintTable(const MeshState& mesh, bool with_health) {
     const std::string blocks = load ? absl::StrCat(load->kv_blocks_used(), "/", load->kv_blocks_total()) : "-";
     const std::string running = load ? absl::StrCat(load->num_requests_running()) : "-";
     const std::string waiting = load ? absl::StrCat(load->num_requests_waiting()) : "-";
-    std::printf("%-20s %-7d %-8d %-22s %-22s %-12s %-13s %-7s %s\n", worker.name.c_str(), worker.replica, worker.pid,
+    std::printf("%-*s %-7d %-8d %-22s %-22s %-12s %-13s %-7s %s\n", name_width, worker.name.c_str(), worker.replica, worker.pid,
                 worker.grpc_address.c_str(), worker.http_address.c_str(), health.c_str(), blocks.c_str(),
                 running.c_str(), waiting.c_str());
   }
