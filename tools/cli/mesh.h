@@ -18,6 +18,7 @@
 // rewrites mesh.json holds it from LoadRunningMesh to SaveMeshState.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -91,7 +92,7 @@ struct ServeOptions {
   std::string dtype;      // empty: the worker's default
   std::string attention;  // empty: the worker's default
   std::string task = "auto";
-  long long kv_cache_memory = 0;  // bytes; 0: the worker's default
+  int64_t kv_cache_memory = 0;  // bytes; 0: the worker's default
   int max_model_len = 0;
   int max_num_batched_tokens = 0;
   int max_num_seqs = 0;
