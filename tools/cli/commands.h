@@ -29,6 +29,10 @@ int RunCommandLine(CLI::App& app, int argc, char** argv);
 
 // up, down, status: the local mesh (mesh_commands.cc).
 void AddMeshCommands(CLI::App& app);
+// serve, unserve: model workers on the local mesh (serve_commands.cc).
+void AddServeCommands(CLI::App& app);
+// chat: a served model through the gateway (chat_commands.cc).
+void AddChatCommands(CLI::App& app);
 // push, pull, ls, log, tag, rm, gc: the registry (registry_commands.cc).
 void AddRegistryCommands(CLI::App& app);
 // tokenize, detokenize: tokenizer.json from a local directory (preprocess_commands.cc).

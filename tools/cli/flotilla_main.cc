@@ -8,6 +8,8 @@ int main(int argc, char** argv) {
   CLI::App app{"Flotilla: push, preprocess, run and serve Hugging Face models.", "flotilla"};
   app.require_subcommand(1);
   flotilla::cli::AddMeshCommands(app);
+  flotilla::cli::AddServeCommands(app);
+  flotilla::cli::AddChatCommands(app);
   flotilla::cli::AddRegistryCommands(app);
   flotilla::cli::AddPreprocessCommands(app);
   flotilla::cli::AddChatTemplateCommands(app);
