@@ -9,7 +9,7 @@ namespace flotilla::worker {
 
 absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(std::shared_ptr<models::PreTrainedModel> model,
                                                                  const ModelRunnerOptions& options) {
-  absl::StatusOr<models::KVCacheSpec> spec = models::KVCacheSpecFor(*model);
+  absl::StatusOr<models::KVCacheSpec> spec = models::KVCacheSpecFromConfig(model->config());
   if (!spec.ok()) return spec.status();
   const int64_t bytes_per_block = models::PagedKVCache::BytesPerBlock(*spec, options.block_size, options.kv_dtype);
   const int64_t budget = options.kv_cache_memory_bytes > 0 ? options.kv_cache_memory_bytes : int64_t{1} << 30;
@@ -19,6 +19,8 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(std::shared_ptr
                                                    options.block_size, " tokens takes ", bytes_per_block, " bytes"));
   }
   auto cache = std::make_unique<models::PagedKVCache>(*spec, num_blocks, options.block_size, options.kv_dtype, at::kCPU);
+  // The cache hands the attention function what it reads: the pools (paged) or packed contexts.
+  cache->SetAttentionImplementation(model->attention_implementation());
   return std::unique_ptr<ModelRunner>(
       new ModelRunner(std::move(model), std::move(cache), num_blocks, options.block_size, bytes_per_block));
 }
@@ -54,7 +56,7 @@ at::Tensor ModelRunner::Execute(const std::vector<RunnerSequence>& sequences) {
     models::PagedSequence paged;
     paged.query_length = length;
     paged.context_length = sequence.start_position + length;
-    paged.block_table = *sequence.block_table;
+    paged.block_table.assign(sequence.block_table->begin(), sequence.block_table->end());
     batch.sequences.push_back(std::move(paged));
     offset += length;
     if (sequence.samples) logits_indices.push_back(offset - 1);
