@@ -50,6 +50,9 @@ struct AttentionBackend {
   // True when the backend handles a plain causal mask itself (is_causal), so masks.h may pass no
   // mask when there is no padding and no sliding window.
   bool skips_causal_mask = false;
+  // True when the backend reads a PagedKVCache's blocks in place (paged_attention.h): the cache's
+  // Update then returns the layer's pools, and masks.h passes no mask (the backend masks itself).
+  bool reads_paged_cache = false;
 };
 
 void RegisterAttentionBackend(const std::string& name, AttentionBackend backend);

@@ -1,6 +1,7 @@
 #include "models/masks.h"
 
 #include "models/attention.h"
+#include "models/paged_attention.h"
 
 namespace flotilla::models {
 namespace {
@@ -32,9 +33,31 @@ std::optional<at::Tensor> PaddingMask(const MaskArguments& arguments, int64_t kv
   return padding;
 }
 
+// A ragged batch packed into one row (paged_attention.h): the block-diagonal causal mask over the
+// packed keys, or none for a backend that reads the paged cache and masks itself.
+std::optional<at::Tensor> PagedCausalMask(const PagedKVCache& cache, const MaskArguments& arguments) {
+  const PagedKVCache::Step& step = *cache.current_step();
+  TORCH_CHECK(arguments.implementation == cache.attention_implementation(), "CreateCausalMask: the model runs "
+              "attention implementation \"", arguments.implementation, "\" but the current PagedKVCache was set to \"",
+              cache.attention_implementation(), "\" (PagedKVCache::SetAttentionImplementation)");
+  const int64_t num_tokens = step.batch.num_tokens();
+  TORCH_CHECK(arguments.batch_size == 1 && arguments.query_length == num_tokens,
+              "CreateCausalMask: a paged batch packs its ", num_tokens, " tokens in one row, expected [1, ",
+              num_tokens, "] but got [", arguments.batch_size, ", ", arguments.query_length, "]");
+  TORCH_CHECK(!arguments.attention_mask.has_value(),
+              "CreateCausalMask: a paged batch has no padding; pass no attention_mask");
+  if (GetAttentionBackend(arguments.implementation, AttentionFunction()).reads_paged_cache) return std::nullopt;
+  MaskArguments packed = arguments;
+  packed.past_length = step.batch.num_context_tokens() - num_tokens;
+  return Finish(PagedBlockDiagonalMask(step, arguments.sliding_window, arguments.device), packed);
+}
+
 }  // namespace
 
 std::optional<at::Tensor> CreateCausalMask(const MaskArguments& arguments) {
+  if (const PagedKVCache* cache = CurrentPagedKVCache(); cache != nullptr && cache->current_step() != nullptr) {
+    return PagedCausalMask(*cache, arguments);
+  }
   const int64_t kv_length = arguments.past_length + arguments.query_length;
   std::optional<at::Tensor> padding = PaddingMask(arguments, kv_length);
   const AttentionBackend backend = GetAttentionBackend(arguments.implementation, AttentionFunction());

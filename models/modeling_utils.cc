@@ -4,6 +4,21 @@
 
 namespace flotilla::models {
 
+at::Tensor HiddenStatesForLogits(const at::Tensor& hidden_states, const ForwardInputs& inputs) {
+  if (inputs.logits_indices.has_value()) {
+    const at::Tensor& indices = *inputs.logits_indices;
+    TORCH_CHECK(indices.dim() == 1 && indices.scalar_type() == at::kLong,
+                "HiddenStatesForLogits: logits_indices must be int64 [S] but got ", indices.scalar_type(), " ",
+                indices.sizes());
+    return hidden_states.index_select(1, indices.to(hidden_states.device()));
+  }
+  const int64_t length = hidden_states.size(1);
+  if (inputs.logits_to_keep > 0 && inputs.logits_to_keep < length) {
+    return hidden_states.narrow(1, length - inputs.logits_to_keep, inputs.logits_to_keep);
+  }
+  return hidden_states;
+}
+
 void PreTrainedModel::SetAttentionImplementation(const std::string& name) {
   CheckAttentionImplementation(name);
   mutable_config().attn_implementation = name;

@@ -36,6 +36,10 @@ struct ForwardInputs {
   bool output_attentions = false;
   // Compute logits for only the last N positions (0 = all), as transformers' logits_to_keep.
   int64_t logits_to_keep = 0;
+  // Compute logits only at these positions of the (packed) row, int64 [S], as transformers'
+  // logits_to_keep given a tensor; wins over logits_to_keep. A serving step passes the last token
+  // of each sequence that samples (paged_attention.h).
+  std::optional<at::Tensor> logits_indices;
   std::optional<at::Tensor> pixel_values;  // vision encoders: [batch, channels, height, width] float
   bool interpolate_pos_encoding = false;   // vision encoders: accept other image sizes (bicubic positions)
 };
@@ -50,6 +54,11 @@ struct ModelOutput {
   // tower's outputs as "text_model.last_hidden_state", "vision_model.hidden_states.<i>").
   std::map<std::string, at::Tensor> named_outputs;
 };
+
+// The hidden states a causal-LM head turns into logits: the positions in inputs.logits_indices
+// ([batch, S, hidden]) when set, else the last inputs.logits_to_keep positions (all when 0).
+// Infrastructure every ...ForCausalLM calls, so a head never re-implements the rule.
+at::Tensor HiddenStatesForLogits(const at::Tensor& hidden_states, const ForwardInputs& inputs);
 
 class PreTrainedModel : public torch::nn::Module {
  public:

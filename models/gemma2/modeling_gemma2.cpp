@@ -459,10 +459,7 @@ class Gemma2ForCausalLM : public PreTrainedModel {
     c10::InferenceMode inference_mode;
     DebugScope debug(this, {{"input_ids", inputs.input_ids}});
     ModelOutput output = model->Forward(inputs);
-    at::Tensor hidden_states = output.last_hidden_state;
-    if (inputs.logits_to_keep > 0 && inputs.logits_to_keep < hidden_states.size(1)) {
-      hidden_states = hidden_states.narrow(1, hidden_states.size(1) - inputs.logits_to_keep, inputs.logits_to_keep);
-    }
+    at::Tensor hidden_states = HiddenStatesForLogits(output.last_hidden_state, inputs);
     at::Tensor logits = lm_head->forward(hidden_states);
     if (config_->final_logit_softcapping.has_value()) {
       logits = logits / *config_->final_logit_softcapping;

@@ -413,10 +413,7 @@ class Phi3ForCausalLM : public PreTrainedModel {
     c10::InferenceMode inference_mode;
     DebugScope debug(this, {{"input_ids", inputs.input_ids}});
     ModelOutput output = model->Forward(inputs);
-    at::Tensor hidden_states = output.last_hidden_state;
-    if (inputs.logits_to_keep > 0 && inputs.logits_to_keep < hidden_states.size(1)) {
-      hidden_states = hidden_states.narrow(1, hidden_states.size(1) - inputs.logits_to_keep, inputs.logits_to_keep);
-    }
+    at::Tensor hidden_states = HiddenStatesForLogits(output.last_hidden_state, inputs);
     output.logits = debug.Output(lm_head->forward(hidden_states), "logits");
     return output;
   }
@@ -427,7 +424,9 @@ class Phi3ForCausalLM : public PreTrainedModel {
   // prepare_inputs_for_generation's override: the first time the sequence reaches
   // original_max_position_embeddings + 1 tokens while the cache holds at most that many, the cache
   // is dropped and the whole sequence recomputed (the rotary switches to the long factors there).
-  // As transformers, the check does not look at the rope type.
+  // As transformers, the check does not look at the rope type. A paged serving step
+  // (paged_attention.h) cannot honour this per sequence: the packed row's positions pick one set of
+  // longrope factors for the whole batch, and no per-sequence recompute happens there.
   bool DropsCacheBeforeGenerationStep(int64_t sequence_length, int64_t past_length) const override {
     return sequence_length >= config_->original_max_position_embeddings + 1 &&
            past_length <= config_->original_max_position_embeddings;

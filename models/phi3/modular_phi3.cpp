@@ -207,7 +207,9 @@ class Phi3MLPImpl : public torch::nn::Module {
   // prepare_inputs_for_generation's override: the first time the sequence reaches
   // original_max_position_embeddings + 1 tokens while the cache holds at most that many, the cache
   // is dropped and the whole sequence recomputed (the rotary switches to the long factors there).
-  // As transformers, the check does not look at the rope type.
+  // As transformers, the check does not look at the rope type. A paged serving step
+  // (paged_attention.h) cannot honour this per sequence: the packed row's positions pick one set of
+  // longrope factors for the whole batch, and no per-sequence recompute happens there.
   bool DropsCacheBeforeGenerationStep(int64_t sequence_length, int64_t past_length) const override {
     return sequence_length >= config_->original_max_position_embeddings + 1 &&
            past_length <= config_->original_max_position_embeddings;
