@@ -77,6 +77,37 @@ TEST(PagedKVCacheTest, SizesAndValidation) {
   EXPECT_EQ(cache.GetSeqLength(), 0);
 }
 
+// The decode kernel and the chunk path in reduced precision agree with float32 (the architecture
+// tests run float32 only).
+TEST(PagedAttentionTest, BFloat16MatchesFloat32) {
+  KVCacheSpec spec{.num_layers = 1, .num_key_value_heads = 2, .head_dim = 16};
+  PagedBatch batch;
+  batch.sequences = {{.query_length = 1, .context_length = 7, .block_table = {5, 1}},
+                     {.query_length = 3, .context_length = 6, .block_table = {0, 3}},
+                     {.query_length = 1, .context_length = 3, .block_table = {2}}};
+  at::manual_seed(3);
+  at::Tensor keys = at::randn({6, kBlockSize, 2, 16});
+  at::Tensor values = at::randn({6, kBlockSize, 2, 16});
+  at::Tensor query = at::randn({1, 4, 5, 16});
+  AttentionArguments arguments;
+  arguments.scaling = 0.25;
+  arguments.num_key_value_groups = 2;
+  arguments.sliding_window = 5;
+  arguments.softcap = 3.0;
+  std::vector<at::Tensor> outputs;
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    PagedKVCache cache(spec, 6, kBlockSize, dtype, at::kCPU);
+    cache.key_pool(0).copy_(keys);
+    cache.value_pool(0).copy_(values);
+    ScopedPagedBatch scope(cache, batch);
+    outputs.push_back(
+        PagedAttentionForward(query.to(dtype), cache.key_pool(0), cache.value_pool(0), std::nullopt, arguments)
+            .first.to(at::kFloat));
+  }
+  EXPECT_EQ(outputs[0].sizes(), (std::vector<int64_t>{1, 5, 4, 16}));
+  EXPECT_LE((outputs[0] - outputs[1]).abs().max().item<double>(), 5e-2);
+}
+
 TEST(PagedKVCacheTest, SpecFromConfig) {
   PretrainedConfig gpt2;
   gpt2.model_type = "gpt2";
