@@ -116,7 +116,10 @@ absl::StatusOr<ServiceBundle> CreateWorker(const ServerOptions& options) {
   if (!model.ok()) return model.status();
   served->model = *model;
   const models::PretrainedConfig& config = served->model->config();
-  const std::string architecture = config.architectures.empty() ? config.model_type : config.architectures[0];
+  // The class that loaded (torch::nn::Module::name() is its demangled name), not config.json's
+  // architectures: a folder may name none, or a bare class may load from a head checkpoint.
+  std::string architecture = served->model->name();
+  if (const size_t colon = architecture.rfind(':'); colon != std::string::npos) architecture = architecture.substr(colon + 1);
   const std::string task = TaskFor(architecture, absl::GetFlag(FLAGS_task));
   if (task != "generate" && task != "embed" && task != "classify") {
     return absl::InvalidArgumentError(absl::StrCat("--task must be auto, generate, embed or classify, got ", task));

@@ -128,18 +128,18 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::LoadModel(grpc::CallbackServerConte
                                                        flotilla::v1::LoadModelResponse*) {
   // One worker group serves one model for its whole life (its KV pool is sized for it); a new
   // model is a new group, started by `flotilla serve` or a Deployment.
-  return RejectUnary(context, absl::FailedPreconditionError(
+  return RejectUnary(context, ToGrpcStatus(absl::FailedPreconditionError(
                                   served_ != nullptr
-                                      ? absl::StrCat("LoadModel: this worker serves ", served_->info.served_model_name,
+                                      ? absl::StrCat("LoadModel: this worker serves ", served_->info.served_model_name(),
                                                      " for its whole life; start another with `flotilla serve`")
-                                      : "LoadModel: start the worker with --model (or use `flotilla serve MODEL`)"));
+                                      : "LoadModel: start the worker with --model (or use `flotilla serve MODEL`)")));
 }
 
 grpc::ServerUnaryReactor* WorkerServiceImpl::Forward(grpc::CallbackServerContext* context,
                                                      const flotilla::v1::ForwardRequest* request,
                                                      flotilla::v1::ForwardResponse* response) {
   if (served_ == nullptr) {
-    return RejectUnary(context, absl::FailedPreconditionError("Forward: this worker has no model (start it with --model)"));
+    return RejectUnary(context, ToGrpcStatus(absl::FailedPreconditionError("Forward: this worker has no model (start it with --model)")));
   }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   std::thread([served = served_, request, response, reactor] {
@@ -289,10 +289,10 @@ class GenerateReactor final : public QueuedWriteReactor<flotilla::v1::WorkerGene
 grpc::ServerWriteReactor<flotilla::v1::WorkerGenerateResponse>* WorkerServiceImpl::Generate(
     grpc::CallbackServerContext* context, const flotilla::v1::WorkerGenerateRequest* request) {
   if (served_ == nullptr || served_->engine == nullptr) {
-    return Reject<grpc::ServerWriteReactor<flotilla::v1::WorkerGenerateResponse>>(absl::FailedPreconditionError(
+    return Reject<grpc::ServerWriteReactor<flotilla::v1::WorkerGenerateResponse>>(ToGrpcStatus(absl::FailedPreconditionError(
         served_ == nullptr ? "Generate: this worker has no model (start it with --model)"
-                           : absl::StrCat("Generate: ", served_->info.served_model_name, " is served for task ",
-                                          served_->info.task, ", not generation")));
+                           : absl::StrCat("Generate: ", served_->info.served_model_name(), " is served for task ",
+                                          served_->info.task(), ", not generation"))));
   }
   return new GenerateReactor(served_, *request);
 }
@@ -313,12 +313,12 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Embed(grpc::CallbackServerContext* 
                                                    const flotilla::v1::WorkerEmbedRequest* request,
                                                    flotilla::v1::WorkerEmbedResponse* response) {
   if (served_ == nullptr || (served_->info.task() != "embed" && served_->info.task() != "classify")) {
-    return RejectUnary(context, absl::FailedPreconditionError(
+    return RejectUnary(context, ToGrpcStatus(absl::FailedPreconditionError(
                                     served_ == nullptr ? "Embed: this worker has no model (start it with --model)"
-                                                       : absl::StrCat("Embed: ", served_->info.served_model_name,
-                                                                      " is served for task ", served_->info.task())));
+                                                       : absl::StrCat("Embed: ", served_->info.served_model_name(),
+                                                                      " is served for task ", served_->info.task()))));
   }
-  if (request->inputs().empty()) return RejectUnary(context, absl::InvalidArgumentError("Embed: no inputs"));
+  if (request->inputs().empty()) return RejectUnary(context, ToGrpcStatus(absl::InvalidArgumentError("Embed: no inputs")));
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   std::thread([served = served_, request, response, reactor] {
     absl::Status status;
