@@ -92,6 +92,7 @@ ApiResult<PreparedGeneration> PrepareGeneration(Gateway& gateway, const Generati
     }
     tokenizer::EncodeOptions encode_options;
     encode_options.add_special_tokens = add_special_tokens;
+    encode_options.apply_padding = false;
     absl::StatusOr<tokenizer::Encoding> encoding = prepared.tokenizer->Encode(text, encode_options);
     if (!encoding.ok()) return InvalidRequestError(absl::StrCat("Tokenizing the prompt failed: ", encoding.status().message()));
     prompt_ids.assign(encoding->ids.begin(), encoding->ids.end());
@@ -203,6 +204,7 @@ ApiResult<PreparedEmbedding> PrepareEmbedding(Gateway& gateway, const EmbeddingR
     tokenizer::EncodeOptions options;
     options.add_special_tokens = request.add_special_tokens.value_or(true);
     options.truncation = &truncation;
+    options.apply_padding = false;
     for (const std::string& text : request.texts) {
       absl::StatusOr<tokenizer::Encoding> encoding = (*tokenizer)->Encode(text, options);
       if (!encoding.ok()) return InvalidRequestError(absl::StrCat("Tokenizing the input failed: ", encoding.status().message()));

@@ -32,7 +32,7 @@ ABSL_FLAG(std::string, advertise_address, "",
           "the address gateways reach this worker at (default: the gRPC listen address; on Kubernetes, the pod IP)");
 ABSL_FLAG(std::string, registry, "", "registry gRPC address for references (default $FLOTILLA_REGISTRY)");
 ABSL_FLAG(std::string, dtype, "float32", "float32 or bfloat16");
-ABSL_FLAG(std::string, attention, "paged", "attention implementation: paged, sdpa or eager");
+ABSL_FLAG(std::string, attention, "", "attention implementation: paged, sdpa or eager (default: paged to generate, sdpa to embed)");
 ABSL_FLAG(int64_t, kv_cache_memory, 1LL << 30, "bytes of KV-cache blocks (keys and values of every layer)");
 ABSL_FLAG(int32_t, kv_block_size, 16, "tokens per KV-cache block");
 ABSL_FLAG(int32_t, max_model_len, 0, "longest sequence (prompt + output); 0: the model's, capped by the KV pool");
@@ -104,11 +104,11 @@ absl::StatusOr<ServiceBundle> CreateWorker(const ServerOptions& options) {
   if (!folder.ok()) return folder.status();
 
   auto served = std::make_shared<ServedModel>();
-  const std::string attention = absl::GetFlag(FLAGS_attention);
-  models::LoadOptions load_options{.attn_implementation = attention, .dtype = dtype};
+  std::string attention = absl::GetFlag(FLAGS_attention);
+  models::LoadOptions load_options{.attn_implementation = attention.empty() ? "sdpa" : attention, .dtype = dtype};
   absl::StatusOr<std::shared_ptr<models::PreTrainedModel>> model;
   try {
-    models::CheckAttentionImplementation(attention);
+    models::CheckAttentionImplementation(load_options.attn_implementation);
     model = models::FromPretrained(*folder, load_options);
   } catch (const c10::Error& error) {
     return absl::InvalidArgumentError(absl::StrCat("--attention ", attention, ": ", error.what_without_backtrace()));
@@ -123,6 +123,14 @@ absl::StatusOr<ServiceBundle> CreateWorker(const ServerOptions& options) {
   const std::string task = TaskFor(architecture, absl::GetFlag(FLAGS_task));
   if (task != "generate" && task != "embed" && task != "classify") {
     return absl::InvalidArgumentError(absl::StrCat("--task must be auto, generate, embed or classify, got ", task));
+  }
+  if (attention.empty()) {
+    // Generation reads the paged KV cache in place; a padded encoder batch has no cache to page.
+    attention = task == "generate" ? "paged" : "sdpa";
+    served->model->SetAttentionImplementation(attention);
+  } else if (attention == "paged" && task != "generate") {
+    return absl::InvalidArgumentError(absl::StrCat("--attention paged serves generation only; ", architecture,
+                                                   " is served for ", task, " (use sdpa or eager)"));
   }
 
   int64_t max_model_len = ConfigInt(config.source, {"max_position_embeddings", "n_positions"}, 2048);

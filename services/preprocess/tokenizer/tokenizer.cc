@@ -490,7 +490,7 @@ absl::StatusOr<Encoding> Tokenizer::PostProcess(Encoding encoding, std::optional
   }
   Encoding result = std::move(encodings[0]);
   for (size_t i = 1; i < encodings.size(); ++i) result.Append(encodings[i]);
-  if (padding_) {
+  if (padding_ && options.apply_padding) {
     std::vector<Encoding> single;
     single.push_back(std::move(result));
     PadEncodings(single, *padding_);
@@ -547,7 +547,7 @@ absl::StatusOr<std::vector<Encoding>> EncodeEach(size_t count, const char* what,
 absl::StatusOr<std::vector<Encoding>> Tokenizer::EncodeBatch(std::span<const std::string_view> texts,
                                                              const EncodeOptions& options) const {
   auto encodings = EncodeEach(texts.size(), "EncodeBatch: text ", [&](size_t i) { return Encode(texts[i], options); });
-  if (encodings.ok() && padding_) PadEncodings(*encodings, *padding_);
+  if (encodings.ok() && padding_ && options.apply_padding) PadEncodings(*encodings, *padding_);
   return encodings;
 }
 
@@ -555,7 +555,7 @@ absl::StatusOr<std::vector<Encoding>> Tokenizer::EncodePairBatch(
     std::span<const std::pair<std::string_view, std::string_view>> pairs, const EncodeOptions& options) const {
   auto encodings = EncodeEach(pairs.size(), "EncodePairBatch: pair ",
                               [&](size_t i) { return EncodePair(pairs[i].first, pairs[i].second, options); });
-  if (encodings.ok() && padding_) PadEncodings(*encodings, *padding_);
+  if (encodings.ok() && padding_ && options.apply_padding) PadEncodings(*encodings, *padding_);
   return encodings;
 }
 

@@ -43,6 +43,9 @@ struct EncodeOptions {
   // nullptr keeps the file's. The preprocess service passes a request's max_length here, since a
   // shared Tokenizer must not be mutated.
   const TruncationParams* truncation = nullptr;
+  // false ignores tokenizer.json's padding, as transformers' tokenizer call with padding=False
+  // does: the gateway sends unpadded ids, and the worker pads the batch it runs.
+  bool apply_padding = true;
 };
 
 // An entry of tokenizer.json's "added_tokens".
