@@ -52,13 +52,13 @@ Gateway::Gateway(GatewayOptions options)
           .Help("From arrival to the last token").Register(registry),
       prometheus::BuildHistogram().Name("flotilla_request_queue_time_seconds")
           .Help("From arrival until the request was handed to a worker replica").Register(registry),
-      prometheus::BuildCounter().Name("flotilla_request_prompt_tokens")
+      prometheus::BuildCounter().Name("flotilla_request_prompt_tokens_total")
           .Help("Prompt tokens of finished requests, as the gateway counted them").Register(registry),
-      prometheus::BuildCounter().Name("flotilla_request_generation_tokens")
+      prometheus::BuildCounter().Name("flotilla_request_generation_tokens_total")
           .Help("Tokens generated for finished requests, as the gateway received them").Register(registry),
-      prometheus::BuildCounter().Name("flotilla_request_success")
+      prometheus::BuildCounter().Name("flotilla_request_success_total")
           .Help("Finished requests by finish reason (stop, length, abort, error)").Register(registry),
-      prometheus::BuildCounter().Name("flotilla_worker_failovers")
+      prometheus::BuildCounter().Name("flotilla_worker_failovers_total")
           .Help("Choices moved to another replica because their worker's stream broke").Register(registry),
       prometheus::BuildGauge().Name("flotilla_router_num_requests_running")
           .Help("Requests running on the model's replicas, from their load reports").Register(registry),

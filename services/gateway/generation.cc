@@ -63,7 +63,9 @@ std::optional<ChoiceDelta> GenerationRun::Next(std::chrono::milliseconds timeout
 // (seed, position), so a resumed choice samples what the dead worker would have.
 void GenerationRun::RunChoice(int index) {
   const std::string choice_id = job_.n == 1 ? job_.request_id : absl::StrCat(job_.request_id, "-", index);
-  tokenizer::IncrementalDecoder decoder(*job_.tokenizer, job_.skip_special_tokens);
+  // A model folder without a tokenizer serves token ids only: no text.
+  std::optional<tokenizer::IncrementalDecoder> decoder;
+  if (job_.tokenizer != nullptr) decoder.emplace(*job_.tokenizer, job_.skip_special_tokens);
   StopStringMatcher stop_matcher(job_.stop, job_.include_stop_string);
   std::vector<int32_t> generated;
   std::vector<int64_t> failed_replicas;
@@ -130,7 +132,8 @@ void GenerationRun::RunChoice(int index) {
         if (stopped_by_string) break;
         generated.push_back(token.token_id());
         delta.tokens.push_back(token);
-        absl::StatusOr<std::string> piece = decoder.Step(static_cast<uint32_t>(token.token_id()));
+        if (!decoder.has_value()) continue;
+        absl::StatusOr<std::string> piece = decoder->Step(static_cast<uint32_t>(token.token_id()));
         if (!piece.ok()) {
           delta.error = absl::InternalError(absl::StrCat("detokenizing token ", token.token_id(), ": ", piece.status().message()));
           break;
@@ -188,9 +191,7 @@ void GenerationRun::RunChoice(int index) {
     // The worker refused the request itself (bad input, draining before it started): not a
     // broken stream, so no migration — except draining, which another replica can take.
     const bool broken = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
-                        status.error_code() == grpc::StatusCode::OK ||  // ended without a finish reason
-                        status.error_code() == grpc::StatusCode::INTERNAL ||
-                        status.error_code() == grpc::StatusCode::UNKNOWN;
+                        status.error_code() == grpc::StatusCode::OK;  // ended without a finish reason
     if (!broken || attempt >= gateway_.options().max_migrations) {
       ChoiceDelta delta;
       delta.error = FromGrpcStatus(status);

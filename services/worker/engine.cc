@@ -39,15 +39,15 @@ struct EngineMetrics {
             .Help("Requests waiting to be scheduled").Register(registry).Add(labels),
         prometheus::BuildGauge().Name("flotilla_kv_cache_usage_perc")
             .Help("KV-cache usage: 1 means every block is in use").Register(registry).Add(labels),
-        prometheus::BuildCounter().Name("flotilla_num_preemptions")
+        prometheus::BuildCounter().Name("flotilla_num_preemptions_total")
             .Help("Sequences preempted (their KV freed, to be recomputed)").Register(registry).Add(labels),
-        prometheus::BuildCounter().Name("flotilla_prompt_tokens")
+        prometheus::BuildCounter().Name("flotilla_prompt_tokens_total")
             .Help("Prompt tokens processed (prefilled), prefix-cache hits excluded").Register(registry).Add(labels),
-        prometheus::BuildCounter().Name("flotilla_generation_tokens")
+        prometheus::BuildCounter().Name("flotilla_generation_tokens_total")
             .Help("Tokens generated").Register(registry).Add(labels),
-        prometheus::BuildCounter().Name("flotilla_prefix_cache_queries")
+        prometheus::BuildCounter().Name("flotilla_prefix_cache_queries_total")
             .Help("Prompt tokens looked up in the prefix cache").Register(registry).Add(labels),
-        prometheus::BuildCounter().Name("flotilla_prefix_cache_hits")
+        prometheus::BuildCounter().Name("flotilla_prefix_cache_hits_total")
             .Help("Prompt tokens found in the prefix cache").Register(registry).Add(labels),
         prometheus::BuildHistogram().Name("flotilla_iteration_tokens_total")
             .Help("Tokens computed per engine step (the batch size in tokens)").Register(registry)
@@ -153,7 +153,8 @@ void Engine::SetStepObserver(std::function<void()> observer) {
   step_observer_ = std::move(observer);
 }
 
-void Engine::FinishRequest(const std::shared_ptr<Sequence>& sequence, const std::string& reason) {
+void Engine::FinishRequest(const std::shared_ptr<Sequence>& sequence, const std::string& reason,
+                           const std::string& error) {
   OutputCallback callback;
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -165,6 +166,7 @@ void Engine::FinishRequest(const std::shared_ptr<Sequence>& sequence, const std:
   }
   EngineOutput output;
   output.finish_reason = reason;
+  output.error = error;
   output.prompt_tokens = static_cast<int>(sequence->prompt_token_ids.size());
   output.cached_prompt_tokens = sequence->num_cached_prompt_tokens;
   callback(output);
@@ -264,10 +266,11 @@ void Engine::RunStep() {
     if (!sampling.empty()) sampled = sampler_.Sample(logits, sampling);
   } catch (const c10::Error& error) {
     // A failed forward is our bug or an impossible input: end the step's requests, keep serving.
-    LogError("engine step failed", {{"error", error.what_without_backtrace()}, {"sequences", step.sequences.size()}});
+    const std::string message = absl::StrCat("the model's forward failed: ", error.what_without_backtrace());
+    LogError("engine step failed", {{"error", message}, {"sequences", step.sequences.size()}});
     for (const ScheduledSequence& scheduled : step.sequences) {
       scheduler_.Abort(scheduled.sequence->request_id);
-      FinishRequest(scheduled.sequence, "abort");
+      FinishRequest(scheduled.sequence, "abort", message);
     }
     return;
   }

@@ -40,6 +40,7 @@ struct EngineOutput {
   std::string finish_reason;         // "" while running; "stop", "length" or "abort" at the end
   int prompt_tokens = 0;
   int cached_prompt_tokens = 0;      // prefix-cache hit, known once the prompt is scheduled
+  std::string error;                 // with finish_reason "abort": why the engine gave up on it
 };
 using OutputCallback = std::function<void(const EngineOutput&)>;
 
@@ -87,7 +88,8 @@ class Engine {
  private:
   void Loop();
   void RunStep();
-  void FinishRequest(const std::shared_ptr<Sequence>& sequence, const std::string& reason);
+  void FinishRequest(const std::shared_ptr<Sequence>& sequence, const std::string& reason,
+                     const std::string& error = "");
 
   std::unique_ptr<ModelRunner> runner_;
   EngineOptions options_;

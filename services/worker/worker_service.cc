@@ -271,7 +271,11 @@ class GenerateReactor final : public QueuedWriteReactor<flotilla::v1::WorkerGene
         }
         AppendOutput(output, response);
       });
-      if (!output.finish_reason.empty()) Close(grpc::Status::OK);
+      if (!output.error.empty()) {
+        Close(grpc::Status(grpc::StatusCode::INTERNAL, absl::StrCat("Generate: ", output.error)));
+      } else if (!output.finish_reason.empty()) {
+        Close(grpc::Status::OK);
+      }
     });
     if (!added.ok()) Close(ToGrpcStatus(added));
   }
