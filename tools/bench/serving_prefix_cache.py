@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -68,6 +69,7 @@ async def measure(url: str, model: str, options, tokenizer_json: Path) -> dict:
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what we started on the way out
     arguments = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     arguments.add_argument("--checkpoint", type=Path, help="SmolLM2 folder with tokenizer.json (default: make_smollm2.py's)")
     arguments.add_argument("--requests", type=int, default=4, help="measured requests per phase")

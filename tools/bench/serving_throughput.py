@@ -31,6 +31,7 @@ import collections
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -71,7 +72,8 @@ def transformers_child(spec: dict) -> None:
                 records, duration = continuous_batching_run(model, prompts, offsets, level["max_concurrency"],
                                                             output_tokens, spec["time_limit"], spec)
             else:
-                records, duration = generate_run(model, prompts, offsets, output_tokens, spec["time_limit"])
+                records, duration = generate_run(model, prompts, offsets, output_tokens, spec["time_limit"],
+                                                 spec["warmup_prompt_ids"])
         print(json.dumps({"max_concurrency": level["max_concurrency"], "duration": duration,
                           "records": [record.to_json() for record in records]}), flush=True)
 
@@ -145,7 +147,7 @@ def continuous_batching_run(model, prompts, offsets, max_concurrency, output_tok
     return records, duration
 
 
-def generate_run(model, prompts, offsets, output_tokens, time_limit):
+def generate_run(model, prompts, offsets, output_tokens, time_limit, warmup_prompt_ids):
     """One request at a time with model.generate; a streamer timestamps each new token."""
     import torch
     from transformers.generation.streamers import BaseStreamer
@@ -164,7 +166,7 @@ def generate_run(model, prompts, offsets, output_tokens, time_limit):
         def end(self) -> None:
             pass
 
-    warmup = torch.tensor([prompts[0]])
+    warmup = torch.tensor([warmup_prompt_ids])
     model.generate(warmup, attention_mask=torch.ones_like(warmup), max_new_tokens=4, do_sample=False)
     records = []
     start = time.perf_counter()
@@ -188,7 +190,7 @@ def run_transformers(contender: str, options, levels: list[dict], checkpoint: Pa
     spec = {"contender": contender, "checkpoint": str(checkpoint), "threads": options.threads,
             "output_tokens": options.output_tokens, "seed": options.seed, "time_limit": options.time_limit,
             "cb_page_size": options.cb_page_size, "cb_max_batch_tokens": options.cb_max_batch_tokens,
-            "levels": levels}
+            "warmup_prompt_ids": levels[0]["warmup_prompt_ids"], "levels": levels}
     environment = {**os.environ, "OMP_NUM_THREADS": str(options.threads), "HF_HUB_OFFLINE": "1",
                    "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as spec_file:
@@ -220,7 +222,7 @@ def run_http(name: str, base_url: str, model: str, options, levels: list[dict]) 
     serving_load.require_loopback(url)
     results = []
     # One short request first: lazy initialisation is not what the rows measure.
-    warmup = serving_load.completion_payload(model, levels[0]["prompts"][0], 4, chat)
+    warmup = serving_load.completion_payload(model, levels[0]["warmup_prompt"], 4, chat)
     record = serving_load.RequestRecord(send_time=0.0)
     asyncio.run(serving_load.stream_request(url, warmup, chat, record, 300))
     if record.error:
@@ -301,6 +303,8 @@ def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--transformers-child":
         transformers_child(json.loads(Path(sys.argv[2]).read_text()))
         return
+    # SIGTERM (timeout, kill) leaves through the `with` blocks, so a llama-server or mesh we started stops.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     arguments = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     arguments.add_argument("--contenders", default="flotilla,llama-server,transformers-cb,transformers-generate",
                            help="comma-separated; those without their flags (URL, binary) are skipped")
@@ -338,11 +342,17 @@ def main() -> None:
                         str(CHECKPOINT_ROOT)], check=True, stdout=subprocess.DEVNULL)
         checkpoint = CHECKPOINT_ROOT / "checkpoint"
     tokenizer_json = checkpoint / "tokenizer.json"
+    # Every row gets its own prompts, and the warm-up request yet another one: a prompt seen before
+    # would be a prefix-cache hit (llama-server keeps each slot's last prompt) and shorten its TTFT.
+    warmup_prompt = serving_load.build_prompts(tokenizer_json, 1, options.prompt_tokens, options.seed)[0]
     levels = []
-    for concurrency, count in zip(options.concurrency, options.requests):
-        prompts = serving_load.build_prompts(tokenizer_json, count, options.prompt_tokens, options.seed)
+    for index, (concurrency, count) in enumerate(zip(options.concurrency, options.requests)):
+        prompts = serving_load.build_prompts(tokenizer_json, count, options.prompt_tokens,
+                                             options.seed + 7919 * (index + 1))
         levels.append({"max_concurrency": concurrency, "request_rate": options.request_rate, "prompts": prompts,
-                       "prompt_ids": serving_load.encode_prompts(tokenizer_json, prompts)})
+                       "prompt_ids": serving_load.encode_prompts(tokenizer_json, prompts),
+                       "warmup_prompt": warmup_prompt,
+                       "warmup_prompt_ids": serving_load.encode_prompts(tokenizer_json, [warmup_prompt])[0]})
 
     contenders = [name for name in options.contenders.split(",") if name]
     rows, load_averages = [], {}
@@ -369,12 +379,13 @@ def main() -> None:
                                           options.threads, work_directory / "llama-server.log") as server:
                 results = run_http(contender, server.base_url, options.model, options, levels)
         elif contender == "transformers-cb":
-            spec_levels = [{key: level[key] for key in ("max_concurrency", "request_rate", "prompt_ids")}
-                           for level in levels]
+            spec_levels = [{key: level[key] for key in ("max_concurrency", "request_rate", "prompt_ids",
+                                                        "warmup_prompt_ids")} for level in levels]
             results = run_transformers(contender, options, spec_levels, checkpoint)
         elif contender == "transformers-generate":
             # One request at a time by definition: only the concurrency-1 row means anything.
-            spec_levels = [{key: level[key] for key in ("max_concurrency", "request_rate", "prompt_ids")}
+            spec_levels = [{key: level[key] for key in ("max_concurrency", "request_rate", "prompt_ids",
+                                                        "warmup_prompt_ids")}
                            for level in levels if level["max_concurrency"] == 1]
             results = run_transformers(contender, options, spec_levels, checkpoint) if spec_levels else []
         else:
