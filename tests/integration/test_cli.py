@@ -1,16 +1,11 @@
 """The flotilla CLI's local mesh: up, status, down, serve, unserve, chat, as a user runs them, and
-their bad input. The serving tests run `flotilla` beside stand-in gateway and worker processes
-(fake_serving.py) that speak the gRPC contract, so they check the CLI's side alone; the end-to-end
-tests with real models live with the worker and gateway."""
+their bad input — with the real services, and SmolLM2 served by real workers."""
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -153,36 +148,22 @@ def test_chat_with_a_model_the_real_gateway_does_not_serve_is_one_clear_line(mes
     assert result.stdout == ""
 
 
-# --- serving, against stand-in gateway and worker processes (fake_serving.py) ---
+# --- serving, with the real gateway and workers (SmolLM2 float32) ---
 
-@pytest.fixture
-def stand_in_bin(tmp_path, stubs):
-    """A bin folder with the real flotilla, registry and preprocess and the stand-ins for the gateway
-    and the worker; returns (flotilla, env). The stand-ins are started under their binaries' names, as
-    `flotilla` recognises its processes by name."""
-    folder = tmp_path / "bin"
-    folder.mkdir()
-    shutil.copy(binary("flotilla"), folder / "flotilla")  # a copy: flotilla finds the services beside itself
-    for name in ("registry", "preprocess"):
-        (folder / f"flotilla-{name}").symlink_to(binary(f"flotilla-{name}"))
-    fake = Path(__file__).resolve().parent / "fake_serving.py"
-    for role in ("gateway", "worker"):
-        wrapper = folder / f"flotilla-{role}"
-        wrapper.write_text(f"#!/bin/bash\nexec -a flotilla-{role} {sys.executable} {fake} {role} \"$@\"\n")
-        wrapper.chmod(0o755)
-    stubs_dir = Path(stubs.gateway_pb2.__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(stubs_dir), os.environ.get("PYTHONPATH", "")])}
-    env.pop("FLOTILLA_GATEWAY", None)
-    return folder / "flotilla", env
+@pytest.fixture(scope="module")
+def smollm2_checkpoint():
+    from models.conftest import run_script, GENERATED  # noqa: PLC0415
+
+    directory = GENERATED / "smollm2"
+    run_script("make_smollm2.py", str(directory))
+    return directory / "checkpoint"
 
 
 @pytest.fixture
-def stand_in_mesh(stand_in_bin, mesh_dir):
-    """`up` with the stand-ins; yields a function that runs `flotilla ARGS --data-dir mesh_dir`."""
-    program, env = stand_in_bin
-
+def running_mesh(mesh_dir):
+    """`up`; yields a function that runs `flotilla ARGS --data-dir mesh_dir`."""
     def run(*arguments, **options):
-        return flotilla(*arguments, data_dir=mesh_dir, program=program, env=env, **options)
+        return flotilla(*arguments, data_dir=mesh_dir, **options)
 
     up = run("up", "--port-base", "0")
     assert up.returncode == 0, up.stderr
@@ -194,86 +175,73 @@ def gateway_of(status: dict) -> dict:
     return next(service for service in status["services"] if service["name"] == "gateway")
 
 
-def test_serve_status_chat_unserve_with_stand_in_workers(stand_in_mesh, mesh_dir):
-    served = stand_in_mesh("serve", "acme/Tiny-Llama@v1", "--replicas", "2", "--dtype", "bfloat16",
-                           "--max-num-seqs", "8", "--json")
+@pytest.mark.slow
+def test_serve_status_chat_unserve(running_mesh, mesh_dir, smollm2_checkpoint):
+    served = running_mesh("serve", str(smollm2_checkpoint), "--name", "smollm2", "--replicas", "2",
+                          "--max-num-seqs", "8", "--kv-cache-memory", str(64 << 20), "--json", timeout=300)
     assert served.returncode == 0, served.stderr
     document = json.loads(served.stdout)
-    status = json.loads(stand_in_mesh("status", "--json").stdout)
+    status = json.loads(running_mesh("status", "--json").stdout)
     gateway = gateway_of(status)
-    assert document["name"] == "tiny-llama" and document["replicas"] == 2
+    assert document["name"] == "smollm2" and document["replicas"] == 2
     assert document["openai_base_url"] == f"http://{gateway['http_address']}/v1"
     assert document["grpc_address"] == gateway["grpc_address"]
-
-    # Each worker got the mesh's addresses, its replica index, its own ports, and serve's flags.
     for replica in (0, 1):
-        flags = json.loads((mesh_dir / f"worker-tiny-llama-{replica}" / "arguments.json").read_text())
-        assert flags["model"] == "acme/Tiny-Llama@v1" and flags["served_model_name"] == "tiny-llama"
-        assert flags["replica"] == str(replica) and flags["gateways"] == gateway["grpc_address"]
-        assert flags["registry"] == status["services"][0]["grpc_address"]
-        assert flags["dtype"] == "bfloat16" and flags["max_num_seqs"] == "8" and "task" not in flags
-        assert flags["grpc_listen"] == "127.0.0.1:0"
-        assert (mesh_dir / "logs" / f"worker-tiny-llama-{replica}.log").exists()
+        assert (mesh_dir / "logs" / f"worker-smollm2-{replica}.log").exists()
 
     workers = status["workers"]
-    assert [(worker["name"], worker["replica"]) for worker in workers] == [("tiny-llama", 0), ("tiny-llama", 1)]
+    assert [(worker["name"], worker["replica"]) for worker in workers] == [("smollm2", 0), ("smollm2", 1)]
     assert all(worker["health"] == "SERVING" for worker in workers)
-    assert all(worker["load"] == {"kv_blocks_used": 3, "kv_blocks_total": 64, "running": 1, "waiting": 2,
-                                  "draining": False} for worker in workers)
-    table = stand_in_mesh("status").stdout
-    assert "tiny-llama" in table and "3/64" in table
+    # 64 MiB of KV blocks: 16 tokens x 30 layers x 3 KV heads x 64 x 2 (keys, values) x 4 bytes each.
+    assert all(worker["load"]["kv_blocks_total"] == (64 << 20) // 737280 for worker in workers)
+    assert all(worker["load"]["kv_blocks_used"] == 0 and worker["load"]["draining"] is False for worker in workers)
+    table = running_mesh("status").stdout
+    assert "smollm2" in table and f"0/{(64 << 20) // 737280}" in table
 
-    again = stand_in_mesh("serve", "acme/other", "--name", "tiny-llama")
-    assert again.returncode == 4 and "tiny-llama is already served" in again.stderr
+    again = running_mesh("serve", str(smollm2_checkpoint), "--name", "smollm2")
+    assert again.returncode == 4 and "smollm2 is already served" in again.stderr
 
-    answer = stand_in_mesh("chat", "tiny-llama", "Hello")
-    assert (answer.returncode, answer.stdout) == (0, "[1] Hello\n"), answer.stderr
-    with_system = stand_in_mesh("chat", "tiny-llama", "Hello", "--system", "Be brief.")
-    assert with_system.stdout == "[2] Hello\n"
-    # Without a message: one turn per line, the history growing by the question and the answer.
-    conversation = stand_in_mesh("chat", "tiny-llama", input="one\n\ntwo\n/exit\nthree\n")
-    assert (conversation.returncode, conversation.stdout) == (0, "[1] one\n[3] two\n"), conversation.stderr
-    unknown = stand_in_mesh("chat", "no-such-model", "Hello")
+    answer = running_mesh("chat", "smollm2", "What is the capital of France? Answer in one sentence.")
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout == "The capital of France is Paris.\n"
+    with_system = running_mesh("chat", "smollm2", "What is the capital of France?", "--system", "Answer in one word.",
+                               "--max-tokens", "8")
+    assert with_system.returncode == 0 and with_system.stdout.strip()
+    # Without a message: one turn per line until /exit.
+    conversation = running_mesh("chat", "smollm2", "--max-tokens", "8", input="Hello!\n\nName a color.\n/exit\nignored\n")
+    assert conversation.returncode == 0, conversation.stderr
+    assert len([line for line in conversation.stdout.splitlines() if line.strip()]) >= 2
+    unknown = running_mesh("chat", "no-such-model", "Hello")
     assert unknown.returncode == 1 and "serves no model named no-such-model" in unknown.stderr
 
     pids = [worker["pid"] for worker in workers]
-    stopped = stand_in_mesh("unserve", "tiny-llama")
-    assert stopped.returncode == 0 and "stopped 2 workers of tiny-llama" in stopped.stdout
+    stopped = running_mesh("unserve", "smollm2")
+    assert stopped.returncode == 0 and "stopped 2 workers of smollm2" in stopped.stdout
     assert not any(process_exists(pid) for pid in pids)
-    assert json.loads(stand_in_mesh("status", "--json").stdout)["workers"] == []
-    assert "served: none" in stand_in_mesh("unserve", "tiny-llama").stderr
+    assert json.loads(running_mesh("status", "--json").stdout)["workers"] == []
+    assert "served: none" in running_mesh("unserve", "smollm2").stderr
 
 
-def test_serve_a_folder_passes_its_absolute_path_and_names_it_after_it(stand_in_mesh, mesh_dir, tmp_path):
-    (tmp_path / "models" / "SmolLM2-135M").mkdir(parents=True)
-    served = stand_in_mesh("serve", "models/SmolLM2-135M/", cwd=tmp_path)
-    assert served.returncode == 0, served.stderr
-    assert "serving smollm2-135m" in served.stdout and "/v1/chat/completions" in served.stdout
-    flags = json.loads((mesh_dir / "worker-smollm2-135m-0" / "arguments.json").read_text())
-    assert flags["model"] == str(tmp_path / "models" / "SmolLM2-135M")
-
-
-def test_a_worker_that_cannot_start_fails_serve_with_its_log(stand_in_mesh):
-    result = stand_in_mesh("serve", "acme/broken-model", "--replicas", "2")
+def test_serve_a_folder_that_is_no_model_fails_with_the_workers_log(running_mesh, tmp_path):
+    (tmp_path / "models" / "Not-A-Model").mkdir(parents=True)
+    result = running_mesh("serve", "models/Not-A-Model/", cwd=tmp_path)
     assert result.returncode == 1
-    assert "exited during start-up" in result.stderr
-    assert "cannot load acme/broken-model: no such repository" in result.stderr
-    status = json.loads(stand_in_mesh("status", "--json").stdout)
-    assert status["workers"] == []
+    assert "worker 0 of not-a-model exited during start-up" in result.stderr
+    assert "config.json" in result.stderr  # the worker's own reason, from its log
+    assert json.loads(running_mesh("status", "--json").stdout)["workers"] == []
 
 
-def test_up_serve_then_down_stops_the_workers_first(stand_in_bin, mesh_dir):
-    program, env = stand_in_bin
-    up = flotilla("up", "--port-base", "0", "--serve", "acme/tiny-llama=chatty", "--serve", "acme/tiny-llama",
-                  data_dir=mesh_dir, program=program, env=env)
+@pytest.mark.slow
+def test_up_serve_then_down_stops_the_workers_first(mesh_dir, smollm2_checkpoint):
+    up = flotilla("up", "--port-base", "0", "--serve", f"{smollm2_checkpoint}=chatty", data_dir=mesh_dir, timeout=300)
     assert up.returncode == 0, up.stderr
-    assert "serving chatty" in up.stdout and "serving tiny-llama" in up.stdout
-    status = json.loads(flotilla("status", "--json", data_dir=mesh_dir, program=program, env=env).stdout)
-    assert sorted(worker["name"] for worker in status["workers"]) == ["chatty", "tiny-llama"]
+    assert "serving chatty" in up.stdout
+    status = json.loads(flotilla("status", "--json", data_dir=mesh_dir).stdout)
+    assert [worker["name"] for worker in status["workers"]] == ["chatty"]
     # `up --serve` on a running mesh leaves a served name as it is.
-    again = flotilla("up", "--serve", "acme/tiny-llama=chatty", data_dir=mesh_dir, program=program, env=env)
+    again = flotilla("up", "--serve", f"{smollm2_checkpoint}=chatty", data_dir=mesh_dir)
     assert again.returncode == 0 and "chatty is already served" in again.stdout
 
-    down = flotilla("down", data_dir=mesh_dir, program=program, env=env)
-    assert down.returncode == 0 and "stopped 2 workers and 3 services" in down.stdout
+    down = flotilla("down", data_dir=mesh_dir)
+    assert down.returncode == 0 and "stopped 1 worker and 3 services" in down.stdout, down.stdout
     assert not any(process_exists(worker["pid"]) for worker in status["workers"])
