@@ -31,6 +31,7 @@ ABSL_FLAG(std::string, gateways, "", "comma-separated gateway gRPC addresses to 
 ABSL_FLAG(std::string, advertise_address, "",
           "the address gateways reach this worker at (default: the gRPC listen address; on Kubernetes, the pod IP)");
 ABSL_FLAG(std::string, registry, "", "registry gRPC address for references (default $FLOTILLA_REGISTRY)");
+ABSL_FLAG(std::string, cache_dir, "", "where registry models are pulled, one folder per commit (default <data_dir>/cache)");
 ABSL_FLAG(std::string, dtype, "float32", "float32 or bfloat16");
 ABSL_FLAG(std::string, attention, "", "attention implementation: paged, sdpa or eager (default: paged to generate, sdpa to embed)");
 ABSL_FLAG(int64_t, kv_cache_memory, 1LL << 30, "bytes of KV-cache blocks (keys and values of every layer)");
@@ -82,9 +83,11 @@ absl::StatusOr<std::string> ResolveFolder(const std::string& model, const Server
   if (address.empty()) return absl::InvalidArgumentError(absl::StrCat("--model ", model, " is a registry reference: pass --registry"));
   const char* token = std::getenv("FLOTILLA_TOKEN");
   registry::RegistryClient client(address, token ? token : "");
-  const std::string cache = options.data_directory.empty()
-                                ? (std::filesystem::temp_directory_path() / "flotilla-worker-cache").string()
-                                : (std::filesystem::path(options.data_directory) / "cache").string();
+  std::string cache = absl::GetFlag(FLAGS_cache_dir);
+  if (cache.empty()) {
+    cache = options.data_directory.empty() ? (std::filesystem::temp_directory_path() / "flotilla-worker-cache").string()
+                                           : (std::filesystem::path(options.data_directory) / "cache").string();
+  }
   return client.PullToCache(model, cache);
 }
 

@@ -1,6 +1,7 @@
 """The README's first command, tools/demo, as a new user runs it: the mesh comes up, SmolLM2 and
-MiniLM go into the registry, and SmolLM2 pulled back from it answers the sample question. A second
-run uploads nothing and answers the same."""
+MiniLM go into the registry, workers serve both from it, SmolLM2 answers the sample question through
+the gateway and MiniLM embeds two sentences through /v1/embeddings. A second run uploads nothing,
+keeps both served and answers the same."""
 from __future__ import annotations
 
 import json
@@ -26,6 +27,11 @@ def test_demo_answers_from_a_model_pulled_from_the_local_registry(tmp_path):
         first = run_demo(environment)
         assert "assistant: The capital of France is Paris." in first.stdout, first.stdout[-2000:]
         assert "pushed demo/all-minilm-l6-v2@main" in first.stdout
+        assert "serving smollm2" in first.stdout and "serving minilm" in first.stdout
+        assert "2 embeddings of 384 dimensions" in first.stdout
+        status = json.loads(subprocess.run([str(binary("flotilla")), "status", "--json", "--data-dir", str(home)],
+                                           capture_output=True, text=True, timeout=60).stdout)
+        assert sorted(worker["name"] for worker in status["workers"]) == ["minilm", "smollm2"]
         cached = list((home / "cache" / "demo" / "smollm2-135m-instruct").iterdir())
         assert len(cached) == 1 and (cached[0] / "model.safetensors").is_file()
 
@@ -43,5 +49,6 @@ def test_demo_answers_from_a_model_pulled_from_the_local_registry(tmp_path):
         assert "The mesh is already running." in second.stdout
         assert second.stdout.count("0 B uploaded") == 2, second.stdout[-2000:]
         assert "assistant: The capital of France is Paris." in second.stdout
+        assert "smollm2 is already served" in second.stderr
     finally:
         subprocess.run([str(binary("flotilla")), "down", "--data-dir", str(home)], capture_output=True, timeout=120)

@@ -186,8 +186,8 @@ void Up(const std::string& data_directory, int port_base, int timeout_seconds) {
                                           absl::StrCat("--http_listen=127.0.0.1:", http_port),
                                           absl::StrCat("--data_dir=", (fs::path(data_directory) / name).string()),
                                           absl::StrCat("--ready_file=", ready_file.string())};
-    // Preprocess resolves model references at the mesh's registry.
-    if (name == "preprocess") arguments.push_back(absl::StrCat("--registry=", registry_address));
+    // Preprocess and the gateway resolve model references (processor files) at the mesh's registry.
+    if (name == "preprocess" || name == "gateway") arguments.push_back(absl::StrCat("--registry=", registry_address));
     service.pid = SpawnDetached(binary, arguments, service.log_path);
     pids.push_back(service.pid);
     mesh.services.push_back(service);

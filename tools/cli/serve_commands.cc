@@ -202,6 +202,12 @@ void ServeModel(const ServeOptions& options) {
                                         " (build it: it needs LibTorch, FLOTILLA_WITH_TORCH=ON)"));
   }
 
+  // A registry model is pulled once, here, into the cache every worker reads (--cache_dir): the
+  // replicas then find each file complete instead of downloading it side by side.
+  if (options.replicas > 1 && !fs::is_directory(options.model)) {
+    LocalModelFolder(options.model, registry_address, options.data_directory, /*weights=*/true);
+  }
+
   // Start the workers and record them before waiting: `status` shows them while they load, and a
   // `down` meanwhile stops them.
   std::vector<MeshWorker> workers;
@@ -230,7 +236,9 @@ void ServeModel(const ServeOptions& options) {
           absl::StrCat("--served_model_name=", name),
           absl::StrCat("--replica=", replica),
           absl::StrCat("--gateways=", gateway_address),
-          absl::StrCat("--registry=", registry_address)};
+          absl::StrCat("--registry=", registry_address),
+          // One model cache for the CLI and every worker: a commit is pulled once per machine.
+          absl::StrCat("--cache_dir=", ModelCacheDirectory(options.data_directory))};
       if (!options.dtype.empty()) arguments.push_back(absl::StrCat("--dtype=", options.dtype));
       if (!options.attention.empty()) arguments.push_back(absl::StrCat("--attention=", options.attention));
       if (options.task != "auto") arguments.push_back(absl::StrCat("--task=", options.task));
