@@ -89,13 +89,25 @@ TEST_F(WorkerServiceTest, MatmulRejectsDataThatDisagreesWithTheShape) {
   EXPECT_NE(status.error_message().find("needs 16 bytes but data has 7"), std::string::npos) << status.error_message();
 }
 
-TEST_F(WorkerServiceTest, UnfinishedRpcsSayWhichIssueTheyWaitFor) {
+TEST_F(WorkerServiceTest, AWorkerWithoutAModelSaysHowToGiveItOne) {
   flotilla::v1::ForwardRequest request;
   flotilla::v1::ForwardResponse response;
   grpc::ClientContext context;
   const grpc::Status status = stub_->Forward(&context, request, &response);
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
-  EXPECT_NE(status.error_message().find("issue #5"), std::string::npos);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(status.error_message().find("--model"), std::string::npos);
+
+  flotilla::v1::WorkerGenerateRequest generate;
+  generate.set_request_id("r");
+  generate.add_prompt_token_ids(1);
+  generate.set_max_tokens(1);
+  grpc::ClientContext generate_context;
+  auto reader = stub_->Generate(&generate_context, generate);
+  flotilla::v1::WorkerGenerateResponse ignored;
+  EXPECT_FALSE(reader->Read(&ignored));
+  const grpc::Status generate_status = reader->Finish();
+  EXPECT_EQ(generate_status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(generate_status.error_message().find("--model"), std::string::npos);
 }
 
 }  // namespace
