@@ -185,35 +185,25 @@ void Engine::Loop() {
       aborted.swap(pending_aborts_);
     }
     for (auto& sequence : added) scheduler_.Add(sequence);
+    std::vector<std::shared_ptr<Sequence>> aborted_sequences;
     for (const std::string& request_id : aborted) {
-      std::shared_ptr<Sequence> sequence;
       {
         std::lock_guard<std::mutex> lock(mutex_);
         auto found = live_.find(request_id);
-        if (found != live_.end()) sequence = found->second;
+        if (found == live_.end()) continue;
+        aborted_sequences.push_back(found->second);
       }
-      if (sequence == nullptr) continue;
-      scheduler_.Abort(request_id);
-      FinishRequest(sequence, "abort");
+      scheduler_.Abort(request_id);  // frees its blocks now
     }
+    RefreshLoad();
+    for (const auto& sequence : aborted_sequences) FinishRequest(sequence, "abort");
     if (scheduler_.HasWork()) RunStep();
     std::function<void()> observer;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      load_.num_requests_running = scheduler_.num_running();
-      load_.num_requests_waiting = scheduler_.num_waiting() + static_cast<int>(pending_.size());
-      load_.kv_blocks_used = block_manager_.num_used_blocks();
-      load_.prefix_cache_queries = block_manager_.prefix_cache_queries();
-      load_.prefix_cache_hits = block_manager_.prefix_cache_hits();
-      load_.waiting_tokens = scheduler_.num_uncomputed_tokens();
-      load_.num_preemptions = scheduler_.num_preemptions_total();
       observer = step_observer_;
       if (callbacks_.empty()) idle_.notify_all();
     }
-    EngineMetrics& metrics = Metrics(model_name_);
-    metrics.running.Set(scheduler_.num_running());
-    metrics.waiting.Set(scheduler_.num_waiting());
-    metrics.kv_usage.Set(block_manager_.usage());
     if (observer) observer();
   }
   // Shutdown: every request still here gets its final output.
@@ -223,6 +213,21 @@ void Engine::Loop() {
     for (auto& [request_id, sequence] : live_) left.push_back(sequence);
   }
   for (auto& sequence : left) FinishRequest(sequence, "abort");
+}
+
+void Engine::RefreshLoad() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  load_.num_requests_running = scheduler_.num_running();
+  load_.num_requests_waiting = scheduler_.num_waiting() + static_cast<int>(pending_.size());
+  load_.kv_blocks_used = block_manager_.num_used_blocks();
+  load_.prefix_cache_queries = block_manager_.prefix_cache_queries();
+  load_.prefix_cache_hits = block_manager_.prefix_cache_hits();
+  load_.waiting_tokens = scheduler_.num_uncomputed_tokens();
+  load_.num_preemptions = scheduler_.num_preemptions_total();
+  EngineMetrics& metrics = Metrics(model_name_);
+  metrics.running.Set(load_.num_requests_running);
+  metrics.waiting.Set(load_.num_requests_waiting);
+  metrics.kv_usage.Set(block_manager_.usage());
 }
 
 void Engine::RunStep() {
@@ -275,6 +280,8 @@ void Engine::RunStep() {
     return;
   }
   std::vector<SequenceUpdate> updates = scheduler_.Update(step, sampled);
+  // The load a request's final output can observe already counts its freed blocks.
+  RefreshLoad();
   // Look the callbacks up under the lock, call them outside it (Add may run concurrently).
   std::vector<std::pair<std::shared_ptr<OutputCallback>, EngineOutput>> deliveries;
   {

@@ -88,6 +88,8 @@ class Engine {
  private:
   void Loop();
   void RunStep();
+  // Copies the scheduler's and block manager's counters into load_ and the gauges.
+  void RefreshLoad();
   void FinishRequest(const std::shared_ptr<Sequence>& sequence, const std::string& reason,
                      const std::string& error = "");
 
