@@ -33,11 +33,11 @@ absl::StatusOr<GenerationRequest> FromProto(const flotilla::v1::GenerateRequest&
       request.prompt = proto.prompt();
       break;
     case flotilla::v1::GenerateRequest::kChat: {
-      nlohmann::json messages = nlohmann::json::array();
+      nlohmann::ordered_json messages = nlohmann::ordered_json::array();
       for (const flotilla::v1::ChatMessage& message : proto.chat().messages()) {
-        nlohmann::json entry = nlohmann::json::object();
+        nlohmann::ordered_json entry = nlohmann::ordered_json::object();
         if (!message.extra_json().empty()) {
-          entry = nlohmann::json::parse(message.extra_json(), nullptr, false);
+          entry = nlohmann::ordered_json::parse(message.extra_json(), nullptr, false);
           if (entry.is_discarded() || !entry.is_object()) {
             return absl::InvalidArgumentError("Generate: a chat message's extra_json is not a JSON object");
           }

@@ -16,7 +16,9 @@
 namespace flotilla::gateway {
 namespace {
 
-using nlohmann::json;
+// Ordered: tools and messages reach the chat template with their keys in the client's order, as
+// transformers' tojson renders them (a sorted object changes the prompt).
+using json = nlohmann::ordered_json;
 
 // Returns from the enclosing parser when a check produced an error.
 #define FLOTILLA_RETURN_IF_API_ERROR(expression)                         \
@@ -661,7 +663,7 @@ absl::Status StatusFromApiError(const ApiError& error) {
   }
 }
 
-nlohmann::json RenderError(const ApiError& error) {
+nlohmann::ordered_json RenderError(const ApiError& error) {
   return json{{"error",
                {{"message", error.message},
                 {"type", error.type},
@@ -925,13 +927,13 @@ std::string NewResponseId(Endpoint endpoint) {
 
 std::string NewEmbeddingId() { return absl::StrCat("embd-", RandomHex(32)); }
 
-nlohmann::json RenderUsage(const Usage& usage) {
+nlohmann::ordered_json RenderUsage(const Usage& usage) {
   return json{{"prompt_tokens", usage.prompt_tokens},
               {"completion_tokens", usage.completion_tokens},
               {"total_tokens", usage.prompt_tokens + usage.completion_tokens}};
 }
 
-nlohmann::json RenderChatLogprobs(const std::vector<TokenLogprob>& logprobs) {
+nlohmann::ordered_json RenderChatLogprobs(const std::vector<TokenLogprob>& logprobs) {
   json content = json::array();
   for (const TokenLogprob& entry : logprobs) {
     json top = json::array();
@@ -948,7 +950,7 @@ nlohmann::json RenderChatLogprobs(const std::vector<TokenLogprob>& logprobs) {
   return json{{"content", std::move(content)}};
 }
 
-nlohmann::json RenderCompletionLogprobs(const std::vector<TokenLogprob>& logprobs, size_t text_offset) {
+nlohmann::ordered_json RenderCompletionLogprobs(const std::vector<TokenLogprob>& logprobs, size_t text_offset) {
   json tokens = json::array();
   json token_logprobs = json::array();
   json top_logprobs = json::array();
@@ -968,7 +970,7 @@ nlohmann::json RenderCompletionLogprobs(const std::vector<TokenLogprob>& logprob
               {"text_offset", std::move(text_offsets)}};
 }
 
-nlohmann::json RenderChatCompletion(const ResponseContext& context, const std::vector<ChoiceResult>& choices,
+nlohmann::ordered_json RenderChatCompletion(const ResponseContext& context, const std::vector<ChoiceResult>& choices,
                                     const Usage& usage) {
   json response = ChunkBase(context, "chat.completion");
   json rendered = json::array();
@@ -991,7 +993,7 @@ nlohmann::json RenderChatCompletion(const ResponseContext& context, const std::v
   return response;
 }
 
-nlohmann::json RenderCompletion(const ResponseContext& context, const std::vector<ChoiceResult>& choices,
+nlohmann::ordered_json RenderCompletion(const ResponseContext& context, const std::vector<ChoiceResult>& choices,
                                 const Usage& usage) {
   json response = ChunkBase(context, "text_completion");
   json rendered = json::array();
@@ -1021,17 +1023,17 @@ json ChatChunk(const ResponseContext& context, int index, json delta, const json
 
 }  // namespace
 
-nlohmann::json RenderChatRoleChunk(const ResponseContext& context, int index) {
+nlohmann::ordered_json RenderChatRoleChunk(const ResponseContext& context, int index) {
   return ChatChunk(context, index, json{{"role", "assistant"}, {"content", ""}}, nullptr, "", nullptr);
 }
 
-nlohmann::json RenderChatContentChunk(const ResponseContext& context, int index, std::string_view content,
+nlohmann::ordered_json RenderChatContentChunk(const ResponseContext& context, int index, std::string_view content,
                                       const std::vector<TokenLogprob>* logprobs, const Usage* usage) {
   return ChatChunk(context, index, json{{"content", content}},
                    logprobs != nullptr ? RenderChatLogprobs(*logprobs) : json(nullptr), "", usage);
 }
 
-nlohmann::json RenderChatToolCallChunk(const ResponseContext& context, int index, int tool_call_index,
+nlohmann::ordered_json RenderChatToolCallChunk(const ResponseContext& context, int index, int tool_call_index,
                                        const ToolCall& call) {
   json delta_call = ToolCallJson(call);
   delta_call["index"] = tool_call_index;
@@ -1039,19 +1041,19 @@ nlohmann::json RenderChatToolCallChunk(const ResponseContext& context, int index
                    nullptr);
 }
 
-nlohmann::json RenderChatFinishChunk(const ResponseContext& context, int index, std::string_view finish_reason,
+nlohmann::ordered_json RenderChatFinishChunk(const ResponseContext& context, int index, std::string_view finish_reason,
                                      const Usage* usage) {
   return ChatChunk(context, index, json::object(), nullptr, finish_reason, usage);
 }
 
-nlohmann::json RenderChatUsageChunk(const ResponseContext& context, const Usage& usage) {
+nlohmann::ordered_json RenderChatUsageChunk(const ResponseContext& context, const Usage& usage) {
   json chunk = ChunkBase(context, "chat.completion.chunk");
   chunk["choices"] = json::array();
   chunk["usage"] = RenderUsage(usage);
   return chunk;
 }
 
-nlohmann::json RenderCompletionChunk(const ResponseContext& context, int index, std::string_view text,
+nlohmann::ordered_json RenderCompletionChunk(const ResponseContext& context, int index, std::string_view text,
                                      std::string_view finish_reason, const std::vector<TokenLogprob>* logprobs,
                                      size_t text_offset, const Usage* usage) {
   json chunk = ChunkBase(context, "text_completion");
@@ -1064,14 +1066,14 @@ nlohmann::json RenderCompletionChunk(const ResponseContext& context, int index, 
   return chunk;
 }
 
-nlohmann::json RenderCompletionUsageChunk(const ResponseContext& context, const Usage& usage) {
+nlohmann::ordered_json RenderCompletionUsageChunk(const ResponseContext& context, const Usage& usage) {
   json chunk = ChunkBase(context, "text_completion");
   chunk["choices"] = json::array();
   chunk["usage"] = RenderUsage(usage);
   return chunk;
 }
 
-nlohmann::json RenderEmbeddings(const ResponseContext& context, const std::vector<std::vector<float>>& embeddings,
+nlohmann::ordered_json RenderEmbeddings(const ResponseContext& context, const std::vector<std::vector<float>>& embeddings,
                                 EncodingFormat encoding_format, int prompt_tokens) {
   static_assert(std::endian::native == std::endian::little, "base64 embeddings are little-endian float32");
   json data = json::array();
@@ -1092,7 +1094,7 @@ nlohmann::json RenderEmbeddings(const ResponseContext& context, const std::vecto
   return response;
 }
 
-nlohmann::json RenderModelList(const std::vector<ModelCard>& models) {
+nlohmann::ordered_json RenderModelList(const std::vector<ModelCard>& models) {
   json data = json::array();
   for (const ModelCard& model : models) {
     data.push_back({{"id", model.id},
@@ -1108,11 +1110,11 @@ nlohmann::json RenderModelList(const std::vector<ModelCard>& models) {
 // ---------------------------------------------------------------------------------------------
 // Server-sent events
 
-std::string DumpJson(const nlohmann::json& value) {
+std::string DumpJson(const nlohmann::ordered_json& value) {
   return value.dump(-1, ' ', /*ensure_ascii=*/false, json::error_handler_t::replace);
 }
 
-std::string SseEvent(const nlohmann::json& event) { return absl::StrCat("data: ", DumpJson(event), "\n\n"); }
+std::string SseEvent(const nlohmann::ordered_json& event) { return absl::StrCat("data: ", DumpJson(event), "\n\n"); }
 
 std::string SseErrorEvent(const ApiError& error) { return SseEvent(RenderError(error)); }
 

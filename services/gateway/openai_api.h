@@ -62,7 +62,7 @@ ApiError ApiErrorFromStatus(const absl::Status& status);
 // The reverse, for the gRPC API, which validates with the same parsers' rules.
 absl::Status StatusFromApiError(const ApiError& error);
 
-nlohmann::json RenderError(const ApiError& error);
+nlohmann::ordered_json RenderError(const ApiError& error);
 
 // The value or the error of a parse. Named like absl::StatusOr, but the error keeps its HTTP
 // status and `param`.
@@ -109,10 +109,10 @@ struct GenerationRequest {
   // joined with "\n", as vLLM does) or null (an assistant turn with tool_calls), and assistant
   // tool_calls' "arguments" are parsed into objects when they hold JSON (templates render them
   // with tojson). Other keys (name, tool_call_id, tool_calls) are kept.
-  std::optional<nlohmann::json> messages;
+  std::optional<nlohmann::ordered_json> messages;
   std::optional<std::vector<int32_t>> prompt_token_ids;
 
-  nlohmann::json tools;        // the request's array, validated; null when absent
+  nlohmann::ordered_json tools;        // the request's array, validated; null when absent
   std::string tool_choice;     // "none" or "auto" ("auto" when tools are given, else "none")
 
   int n = 1;
@@ -141,7 +141,7 @@ struct GenerationRequest {
   bool add_generation_prompt = true;
   bool continue_final_message = false;
   std::optional<bool> add_special_tokens;  // unset: chat false, completions true (vLLM)
-  nlohmann::json chat_template_kwargs;     // object or null
+  nlohmann::ordered_json chat_template_kwargs;     // object or null
   std::string request_id;                  // empty: the gateway picks one
 
   // Whether the generated text is parsed for tool calls.
@@ -215,44 +215,44 @@ struct ResponseContext {
 std::string NewResponseId(Endpoint endpoint);
 std::string NewEmbeddingId();
 
-nlohmann::json RenderUsage(const Usage& usage);
+nlohmann::ordered_json RenderUsage(const Usage& usage);
 
 // {"content": [{token, bytes, logprob, top_logprobs: [{token, bytes, logprob}]}]}
-nlohmann::json RenderChatLogprobs(const std::vector<TokenLogprob>& logprobs);
+nlohmann::ordered_json RenderChatLogprobs(const std::vector<TokenLogprob>& logprobs);
 // {"tokens", "token_logprobs", "top_logprobs": [{token: logprob}], "text_offset"}; text offsets
 // count bytes of the choice's text from `text_offset` (the length already sent, when streaming).
-nlohmann::json RenderCompletionLogprobs(const std::vector<TokenLogprob>& logprobs, size_t text_offset = 0);
+nlohmann::ordered_json RenderCompletionLogprobs(const std::vector<TokenLogprob>& logprobs, size_t text_offset = 0);
 
 // Non-streaming responses.
-nlohmann::json RenderChatCompletion(const ResponseContext& context, const std::vector<ChoiceResult>& choices,
+nlohmann::ordered_json RenderChatCompletion(const ResponseContext& context, const std::vector<ChoiceResult>& choices,
                                     const Usage& usage);
-nlohmann::json RenderCompletion(const ResponseContext& context, const std::vector<ChoiceResult>& choices,
+nlohmann::ordered_json RenderCompletion(const ResponseContext& context, const std::vector<ChoiceResult>& choices,
                                 const Usage& usage);
 
 // chat.completion.chunk events, in the order vLLM sends them. Content chunks carry no "usage" key
 // unless `usage` is given (vLLM's continuous_usage_stats).
-nlohmann::json RenderChatRoleChunk(const ResponseContext& context, int index);
-nlohmann::json RenderChatContentChunk(const ResponseContext& context, int index, std::string_view content,
+nlohmann::ordered_json RenderChatRoleChunk(const ResponseContext& context, int index);
+nlohmann::ordered_json RenderChatContentChunk(const ResponseContext& context, int index, std::string_view content,
                                       const std::vector<TokenLogprob>* logprobs = nullptr,
                                       const Usage* usage = nullptr);
 // One complete call: delta {tool_calls: [{index, id, type: "function", function: {name, arguments}}]}.
-nlohmann::json RenderChatToolCallChunk(const ResponseContext& context, int index, int tool_call_index,
+nlohmann::ordered_json RenderChatToolCallChunk(const ResponseContext& context, int index, int tool_call_index,
                                        const ToolCall& call);
-nlohmann::json RenderChatFinishChunk(const ResponseContext& context, int index, std::string_view finish_reason,
+nlohmann::ordered_json RenderChatFinishChunk(const ResponseContext& context, int index, std::string_view finish_reason,
                                      const Usage* usage = nullptr);
 // {"choices": [], "usage": {...}}: the extra chunk before [DONE] when include_usage is set.
-nlohmann::json RenderChatUsageChunk(const ResponseContext& context, const Usage& usage);
+nlohmann::ordered_json RenderChatUsageChunk(const ResponseContext& context, const Usage& usage);
 
 // text_completion stream chunks: text deltas, then one with finish_reason (text may be empty).
-nlohmann::json RenderCompletionChunk(const ResponseContext& context, int index, std::string_view text,
+nlohmann::ordered_json RenderCompletionChunk(const ResponseContext& context, int index, std::string_view text,
                                      std::string_view finish_reason = "",
                                      const std::vector<TokenLogprob>* logprobs = nullptr,
                                      size_t text_offset = 0, const Usage* usage = nullptr);
-nlohmann::json RenderCompletionUsageChunk(const ResponseContext& context, const Usage& usage);
+nlohmann::ordered_json RenderCompletionUsageChunk(const ResponseContext& context, const Usage& usage);
 
 // {object: "list", data: [{object: "embedding", index, embedding}], model, usage}; base64 is the
 // little-endian float32 bytes, as OpenAI's.
-nlohmann::json RenderEmbeddings(const ResponseContext& context, const std::vector<std::vector<float>>& embeddings,
+nlohmann::ordered_json RenderEmbeddings(const ResponseContext& context, const std::vector<std::vector<float>>& embeddings,
                                 EncodingFormat encoding_format, int prompt_tokens);
 
 struct ModelCard {
@@ -262,7 +262,7 @@ struct ModelCard {
   std::string root;  // the registry reference it was loaded from
 };
 // {object: "list", data: [{id, object: "model", created, owned_by: "flotilla", max_model_len, root}]}
-nlohmann::json RenderModelList(const std::vector<ModelCard>& models);
+nlohmann::ordered_json RenderModelList(const std::vector<ModelCard>& models);
 
 // ---------------------------------------------------------------------------------------------
 // Server-sent events
@@ -270,10 +270,10 @@ nlohmann::json RenderModelList(const std::vector<ModelCard>& models);
 
 inline constexpr std::string_view kSseDone = "data: [DONE]\n\n";
 // "data: <json>\n\n". Invalid UTF-8 (a token that is part of a character) becomes U+FFFD.
-std::string SseEvent(const nlohmann::json& event);
+std::string SseEvent(const nlohmann::ordered_json& event);
 // An error after the stream started: data: {"error": {...}}; follow it with kSseDone.
 std::string SseErrorEvent(const ApiError& error);
 // The JSON body of a non-streaming response, with the same UTF-8 replacement.
-std::string DumpJson(const nlohmann::json& value);
+std::string DumpJson(const nlohmann::ordered_json& value);
 
 }  // namespace flotilla::gateway

@@ -7,7 +7,7 @@
 namespace flotilla::gateway {
 namespace {
 
-using nlohmann::json;
+using json = nlohmann::ordered_json;
 
 // Parses a chat body expected to fail and returns the error.
 ApiError ChatError(const json& body) {
@@ -441,8 +441,8 @@ TEST(RenderTest, ChatStreamChunksInVllmOrder) {
   const Usage running{3, 1};
   EXPECT_EQ(RenderChatContentChunk(kChat, 0, "x", nullptr, &running)["usage"]["total_tokens"], 4);
   EXPECT_EQ(RenderChatToolCallChunk(kChat, 0, 1, {.id = "call_2", .name = "g", .arguments = "{}"})["choices"][0],
-            json::parse(R"({"index": 0, "delta": {"tool_calls": [{"index": 1, "id": "call_2", "type": "function",
-                "function": {"name": "g", "arguments": "{}"}}]}, "logprobs": null, "finish_reason": null})"));
+            json::parse(R"({"index": 0, "delta": {"tool_calls": [{"id": "call_2", "type": "function",
+                "function": {"name": "g", "arguments": "{}"}, "index": 1}]}, "logprobs": null, "finish_reason": null})"));
 }
 
 TEST(RenderTest, Completion) {
@@ -451,9 +451,10 @@ TEST(RenderTest, Completion) {
   choice.logprobs.push_back({.token = " time", .logprob = -std::numeric_limits<float>::infinity()});
   EXPECT_EQ(RenderCompletion(kCompletion, {choice}, Usage{2, 2}), json::parse(R"({
     "id": "cmpl-abc", "object": "text_completion", "created": 1700000000, "model": "smollm2",
-    "choices": [{"index": 0, "text": " a time", "finish_reason": "length",
+    "choices": [{"index": 0, "text": " a time",
                  "logprobs": {"tokens": [" a", " time"], "token_logprobs": [-0.25, -9999.0],
-                              "top_logprobs": [{" a": -0.25, " the": -2.0}, null], "text_offset": [0, 2]}}],
+                              "top_logprobs": [{" a": -0.25, " the": -2.0}, null], "text_offset": [0, 2]},
+                 "finish_reason": "length"}],
     "usage": {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}})"));
 }
 
@@ -461,8 +462,9 @@ TEST(RenderTest, CompletionStream) {
   std::vector<TokenLogprob> logprobs = {{.token = "b", .logprob = -1.0f}};
   EXPECT_EQ(RenderCompletionChunk(kCompletion, 0, "b", "", &logprobs, 7), json::parse(R"({
     "id": "cmpl-abc", "object": "text_completion", "created": 1700000000, "model": "smollm2",
-    "choices": [{"index": 0, "text": "b", "finish_reason": null,
-                 "logprobs": {"tokens": ["b"], "token_logprobs": [-1.0], "top_logprobs": [null], "text_offset": [7]}}]})"));
+    "choices": [{"index": 0, "text": "b",
+                 "logprobs": {"tokens": ["b"], "token_logprobs": [-1.0], "top_logprobs": [null], "text_offset": [7]},
+                 "finish_reason": null}]})"));
   const json last = RenderCompletionChunk(kCompletion, 0, "", "stop");
   EXPECT_EQ(last["choices"][0]["finish_reason"], "stop");
   EXPECT_FALSE(last.contains("usage"));

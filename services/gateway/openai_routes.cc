@@ -30,7 +30,7 @@ constexpr size_t kHttpThreads = 512;
 
 int64_t UnixNow() { return static_cast<int64_t>(std::time(nullptr)); }
 
-void ReplyJson(httplib::Response& response, int status, const nlohmann::json& body) {
+void ReplyJson(httplib::Response& response, int status, const nlohmann::ordered_json& body) {
   response.status = status;
   response.set_content(DumpJson(body), "application/json");
 }
@@ -109,7 +109,7 @@ bool StreamNext(Exchange& exchange, httplib::DataSink& sink) {
     // Every choice finished: usage, then [DONE].
     exchange.usage.prompt_tokens = static_cast<int>(exchange.prepared.job.prompt_token_ids.size());
     if (exchange.request.include_usage) {
-      const nlohmann::json usage = chat ? RenderChatUsageChunk(exchange.context, exchange.usage)
+      const nlohmann::ordered_json usage = chat ? RenderChatUsageChunk(exchange.context, exchange.usage)
                                         : RenderCompletionUsageChunk(exchange.context, exchange.usage);
       if (!write(SseEvent(usage))) return false;
     }

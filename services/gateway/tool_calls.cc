@@ -30,7 +30,7 @@ size_t PartialTagSuffix(std::string_view text, std::string_view tag) {
 
 // The call inside one block, or false when the block is not a well-formed call.
 bool ParseCallBody(std::string_view body, ToolCall& call) {
-  const nlohmann::json parsed = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
+  const nlohmann::ordered_json parsed = nlohmann::ordered_json::parse(body, nullptr, /*allow_exceptions=*/false);
   if (parsed.is_discarded() || !parsed.is_object()) return false;
   auto name = parsed.find("name");
   if (name == parsed.end() || !name->is_string() || name->get_ref<const std::string&>().empty()) return false;
@@ -41,7 +41,7 @@ bool ParseCallBody(std::string_view body, ToolCall& call) {
   } else if (arguments->is_string()) {
     call.arguments = arguments->get<std::string>();
   } else {
-    call.arguments = arguments->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    call.arguments = arguments->dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
   }
   call.id = NewToolCallId();
   return true;

@@ -338,3 +338,36 @@ def test_sigterm_drains_the_worker_and_the_gateway(mesh, smollm2_folder):
     # With its only worker gone the model answers 503 (retry later), not 404.
     status, body, _ = post(f"{mesh.openai_url}/completions", {"model": "smollm2", "prompt": "x", "max_tokens": 2})
     assert status == 503
+
+
+def test_tools_reach_the_chat_template_as_transformers_renders_them(mesh, smollm2_folder, tmp_path):
+    """SmolLM2's weights and tokenizer with Qwen2.5's chat template, which renders `tools`."""
+    import openai  # noqa: PLC0415
+    import transformers  # noqa: PLC0415
+    from conftest import REPOSITORY  # noqa: PLC0415
+
+    folder = tmp_path / "smollm2-qwen-template"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json"):
+        (folder / name).symlink_to(smollm2_folder / name)
+    tokenizer_config = json.loads((smollm2_folder / "tokenizer_config.json").read_text())
+    tokenizer_config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    (folder / "chat_template.jinja").write_text(
+        (REPOSITORY / "tests" / "fixtures" / "chat_templates" / "qwen2.5-instruct.jinja").read_text())
+    mesh.serve(folder, "tooly")
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    expected = transformers.AutoTokenizer.from_pretrained(folder).apply_chat_template(
+        messages, tools=tools, add_generation_prompt=True, tokenize=True)
+    expected = expected["input_ids"] if hasattr(expected, "keys") else expected
+
+    client = openai.OpenAI(base_url=mesh.openai_url, api_key="unused")
+    result = client.chat.completions.create(model="tooly", messages=messages, tools=tools, max_tokens=4, temperature=0)
+    assert result.usage.prompt_tokens == len(expected)
+    without_tools = client.chat.completions.create(model="tooly", messages=messages, max_tokens=4, temperature=0)
+    assert without_tools.usage.prompt_tokens < result.usage.prompt_tokens
+    with pytest.raises(openai.BadRequestError):  # needs constrained decoding, which we do not do
+        client.chat.completions.create(model="tooly", messages=messages, tools=tools, tool_choice="required")
