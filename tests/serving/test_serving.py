@@ -371,3 +371,37 @@ def test_tools_reach_the_chat_template_as_transformers_renders_them(mesh, smollm
     assert without_tools.usage.prompt_tokens < result.usage.prompt_tokens
     with pytest.raises(openai.BadRequestError):  # needs constrained decoding, which we do not do
         client.chat.completions.create(model="tooly", messages=messages, tools=tools, tool_choice="required")
+
+
+def test_one_worker_registers_with_two_gateways_and_both_serve(tmp_path, stubs, smollm2_folder):
+    """Gateways hold no state: a worker told of two serves through both, and each gateway's metrics
+    count what its own clients saw."""
+    from conftest import launch_service  # noqa: PLC0415
+    from serving.conftest import start_mesh  # noqa: PLC0415
+
+    first = start_mesh(tmp_path / "first", stubs)
+    second = start_mesh(tmp_path / "second", stubs)
+    worker = launch_service("worker", tmp_path / "worker",
+                            [f"--model={smollm2_folder}", "--served_model_name=smollm2",
+                             f"--gateways={first.gateway.grpc_address},{second.gateway.grpc_address}"], timeout=180)
+    try:
+        first.wait_for("smollm2")
+        second.wait_for("smollm2")
+        body = {"model": "smollm2", "prompt": "The capital of France is", "max_tokens": 6, "temperature": 0}
+        answers = [post(f"{mesh.openai_url}/completions", body) for mesh in (first, second)]
+        assert all(status == 200 for status, _, _ in answers)
+        assert answers[0][1]["choices"][0]["text"] == answers[1][1]["choices"][0]["text"]
+        for mesh in (first, second):
+            metrics_url = mesh.gateway.http_url("/metrics")
+            assert metric(metrics_url, "flotilla_time_to_first_token_seconds_count", 'model_name="smollm2"') == 1
+            assert metric(metrics_url, "flotilla_request_generation_tokens_total", 'model_name="smollm2"') == 6
+            assert metric(metrics_url, "flotilla_router_replicas", 'model_name="smollm2"') == 1
+        worker.stop()
+        deadline = time.monotonic() + 30
+        while (first.replicas("smollm2") or second.replicas("smollm2")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.replicas("smollm2") == 0 and second.replicas("smollm2") == 0
+    finally:
+        worker.stop()
+        first.stop()
+        second.stop()
