@@ -56,14 +56,15 @@ def test_service_reports_serving_lists_itself_by_reflection_and_serves_http(star
     assert service.stop() == 0
 
 
-def test_unimplemented_rpc_names_the_work_it_waits_for(start_service, stubs):
+def test_a_gateway_without_workers_lists_nothing_and_names_what_it_lacks(start_service, stubs):
     gateway = start_service("gateway")
     stub = stubs.gateway_pb2_grpc.GatewayServiceStub(gateway.channel())
+    assert list(stub.ListModels(stubs.gateway_pb2.ListModelsRequest(), timeout=10).models) == []
+    request = stubs.gateway_pb2.GenerateRequest(model="smollm2", prompt="Hello")
     with pytest.raises(grpc.RpcError) as raised:
-        stub.ListModels(stubs.gateway_pb2.ListModelsRequest(), timeout=10)
-    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "GatewayService.ListModels" in raised.value.details()
-    assert "serving" in raised.value.details()
+        list(stub.Generate(request, timeout=10))
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "smollm2" in raised.value.details() and "none" in raised.value.details()
 
 
 def test_request_id_is_echoed_and_logged(start_service, stubs):
