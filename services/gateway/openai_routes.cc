@@ -155,7 +155,10 @@ bool StreamNext(Exchange& exchange, httplib::DataSink& sink) {
         finish_reason = "tool_calls";
       }
     }
-    if (!content.empty() || (logprobs_pointer != nullptr && !logprobs.empty())) {
+    // A chunk for every step's tokens, even when their text is held back (a partial character, a
+    // possible stop string, a skipped special token): the client sees progress per token, and
+    // `vllm bench serve`'s TTFT counts a content chunk without a role as the first output.
+    if (!content.empty() || !delta->tokens.empty()) {
       if (!write(SseEvent(RenderChatContentChunk(exchange.context, index, content, logprobs_pointer)))) {
         exchange.run->Cancel();
         return false;
