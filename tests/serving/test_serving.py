@@ -405,3 +405,35 @@ def test_one_worker_registers_with_two_gateways_and_both_serve(tmp_path, stubs, 
         worker.stop()
         first.stop()
         second.stop()
+
+
+def test_classify_through_the_grpc_api_equals_transformers(mesh, smollm2_folder, tmp_path):
+    """A LlamaForSequenceClassification written by transformers (SmolLM2's tokenizer), served for
+    task classify: the gateway tokenizes, the worker runs one padded batch."""
+    import transformers  # noqa: PLC0415
+
+    folder = tmp_path / "classifier"
+    config = transformers.AutoConfig.for_model(
+        "llama", vocab_size=49152, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0,
+        id2label={0: "negative", 1: "neutral", 2: "positive"})
+    torch.manual_seed(0)
+    model = transformers.AutoModelForSequenceClassification.from_config(config).eval()
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((smollm2_folder / name).read_bytes())
+    mesh.serve(folder, "sentiment")
+    texts = ["I loved this film.", "It was fine, I guess, nothing special at all.", "Terrible."]
+    stub = mesh.gateway_stub()
+    response = stub.Classify(mesh.stubs.gateway_pb2.ClassifyRequest(model="sentiment", texts=texts), timeout=60)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    for text, logits, label in zip(texts, response.logits, response.labels):
+        ids = torch.tensor([tokenizer.encode(text)])
+        with torch.no_grad():
+            expected = model(ids).logits[0]
+        got = torch.frombuffer(bytearray(logits.data), dtype=torch.float32)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+        assert label == config.id2label[int(expected.argmax())]
+    with pytest.raises(Exception) as raised:
+        stub.Embed(mesh.stubs.gateway_pb2.EmbedRequest(model="sentiment", texts=["x"]), timeout=60)
+    assert "classify" in str(raised.value)
