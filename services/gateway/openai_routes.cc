@@ -189,14 +189,7 @@ void HandleGeneration(Gateway& gateway, const httplib::Request& http_request, ht
   if (request->request_id.empty()) request->request_id = http_request.get_header_value("x-request-id");
   if (request->request_id.empty()) request->request_id = NewResponseId(endpoint);
   absl::StatusOr<Gateway::Admission> admission = gateway.Admit(request->model);
-  if (!admission.ok()) {
-    ApiError error = ApiErrorFromStatus(admission.status());
-    if (absl::IsNotFound(admission.status())) {
-      error = ModelNotFoundError(request->model);
-      error.message = absl::StrCat(error.message, " Served models: ", gateway.router().ServedNames(), ".");
-    }
-    return ReplyError(http_response, error);
-  }
+  if (!admission.ok()) return ReplyError(http_response, AdmissionError(gateway, request->model, admission.status()));
   const auto arrival = std::chrono::steady_clock::now();
   ApiResult<PreparedGeneration> prepared = PrepareGeneration(gateway, *request);
   if (!prepared.ok()) return ReplyError(http_response, prepared.error());
@@ -260,14 +253,7 @@ void HandleEmbeddings(Gateway& gateway, const httplib::Request& http_request, ht
   ApiResult<EmbeddingRequest> request = ParseEmbeddingRequest(http_request.body);
   if (!request.ok()) return ReplyError(http_response, request.error());
   absl::StatusOr<Gateway::Admission> admission = gateway.Admit(request->model);
-  if (!admission.ok()) {
-    ApiError error = ApiErrorFromStatus(admission.status());
-    if (absl::IsNotFound(admission.status())) {
-      error = ModelNotFoundError(request->model);
-      error.message = absl::StrCat(error.message, " Served models: ", gateway.router().ServedNames(), ".");
-    }
-    return ReplyError(http_response, error);
-  }
+  if (!admission.ok()) return ReplyError(http_response, AdmissionError(gateway, request->model, admission.status()));
   ApiResult<PreparedEmbedding> prepared = PrepareEmbedding(gateway, *request, "embed");
   if (!prepared.ok()) return ReplyError(http_response, prepared.error());
   absl::StatusOr<std::vector<std::vector<float>>> embeddings = RunEmbedding(gateway, request->model, request->request_id, *prepared);

@@ -10,19 +10,21 @@
 #include "services/preprocess/chat_template/chat_template.h"
 
 namespace flotilla::gateway {
-namespace {
 
-ApiError NotFoundWithServed(Gateway& gateway, const std::string& model) {
+ApiError AdmissionError(Gateway& gateway, const std::string& model, const absl::Status& status) {
+  if (!absl::IsNotFound(status)) return ApiErrorFromStatus(status);
   ApiError error = ModelNotFoundError(model);
   error.message = absl::StrCat(error.message, " Served models: ", gateway.router().ServedNames(), ".");
   return error;
 }
 
+namespace {
+
 ApiResult<Gateway::ModelProcessors> ServedProcessors(Gateway& gateway, const std::string& model) {
   absl::StatusOr<Gateway::ModelProcessors> processors = gateway.Processors(model);
   if (!processors.ok()) {
     if (absl::IsNotFound(processors.status()) && !gateway.router().Info(model).ok()) {
-      return NotFoundWithServed(gateway, model);
+      return AdmissionError(gateway, model, processors.status());
     }
     return ApiErrorFromStatus(processors.status());
   }

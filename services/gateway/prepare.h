@@ -41,6 +41,10 @@ absl::StatusOr<std::vector<std::vector<float>>> RunEmbedding(Gateway& gateway, c
                                                              const std::string& request_id,
                                                              const PreparedEmbedding& prepared);
 
+// The API error for a model the gateway cannot take a request for: OpenAI's 404 (naming what is
+// served) for an unknown one, else the status's own (503 draining or gone, 429 overloaded).
+ApiError AdmissionError(Gateway& gateway, const std::string& model, const absl::Status& status);
+
 // The text of one token as OpenAI's logprobs show it (its own decoding, special tokens kept).
 std::string TokenText(const tokenizer::Tokenizer* tokenizer, int32_t token_id);
 

@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <random>
 
+#include "services/worker/mix64.h"
+
 namespace flotilla::worker {
 namespace {
 
@@ -14,16 +16,6 @@ void CheckOrDie(bool condition, const char* operation, const char* message) {
     std::fprintf(stderr, "BlockManager::%s: %s\n", operation, message);
     std::abort();
   }
-}
-
-// splitmix64's finaliser: a bijective 64-bit mix with full avalanche.
-uint64_t Mix64(uint64_t value) {
-  value ^= value >> 30;
-  value *= 0xbf58476d1ce4e5b9ULL;
-  value ^= value >> 27;
-  value *= 0x94d049bb133111ebULL;
-  value ^= value >> 31;
-  return value;
 }
 
 }  // namespace

@@ -7,6 +7,8 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "services/worker/mix64.h"
+
 namespace flotilla::worker {
 namespace {
 
@@ -43,16 +45,6 @@ namespace {
 //     (argmax p_v / E_v, one random number per vocabulary entry) from a device generator, whose
 //     state depends on the batch, hence its per-request generators for seeded requests; one
 //     uniform per row needs no generator state and moves S numbers to the device, not S x vocab.
-
-// splitmix64's finaliser: a bijective 64-bit mix with full avalanche.
-uint64_t Mix64(uint64_t value) {
-  value ^= value >> 30;
-  value *= 0xbf58476d1ce4e5b9ULL;
-  value ^= value >> 27;
-  value *= 0x94d049bb133111ebULL;
-  value ^= value >> 31;
-  return value;
-}
 
 // A uniform in [0, 1) with 53 random bits for the draw at `position` of a sequence seeded with
 // `seed`: a pure function of the two (Note [Sampling order], step 9).
