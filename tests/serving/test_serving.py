@@ -437,3 +437,47 @@ def test_classify_through_the_grpc_api_equals_transformers(mesh, smollm2_folder,
     with pytest.raises(Exception) as raised:
         stub.Embed(mesh.stubs.gateway_pb2.EmbedRequest(model="sentiment", texts=["x"]), timeout=60)
     assert "classify" in str(raised.value)
+
+
+def test_a_passed_grpc_deadline_aborts_the_request_on_its_worker(smollm2_mesh):
+    import grpc  # noqa: PLC0415
+
+    stubs = smollm2_mesh.stubs
+    metrics_url = smollm2_mesh.workers["smollm2"][0].http_url("/metrics")
+    request = stubs.gateway_pb2.GenerateRequest(
+        model="smollm2", prompt="Tell me a long story.",
+        sampling=stubs.gateway_pb2.SamplingParameters(max_new_tokens=2000, ignore_eos=True))
+    with pytest.raises(grpc.RpcError) as raised:
+        for _ in smollm2_mesh.gateway_stub().Generate(request, timeout=1.0):
+            pass
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = time.monotonic() + 30
+    while metric(metrics_url, "flotilla_num_requests_running") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert metric(metrics_url, "flotilla_num_requests_running") == 0
+    assert metric(metrics_url, "flotilla_kv_cache_usage_perc") == 0
+
+
+def test_sigterm_drains_the_gateway(mesh, smollm2_folder):
+    mesh.serve(smollm2_folder, "smollm2")
+    results = {}
+
+    def long_request():
+        results["long"] = post(f"{mesh.openai_url}/completions",
+                               {"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 48, "ignore_eos": True,
+                                "temperature": 0})
+
+    thread = threading.Thread(target=long_request)
+    thread.start()
+    metrics_url = mesh.workers["smollm2"][0].http_url("/metrics")
+    deadline = time.monotonic() + 30
+    while metric(metrics_url, "flotilla_num_requests_running") < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    mesh.gateway.process.send_signal(15)
+    time.sleep(0.2)
+    status, body, _ = post(f"{mesh.openai_url}/completions", {"model": "smollm2", "prompt": "x", "max_tokens": 2})
+    assert status == 503, body  # admits nothing new while it drains
+    thread.join(timeout=120)
+    status, body, _ = results["long"]
+    assert status == 200 and body["usage"]["completion_tokens"] == 48  # finished within the drain
+    assert mesh.gateway.process.wait(timeout=60) == 0
