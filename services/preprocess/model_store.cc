@@ -214,24 +214,31 @@ absl::StatusOr<ModelHandle> ModelStore::GetFromRegistry(const flotilla::v1::Mode
     return absl::FailedPreconditionError(absl::StrCat("model '", text,
                                                       "' is a registry reference, but this service was started without --registry"));
   }
-  auto stub = flotilla::v1::RegistryService::NewStub(registry_->channel());
-  flotilla::v1::ResolveRevisionRequest request;
-  *request.mutable_reference() = reference;
-  request.mutable_reference()->clear_local_path();
-  flotilla::v1::ResolveRevisionResponse response;
-  grpc::ClientContext context;
-  if (!options_.registry_token.empty()) context.AddMetadata("authorization", absl::StrCat("Bearer ", options_.registry_token));
-  context.set_deadline(std::chrono::system_clock::now() +
-                       std::chrono::milliseconds(static_cast<int64_t>(options_.registry_timeout_seconds * 1000)));
-  if (grpc::Status status = stub->ResolveRevision(&context, request, &response); !status.ok()) {
-    absl::Status resolved = FromGrpcStatus(status);
-    if (absl::IsNotFound(resolved)) {
-      return absl::NotFoundError(absl::StrCat("model '", text, "' not found in the registry: ", resolved.message()));
+  // A full commit id names an immutable snapshot: no need to ask the registry what it resolves to
+  // (the gateway pins every request to the commit its workers loaded, so this is its hot path).
+  std::string commit_id = reference.revision();
+  const bool is_commit_id = commit_id.size() == 40 &&
+                            commit_id.find_first_not_of("0123456789abcdef") == std::string::npos;
+  if (!is_commit_id) {
+    auto stub = flotilla::v1::RegistryService::NewStub(registry_->channel());
+    flotilla::v1::ResolveRevisionRequest request;
+    *request.mutable_reference() = reference;
+    request.mutable_reference()->clear_local_path();
+    flotilla::v1::ResolveRevisionResponse response;
+    grpc::ClientContext context;
+    if (!options_.registry_token.empty()) context.AddMetadata("authorization", absl::StrCat("Bearer ", options_.registry_token));
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::milliseconds(static_cast<int64_t>(options_.registry_timeout_seconds * 1000)));
+    if (grpc::Status status = stub->ResolveRevision(&context, request, &response); !status.ok()) {
+      absl::Status resolved = FromGrpcStatus(status);
+      if (absl::IsNotFound(resolved)) {
+        return absl::NotFoundError(absl::StrCat("model '", text, "' not found in the registry: ", resolved.message()));
+      }
+      return Prefixed(resolved, absl::StrCat("model '", text, "': resolving the revision at the registry (",
+                                             options_.registry_address, "): "));
     }
-    return Prefixed(resolved, absl::StrCat("model '", text, "': resolving the revision at the registry (",
-                                           options_.registry_address, "): "));
+    commit_id = response.commit_id();
   }
-  const std::string commit_id = response.commit_id();
   ModelHandle handle;
   handle.description = absl::StrCat(text, " (commit ", commit_id.substr(0, 12), ")");
   const std::string pinned = absl::StrCat(parsed->namespace_name, "/", parsed->name, "@", commit_id);
