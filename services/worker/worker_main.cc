@@ -127,6 +127,13 @@ absl::StatusOr<ServiceBundle> CreateWorker(const ServerOptions& options) {
   if (task != "generate" && task != "embed" && task != "classify") {
     return absl::InvalidArgumentError(absl::StrCat("--task must be auto, generate, embed or classify, got ", task));
   }
+  if (attention == "sdpa" && config.source.contains("attn_logit_softcapping") &&
+      !config.source["attn_logit_softcapping"].is_null()) {
+    // at::scaled_dot_product_attention has no softcap: every request would fail at its first step.
+    return absl::InvalidArgumentError(absl::StrCat("--attention sdpa: ", architecture,
+                                                   " caps its attention logits (attn_logit_softcapping), which sdpa "
+                                                   "cannot do; use --attention paged (the default) or eager"));
+  }
   if (attention.empty()) {
     // Generation reads the paged KV cache in place; a padded encoder batch has no cache to page.
     attention = task == "generate" ? "paged" : "sdpa";

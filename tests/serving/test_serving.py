@@ -130,6 +130,12 @@ def test_every_decoder_architecture_serves_greedy_like_transformers(mesh, decode
         assert finish == "length"
 
 
+def test_sdpa_on_a_softcapped_model_is_refused_at_start(mesh, decoder_fixtures):
+    with pytest.raises(RuntimeError) as raised:
+        mesh.serve(decoder_fixtures / "gemma2_softcap_sliding", "capped", "--attention=sdpa")
+    assert "attn_logit_softcapping" in str(raised.value) and "paged" in str(raised.value)
+
+
 @pytest.mark.slow
 def test_a_small_kv_budget_preempts_and_still_equals_transformers(mesh, smollm2_folder):
     # 48 blocks of 16 tokens: a few sequences at a time; the rest wait or are preempted.
