@@ -1,5 +1,9 @@
 #include "services/registry/names.h"
 
+#include <algorithm>
+#include <cctype>
+#include <filesystem>
+
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_split.h>
 #include <absl/strings/match.h>
@@ -118,6 +122,19 @@ absl::StatusOr<ParsedReference> ParseReference(absl::string_view text) {
   if (absl::Status status = ValidateRepositoryPart(reference.namespace_name, "namespace"); !status.ok()) return status;
   if (absl::Status status = ValidateRepositoryPart(reference.name, "name"); !status.ok()) return status;
   return reference;
+}
+
+std::string DefaultServedModelName(const std::string& folder_or_reference) {
+  std::string text = folder_or_reference;
+  while (text.size() > 1 && text.back() == '/') text.pop_back();
+  // A revision belongs to a reference, never to the name ("acme/llama@v1" serves as "llama").
+  std::error_code error;
+  if (!std::filesystem::is_directory(folder_or_reference, error)) {
+    if (const size_t at = text.find('@'); at != std::string::npos) text.resize(at);
+  }
+  std::string name = std::filesystem::path(text).filename().string();
+  std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
+  return name;
 }
 
 }  // namespace flotilla::registry

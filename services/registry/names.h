@@ -39,4 +39,8 @@ struct ParsedReference {
 // "namespace/name[@revision]", with each part validated.
 absl::StatusOr<ParsedReference> ParseReference(absl::string_view text);
 
+// The name a served model gets when none is given: the repository's or folder's last component,
+// lowercase, without a reference's revision ("acme/SmolLM2@v1" and "./SmolLM2/" serve as "smollm2").
+std::string DefaultServedModelName(const std::string& folder_or_reference);
+
 }  // namespace flotilla::registry

@@ -59,16 +59,6 @@ int64_t ConfigInt(const nlohmann::json& config, std::initializer_list<const char
   return fallback;
 }
 
-std::string DefaultServedName(const std::string& model) {
-  std::string name = model;
-  if (const size_t at = name.find('@'); at != std::string::npos && !std::filesystem::is_directory(model)) {
-    name = name.substr(0, at);
-  }
-  while (!name.empty() && name.back() == '/') name.pop_back();
-  name = std::filesystem::path(name).filename().string();
-  return absl::AsciiStrToLower(name);
-}
-
 absl::StatusOr<std::string> ResolveFolder(const std::string& model, const ServerOptions& options) {
   std::error_code error;
   if (std::filesystem::is_directory(model, error)) return std::filesystem::absolute(model).string();
@@ -167,7 +157,7 @@ absl::StatusOr<ServiceBundle> CreateWorker(const ServerOptions& options) {
     info.set_commit_id(std::filesystem::path(*folder).filename().string());
   }
   std::string served_name = absl::GetFlag(FLAGS_served_model_name);
-  if (served_name.empty()) served_name = DefaultServedName(model_flag);
+  if (served_name.empty()) served_name = registry::DefaultServedModelName(model_flag);
   info.set_served_model_name(served_name);
   info.set_task(task);
   info.set_attention_implementation(attention);

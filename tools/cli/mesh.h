@@ -105,8 +105,4 @@ struct ServeOptions {
 // CommandFailed (after stopping what it started) when it cannot.
 void ServeModel(const ServeOptions& options);
 
-// The served model name `serve` picks when --name is not given: the last path component of the
-// reference or folder, without "@revision", lowercase.
-std::string DefaultServedName(const std::string& model);
-
 }  // namespace flotilla::cli

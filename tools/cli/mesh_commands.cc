@@ -24,6 +24,7 @@
 #include "services/common/server.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/local_processes.h"
+#include "services/registry/names.h"
 #include "tools/cli/mesh.h"
 
 namespace flotilla::cli {
@@ -404,7 +405,7 @@ void AddMeshCommands(CLI::App& app) {
     absl::StatusOr<MeshState> mesh = LoadRunningMesh(*data_directory);
     for (const std::string& value : *serve) {
       ServeOptions options = ParseServeFlag(value, *data_directory, /*timeout_seconds=*/600);
-      if (options.name.empty()) options.name = DefaultServedName(options.model);
+      if (options.name.empty()) options.name = registry::DefaultServedModelName(options.model);
       const bool served = mesh.ok() && std::any_of(mesh->workers.begin(), mesh->workers.end(), [&](const MeshWorker& worker) {
         return worker.name == options.name && IsFlotillaProcess(worker.pid);
       });

@@ -169,23 +169,10 @@ void Unserve(const std::string& data_directory, const std::string& name, int tim
 
 }  // namespace
 
-std::string DefaultServedName(const std::string& model) {
-  std::string text = model;
-  while (text.size() > 1 && text.back() == '/') text.pop_back();
-  // A revision belongs to a reference, never to the name ("acme/llama@v1" serves as "llama").
-  std::error_code error;
-  if (!fs::is_directory(model, error)) {
-    if (const size_t at = text.find('@'); at != std::string::npos) text.resize(at);
-  }
-  std::string name = fs::path(text).filename().string();
-  std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
-  return name;
-}
-
 void ServeModel(const ServeOptions& options) {
   const std::string operation = absl::StrCat("serve ", options.model);
   const std::string model = ResolveModel(options.model);
-  const std::string name = options.name.empty() ? DefaultServedName(options.model) : options.name;
+  const std::string name = options.name.empty() ? registry::DefaultServedModelName(options.model) : options.name;
   if (absl::Status valid = registry::ValidateRepositoryPart(name, "served model name"); !valid.ok()) {
     throw CommandFailed(2, absl::StrCat(operation, ": ", valid.message(), " (pass --name NAME)"));
   }
