@@ -319,10 +319,9 @@ def test_overload_gets_429_with_retry_after(tmp_path, stubs, smollm2_folder):
         mesh.stop()
 
 
-def test_sigterm_drains_the_worker_and_the_gateway(mesh, smollm2_folder):
-    worker = mesh.serve(smollm2_folder, "smollm2")
-    results = {}
-
+def start_long_request(mesh, worker, results):
+    """A 48-token greedy completion on a thread, returned once the worker runs it; its (status,
+    body, headers) lands in results["long"]."""
     def long_request():
         results["long"] = post(f"{mesh.openai_url}/completions",
                                {"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 48, "ignore_eos": True,
@@ -333,6 +332,13 @@ def test_sigterm_drains_the_worker_and_the_gateway(mesh, smollm2_folder):
     deadline = time.monotonic() + 30
     while metric(worker.http_url("/metrics"), "flotilla_num_requests_running") < 1 and time.monotonic() < deadline:
         time.sleep(0.02)
+    return thread
+
+
+def test_sigterm_drains_the_worker_and_the_gateway(mesh, smollm2_folder):
+    worker = mesh.serve(smollm2_folder, "smollm2")
+    results = {}
+    thread = start_long_request(mesh, worker, results)
     worker.process.send_signal(15)
     time.sleep(0.3)
     status, body, _ = post(f"{mesh.openai_url}/completions", {"model": "smollm2", "prompt": "x", "max_tokens": 2})
@@ -465,20 +471,9 @@ def test_a_passed_grpc_deadline_aborts_the_request_on_its_worker(smollm2_mesh):
 
 
 def test_sigterm_drains_the_gateway(mesh, smollm2_folder):
-    mesh.serve(smollm2_folder, "smollm2")
+    worker = mesh.serve(smollm2_folder, "smollm2")
     results = {}
-
-    def long_request():
-        results["long"] = post(f"{mesh.openai_url}/completions",
-                               {"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 48, "ignore_eos": True,
-                                "temperature": 0})
-
-    thread = threading.Thread(target=long_request)
-    thread.start()
-    metrics_url = mesh.workers["smollm2"][0].http_url("/metrics")
-    deadline = time.monotonic() + 30
-    while metric(metrics_url, "flotilla_num_requests_running") < 1 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    thread = start_long_request(mesh, worker, results)
     mesh.gateway.process.send_signal(15)
     time.sleep(0.2)
     status, body, _ = post(f"{mesh.openai_url}/completions", {"model": "smollm2", "prompt": "x", "max_tokens": 2})
