@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "models/attention.h"
+#include "models/layers.h"
 #include "models/safetensors.h"
 #include "services/common/logging.h"
 
@@ -42,6 +43,102 @@ absl::StatusOr<std::shared_ptr<PreTrainedModel>> WithConfigPath(absl::StatusOr<s
 }
 
 std::string ShapeText(at::IntArrayRef shape) { return absl::StrCat("[", absl::StrJoin(shape, ", "), "]"); }
+
+// Tensor parallelism: the style of every sharded module of `model` (module name -> style; modules
+// left out are replicated), decided and checked before any weight is read.
+absl::StatusOr<std::map<std::string, ParallelStyle>> ShardedModuleStyles(PreTrainedModel& model,
+                                                                        const LoadOptions& options,
+                                                                        int64_t world_size) {
+  const std::string architecture =
+      model.config().architectures.empty() ? model.config().model_type : model.config().architectures.front();
+  TensorParallelPlan base_plan;
+  TensorParallelPlan top_level_plan;
+  top_level_plan.Add("lm_head", ParallelStyle::kColwiseGatherOutput);
+  if (!options.tensor_parallel_plan.is_null()) {
+    if (!options.tensor_parallel_plan.is_object()) {
+      return absl::InvalidArgumentError("the tensor-parallel plan must be a JSON object of module pattern -> style");
+    }
+    nlohmann::json base_entries = options.tensor_parallel_plan;
+    if (base_entries.contains("lm_head")) {
+      auto head = TensorParallelPlan::FromJson({{"lm_head", base_entries["lm_head"]}});
+      if (!head.ok()) return head.status();
+      top_level_plan = *head;
+      base_entries.erase("lm_head");
+    }
+    auto parsed = TensorParallelPlan::FromJson(base_entries);
+    if (!parsed.ok()) return parsed.status();
+    base_plan = *parsed;
+  } else {
+    base_plan = model.tensor_parallel_plan();
+  }
+  if (base_plan.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(architecture, " has no tensor-parallel plan: give config.json a ",
+                                                   "base_model_tp_plan or pass a plan file"));
+  }
+
+  // The plan splits attention heads across ranks: each rank must get whole heads.
+  if (KeyValueHeadShards(base_plan, world_size) == world_size) {
+    const nlohmann::json& source = model.config().source;
+    auto integer = [&](std::initializer_list<const char*> keys) -> int64_t {
+      for (const char* key : keys) {
+        if (source.contains(key) && source[key].is_number_integer()) return source[key].get<int64_t>();
+      }
+      return 0;
+    };
+    const int64_t heads = integer({"num_attention_heads", "n_head"});
+    const int64_t key_value_heads = integer({"num_key_value_heads"}) > 0 ? integer({"num_key_value_heads"}) : heads;
+    for (const auto& [what, count] : {std::pair<const char*, int64_t>{"num_attention_heads", heads},
+                                      std::pair<const char*, int64_t>{"num_key_value_heads", key_value_heads}}) {
+      if (count > 0 && count % world_size != 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tensor-parallel size ", world_size, " does not divide ", architecture, "'s ", what, " (", count,
+            "): the plan splits attention heads across ranks, so each rank needs whole heads; use a size that "
+            "divides ", what));
+      }
+    }
+  }
+
+  const std::string base_prefix = model.BaseModelPrefix();
+  std::map<std::string, ParallelStyle> styles;
+  std::set<std::string> matched_patterns;
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+    const std::string& name = item.key();
+    const bool in_base = base_prefix.empty() || name.rfind(base_prefix, 0) == 0;
+    const std::string relative = in_base ? name.substr(base_prefix.size()) : name;
+    const TensorParallelPlan& plan = in_base ? base_plan : top_level_plan;
+    std::optional<ParallelStyle> style = plan.Match(relative);
+    if (!style) continue;
+    for (const auto& [pattern, entry_style] : plan.entries()) {
+      if (GlobMatchesModuleName(pattern, relative)) {
+        matched_patterns.insert(pattern);
+        break;
+      }
+    }
+    if (*style == ParallelStyle::kReplicated) continue;
+    torch::nn::Module* module = item.value().get();
+    const bool is_embedding = dynamic_cast<EmbeddingImpl*>(module) != nullptr;
+    const bool is_projection = dynamic_cast<LinearImpl*>(module) != nullptr || dynamic_cast<Conv1DImpl*>(module) != nullptr;
+    if ((is_embedding && *style != ParallelStyle::kVocabParallel) ||
+        (is_projection && *style == ParallelStyle::kVocabParallel) || (!is_embedding && !is_projection)) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor-parallel plan: ", ParallelStyleName(*style),
+                                                     " cannot shard module ", name, " of ", architecture,
+                                                     " (a ", module->name(), ")"));
+    }
+    styles[name] = *style;
+  }
+  for (const auto& [pattern, style] : base_plan.entries()) {
+    if (!matched_patterns.count(pattern)) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor-parallel plan entry \"", pattern, "\": \"",
+                                                     ParallelStyleName(style), "\" names no module of ", architecture));
+    }
+  }
+  return styles;
+}
+
+std::string ModuleOf(const std::string& parameter_name) {
+  const size_t dot = parameter_name.rfind('.');
+  return dot == std::string::npos ? "" : parameter_name.substr(0, dot);
+}
 
 }  // namespace
 
@@ -122,6 +219,38 @@ absl::Status LoadWeights(PreTrainedModel& model, const std::string& folder, cons
   std::map<std::string, std::string> tied;
   if (model.config().tie_word_embeddings) tied = model.TiedWeights();
 
+  const TensorParallelGroup* group = options.tensor_parallel_group.get();
+  const int64_t world_size = group != nullptr ? group->world_size() : 1;
+  const int64_t rank = group != nullptr ? group->rank() : 0;
+  std::map<std::string, ParallelStyle> module_styles;
+  if (world_size > 1) {
+    auto styles = ShardedModuleStyles(model, options, world_size);
+    if (!styles.ok()) return styles.status();
+    module_styles = std::move(*styles);
+    // A tied head shares its embedding's rows: it is sharded the same way (vocab_parallel rows are
+    // a colwise head's output features) or, with a replicated embedding, replicated too.
+    for (const auto& [target, source] : tied) {
+      auto target_style = module_styles.find(ModuleOf(target));
+      if (target_style == module_styles.end()) continue;
+      auto source_style = module_styles.find(ModuleOf(source));
+      if (source_style == module_styles.end()) {
+        module_styles.erase(target_style);
+      } else if (source_style->second != ParallelStyle::kVocabParallel ||
+                 (target_style->second != ParallelStyle::kColwise &&
+                  target_style->second != ParallelStyle::kColwiseGatherOutput)) {
+        return absl::InvalidArgumentError(absl::StrCat("tensor-parallel plan: ", target, " is tied to ", source,
+                                                       " but they are sharded differently (",
+                                                       ParallelStyleName(target_style->second), " vs ",
+                                                       ParallelStyleName(source_style->second), ")"));
+      }
+    }
+  }
+  auto style_of = [&](const std::string& parameter_name) -> std::optional<ParallelStyle> {
+    auto found = module_styles.find(ModuleOf(parameter_name));
+    if (found == module_styles.end()) return std::nullopt;
+    return found->second;
+  };
+
   // Pass 1: check names and shapes, and size the one allocation for the weights that need a copy.
   struct Plan {
     at::Tensor parameter;
@@ -129,6 +258,8 @@ absl::Status LoadWeights(PreTrainedModel& model, const std::string& folder, cons
     SafetensorsFile* file = nullptr;
     bool copy = false;
     int64_t offset = 0;  // bytes into the arena
+    std::optional<ParallelStyle> style;  // sharded under tensor parallelism
+    std::vector<int64_t> shape;         // this rank's shape
   };
   std::vector<std::pair<std::string, Plan>> plans;
   std::vector<std::string> missing;
@@ -164,11 +295,25 @@ absl::Status LoadWeights(PreTrainedModel& model, const std::string& folder, cons
     auto stored_dtype = SafetensorsDtypeToScalarType(plan.info->dtype);
     if (!stored_dtype.ok()) return stored_dtype.status();
     const bool aligned = reinterpret_cast<uintptr_t>(plan.file->Data(*plan.info)) % element_size == 0;
-    plan.copy = !(options.zero_copy && *stored_dtype == dtype && aligned);
+    // A rank of a group copies even its replicated weights, so that the mapping of the whole
+    // checkpoint is released when the load returns.
+    plan.copy = !(options.zero_copy && *stored_dtype == dtype && aligned && world_size == 1);
+    plan.style = style_of(name);
+    plan.shape = plan.parameter.sizes().vec();
+    if (plan.style) {
+      // The shard's shape, from a tensor without storage: sizes the world size does not divide
+      // fail here, naming the tensor, before any memory is used.
+      at::Tensor layout = at::empty(plan.info->shape, at::TensorOptions().dtype(dtype).device(at::kMeta));
+      auto shard = ShardParameter(layout, key, *plan.style, rank, world_size);
+      if (!shard.ok()) return shard.status();
+      plan.shape = shard->sizes().vec();
+    }
     if (plan.copy) {
       plan.offset = arena_bytes;
+      int64_t numel = 1;
+      for (int64_t size : plan.shape) numel *= size;
       // 64-byte aligned slots, for vectorised kernels.
-      arena_bytes += (plan.parameter.numel() * element_size + 63) / 64 * 64;
+      arena_bytes += (numel * element_size + 63) / 64 * 64;
     }
     used_keys.insert(key);
     plans.emplace_back(key, std::move(plan));
@@ -212,15 +357,31 @@ absl::Status LoadWeights(PreTrainedModel& model, const std::string& folder, cons
       plan.parameter.set_data(*stored);
       continue;
     }
-    at::Tensor slot = arena.narrow(0, plan.offset, plan.parameter.numel() * element_size)
-                          .view(dtype)
-                          .view(plan.parameter.sizes());
-    slot.copy_(*stored);
+    at::Tensor source = *stored;
+    if (plan.style) {
+      auto shard = ShardParameter(*stored, name, *plan.style, rank, world_size);
+      if (!shard.ok()) return shard.status();
+      source = *shard;
+    }
+    at::Tensor slot = arena.narrow(0, plan.offset, source.numel() * element_size).view(dtype).view(plan.shape);
+    slot.copy_(source);
     plan.parameter.set_data(slot);
   }
   for (const auto& [target, source] : tied) {
     if (!parameters.contains(target) || !parameters.contains(source)) continue;
     parameters[target].set_data(parameters[source]);
+  }
+  // Each sharded layer runs its style's collective around its local arithmetic.
+  if (world_size > 1) {
+    for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+      auto style = module_styles.find(item.key());
+      if (style == module_styles.end()) continue;
+      auto layer = std::make_shared<const TensorParallelLayer>(style->second, options.tensor_parallel_group);
+      torch::nn::Module* module = item.value().get();
+      if (auto* linear = dynamic_cast<LinearImpl*>(module)) linear->tensor_parallel = layer;
+      if (auto* embedding = dynamic_cast<EmbeddingImpl*>(module)) embedding->tensor_parallel = layer;
+      if (auto* conv1d = dynamic_cast<Conv1DImpl*>(module)) conv1d->tensor_parallel = layer;
+    }
   }
   return absl::OkStatus();
 }

@@ -33,6 +33,7 @@
 
 #include "absl/status/statusor.h"
 #include "models/modeling_utils.h"
+#include "models/tensor_parallel.h"
 
 namespace flotilla::models {
 
@@ -45,6 +46,14 @@ struct LoadOptions {
   // "CLIPVisionModel" or "CLIPTextModelWithProjection" from a CLIPModel folder, "BertModel" from a
   // BertForMaskedLM one (as <Class>.from_pretrained(folder) in transformers).
   std::string architecture;
+  // Tensor parallelism (tensor_parallel.h): with a group of N > 1 ranks, each sharded weight holds
+  // this rank's slice only (read from the mapped checkpoint; nothing else of it is kept) and each
+  // sharded layer runs its collective. The plan is `tensor_parallel_plan` when set (a
+  // base_model_tp_plan-style object; "lm_head" names the head), else config.json's
+  // base_model_tp_plan, else the model file's default; the head's lm_head is colwise_gather_output
+  // unless tied to a replicated embedding (then replicated).
+  std::shared_ptr<TensorParallelGroup> tensor_parallel_group;
+  nlohmann::json tensor_parallel_plan;  // null: none
 };
 
 // Builds a model from config.json's contents (weights uninitialised).

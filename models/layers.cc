@@ -7,6 +7,7 @@
 #include <ATen/ThreadLocalState.h>
 
 #include "models/debugger.h"
+#include "models/tensor_parallel.h"
 
 namespace flotilla::models {
 namespace {
@@ -72,10 +73,15 @@ void LinearImpl::reset() {
   if (has_bias) bias = register_parameter("bias", at::empty({out_features}), /*requires_grad=*/false);
 }
 
+static at::Tensor LocalLinear(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias) {
+  if (UseSkinnyPath(input, weight)) return SkinnyLinear(input, weight, bias);
+  return at::linear(input, weight, bias);
+}
+
 at::Tensor LinearImpl::forward(const at::Tensor& input) {
   DebugScope debug(this, {{"input", input}});
-  if (UseSkinnyPath(input, weight)) return debug.Output(SkinnyLinear(input, weight, bias));
-  return debug.Output(at::linear(input, weight, bias));
+  if (tensor_parallel) return debug.Output(tensor_parallel->Project(input, weight, bias, LocalLinear));
+  return debug.Output(LocalLinear(input, weight, bias));
 }
 
 EmbeddingImpl::EmbeddingImpl(int64_t num_embeddings, int64_t embedding_dim)
@@ -95,7 +101,26 @@ at::Tensor EmbeddingImpl::forward(const at::Tensor& input_ids) {
     TORCH_CHECK(minimum >= 0 && maximum < num_embeddings, "Embedding: input id ", minimum < 0 ? minimum : maximum,
                 " is outside the vocabulary [0, ", num_embeddings, ")");
   }
+  if (tensor_parallel) return debug.Output(tensor_parallel->Embed(input_ids, weight));
   return debug.Output(at::embedding(weight, input_ids));
+}
+
+Conv1DImpl::Conv1DImpl(int64_t nf, int64_t nx) : nf(nf) {
+  weight = register_parameter("weight", at::empty({nx, nf}), /*requires_grad=*/false);
+  bias = register_parameter("bias", at::empty({nf}), /*requires_grad=*/false);
+}
+
+at::Tensor Conv1DImpl::forward(const at::Tensor& x) {
+  DebugScope debug(this, {{"x", x}});
+  auto local_product = [](const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias) {
+    std::vector<int64_t> size_out = input.sizes().vec();
+    size_out.back() = weight.size(1);
+    at::Tensor rows = input.reshape({-1, input.size(-1)});
+    at::Tensor output = bias.defined() ? at::addmm(bias, rows, weight) : at::mm(rows, weight);
+    return output.view(size_out);
+  };
+  if (tensor_parallel) return debug.Output(tensor_parallel->Project(x, weight, bias, local_product));
+  return debug.Output(local_product(x, weight, bias));
 }
 
 }  // namespace flotilla::models

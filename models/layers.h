@@ -1,14 +1,20 @@
-// The two parameter-holding layers model files share: Linear and Embedding, with transformers'
-// parameter names (`weight`, `bias`) and no random initialisation — the loader fills the
+// The parameter-holding layers model files share: Linear, Embedding and GPT-2's Conv1D, with
+// transformers' parameter names (`weight`, `bias`) and no random initialisation — the loader fills the
 // parameters from the checkpoint (so building a 7B model costs no time and touches no memory).
 //
 //   Linear q_proj = register_module("q_proj", Linear(hidden_size, num_heads * head_dim, /*bias=*/false));
 //   at::Tensor query_states = q_proj->forward(hidden_states);   // at::linear
 //
-// Thread-safety: forward is const with respect to the module; many threads may run it.
+// Under tensor parallelism (tensor_parallel.h) the loader leaves each layer's declared sizes at the
+// full model's and gives it this rank's shard of the weight plus a TensorParallelLayer, which runs
+// the style's collective around the same local arithmetic.
+//
+// Thread-safety: forward is const with respect to the module; many threads may run it (one at a
+// time when a TensorParallelLayer is attached: collectives are matched by order across ranks).
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
 #include <ATen/ATen.h>
 #include <torch/nn/cloneable.h>
@@ -16,6 +22,8 @@
 #include <torch/nn/pimpl.h>
 
 namespace flotilla::models {
+
+class TensorParallelLayer;
 
 class LinearImpl : public torch::nn::Cloneable<LinearImpl> {
  public:
@@ -28,6 +36,7 @@ class LinearImpl : public torch::nn::Cloneable<LinearImpl> {
   bool has_bias;
   at::Tensor weight;  // [out_features, in_features]
   at::Tensor bias;    // [out_features], undefined without bias
+  std::shared_ptr<const TensorParallelLayer> tensor_parallel;  // set by the loader when sharded
 };
 TORCH_MODULE(Linear);
 
@@ -41,7 +50,21 @@ class EmbeddingImpl : public torch::nn::Cloneable<EmbeddingImpl> {
   int64_t num_embeddings;
   int64_t embedding_dim;
   at::Tensor weight;  // [num_embeddings, embedding_dim]
+  std::shared_ptr<const TensorParallelLayer> tensor_parallel;  // set by the loader when sharded
 };
 TORCH_MODULE(Embedding);
+
+// transformers' pytorch_utils.Conv1D (GPT-2): a linear layer whose weight is stored transposed,
+// [in_features (nx), out_features (nf)]; y = bias + x @ weight.
+class Conv1DImpl : public torch::nn::Module {
+ public:
+  Conv1DImpl(int64_t nf, int64_t nx);
+  at::Tensor forward(const at::Tensor& x);
+
+  int64_t nf;
+  at::Tensor weight;  // [nx, nf]
+  at::Tensor bias;    // [nf]
+  std::shared_ptr<const TensorParallelLayer> tensor_parallel;  // set by the loader when sharded
+};
 
 }  // namespace flotilla::models

@@ -10,12 +10,17 @@ namespace {
 constexpr std::pair<const char*, ParallelStyle> kStyles[] = {
     {"colwise", ParallelStyle::kColwise},
     {"rowwise", ParallelStyle::kRowwise},
+    {"rowwise_split_input", ParallelStyle::kRowwiseSplitInput},
     {"packed_colwise", ParallelStyle::kPackedColwise},
     {"packed_rowwise", ParallelStyle::kPackedRowwise},
     {"colwise_gather_output", ParallelStyle::kColwiseGatherOutput},
+    // transformers' name for the lm_head's style (a colwise split whose output is replicated again).
+    {"colwise_rep", ParallelStyle::kColwiseGatherOutput},
     {"vocab_parallel", ParallelStyle::kVocabParallel},
     {"embedding_rowwise", ParallelStyle::kVocabParallel},
     {"replicated", ParallelStyle::kReplicated},
+    // Gemma 3 / Qwen 3's q_norm and k_norm: replicated; the gradient all-reduce is for training only.
+    {"replicated_with_grad_allreduce", ParallelStyle::kReplicated},
     {"conv1d_colwise", ParallelStyle::kConv1DColwise},
     {"conv1d_rowwise", ParallelStyle::kConv1DRowwise},
     {"conv1d_packed_colwise", ParallelStyle::kConv1DPackedColwise},
@@ -29,7 +34,7 @@ absl::StatusOr<ParallelStyle> ParseParallelStyle(std::string_view name) {
   }
   return absl::InvalidArgumentError(absl::StrCat(
       "unknown tensor-parallel style \"", std::string(name),
-      "\" (known: colwise, rowwise, packed_colwise, packed_rowwise, colwise_gather_output, vocab_parallel, replicated, "
+      "\" (known: colwise, rowwise, rowwise_split_input, packed_colwise, packed_rowwise, colwise_gather_output, vocab_parallel, replicated, "
       "conv1d_colwise, conv1d_rowwise, conv1d_packed_colwise)"));
 }
 
@@ -110,6 +115,7 @@ absl::StatusOr<at::Tensor> ShardParameter(const at::Tensor& full, std::string_vi
       packed = true;
       break;
     case ParallelStyle::kRowwise:
+    case ParallelStyle::kRowwiseSplitInput:
       if (is_bias) return full;  // added once, after the reduction
       dim = 1;
       break;

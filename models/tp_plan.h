@@ -8,7 +8,9 @@
 //   ASSIGN_OR_RETURN(auto shards, LoadShardedStateDict(*checkpoint, plan, "model.", rank, world_size));
 //
 // Strategies: colwise (split the output dim: weight dim 0, bias dim 0), rowwise (split the input
-// dim: weight dim 1, bias replicated), packed_colwise / packed_rowwise (a fused weight, e.g.
+// dim: weight dim 1, bias replicated; its input arrives split, from a colwise layer),
+// rowwise_split_input (sharded as rowwise, but its input arrives whole and each rank takes its
+// slice: phi3's o_proj after a gathered qkv_proj), packed_colwise / packed_rowwise (a fused weight, e.g.
 // gate_up_proj, whose halves are split separately so each rank gets matching pieces),
 // colwise_gather_output (the lm_head: colwise, gathered after), vocab_parallel (embedding rows),
 // replicated. `*` matches one dotted component (a layer index).
@@ -40,6 +42,7 @@ namespace flotilla::models {
 enum class ParallelStyle {
   kColwise,
   kRowwise,
+  kRowwiseSplitInput,
   kPackedColwise,
   kPackedRowwise,
   kColwiseGatherOutput,
@@ -67,6 +70,7 @@ class TensorParallelPlan {
   // The first matching entry's style for a module name ("layers.3.mlp.up_proj").
   std::optional<ParallelStyle> Match(std::string_view module_name) const;
   bool empty() const { return entries_.empty(); }
+  const std::vector<std::pair<std::string, ParallelStyle>>& entries() const { return entries_; }
 
  private:
   std::vector<std::pair<std::string, ParallelStyle>> entries_;

@@ -85,27 +85,7 @@ struct GPT2Config : PretrainedConfig {
 };
 
 // ---- block: Conv1D ----
-// transformers' pytorch_utils.Conv1D: a linear layer whose weight is stored transposed,
-// [in_features (nx), out_features (nf)]; y = bias + x @ weight.
-class Conv1DImpl : public torch::nn::Module {
- public:
-  Conv1DImpl(int64_t nf, int64_t nx) : nf(nf) {
-    weight = register_parameter("weight", at::empty({nx, nf}), /*requires_grad=*/false);
-    bias = register_parameter("bias", at::empty({nf}), /*requires_grad=*/false);
-  }
-
-  at::Tensor forward(const at::Tensor& x) {
-    DebugScope debug(this, {{"x", x}});
-    std::vector<int64_t> size_out = x.sizes().vec();
-    size_out.back() = nf;
-    at::Tensor output = at::addmm(bias, x.reshape({-1, x.size(-1)}), weight);
-    return debug.Output(output.view(size_out));
-  }
-
-  int64_t nf;
-  at::Tensor weight;
-  at::Tensor bias;
-};
+// Conv1D (transformers' pytorch_utils.Conv1D, weight stored [in, out]) is shared: models/layers.h.
 
 // ---- block: Activation ----
 // activations.py's ACT2FN entries a GPT-2 config may name.
@@ -175,7 +155,7 @@ class GPT2AttentionImpl : public torch::nn::Module {
     DebugScope debug(this, {{"hidden_states", hidden_states}});
     const int64_t batch = hidden_states.size(0);
     const int64_t length = hidden_states.size(1);
-    std::vector<at::Tensor> qkv = c_attn->forward(hidden_states).split(embed_dim, 2);
+    std::vector<at::Tensor> qkv = c_attn->forward(hidden_states).chunk(3, 2);
     at::Tensor query_states = qkv[0].view({batch, length, -1, head_dim}).transpose(1, 2);
     at::Tensor key_states = qkv[1].view({batch, length, -1, head_dim}).transpose(1, 2);
     at::Tensor value_states = qkv[2].view({batch, length, -1, head_dim}).transpose(1, 2);

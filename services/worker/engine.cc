@@ -89,13 +89,16 @@ Engine::Engine(std::unique_ptr<ModelRunner> runner, const EngineOptions& options
   thread_ = std::thread([this] { Loop(); });
 }
 
-Engine::~Engine() {
+Engine::~Engine() { Stop(); }
+
+void Engine::Stop() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stopping_ = true;
   }
   wake_.notify_all();
-  thread_.join();
+  std::lock_guard<std::mutex> lock(stop_mutex_);
+  if (thread_.joinable()) thread_.join();
 }
 
 absl::Status Engine::Add(std::shared_ptr<Sequence> sequence, OutputCallback callback) {
@@ -178,7 +181,15 @@ void Engine::Loop() {
     std::vector<std::string> aborted;
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [this] { return stopping_ || !pending_.empty() || !pending_aborts_.empty() || scheduler_.HasWork(); });
+      const auto has_work = [this] {
+        return stopping_ || !pending_.empty() || !pending_aborts_.empty() || scheduler_.HasWork();
+      };
+      // Idle, wake up now and then to tell tensor-parallel followers this rank is alive.
+      while (!wake_.wait_for(lock, std::chrono::milliseconds(500), has_work)) {
+        lock.unlock();
+        runner_->KeepAlive();
+        lock.lock();
+      }
       if (stopping_) break;
       added.assign(pending_.begin(), pending_.end());
       pending_.clear();
@@ -213,6 +224,7 @@ void Engine::Loop() {
     for (auto& [request_id, sequence] : live_) left.push_back(sequence);
   }
   for (auto& sequence : left) FinishRequest(sequence, "abort");
+  runner_->Shutdown();
 }
 
 void Engine::RefreshLoad() {

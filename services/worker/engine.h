@@ -79,6 +79,9 @@ class Engine {
   void StartDrain();
   // Waits until no request is left or the deadline passes; returns whether it emptied.
   bool WaitUntilIdle(std::chrono::steady_clock::time_point deadline);
+  // Ends the loop: what is left is aborted, tensor-parallel followers are released. Idempotent;
+  // Add fails afterwards.
+  void Stop();
 
   int max_model_len() const { return max_model_len_; }
   const std::vector<int32_t>& eos_token_ids() const { return eos_token_ids_; }
@@ -104,6 +107,7 @@ class Engine {
 
   mutable std::mutex mutex_;
   std::condition_variable wake_;
+  std::mutex stop_mutex_;  // serialises Stop's join
   std::condition_variable idle_;
   std::deque<std::shared_ptr<Sequence>> pending_;         // guarded by mutex_
   std::vector<std::string> pending_aborts_;               // guarded by mutex_

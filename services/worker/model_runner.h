@@ -9,10 +9,21 @@
 //                                        .block_table = &blocks, .samples = true}};
 //   at::Tensor logits = runner->Execute(step);   // [1, vocab] float32: one row per sampling sequence
 //
-// Thread-safety: none. One engine thread calls Execute.
+// Tensor parallelism: with a group (models/tensor_parallel.h), rank 0's runner broadcasts each
+// step's packed inputs before its forward, and every other rank runs FollowSteps(), which receives
+// the same steps and runs the same forward on its shard (each rank holds its heads' KV blocks in a
+// pool of the same number of blocks; rank 0's block manager decides for all). Idle, rank 0 sends a
+// keep-alive at least every second so that a follower's wait never reaches the collective timeout;
+// Shutdown() releases the followers. A collective that fails (a rank died, the network broke) ends
+// the process with exit code kExitTensorParallelGroupBroken: a group cannot recover in place; its
+// agent (worker_group.h) restarts all ranks, and the gateways migrate the requests meanwhile.
+//
+// Thread-safety: none. One engine thread calls Execute, KeepAlive and Shutdown.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <span>
 #include <string>
@@ -23,6 +34,8 @@
 #include "absl/status/statusor.h"
 #include "models/modeling_utils.h"
 #include "models/paged_attention.h"
+#include "models/tensor_parallel.h"
+#include "services/worker/worker_group.h"
 
 namespace flotilla::worker {
 
@@ -32,7 +45,12 @@ struct ModelRunnerOptions {
   int64_t kv_cache_memory_bytes = 0;
   int64_t block_size = 16;
   at::ScalarType kv_dtype = at::kFloat;
+  // Tensor parallelism: the group (null: one process) and how many ways the plan splits the key /
+  // value heads (models::KeyValueHeadShards).
+  std::shared_ptr<models::TensorParallelGroup> tensor_parallel_group;
+  int64_t key_value_head_shards = 1;
 };
+
 
 // One sequence's part of a step.
 struct RunnerSequence {
@@ -54,6 +72,13 @@ class ModelRunner {
   // Throws c10::Error on a bad step (a bug in the caller): the engine turns it into an abort.
   at::Tensor Execute(const std::vector<RunnerSequence>& sequences);
 
+  // Rank 0 of a group: tells the followers it is alive (no-op without a group).
+  void KeepAlive();
+  // Rank 0 of a group: tells the followers to leave FollowSteps (no-op without a group).
+  void Shutdown();
+  // Ranks 1..N-1: run rank 0's steps until it shuts down (OK), or fail when the group breaks.
+  absl::Status FollowSteps();
+
   int64_t num_blocks() const { return num_blocks_; }
   int64_t block_size() const { return block_size_; }
   int64_t bytes_per_block() const { return bytes_per_block_; }
@@ -61,13 +86,29 @@ class ModelRunner {
 
  private:
   ModelRunner(std::shared_ptr<models::PreTrainedModel> model, std::unique_ptr<models::PagedKVCache> cache,
-              int64_t num_blocks, int64_t block_size, int64_t bytes_per_block);
+              int64_t num_blocks, int64_t block_size, int64_t bytes_per_block,
+              std::shared_ptr<models::TensorParallelGroup> group);
+
+  // A step as one forward's inputs; rank 0 packs it, followers unpack rank 0's broadcast.
+  struct PackedStep {
+    at::Tensor input_ids;     // [1, T] int64
+    at::Tensor position_ids;  // [1, T] int64
+    std::vector<int64_t> logits_indices;
+    models::PagedBatch batch;
+  };
+  at::Tensor Forward(const PackedStep& step);
+  // Sends a message to the followers: its kind and, for a step, the step.
+  void Send(int64_t kind, const PackedStep* step);
+  [[noreturn]] void AbandonGroup(const std::string& operation, const std::exception& error);
 
   std::shared_ptr<models::PreTrainedModel> model_;
   std::unique_ptr<models::PagedKVCache> cache_;
   int64_t num_blocks_;
   int64_t block_size_;
   int64_t bytes_per_block_;
+  std::shared_ptr<models::TensorParallelGroup> group_;
+  std::chrono::steady_clock::time_point last_message_;
+  bool shut_down_ = false;
 };
 
 }  // namespace flotilla::worker

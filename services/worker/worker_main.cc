@@ -1,15 +1,28 @@
-// The worker service binary: one tensor-parallel replica's rank 0. With --model it loads the model
-// (a folder, or a registry reference pulled once per commit into <data_dir>/cache), sizes its KV
-// pool, starts the engine and registers with the gateways given by --gateways; without it, it
-// answers Matmul and GetWorkerInfo only.
+// The worker service binary, in one of three roles:
+//   - without --rank: the replica's agent (worker_group.h), which pulls the model once, starts
+//     --tensor_parallel_size rank processes of this binary and restarts them all when one dies;
+//   - --rank=0: the replica's gRPC face. With --model it loads the model (a folder, or a registry
+//     reference pulled once per commit into <data_dir>/cache), sizes its KV pool, starts the engine
+//     and registers with the gateways given by --gateways; without it, it answers Matmul and
+//     GetWorkerInfo only;
+//   - --rank=r > 0: a follower: loads its shard and runs rank 0's steps (ModelRunner::FollowSteps).
+// Ranks of a group rendezvous through a store that rank 0 hosts at --master_address:--master_port.
+#include <signal.h>
+
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <optional>
+#include <string_view>
 #include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include <absl/flags/declare.h>
 #include <absl/flags/flag.h>
+#include <absl/flags/parse.h>
 #include <absl/strings/ascii.h>
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_split.h>
@@ -22,6 +35,7 @@
 #include "services/registry/names.h"
 #include "services/registry/registry_client.h"
 #include "services/worker/gateway_registration.h"
+#include "services/worker/worker_group.h"
 #include "services/worker/worker_service.h"
 
 ABSL_FLAG(std::string, model, "", "a model folder or a registry reference namespace/name[@revision] to serve");
@@ -41,6 +55,20 @@ ABSL_FLAG(int32_t, max_num_batched_tokens, 512, "token budget of one engine step
 ABSL_FLAG(int32_t, max_num_seqs, 64, "most sequences in one step");
 ABSL_FLAG(bool, enable_prefix_caching, true, "reuse the KV blocks of prompt prefixes seen before");
 ABSL_FLAG(std::string, task, "auto", "generate, embed, classify, or auto (from the architecture)");
+ABSL_FLAG(int32_t, tensor_parallel_size, 1, "ranks (processes) that share the model, each holding 1/N of its weights");
+ABSL_FLAG(int32_t, rank, -1,
+          "this process's rank in its tensor-parallel group; unset: run as the replica's agent, which starts every "
+          "rank and restarts the group when one dies");
+ABSL_FLAG(std::string, master_address, "127.0.0.1",
+          "where rank 0 hosts the group's rendezvous store (as torchrun's MASTER_ADDR)");
+ABSL_FLAG(int32_t, master_port, 0, "the rendezvous store's port (as MASTER_PORT); 0: the agent picks a free one");
+ABSL_FLAG(double, tensor_parallel_timeout, 60,
+          "seconds a rank waits for its group: to join it, and for each collective");
+ABSL_FLAG(std::string, tp_plan, "",
+          "a JSON file holding a tensor-parallel plan that overrides the model's (base_model_tp_plan's format; "
+          "\"lm_head\" names the head)");
+
+ABSL_DECLARE_FLAG(std::string, data_dir);
 
 namespace flotilla {
 namespace {
@@ -81,6 +109,152 @@ absl::StatusOr<std::string> ResolveFolder(const std::string& model, const Server
   return client.PullToCache(model, cache);
 }
 
+absl::StatusOr<at::ScalarType> DtypeFromFlag() {
+  const std::string name = absl::GetFlag(FLAGS_dtype);
+  if (name != "float32" && name != "bfloat16") {
+    return absl::InvalidArgumentError(absl::StrCat("--dtype must be float32 or bfloat16, got ", name));
+  }
+  return name == "bfloat16" ? at::kBFloat16 : at::kFloat;
+}
+
+// --tp_plan's contents, or null when unset.
+absl::StatusOr<nlohmann::json> PlanFromFlag() {
+  const std::string path = absl::GetFlag(FLAGS_tp_plan);
+  if (path.empty()) return nlohmann::json();
+  std::ifstream file(path);
+  if (!file) return absl::NotFoundError(absl::StrCat("--tp_plan ", path, ": cannot open the file"));
+  nlohmann::json plan = nlohmann::json::parse(file, nullptr, /*allow_exceptions=*/false);
+  if (plan.is_discarded() || !plan.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat("--tp_plan ", path, ": not a JSON object of module pattern -> style"));
+  }
+  return plan;
+}
+
+// This rank's group (null for one process): rank 0 hosts the store, the others connect.
+absl::StatusOr<std::shared_ptr<models::TensorParallelGroup>> JoinGroup(int rank) {
+  const int world_size = absl::GetFlag(FLAGS_tensor_parallel_size);
+  if (world_size < 1) return absl::InvalidArgumentError("--tensor_parallel_size must be at least 1");
+  if (world_size == 1) return std::shared_ptr<models::TensorParallelGroup>();
+  if (absl::GetFlag(FLAGS_master_port) <= 0) {
+    return absl::InvalidArgumentError("--tensor_parallel_size > 1 needs --master_port (the agent passes a free one)");
+  }
+  LogInfo("joining the tensor-parallel group",
+          {{"rank", rank}, {"world_size", world_size},
+           {"master", absl::StrCat(absl::GetFlag(FLAGS_master_address), ":", absl::GetFlag(FLAGS_master_port))}});
+  return models::TensorParallelGroup::Join(
+      {.rank = rank, .world_size = world_size, .master_address = absl::GetFlag(FLAGS_master_address),
+       .master_port = absl::GetFlag(FLAGS_master_port),
+       .timeout = absl::Seconds(absl::GetFlag(FLAGS_tensor_parallel_timeout))});
+}
+
+// Loads the model for this rank (its shard under tensor parallelism) with the requested attention.
+absl::StatusOr<std::shared_ptr<models::PreTrainedModel>> LoadModel(const std::string& folder, at::ScalarType dtype,
+                                                                   std::shared_ptr<models::TensorParallelGroup> group,
+                                                                   const nlohmann::json& plan) {
+  const std::string attention = absl::GetFlag(FLAGS_attention);
+  models::LoadOptions load_options{.attn_implementation = attention.empty() ? "sdpa" : attention, .dtype = dtype};
+  load_options.tensor_parallel_group = std::move(group);
+  load_options.tensor_parallel_plan = plan;
+  try {
+    models::CheckAttentionImplementation(load_options.attn_implementation);
+    return models::FromPretrained(folder, load_options);
+  } catch (const c10::Error& error) {
+    return absl::InvalidArgumentError(absl::StrCat("--attention ", attention, ": ", error.what_without_backtrace()));
+  }
+}
+
+worker::ModelRunnerOptions RunnerOptions(const models::PreTrainedModel& model, at::ScalarType dtype,
+                                         std::shared_ptr<models::TensorParallelGroup> group, const nlohmann::json& plan) {
+  worker::ModelRunnerOptions options{.kv_cache_memory_bytes = absl::GetFlag(FLAGS_kv_cache_memory),
+                                     .block_size = absl::GetFlag(FLAGS_kv_block_size),
+                                     .kv_dtype = dtype};
+  if (group != nullptr) {
+    models::TensorParallelPlan parsed = model.tensor_parallel_plan();
+    if (!plan.is_null()) {
+      nlohmann::json base = plan;
+      base.erase("lm_head");
+      if (auto from_file = models::TensorParallelPlan::FromJson(base); from_file.ok()) parsed = *from_file;
+    }
+    options.key_value_head_shards = models::KeyValueHeadShards(parsed, group->world_size());
+    options.tensor_parallel_group = std::move(group);
+  }
+  return options;
+}
+
+// A rank > 0: joins the group, loads its shard, then runs rank 0's steps until rank 0 releases it.
+int RunFollower(int argc, char** argv) {
+  // Stop signals are rank 0's business: it drains, then releases the followers.
+  signal(SIGTERM, SIG_IGN);
+  signal(SIGINT, SIG_IGN);
+  signal(SIGPIPE, SIG_IGN);
+  absl::ParseCommandLine(argc, argv);
+  const int rank = absl::GetFlag(FLAGS_rank);
+  auto fail = [rank](const absl::Status& status, int code) {
+    LogError("tensor-parallel follower failed", {{"rank", rank}, {"error", std::string(status.message())}});
+    return code;
+  };
+  if (absl::GetFlag(FLAGS_model).empty()) return fail(absl::InvalidArgumentError("a rank > 0 needs --model"), 1);
+  if (rank >= absl::GetFlag(FLAGS_tensor_parallel_size)) {
+    return fail(absl::InvalidArgumentError(absl::StrCat("--rank ", rank, " is outside --tensor_parallel_size ",
+                                                        absl::GetFlag(FLAGS_tensor_parallel_size))), 1);
+  }
+  absl::StatusOr<at::ScalarType> dtype = DtypeFromFlag();
+  if (!dtype.ok()) return fail(dtype.status(), 1);
+  absl::StatusOr<nlohmann::json> plan = PlanFromFlag();
+  if (!plan.ok()) return fail(plan.status(), 1);
+  ServerOptions options;
+  options.data_directory = absl::GetFlag(FLAGS_data_dir);
+  absl::StatusOr<std::string> folder = ResolveFolder(absl::GetFlag(FLAGS_model), options);
+  if (!folder.ok()) return fail(folder.status(), 1);
+  absl::StatusOr<std::shared_ptr<models::TensorParallelGroup>> group = JoinGroup(rank);
+  if (!group.ok()) return fail(group.status(), 1);
+  absl::StatusOr<std::shared_ptr<models::PreTrainedModel>> model = LoadModel(*folder, *dtype, *group, *plan);
+  if (!model.ok()) return fail(model.status(), 1);
+  if (absl::GetFlag(FLAGS_attention).empty()) (*model)->SetAttentionImplementation("paged");
+  absl::StatusOr<std::unique_ptr<worker::ModelRunner>> runner =
+      worker::ModelRunner::Create(*model, RunnerOptions(**model, *dtype, *group, *plan));
+  if (!runner.ok()) return fail(runner.status(), 1);
+  LogInfo("tensor-parallel follower ready", {{"rank", rank}, {"kv_cache_blocks", (*runner)->num_blocks()}});
+  if (absl::Status status = (*runner)->FollowSteps(); !status.ok()) {
+    return fail(status, worker::kExitTensorParallelGroupBroken);
+  }
+  LogInfo("tensor-parallel follower released by rank 0", {{"rank", rank}});
+  return 0;
+}
+
+// No --rank: the replica's agent. It pulls a registry model once (so that the ranks find it in
+// the cache instead of racing to download it), then starts and watches the ranks.
+int RunAgent(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  const std::string model = absl::GetFlag(FLAGS_model);
+  std::error_code error;
+  if (!model.empty() && !std::filesystem::is_directory(model, error)) {
+    ServerOptions options;
+    options.data_directory = absl::GetFlag(FLAGS_data_dir);
+    if (absl::StatusOr<std::string> folder = ResolveFolder(model, options); !folder.ok()) {
+      std::fprintf(stderr, "flotilla-worker: %s\n", std::string(folder.status().message()).c_str());
+      return 1;
+    }
+  }
+  const int world_size = absl::GetFlag(FLAGS_tensor_parallel_size);
+  if (world_size < 1) {
+    std::fprintf(stderr, "flotilla-worker: --tensor_parallel_size must be at least 1\n");
+    return 1;
+  }
+  if (world_size > 1 && model.empty()) {
+    std::fprintf(stderr, "flotilla-worker: --tensor_parallel_size > 1 needs --model\n");
+    return 1;
+  }
+  worker::WorkerGroupOptions options;
+  options.executable = std::filesystem::read_symlink("/proc/self/exe", error).string();
+  if (error) options.executable = argv[0];
+  options.arguments.assign(argv + 1, argv + argc);
+  options.world_size = world_size;
+  options.master_address = absl::GetFlag(FLAGS_master_address);
+  options.master_port = absl::GetFlag(FLAGS_master_port);
+  return worker::RunWorkerGroup(options);
+}
+
 absl::StatusOr<ServiceBundle> CreateWorker(const ServerOptions& options) {
   ServiceBundle bundle;
   const std::string model_flag = absl::GetFlag(FLAGS_model);
@@ -89,23 +263,19 @@ absl::StatusOr<ServiceBundle> CreateWorker(const ServerOptions& options) {
     return bundle;
   }
   const std::string dtype_name = absl::GetFlag(FLAGS_dtype);
-  if (dtype_name != "float32" && dtype_name != "bfloat16") {
-    return absl::InvalidArgumentError(absl::StrCat("--dtype must be float32 or bfloat16, got ", dtype_name));
-  }
-  const at::ScalarType dtype = dtype_name == "bfloat16" ? at::kBFloat16 : at::kFloat;
+  absl::StatusOr<at::ScalarType> parsed_dtype = DtypeFromFlag();
+  if (!parsed_dtype.ok()) return parsed_dtype.status();
+  const at::ScalarType dtype = *parsed_dtype;
+  absl::StatusOr<nlohmann::json> plan = PlanFromFlag();
+  if (!plan.ok()) return plan.status();
   absl::StatusOr<std::string> folder = ResolveFolder(model_flag, options);
   if (!folder.ok()) return folder.status();
+  absl::StatusOr<std::shared_ptr<models::TensorParallelGroup>> group = JoinGroup(/*rank=*/0);
+  if (!group.ok()) return group.status();
 
   auto served = std::make_shared<ServedModel>();
   std::string attention = absl::GetFlag(FLAGS_attention);
-  models::LoadOptions load_options{.attn_implementation = attention.empty() ? "sdpa" : attention, .dtype = dtype};
-  absl::StatusOr<std::shared_ptr<models::PreTrainedModel>> model;
-  try {
-    models::CheckAttentionImplementation(load_options.attn_implementation);
-    model = models::FromPretrained(*folder, load_options);
-  } catch (const c10::Error& error) {
-    return absl::InvalidArgumentError(absl::StrCat("--attention ", attention, ": ", error.what_without_backtrace()));
-  }
+  absl::StatusOr<std::shared_ptr<models::PreTrainedModel>> model = LoadModel(*folder, dtype, *group, *plan);
   if (!model.ok()) return model.status();
   served->model = *model;
   const models::PretrainedConfig& config = served->model->config();
@@ -116,6 +286,11 @@ absl::StatusOr<ServiceBundle> CreateWorker(const ServerOptions& options) {
   const std::string task = TaskFor(architecture, absl::GetFlag(FLAGS_task));
   if (task != "generate" && task != "embed" && task != "classify") {
     return absl::InvalidArgumentError(absl::StrCat("--task must be auto, generate, embed or classify, got ", task));
+  }
+  if (*group != nullptr && task != "generate") {
+    return absl::InvalidArgumentError(absl::StrCat("--tensor_parallel_size ", (*group)->world_size(), ": ", architecture,
+                                                   " is served for ", task,
+                                                   ", and tensor parallelism serves generation only"));
   }
   if (attention == "sdpa" && config.source.contains("attn_logit_softcapping") &&
       !config.source["attn_logit_softcapping"].is_null()) {
@@ -143,7 +318,7 @@ absl::StatusOr<ServiceBundle> CreateWorker(const ServerOptions& options) {
   }
 
   flotilla::v1::WorkerInfo& info = served->info;
-  info.set_world_size(1);
+  info.set_world_size(absl::GetFlag(FLAGS_tensor_parallel_size));
   info.set_device("cpu");
   info.set_torch_version(TORCH_VERSION);
   if (std::filesystem::is_directory(model_flag)) {
@@ -165,9 +340,7 @@ absl::StatusOr<ServiceBundle> CreateWorker(const ServerOptions& options) {
   info.set_vocab_size(static_cast<int32_t>(ConfigInt(config.source, {"vocab_size"}, 0)));
 
   if (task == "generate") {
-    worker::ModelRunnerOptions runner_options{.kv_cache_memory_bytes = absl::GetFlag(FLAGS_kv_cache_memory),
-                                              .block_size = absl::GetFlag(FLAGS_kv_block_size),
-                                              .kv_dtype = dtype};
+    worker::ModelRunnerOptions runner_options = RunnerOptions(*served->model, dtype, *group, *plan);
     absl::StatusOr<std::unique_ptr<worker::ModelRunner>> runner = worker::ModelRunner::Create(served->model, runner_options);
     if (!runner.ok()) return runner.status();
     const int64_t capacity = (*runner)->num_blocks() * (*runner)->block_size();
@@ -234,6 +407,8 @@ absl::StatusOr<ServiceBundle> CreateWorker(const ServerOptions& options) {
     if (state->served->engine != nullptr) {
       state->served->engine->WaitUntilIdle(std::chrono::steady_clock::now() +
                                            absl::ToChronoNanoseconds(std::max(absl::ZeroDuration(), deadline - absl::Now())));
+      // Releases the tensor-parallel followers before this rank leaves.
+      state->served->engine->Stop();
     }
     state->registration->Stop();
   };
@@ -244,4 +419,23 @@ absl::StatusOr<ServiceBundle> CreateWorker(const ServerOptions& options) {
 }  // namespace
 }  // namespace flotilla
 
-int main(int argc, char** argv) { return flotilla::ServiceMain(argc, argv, "worker", flotilla::CreateWorker); }
+namespace {
+
+// --rank's value as given on the command line (flags are parsed by the role that runs).
+std::optional<int> RankArgument(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view argument = argv[i];
+    if (argument == "--rank" && i + 1 < argc) return std::atoi(argv[i + 1]);
+    if (argument.starts_with("--rank=")) return std::atoi(argv[i] + 7);
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::optional<int> rank = RankArgument(argc, argv);
+  if (!rank.has_value()) return flotilla::RunAgent(argc, argv);
+  if (*rank > 0) return flotilla::RunFollower(argc, argv);
+  return flotilla::ServiceMain(argc, argv, "worker", flotilla::CreateWorker);
+}

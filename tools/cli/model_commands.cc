@@ -54,6 +54,13 @@ struct ModelFlags {
   std::string dtype = "float32";
   std::string registry;
   std::string data_directory = DefaultDataDirectory();
+  // Tensor parallelism: run this process as one rank of a group (start one process per rank, as
+  // with torchrun; rank 0 hosts the rendezvous store and writes the outputs).
+  int tensor_parallel_size = 1;
+  int rank = 0;
+  std::string master_address = "127.0.0.1";
+  int master_port = 29500;
+  std::string tp_plan;
 };
 
 void AddModelFlags(CLI::App* command, ModelFlags& flags) {
@@ -67,6 +74,14 @@ void AddModelFlags(CLI::App* command, ModelFlags& flags) {
   command->add_option("--registry", flags.registry,
                       "registry gRPC address for references (default $FLOTILLA_REGISTRY, else the local mesh's)");
   command->add_option("--data-dir", flags.data_directory, "the local mesh's data directory");
+  command->add_option("--tensor-parallel-size", flags.tensor_parallel_size,
+                      "ranks sharing the model (start one process per rank with --rank)")
+      ->check(CLI::PositiveNumber);
+  command->add_option("--rank", flags.rank, "this process's rank (rank 0 hosts the store and writes the outputs)")
+      ->check(CLI::NonNegativeNumber);
+  command->add_option("--master-address", flags.master_address, "rank 0's address (as torchrun's MASTER_ADDR)");
+  command->add_option("--master-port", flags.master_port, "rank 0's store port (as MASTER_PORT)");
+  command->add_option("--tp-plan", flags.tp_plan, "a JSON tensor-parallel plan overriding the model's");
 }
 
 // The local folder of flags.model: itself when it is a folder, else the registry reference pulled
@@ -179,6 +194,25 @@ std::shared_ptr<models::PreTrainedModel> Load(const ModelFlags& flags, const std
   options.attn_implementation = flags.attention;
   options.architecture = flags.architecture;
   options.dtype = flags.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
+  if (flags.tensor_parallel_size > 1) {
+    if (flags.rank >= flags.tensor_parallel_size) {
+      throw CommandFailed(2, absl::StrCat("--rank ", flags.rank, " is outside --tensor-parallel-size ",
+                                          flags.tensor_parallel_size));
+    }
+    if (!flags.tp_plan.empty()) {
+      std::ifstream file(flags.tp_plan);
+      options.tensor_parallel_plan = nlohmann::json::parse(file, nullptr, /*allow_exceptions=*/false);
+      if (!file || options.tensor_parallel_plan.is_discarded()) {
+        throw CommandFailed(2, absl::StrCat("--tp-plan ", flags.tp_plan, ": not a readable JSON file"));
+      }
+    }
+    auto group = models::TensorParallelGroup::Join({.rank = flags.rank, .world_size = flags.tensor_parallel_size,
+                                                    .master_address = flags.master_address,
+                                                    .master_port = flags.master_port,
+                                                    .timeout = absl::Seconds(60)});
+    if (!group.ok()) throw CommandFailed(1, std::string(group.status().message()));
+    options.tensor_parallel_group = *group;
+  }
   auto model = models::FromPretrained(folder, options);
   if (!model.ok()) throw CommandFailed(1, std::string(model.status().message()));
   return *model;
@@ -244,6 +278,7 @@ void RunForward(const ModelFlags& flags, const std::string& input_ids_text, cons
   for (const auto& [name, tensor] : output.named_outputs) {
     if (tensor.defined()) tensors.emplace_back(name, tensor);
   }
+  if (flags.rank != 0) return;  // rank 0 writes what every rank computed
   if (input_ids.defined()) {
     tensors.emplace_back("input_ids", input_ids);
     tensors.emplace_back("attention_mask", attention_mask.value_or(at::ones_like(input_ids)));
