@@ -146,7 +146,9 @@ absl::StatusOr<at::Tensor> ShardParameter(const at::Tensor& full, std::string_vi
   const int64_t size = full.size(dim);
   if (size % (parts * world_size) != 0) {
     return absl::InvalidArgumentError(absl::StrCat("ShardParameter(", std::string(parameter_name), "): dimension ", dim, " of size ",
-                                                   size, " does not divide into ", parts, " x ", world_size, " shards"));
+                                                   size, " does not divide into ",
+                                                   parts > 1 ? absl::StrCat(parts, " parts x ", world_size) : absl::StrCat(world_size),
+                                                   " shards (tensor-parallel size ", world_size, ")"));
   }
   const int64_t part_size = size / parts;
   const int64_t shard_size = part_size / world_size;

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <optional>
 #include <string>
 #include <vector>
@@ -62,6 +63,11 @@ absl::StatusOr<MeshState> LoadRunningMesh(const std::string& data_directory);
 // Writes <data>/run/mesh.json (atomically: a reader sees the old or the new state, never half).
 absl::Status SaveMeshState(const MeshState& mesh);
 
+// <data>/run: the services' and workers' ready files.
+std::filesystem::path RunDirectory(const std::string& data_directory);
+// The stem of a worker's files: logs/<stem>.log, run/<stem>.ready, <data>/<stem>/.
+std::string WorkerStem(const std::string& name, int replica);
+
 // The gRPC address of one service of the running mesh (e.g. for `flotilla push`).
 absl::StatusOr<std::string> RunningServiceAddress(const std::string& data_directory, const std::string& service);
 
@@ -89,6 +95,8 @@ struct ServeOptions {
   std::string model;  // a registry reference namespace/name[@revision] or a local folder
   std::string name;   // empty: the model's repository name, lowercase
   int replicas = 1;
+  int tensor_parallel_size = 1;  // ranks (processes) per replica, started and restarted by its agent
+  std::string tp_plan;           // a JSON plan file overriding the model's; empty: the model's
   std::string dtype;      // empty: the worker's default
   std::string attention;  // empty: the worker's default
   std::string task = "auto";

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include <absl/strings/str_cat.h>
+#include <absl/strings/str_join.h>
 #include <absl/strings/str_split.h>
 #include <grpcpp/grpcpp.h>
 #include <nlohmann/json.hpp>
@@ -33,7 +34,6 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-fs::path RunDirectory(const std::string& data_directory) { return fs::path(data_directory) / "run"; }
 fs::path MeshFile(const std::string& data_directory) { return RunDirectory(data_directory) / "mesh.json"; }
 
 std::string LastLine(const fs::path& path) { return LastLines(path, 1); }
@@ -65,6 +65,32 @@ std::string WorkerHealth(const MeshWorker& worker) {
   return CheckHealth(worker.grpc_address);
 }
 
+// A replica's agent rewrites nothing, but its rank 0 rewrites the ready file each time the group
+// (re)starts: the addresses are read afresh.
+void RefreshAddresses(const std::string& data_directory, MeshWorker& worker) {
+  std::ifstream stream(RunDirectory(data_directory) / (WorkerStem(worker.name, worker.replica) + ".ready"));
+  const nlohmann::json ready = nlohmann::json::parse(stream, nullptr, /*allow_exceptions=*/false);
+  if (!ready.is_object()) return;
+  worker.grpc_address = ready.value("grpc_address", worker.grpc_address);
+  worker.http_address = ready.value("http_address", worker.http_address);
+}
+
+// The pids of a replica's ranks: its agent's children, in the order it started them (rank order).
+std::vector<int> RankPids(int agent_pid) {
+  std::ifstream stream(absl::StrCat("/proc/", agent_pid, "/task/", agent_pid, "/children"));
+  std::vector<int> pids;
+  for (int pid = 0; stream >> pid;) pids.push_back(pid);
+  std::sort(pids.begin(), pids.end());
+  return pids;
+}
+
+// SERVING / NOT_SERVING from rank 0, RESTARTING while the agent has no ranks, EXITED without it.
+std::string ReplicaHealth(const MeshWorker& worker) {
+  const std::string health = WorkerHealth(worker);
+  if (health != "EXITED" && RankPids(worker.pid).empty()) return "RESTARTING";
+  return health;
+}
+
 nlohmann::json ServiceToJson(const MeshService& service) {
   return {{"name", service.name}, {"pid", service.pid}, {"grpc_address", service.grpc_address},
           {"http_address", service.http_address}, {"log", service.log_path}};
@@ -85,18 +111,20 @@ void PrintTable(const MeshState& mesh, bool with_health) {
   if (mesh.workers.empty()) return;
   int name_width = 20;
   for (const MeshWorker& worker : mesh.workers) name_width = std::max(name_width, static_cast<int>(worker.name.size()));
-  std::printf("\n%-*s %-7s %-8s %-22s %-22s %-12s %-13s %-7s %s\n", name_width, "MODEL", "REPLICA", "PID", "GRPC", "HTTP",
-              "HEALTH", "KV BLOCKS", "RUNNING", "WAITING");
-  for (const MeshWorker& worker : mesh.workers) {
-    const std::string health = WorkerHealth(worker);
+  std::printf("\n%-*s %-7s %-8s %-16s %-22s %-22s %-12s %-13s %-7s %s\n", name_width, "MODEL", "REPLICA", "PID",
+              "RANK PIDS", "GRPC", "HTTP", "HEALTH", "KV BLOCKS", "RUNNING", "WAITING");
+  for (MeshWorker worker : mesh.workers) {
+    RefreshAddresses(mesh.data_directory, worker);
+    const std::string health = ReplicaHealth(worker);
+    const std::string ranks = absl::StrJoin(RankPids(worker.pid), ",");
     const std::optional<flotilla::v1::WorkerLoad> load =
         health == "SERVING" ? AskLoad(worker.grpc_address) : std::nullopt;
     const std::string blocks = load ? absl::StrCat(load->kv_blocks_used(), "/", load->kv_blocks_total()) : "-";
     const std::string running = load ? absl::StrCat(load->num_requests_running()) : "-";
     const std::string waiting = load ? absl::StrCat(load->num_requests_waiting()) : "-";
-    std::printf("%-*s %-7d %-8d %-22s %-22s %-12s %-13s %-7s %s\n", name_width, worker.name.c_str(), worker.replica, worker.pid,
-                worker.grpc_address.c_str(), worker.http_address.c_str(), health.c_str(), blocks.c_str(),
-                running.c_str(), waiting.c_str());
+    std::printf("%-*s %-7d %-8d %-16s %-22s %-22s %-12s %-13s %-7s %s\n", name_width, worker.name.c_str(), worker.replica,
+                worker.pid, ranks.empty() ? "-" : ranks.c_str(), worker.grpc_address.c_str(), worker.http_address.c_str(),
+                health.c_str(), blocks.c_str(), running.c_str(), waiting.c_str());
   }
 }
 
@@ -108,9 +136,14 @@ nlohmann::json StatusToJson(const MeshState& mesh) {
     services.push_back(entry);
   }
   nlohmann::json workers = nlohmann::json::array();
-  for (const MeshWorker& worker : mesh.workers) {
+  for (MeshWorker worker : mesh.workers) {
+    RefreshAddresses(mesh.data_directory, worker);
     nlohmann::json entry = WorkerToJson(worker);
-    entry["health"] = WorkerHealth(worker);
+    entry["health"] = ReplicaHealth(worker);
+    // The agent is `pid`; its ranks are its children (rank 0 serves gRPC).
+    nlohmann::json ranks = nlohmann::json::array();
+    for (int rank_pid : RankPids(worker.pid)) ranks.push_back({{"rank", ranks.size()}, {"pid", rank_pid}});
+    entry["ranks"] = ranks;
     entry["load"] = nullptr;
     if (entry["health"] == "SERVING") {
       if (std::optional<flotilla::v1::WorkerLoad> load = AskLoad(worker.grpc_address)) {
@@ -315,6 +348,10 @@ absl::StatusOr<MeshState> LoadRunningMesh(const std::string& data_directory) {
   if (!any_alive) return absl::NotFoundError(absl::StrCat("no mesh is running (data directory ", data_directory, ")"));
   return mesh;
 }
+
+fs::path RunDirectory(const std::string& data_directory) { return fs::path(data_directory) / "run"; }
+
+std::string WorkerStem(const std::string& name, int replica) { return absl::StrCat("worker-", name, "-", replica); }
 
 absl::Status SaveMeshState(const MeshState& mesh) {
   nlohmann::json services = nlohmann::json::array();

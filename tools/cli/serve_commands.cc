@@ -35,10 +35,6 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-fs::path RunDirectory(const std::string& data_directory) { return fs::path(data_directory) / "run"; }
-
-// The stem of a worker's files: logs/<stem>.log, run/<stem>.ready, <data>/<stem>/.
-std::string WorkerStem(const std::string& name, int replica) { return absl::StrCat("worker-", name, "-", replica); }
 
 std::string ServiceAddress(const MeshState& mesh, const std::string& service, bool http) {
   for (const MeshService& entry : mesh.services) {
@@ -226,6 +222,12 @@ void ServeModel(const ServeOptions& options) {
           absl::StrCat("--registry=", registry_address),
           // One model cache for the CLI and every worker: a commit is pulled once per machine.
           absl::StrCat("--cache_dir=", ModelCacheDirectory(options.data_directory))};
+      if (options.tensor_parallel_size > 1) {
+        arguments.push_back(absl::StrCat("--tensor_parallel_size=", options.tensor_parallel_size));
+      }
+      if (!options.tp_plan.empty()) {
+        arguments.push_back(absl::StrCat("--tp_plan=", fs::absolute(options.tp_plan).string()));
+      }
       if (!options.dtype.empty()) arguments.push_back(absl::StrCat("--dtype=", options.dtype));
       if (!options.attention.empty()) arguments.push_back(absl::StrCat("--attention=", options.attention));
       if (options.task != "auto") arguments.push_back(absl::StrCat("--task=", options.task));
@@ -329,6 +331,13 @@ void AddServeCommands(CLI::App& app) {
                     "The served model name clients ask for (default: the repository's name, lowercase)");
   serve->add_option("--replicas", options->replicas, "Worker processes (replicas) to start")
       ->check(CLI::Range(1, 64));
+  serve->add_option("--tensor-parallel-size", options->tensor_parallel_size,
+                    "Processes (ranks) per replica, each holding 1/N of the weights; a replica's agent restarts "
+                    "all of them when one dies")
+      ->check(CLI::Range(1, 64));
+  serve->add_option("--tp-plan", options->tp_plan,
+                    "A JSON tensor-parallel plan (base_model_tp_plan's format) overriding the model's")
+      ->check(CLI::ExistingFile);
   serve->add_option("--dtype", options->dtype, "Weights and activations (default: the worker's)")
       ->check(CLI::IsMember({"float32", "bfloat16"}));
   serve->add_option("--attention", options->attention, "Attention implementation (default: the worker's)")
