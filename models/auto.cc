@@ -49,8 +49,9 @@ std::string ShapeText(at::IntArrayRef shape) { return absl::StrCat("[", absl::St
 absl::StatusOr<std::map<std::string, ParallelStyle>> ShardedModuleStyles(PreTrainedModel& model,
                                                                         const LoadOptions& options,
                                                                         int64_t world_size) {
-  const std::string architecture =
-      model.config().architectures.empty() ? model.config().model_type : model.config().architectures.front();
+  // The class that loads (a config.json may name no architectures), without its namespace.
+  std::string architecture = model.name();
+  if (const size_t colon = architecture.rfind(':'); colon != std::string::npos) architecture = architecture.substr(colon + 1);
   TensorParallelPlan base_plan;
   TensorParallelPlan top_level_plan;
   top_level_plan.Add("lm_head", ParallelStyle::kColwiseGatherOutput);

@@ -1,11 +1,18 @@
 #include "services/worker/model_runner.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdlib>
+#include <fstream>
+
+#include <prometheus/gauge.h>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "services/common/logging.h"
+#include "services/common/metrics.h"
 
 namespace flotilla::worker {
 
@@ -19,6 +26,23 @@ constexpr int64_t kShutdownMessage = 3;
 
 // Rank 0 idles at most this long between messages, far below any collective timeout.
 constexpr auto kKeepAliveInterval = std::chrono::seconds(1);
+constexpr auto kMemoryReportInterval = std::chrono::seconds(2);
+
+int64_t ResidentMemoryBytes() {
+  std::ifstream statm("/proc/self/statm");
+  int64_t size_pages = 0;
+  int64_t resident_pages = 0;
+  statm >> size_pages >> resident_pages;
+  return resident_pages * sysconf(_SC_PAGESIZE);
+}
+
+prometheus::Family<prometheus::Gauge>& RankMemoryGauges() {
+  static auto& family = prometheus::BuildGauge()
+                            .Name("flotilla_worker_rank_resident_memory_bytes")
+                            .Help("Resident memory of each rank of this worker's tensor-parallel group")
+                            .Register(MetricsRegistry());
+  return family;
+}
 
 }  // namespace
 
@@ -78,8 +102,12 @@ at::Tensor ModelRunner::Execute(const std::vector<RunnerSequence>& sequences) {
     offset += length;
     if (sequence.samples) step.logits_indices.push_back(offset - 1);
   }
-  if (!group_) return Forward(step);
+  if (!group_) {
+    PublishMemory();
+    return Forward(step);
+  }
   try {
+    PublishMemory();
     Send(kStepMessage, &step);
     return Forward(step);
   } catch (const std::exception& error) {
@@ -135,6 +163,7 @@ void ModelRunner::Send(int64_t kind, const PackedStep* step) {
 void ModelRunner::KeepAlive() {
   if (!group_ || shut_down_ || std::chrono::steady_clock::now() - last_message_ < kKeepAliveInterval) return;
   try {
+    PublishMemory();
     Send(kKeepAliveMessage, nullptr);
   } catch (const std::exception& error) {
     AbandonGroup("a keep-alive", error);
@@ -160,6 +189,7 @@ absl::Status ModelRunner::FollowSteps() {
       const int64_t kind = header[0].item<int64_t>();
       const int64_t length = header[1].item<int64_t>();
       if (kind == kShutdownMessage) return absl::OkStatus();
+      PublishMemory();
       if (kind == kKeepAliveMessage) continue;
       TORCH_CHECK(kind == kStepMessage && length >= 3, "FollowSteps: unknown message kind ", kind);
       at::Tensor body = at::empty({length}, at::kLong);
@@ -186,6 +216,26 @@ absl::Status ModelRunner::FollowSteps() {
   } catch (const std::exception& error) {
     return absl::UnavailableError(absl::StrCat("tensor-parallel rank ", group_->rank(),
                                                " lost its group while following steps: ", error.what()));
+  }
+}
+
+void ModelRunner::PublishMemory() {
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_memory_report_ < kMemoryReportInterval) return;
+  last_memory_report_ = now;
+  const int64_t resident = ResidentMemoryBytes();
+  if (!group_) {
+    RankMemoryGauges().Add({{"rank", "0"}}).Set(static_cast<double>(resident));
+    return;
+  }
+  const auto key = [](int64_t rank) { return absl::StrCat("flotilla/rank/", rank, "/resident_memory_bytes"); };
+  group_->SetValue(key(group_->rank()), std::to_string(resident));
+  if (group_->rank() != 0) return;
+  for (int64_t rank = 0; rank < group_->world_size(); ++rank) {
+    int64_t value = 0;
+    if (absl::SimpleAtoi(group_->GetValue(key(rank)), &value)) {
+      RankMemoryGauges().Add({{"rank", std::to_string(rank)}}).Set(static_cast<double>(value));
+    }
   }
 }
 

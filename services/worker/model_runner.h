@@ -100,6 +100,9 @@ class ModelRunner {
   // Sends a message to the followers: its kind and, for a step, the step.
   void Send(int64_t kind, const PackedStep* step);
   [[noreturn]] void AbandonGroup(const std::string& operation, const std::exception& error);
+  // Every rank's resident memory, at most every few seconds: each rank writes its own to the
+  // group's store; rank 0 exports them all (flotilla_worker_rank_resident_memory_bytes{rank}).
+  void PublishMemory();
 
   std::shared_ptr<models::PreTrainedModel> model_;
   std::unique_ptr<models::PagedKVCache> cache_;
@@ -108,6 +111,7 @@ class ModelRunner {
   int64_t bytes_per_block_;
   std::shared_ptr<models::TensorParallelGroup> group_;
   std::chrono::steady_clock::time_point last_message_;
+  std::chrono::steady_clock::time_point last_memory_report_;
   bool shut_down_ = false;
 };
 
