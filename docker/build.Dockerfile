@@ -4,9 +4,9 @@
 # Release build of every binary in /src/build. Build it first, then the service images:
 #   docker build -f docker/build.Dockerfile -t flotilla-build:0.1.0 .
 #   docker build -f docker/gateway.Dockerfile --build-arg BUILD_IMAGE=flotilla-build:0.1.0 -t flotilla-gateway:0.1.0 .
-# (docker/build-images.sh does both for every service.) The CUDA parts (kernels/cuda) are built
-# when the CUDA toolkit is installed here: pass --build-arg CUDA_TOOLKIT=cuda-toolkit-13-0 with
-# NVIDIA's Debian 12 repository configured, as on the development machines.
+# (docker/build-images.sh does both for every service.) No CUDA toolkit is installed here, so the
+# binaries run LibTorch's CUDA paths but not kernels/cuda's own kernels: to build those, add NVIDIA's
+# Debian 12 repository and its cuda-toolkit package to this stage (CMake finds it by itself).
 FROM debian:12.12 AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
