@@ -127,7 +127,7 @@ def test_auth_secret_feeds_the_registry_tokens_and_the_mesh_read_token(render):
     registry = next(o for o in objects if o["kind"] == "StatefulSet")
     spec = registry["spec"]["template"]["spec"]
     assert "--tokens_file=/etc/flotilla/auth/tokens" in spec["containers"][0]["args"]
-    assert "--anonymous_read=false" in spec["containers"][0]["args"]
+    assert "--anonymous_read=true" in spec["containers"][0]["args"]
     assert {"name": "auth", "secret": {"secretName": "flotilla-auth", "items": [{"key": "tokens", "path": "tokens"}],
                                        "defaultMode": 0o440}} in spec["volumes"]
     for name, pod in pod_specs(objects):
