@@ -178,3 +178,21 @@ def test_checkov_passes_on_rendered_manifests(values_file):
         checked = run([tool("checkov"), "--directory", directory, "--framework", "kubernetes", "--compact", "--quiet",
                        "--skip-download", "--skip-check", ",".join(CHECKOV_SKIPS)])
     assert checked.returncode == 0, checked.stdout[-6000:] + checked.stderr[-2000:]
+
+
+# The flags tensor-parallel groups take from docker/worker-group.sh, not from the chart.
+@pytest.mark.parametrize("values_file", VALUES_FILES)
+def test_every_rendered_flag_is_one_the_binary_knows(render, values_file):
+    from conftest import binary  # noqa: PLC0415  (tests/conftest.py: the built service binaries)
+
+    known: dict[str, set[str]] = {}
+    for name, spec in pod_specs(render(values_file)):
+        container = spec["containers"][0]
+        service = container["name"]
+        if service not in known:
+            help_text = run([str(binary(f"flotilla-{service}")), "--helpfull"]).stdout
+            known[service] = set(re.findall(r"^\s+--(\w+) ", help_text, flags=re.M))
+            assert "grpc_listen" in known[service], help_text[:2000]
+        for argument in container["args"]:
+            flag = re.match(r"--(\w+)=", argument).group(1)
+            assert flag in known[service], f"{name}: flotilla-{service} has no --{flag}"
