@@ -3,13 +3,18 @@ the defaults and every example, every object is valid for the Kubernetes version
 every pod is locked down, and values.schema.json refuses bad values with a message naming the key."""
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import binary  # tests/conftest.py: the built service binaries
 from deploy.conftest import CHART, VALUES_FILES, helm_template, pod_specs, run, tool
 
 # The oldest release the chart claims (Chart.yaml kubeVersion) and the newest kubernetes-validate knows.
@@ -183,8 +188,6 @@ def test_checkov_passes_on_rendered_manifests(values_file):
 # The flags tensor-parallel groups take from docker/worker-group.sh, not from the chart.
 @pytest.mark.parametrize("values_file", VALUES_FILES)
 def test_every_rendered_flag_is_one_the_binary_knows(render, values_file):
-    from conftest import binary  # noqa: PLC0415  (tests/conftest.py: the built service binaries)
-
     known: dict[str, set[str]] = {}
     for name, spec in pod_specs(render(values_file)):
         container = spec["containers"][0]
@@ -196,3 +199,43 @@ def test_every_rendered_flag_is_one_the_binary_knows(render, values_file):
         for argument in container["args"]:
             flag = re.match(r"--(\w+)=", argument).group(1)
             assert flag in known[service], f"{name}: flotilla-{service} has no --{flag}"
+
+
+def test_registry_and_gateway_start_with_the_rendered_flags_and_pass_their_probes(render, tmp_path):
+    """The registry and the gateway, started with the exact arguments the chart renders (listen
+    addresses, data directory and the tokens file moved to this machine), answer the probes the
+    chart gives them."""
+    objects = render("examples/gpu-8x-tp8-and-embedder.yaml")
+    (tmp_path / "tokens").write_text("secret-write-token ci acme write\n")
+    processes = []
+    try:
+        for name, spec in pod_specs(objects):
+            container = spec["containers"][0]
+            if container["name"] not in ("registry", "gateway"):
+                continue
+            directory = tmp_path / container["name"]
+            directory.mkdir()
+            arguments = [argument.replace("0.0.0.0:7700", "127.0.0.1:0").replace("0.0.0.0:7701", "127.0.0.1:0")
+                         .replace("/var/lib/flotilla", str(directory / "data"))
+                         .replace("/etc/flotilla/auth/tokens", str(tmp_path / "tokens"))
+                         .replace("flotilla-registry:7700", "127.0.0.1:1")
+                         for argument in container["args"]]
+            ready_file = directory / "ready.json"
+            log = open(directory / "log", "wb")
+            processes.append(subprocess.Popen([str(binary(f"flotilla-{container['name']}")), *arguments,
+                                               f"--ready_file={ready_file}"], stdout=log, stderr=subprocess.STDOUT))
+            deadline = time.monotonic() + 60
+            while not ready_file.exists():
+                assert processes[-1].poll() is None, (directory / "log").read_text()
+                assert time.monotonic() < deadline, f"{name} not ready: {(directory / 'log').read_text()}"
+                time.sleep(0.05)
+            http_address = json.loads(ready_file.read_text())["http_address"]
+            for probe in ("readinessProbe", "livenessProbe"):
+                path = container[probe]["httpGet"]["path"]
+                with urllib.request.urlopen(f"http://{http_address}{path}", timeout=10) as response:
+                    assert response.status == 200, f"{name} {path}"
+        assert len(processes) == 2
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=60)
