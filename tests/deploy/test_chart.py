@@ -22,7 +22,7 @@ KUBERNETES_VERSIONS = ["1.30.0", "1.37.0"]
 # Custom resources of the Prometheus Operator: no schema in kubernetes-validate; the rules inside
 # the PrometheusRule are checked by promtool in test_prometheus.py, from the same file.
 CUSTOM_KINDS = {"PodMonitor", "PrometheusRule"}
-EVERYTHING_ON = ["--set", "metrics.serviceMonitor.enabled=true,metrics.prometheusRule.enabled=true,"
+EVERYTHING_ON = ["--set", "metrics.podMonitor.enabled=true,metrics.prometheusRule.enabled=true,"
                  "metrics.dashboards.enabled=true,gateway.ingress.enabled=true"]
 
 
