@@ -102,18 +102,31 @@ def test_tensor_parallel_pool_is_one_pod_with_one_gpu_per_rank(render):
     assert "--task=embed" in embedder_container["args"]
 
 
-def test_workers_register_with_every_gateway_through_the_headless_service(render):
-    objects = render("examples/gpu-8x-tp8-and-embedder.yaml")
+@pytest.mark.parametrize("values_file, gateways", [("examples/laptop-cpu.yaml", 2),
+                                                   ("examples/gpu-8x-tp8-and-embedder.yaml", 6)])
+def test_workers_register_with_every_gateway_pod_the_autoscaler_may_start(render, values_file, gateways):
+    objects = render(values_file)
     headless = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "flotilla-gateway-workers")
     assert headless["spec"]["clusterIP"] == "None"
     assert headless["spec"]["publishNotReadyAddresses"] is True
-    gateway = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "flotilla-gateway")
+    gateway = next(o for o in objects if o["metadata"]["name"] == "flotilla-gateway" and o["kind"] == "StatefulSet")
+    assert gateway["spec"]["serviceName"] == "flotilla-gateway-workers"
     assert headless["spec"]["selector"] == gateway["spec"]["selector"]["matchLabels"]
-    for name, spec in pod_specs(objects):
-        if "worker" in name:
-            args = spec["containers"][0]["args"]
-            assert "--gateways=flotilla-gateway-workers:7700" in args, name
-            assert "--advertise_address=$(POD_IP):7700" in args, name
+    # A StatefulSet pod's DNS name: <statefulset>-<ordinal>.<serviceName>.
+    expected = ",".join(f"flotilla-gateway-{ordinal}.flotilla-gateway-workers:7700" for ordinal in range(gateways))
+    workers = [(name, spec) for name, spec in pod_specs(objects) if "worker" in name]
+    assert workers
+    for name, spec in workers:
+        args = spec["containers"][0]["args"]
+        assert f"--gateways={expected}" in args, name
+        assert "--advertise_address=$(POD_IP):7700" in args, name
+
+
+def test_scaling_gateways_by_hand_leaves_the_workers_unchanged(render):
+    def worker_template(replicas):
+        objects = render("examples/laptop-cpu.yaml", "--set", f"gateway.replicas={replicas}")
+        return next(o for o in objects if o["kind"] == "Deployment" and "worker" in o["metadata"]["name"])["spec"]
+    assert worker_template(1) == worker_template(2)
 
 
 def test_only_the_gateway_accepts_clients(render):
@@ -129,7 +142,7 @@ def test_only_the_gateway_accepts_clients(render):
 
 def test_auth_secret_feeds_the_registry_tokens_and_the_mesh_read_token(render):
     objects = render("examples/gpu-8x-tp8-and-embedder.yaml")
-    registry = next(o for o in objects if o["kind"] == "StatefulSet")
+    registry = next(o for o in objects if o["kind"] == "StatefulSet" and o["metadata"]["name"] == "flotilla-registry")
     spec = registry["spec"]["template"]["spec"]
     assert "--tokens_file=/etc/flotilla/auth/tokens" in spec["containers"][0]["args"]
     assert "--anonymous_read=true" in spec["containers"][0]["args"]

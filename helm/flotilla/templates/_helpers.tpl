@@ -181,3 +181,18 @@ affinity:
 {{- int64 $value -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Every gateway pod's registration address, up to gateway.autoscaling.maxReplicas (the bound for
+manual scaling too, so that scaling gateways never changes, and so never restarts, the workers):
+"<fullname>-gateway-<i>.<fullname>-gateway-workers:<grpc port>", comma-separated. Workers retry the
+names of pods that do not exist (yet) every 2 s, so a gateway added later gets every worker. */}}
+{{- define "flotilla.gatewayAddresses" -}}
+{{- $fullname := include "flotilla.fullname" . -}}
+{{- $gateway := .Values.gateway -}}
+{{- $count := int $gateway.autoscaling.maxReplicas -}}
+{{- $addresses := list -}}
+{{- range $index := until $count -}}
+{{- $addresses = append $addresses (printf "%s-gateway-%d.%s-gateway-workers:%v" $fullname $index $fullname $.Values.ports.grpc) -}}
+{{- end -}}
+{{- join "," $addresses -}}
+{{- end -}}
