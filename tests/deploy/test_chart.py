@@ -252,3 +252,13 @@ def test_registry_and_gateway_start_with_the_rendered_flags_and_pass_their_probe
         for process in processes:
             process.terminate()
             process.wait(timeout=60)
+
+
+def test_client_apis_are_served_over_tls_from_secrets(render):
+    ingresses = {o["metadata"]["name"]: o["spec"] for o in render("examples/gpu-8x-tp8-and-embedder.yaml")
+                 if o["kind"] == "Ingress"}
+    assert ingresses["flotilla-gateway"]["tls"] == [{"hosts": ["llm.example.com"], "secretName": "llm-example-com-tls"}]
+    assert ingresses["flotilla-registry"]["tls"] == [{"hosts": ["models.example.com"],
+                                                      "secretName": "models-example-com-tls"}]
+    assert ingresses["flotilla-registry"]["rules"][0]["http"]["paths"][0]["backend"]["service"] == {
+        "name": "flotilla-registry", "port": {"name": "http"}}
