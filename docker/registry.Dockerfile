@@ -1,0 +1,18 @@
+# syntax=docker/dockerfile:1
+# flotilla-registry (and the flotilla CLI, for `flotilla gc` and pushes from inside the cluster):
+# no LibTorch, so a slim Debian with the runtime libraries the binaries link (ldd), nothing else.
+#   docker build -f docker/registry.Dockerfile --build-arg BUILD_IMAGE=flotilla-build:0.1.0 -t flotilla-registry:0.1.0 .
+ARG BUILD_IMAGE=flotilla-build:latest
+FROM ${BUILD_IMAGE} AS build
+
+FROM debian:12.12-slim
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates libabsl20220623 libbrotli1 libc-ares2 libcpp-httplib0.11 libgrpc++1.51 libgrpc29 \
+    libprometheus-cpp-core1.0 libprotobuf32 libre2-9 libssl3 libsqlite3-0 libicu72 libpcre2-8-0 \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --gid 10001 flotilla && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin flotilla
+COPY --from=build /opt/flotilla/bin/flotilla-registry /opt/flotilla/bin/flotilla /usr/local/bin/
+USER 10001:10001
+EXPOSE 7700 7701
+ENTRYPOINT ["/usr/local/bin/flotilla-registry"]
