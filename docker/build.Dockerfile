@@ -26,5 +26,4 @@ RUN cmake -S /src -B /src/build -G Ninja -DCMAKE_BUILD_TYPE=Release -DPython3_EX
  && cmake --build /src/build --target flotilla-registry flotilla-preprocess flotilla-gateway flotilla-worker flotilla \
  && mkdir -p /opt/flotilla/bin /opt/flotilla/lib \
  && cp /src/build/bin/flotilla* /opt/flotilla/bin/ \
- && cp /src/docker/worker-group.sh /opt/flotilla/bin/flotilla-worker-group \
  && find /src/build -name 'libflotilla*.so*' -exec cp -P {} /opt/flotilla/lib/ \;

@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# flotilla-worker: LibTorch with its CUDA runtime, and flotilla-worker-group (worker-group.sh), the
-# entrypoint that starts a tensor-parallel group's ranks.
+# flotilla-worker: LibTorch with its CUDA runtime. Without --rank the worker is its replica's agent:
+# it starts the tensor-parallel group's ranks and restarts them together.
 #
 # The CUDA runtime is the one LibTorch was built against: the torch wheel's nvidia/cu13 libraries
 # (cudart, cuBLAS, cuDNN, NCCL), copied beside LibTorch; the GPU driver comes from the node through
@@ -21,10 +21,10 @@ RUN apt-get update \
 COPY --from=build /opt/venv/lib/python3.11/site-packages/torch/lib /opt/torch/lib
 COPY --from=build /opt/venv/lib/python3.11/site-packages/nvidia /opt/nvidia
 COPY --from=build /opt/flotilla/lib /opt/flotilla/lib
-COPY --from=build /opt/flotilla/bin/flotilla-worker /opt/flotilla/bin/flotilla-worker-group /usr/local/bin/
+COPY --from=build /opt/flotilla/bin/flotilla-worker /usr/local/bin/
 ENV LD_LIBRARY_PATH=/opt/flotilla/lib:/opt/torch/lib:/opt/nvidia/cu13/lib \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 USER 10001:10001
 EXPOSE 7700 7701
-ENTRYPOINT ["/usr/local/bin/flotilla-worker-group"]
+ENTRYPOINT ["/usr/local/bin/flotilla-worker"]

@@ -87,8 +87,9 @@ def test_tensor_parallel_pool_is_one_pod_with_one_gpu_per_rank(render):
     container = worker["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
     assert container["resources"]["requests"]["nvidia.com/gpu"] == 8
-    assert {"name": "FLOTILLA_TENSOR_PARALLEL_SIZE", "value": "8"} in container["env"]
-    assert container["command"] == ["/usr/local/bin/flotilla-worker-group"]
+    # Without --rank the worker is the replica's agent: it starts the 8 ranks and restarts them together.
+    assert "--tensor_parallel_size=8" in container["args"]
+    assert container["command"] == ["/usr/local/bin/flotilla-worker"]
     assert "--kv_cache_memory=51539607552" in container["args"]   # 48Gi per rank
     assert "--dtype=bfloat16" in container["args"]
     assert worker["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
@@ -198,7 +199,6 @@ def test_checkov_passes_on_rendered_manifests(values_file):
     assert checked.returncode == 0, checked.stdout[-6000:] + checked.stderr[-2000:]
 
 
-# The flags tensor-parallel groups take from docker/worker-group.sh, not from the chart.
 @pytest.mark.parametrize("values_file", VALUES_FILES)
 def test_every_rendered_flag_is_one_the_binary_knows(render, values_file):
     known: dict[str, set[str]] = {}
