@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <exception>
+#include <map>
 #include <utility>
 
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -13,10 +14,25 @@ namespace flotilla::models {
 
 struct TensorParallelGroup::State {
   c10::intrusive_ptr<c10d::TCPStore> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> process_group;
+  c10::intrusive_ptr<c10d::Backend> process_group;
 };
 
 namespace {
+
+std::map<std::string, TensorParallelBackendFactory>& Backends() {
+  static auto* backends = new std::map<std::string, TensorParallelBackendFactory>{
+      {"gloo", [](const c10::intrusive_ptr<c10d::Store>& store, int rank, int world_size,
+                  std::chrono::milliseconds timeout) -> c10::intrusive_ptr<c10d::Backend> {
+         auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+         // Each rank's own address for Gloo's pairs: the one this host's name resolves to (a pod's
+         // IP), or loopback when the name does not resolve — torchrun's default.
+         options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+         // One thread: the collectives run one at a time, in the forward's order.
+         options->threads = 1;
+         return c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world_size, options);
+       }}};
+  return *backends;
+}
 
 bool IsLoopback(const std::string& address) {
   return address == "127.0.0.1" || address == "localhost" || address == "::1";
@@ -33,6 +49,12 @@ absl::StatusOr<std::shared_ptr<TensorParallelGroup>> TensorParallelGroup::Join(c
     return absl::InvalidArgumentError(absl::StrCat("tensor-parallel master port ", options.master_port,
                                                    " is not a TCP port"));
   }
+  const auto backend = Backends().find(options.backend);
+  if (backend == Backends().end()) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor-parallel backend \"", options.backend,
+                                                   "\" is not linked into this binary (known: gloo",
+                                                   Backends().count("nccl") ? ", nccl" : "", ")"));
+  }
   const auto timeout = std::chrono::milliseconds(absl::ToInt64Milliseconds(options.timeout));
   auto state = std::make_unique<State>();
   try {
@@ -45,16 +67,17 @@ absl::StatusOr<std::shared_ptr<TensorParallelGroup>> TensorParallelGroup::Join(c
     store_options.timeout = timeout;
     state->store = c10::make_intrusive<c10d::TCPStore>(options.master_address, store_options);
 
-    auto gloo_options = c10d::ProcessGroupGloo::Options::create(timeout);
-    // Each rank's own address for Gloo's pairs: loopback for a local group, else the address this
-    // host resolves its own name to (a pod's IP), as torchrun's default does.
-    gloo_options->devices.push_back(IsLoopback(options.master_address)
-                                        ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
-                                        : c10d::ProcessGroupGloo::createDefaultDevice());
-    // One thread: the collectives run one at a time, in the forward's order.
-    gloo_options->threads = 1;
-    state->process_group = c10::make_intrusive<c10d::ProcessGroupGloo>(
-        state->store, static_cast<int>(options.rank), static_cast<int>(options.world_size), gloo_options);
+    if (options.backend == "gloo" && IsLoopback(options.master_address)) {
+      // A group on one machine talks over loopback, whatever this host's name resolves to.
+      auto gloo_options = c10d::ProcessGroupGloo::Options::create(timeout);
+      gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+      gloo_options->threads = 1;
+      state->process_group = c10::make_intrusive<c10d::ProcessGroupGloo>(
+          state->store, static_cast<int>(options.rank), static_cast<int>(options.world_size), gloo_options);
+    } else {
+      state->process_group = backend->second(state->store, static_cast<int>(options.rank),
+                                             static_cast<int>(options.world_size), timeout);
+    }
   } catch (const std::exception& error) {
     return absl::UnavailableError(absl::StrCat("tensor-parallel rank ", options.rank, " of ", options.world_size,
                                                " could not join the group through the store at ",
@@ -63,6 +86,11 @@ absl::StatusOr<std::shared_ptr<TensorParallelGroup>> TensorParallelGroup::Join(c
   }
   return std::shared_ptr<TensorParallelGroup>(
       new TensorParallelGroup(options.rank, options.world_size, std::move(state)));
+}
+
+bool RegisterTensorParallelBackend(const std::string& name, TensorParallelBackendFactory factory) {
+  Backends()[name] = std::move(factory);
+  return true;
 }
 
 TensorParallelGroup::TensorParallelGroup(int64_t rank, int64_t world_size, std::unique_ptr<State> state)

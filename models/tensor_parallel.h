@@ -26,6 +26,7 @@
 // Thread-safety: one forward at a time per group (collectives are matched by order across ranks).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -33,10 +34,16 @@
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <c10/util/intrusive_ptr.h>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "models/tp_plan.h"
+
+namespace c10d {
+class Backend;
+class Store;
+}  // namespace c10d
 
 namespace flotilla::models {
 
@@ -48,7 +55,16 @@ struct TensorParallelOptions {
   int master_port = 29500;
   // Bounds the rendezvous (a rank that cannot reach the store) and every collective.
   absl::Duration timeout = absl::Seconds(60);
+  // "gloo" (CPU tensors) or a registered backend: "nccl" (CUDA tensors) when the binary links
+  // models/tensor_parallel_nccl.cc (built with the CUDA toolkit).
+  std::string backend = "gloo";
 };
+
+// Makes a c10d backend for one rank of a group rendezvousing through `store`; throws on failure.
+using TensorParallelBackendFactory = std::function<c10::intrusive_ptr<c10d::Backend>(
+    const c10::intrusive_ptr<c10d::Store>& store, int rank, int world_size, std::chrono::milliseconds timeout)>;
+// Called at static initialisation by the file that implements a backend.
+bool RegisterTensorParallelBackend(const std::string& name, TensorParallelBackendFactory factory);
 
 class TensorParallelGroup {
  public:
