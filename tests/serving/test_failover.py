@@ -1,16 +1,21 @@
-"""Request migration (issue #12's failover, the gateway half): a worker killed mid-generation loses
-no request. The gateway holds each request's prompt and the tokens streamed so far, re-submits it
-to another replica with those tokens carried over, and the client's stream continues — no error, no
-repeated token, no gap — equal to what transformers generates without any failure."""
+"""Request migration (issue #12's failover): a worker killed mid-generation loses no request. The
+gateway holds each request's prompt and the tokens streamed so far, re-submits it to another replica
+with those tokens carried over, and the client's stream continues — no error, no repeated token, no
+gap — equal to what transformers generates without any failure. The killed rank's agent starts it
+again, and the replica takes traffic once more. (A tensor-parallel group's rank:
+test_tensor_parallel.py.)"""
 from __future__ import annotations
 
+import json
+import os
 import signal
 import threading
 import time
 
 import pytest
 
-from serving.test_serving import concurrently, metric, smollm2_prompts, transformers_greedy
+from serving.test_serving import concurrently, generate_ids, metric, smollm2_prompts, transformers_greedy
+from serving.test_tensor_parallel import assert_takes_traffic, rank_pids
 
 
 @pytest.mark.slow
@@ -37,22 +42,31 @@ def test_sigkill_of_a_worker_mid_generation_loses_no_request(mesh, smollm2_folde
                 started.set()
         return finish
 
+    killed = rank_pids(first.process.pid)
+    assert len(killed) == 1
+
     def kill_when_started():
         assert started.wait(timeout=300)
-        first.process.send_signal(signal.SIGKILL)
+        os.kill(killed[0], signal.SIGKILL)  # the worker process itself, not its agent
 
     killer = threading.Thread(target=kill_when_started)
     killer.start()
     finishes = concurrently(stream, list(enumerate(prompts)), workers=16)
     killer.join()
-    assert first.process.wait(timeout=30) == -signal.SIGKILL
     for index, (tokens, reference) in enumerate(zip(streamed, expected)):
         assert tokens == reference, f"request {index}"
     assert finishes == ["length"] * len(prompts)
     migrations = metric(mesh.gateway.http_url("/metrics"), "flotilla_worker_failovers_total")
     assert migrations > 0
-    # The dead replica left the router; the live one serves on.
-    deadline = time.monotonic() + 30
-    while mesh.replicas("smollm2") != 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert mesh.replicas("smollm2") == 1
+    # The agent started the worker again; it registered and takes traffic.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ranks = rank_pids(first.process.pid)
+        if ranks and ranks != killed and mesh.replicas("smollm2") == 2:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"replica 0 did not come back: {rank_pids(first.process.pid)}")
+    assert first.process.poll() is None
+    ready = json.loads((mesh.directory / "smollm2-0" / "worker.ready").read_text())
+    assert_takes_traffic(mesh, f"http://{ready['http_address']}/metrics", prompts, expected)
