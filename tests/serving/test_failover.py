@@ -25,6 +25,16 @@ def test_sigkill_of_a_worker_mid_generation_loses_no_request(mesh, smollm2_folde
     prompts = smollm2_prompts(smollm2_folder, 16, seed=11)
     budget = 48
     expected = transformers_greedy(smollm2_folder, prompts, [budget] * len(prompts), eos=False)
+    # Four more streams sample with seeds: each token's draw depends on (seed, position) only, so a
+    # migrated request samples what it would have without the failure (its reference: the same
+    # request, run before anything is killed).
+    seeded_prompts = smollm2_prompts(smollm2_folder, 4, seed=21)
+    seeded = [dict(temperature=0.9, top_p=0.95, seed=100 + index, has_seed=True) for index in range(4)]
+    seeded_expected = [generate_ids(mesh, "smollm2", prompt, budget, ignore_eos=True, **sampling)[0]
+                       for prompt, sampling in zip(seeded_prompts, seeded)]
+    samplings = [{}] * len(prompts) + seeded
+    prompts = prompts + seeded_prompts
+    expected = expected + seeded_expected
 
     streamed = [[] for _ in prompts]
     started = threading.Event()
@@ -33,7 +43,8 @@ def test_sigkill_of_a_worker_mid_generation_loses_no_request(mesh, smollm2_folde
         stubs = mesh.stubs
         request = stubs.gateway_pb2.GenerateRequest(
             model="smollm2", prompt_ids=stubs.common_pb2.TokenIds(ids=prompt),
-            sampling=stubs.gateway_pb2.SamplingParameters(max_new_tokens=budget, ignore_eos=True))
+            sampling=stubs.gateway_pb2.SamplingParameters(max_new_tokens=budget, ignore_eos=True,
+                                                          **samplings[index]))
         finish = ""
         for response in mesh.gateway_stub().Generate(request, timeout=600):
             streamed[index].extend(response.token_ids)
@@ -51,7 +62,7 @@ def test_sigkill_of_a_worker_mid_generation_loses_no_request(mesh, smollm2_folde
 
     killer = threading.Thread(target=kill_when_started)
     killer.start()
-    finishes = concurrently(stream, list(enumerate(prompts)), workers=16)
+    finishes = concurrently(stream, list(enumerate(prompts)), workers=len(prompts))
     killer.join()
     for index, (tokens, reference) in enumerate(zip(streamed, expected)):
         assert tokens == reference, f"request {index}"
