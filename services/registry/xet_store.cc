@@ -362,10 +362,25 @@ absl::StatusOr<int> XetStore::PutShard(absl::string_view serialized, const std::
   absl::StatusOr<ParsedShard> shard = ParseShard(serialized);
   if (!shard.ok()) return shard.status();
   // Every xorb the shard describes must have been uploaded first.
+  // Every xorb the shard describes must have been uploaded first, with the chunks it lists.
   for (const ShardXorb& xorb : shard->xorbs) {
-    if (!LoadXorb(xorb.xorb_hash).ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("shard: xorb ", XetHashToString(xorb.xorb_hash),
-                                                     " is described but was never uploaded"));
+    const std::string xorb_text = XetHashToString(xorb.xorb_hash);
+    absl::StatusOr<XorbRecord> stored = LoadXorb(xorb.xorb_hash);
+    if (!stored.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("shard: xorb ", xorb_text, " is described but was never uploaded"));
+    }
+    if (xorb.chunks.size() != stored->chunk_hashes.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("shard: xorb ", xorb_text, ": expected ",
+                                                     stored->chunk_hashes.size(), " chunks but the shard lists ",
+                                                     xorb.chunks.size()));
+    }
+    for (size_t index = 0; index < xorb.chunks.size(); ++index) {
+      if (xorb.chunks[index].chunk_hash != stored->chunk_hashes[index]) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "shard: xorb ", xorb_text, " chunk ", index, ": chunk hash mismatch: the shard says ",
+            XetHashToString(xorb.chunks[index].chunk_hash), ", the stored xorb holds ",
+            XetHashToString(stored->chunk_hashes[index])));
+      }
     }
   }
   // Check every file before storing any, so a bad shard records nothing.
