@@ -673,7 +673,7 @@ absl::StatusOr<XetGarbageReport> XetStore::CollectGarbage(const std::set<std::st
     std::lock_guard lock(database_mutex_);
     Statement files(database_, "SELECT hash, sha256, created, terms FROM files");
     while (files.Step() == SQLITE_ROW) {
-      if (!referenced_sha256.count(files.Text(1)) && files.Int(2) < cutoff_seconds) {
+      if (!referenced_sha256.count(files.Text(1)) && files.Int(2) <= cutoff_seconds) {
         doomed_files.push_back(files.Text(0));
         continue;
       }
@@ -685,7 +685,7 @@ absl::StatusOr<XetGarbageReport> XetStore::CollectGarbage(const std::set<std::st
     std::lock_guard lock(database_mutex_);
     Statement xorbs(database_, "SELECT hash, file_bytes, created FROM xorbs");
     while (xorbs.Step() == SQLITE_ROW) {
-      if (!used_xorbs.count(xorbs.Text(0)) && xorbs.Int(2) < cutoff_seconds) {
+      if (!used_xorbs.count(xorbs.Text(0)) && xorbs.Int(2) <= cutoff_seconds) {
         doomed_xorbs.emplace_back(xorbs.Text(0), xorbs.Int(1));
       }
     }

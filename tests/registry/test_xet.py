@@ -248,3 +248,110 @@ def test_expired_and_unauthorised_tokens(start_service):
                               {"Authorization": f"Bearer {token['accessToken']}"}, body)
     assert status == 401 and b"expired" in message
     assert not xorb_files(registry_process)
+
+
+def test_reupload_with_one_tensor_changed_sends_and_stores_about_that_tensor(registry, tmp_path):
+    """Dedup: the second upload of a checkpoint with one of eight 4 MiB tensors changed sends and
+    stores about 4 MiB (hf_xet's own shard cache in HF_HOME finds the unchanged chunks)."""
+    result = run_python(f"""
+        import os, pathlib, re, urllib.request
+        import torch
+        from safetensors.torch import save_file
+        from huggingface_hub import HfApi
+        def received():
+            body = urllib.request.urlopen("{registry.http_url('/metrics')}").read().decode()
+            match = re.search(r'^flotilla_registry_bytes_received_total\\{{api="xet"\\}} (\\S+)$', body, re.M)
+            return float(match.group(1)) if match else 0.0
+        def stored():
+            return sum(p.stat().st_size for p in pathlib.Path("{registry.data_dir}/xet/xorbs").rglob("*") if p.is_file())
+        torch.manual_seed(0)
+        tensors = {{f"model.layers.{{i}}.mlp.weight": torch.randn(1024, 1024) for i in range(8)}}
+        api = HfApi()
+        api.create_repo("acme/finetuned")
+        for step, folder in enumerate(["{tmp_path}/base", "{tmp_path}/tuned"]):
+            if step == 1:
+                tensors["model.layers.3.mlp.weight"] = torch.randn(1024, 1024)
+            os.makedirs(folder)
+            save_file(tensors, folder + "/model.safetensors")
+            sent_before, stored_before = received(), stored()
+            api.upload_folder(folder_path=folder, repo_id="acme/finetuned")
+            print("upload", step, int(received() - sent_before), int(stored() - stored_before))
+    """, client_environment(registry, tmp_path / "hf_home"))
+    uploads = {line.split()[1]: (int(line.split()[2]), int(line.split()[3]))
+               for line in result.stdout.splitlines() if line.startswith("upload ")}
+    tensor_bytes = 4 * 1024 * 1024
+    first_sent, first_stored = uploads["0"]
+    second_sent, second_stored = uploads["1"]
+    print(f"dedup: first upload sent {first_sent} stored {first_stored}; "
+          f"second sent {second_sent} stored {second_stored} (changed tensor {tensor_bytes})")
+    assert first_sent > 6 * tensor_bytes
+    assert 0.5 * tensor_bytes < second_sent < 1.5 * tensor_bytes
+    assert second_stored < 1.5 * tensor_bytes
+
+
+def test_sigkilled_mid_upload_leaves_nothing_half_visible_and_retry_completes(tmp_path):
+    services = tmp_path / "services"
+    registry_process = launch_service("registry", services)
+    big = tmp_path / "model"
+    big.mkdir()
+    payload = os.urandom(96 * 1024 * 1024)
+    (big / "model.safetensors").write_bytes(payload)
+    upload_code = f"""
+        from huggingface_hub import HfApi
+        api = HfApi()
+        api.create_repo("acme/killed", exist_ok=True)
+        api.upload_folder(folder_path="{big}", repo_id="acme/killed")
+        print("uploaded")
+    """
+    environment = client_environment(registry_process, tmp_path / "hf_home")
+    client = subprocess.Popen([sys.executable, "-c", __import__("textwrap").dedent(upload_code)], env=environment,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Kill the registry once the first xorb landed: the upload is under way, no shard or commit yet
+    # (on a machine fast enough to finish first, the checks below hold all the same).
+    deadline = time.monotonic() + 120
+    while not xorb_files(registry_process) and client.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    registry_process.process.send_signal(signal.SIGKILL)
+    registry_process.process.wait()
+    client.kill()
+    client.wait()
+
+    restarted = launch_service("registry", services)
+    try:
+        status, _, body = http("GET", restarted.http_url("/api/models/acme/killed"))
+        if status == 200:
+            siblings = json.loads(body)["siblings"]
+            # Either no commit yet, or the whole file.
+            assert siblings == [] or siblings[0]["size"] == len(payload)
+        assert not list((restarted.data_dir / "xet" / "xorbs" / "tmp").iterdir())
+        result = run_python(upload_code, client_environment(restarted, tmp_path / "hf_home"))
+        assert "uploaded" in result.stdout
+        target = tmp_path / "pulled"
+        run_cli(restarted, "pull", "acme/killed", str(target))
+        assert (target / "model.safetensors").read_bytes() == payload
+    finally:
+        restarted.stop()
+
+
+def test_garbage_collection_walks_chunk_references(start_service, tmp_path):
+    registry_process = start_service("registry", "--gc_grace_seconds=0")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+    environment = client_environment(registry_process, tmp_path / "hf_home")
+    run_python(f"""
+        from huggingface_hub import HfApi
+        api = HfApi()
+        for name in ("acme/one", "acme/two"):
+            api.create_repo(name)
+            api.upload_folder(folder_path="{folder}", repo_id=name)
+    """, environment)
+    stored = xorb_files(registry_process)
+    assert stored
+    # Still referenced by acme/two: nothing goes.
+    run_cli(registry_process, "rm", "acme/one")
+    run_cli(registry_process, "gc")
+    assert xorb_files(registry_process) == stored
+    run_cli(registry_process, "rm", "acme/two")
+    run_cli(registry_process, "gc")
+    assert not xorb_files(registry_process)
