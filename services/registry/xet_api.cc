@@ -263,7 +263,16 @@ void XetApi::AddRoutes(httplib::Server& server) {
   server.Get(absl::StrCat("/cas/v1/chunks/", kPart, "/", kHash), [this](const httplib::Request& request, httplib::Response& response) {
     absl::StatusOr<XetTokenClaims> claims = registry_.xet().CheckToken(request.get_header_value("Authorization"));
     if (!claims.ok()) return SendXetError(response, claims.status());
-    SendXetError(response, absl::NotFoundError("global dedup: chunk not offered for dedup"));
+    absl::StatusOr<XetHash> chunk_hash = XetHashFromString(request.matches[2].str());
+    if (!chunk_hash.ok()) return SendXetError(response, chunk_hash.status());
+    absl::StatusOr<std::string> shard = registry_.xet().DedupShard(*chunk_hash);
+    // 404 is the ordinary "not stored" answer here: no warning in the log for it.
+    if (absl::IsNotFound(shard.status())) {
+      response.status = 404;
+      return;
+    }
+    if (!shard.ok()) return SendXetError(response, shard.status());
+    response.set_content(*shard, "application/octet-stream");
   });
 }
 

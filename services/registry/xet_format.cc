@@ -2,6 +2,7 @@
 
 #include <lz4frame.h>
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 
@@ -9,6 +10,7 @@
 #include <absl/strings/escaping.h>
 #include <absl/strings/match.h>
 #include <absl/strings/str_cat.h>
+#include <absl/time/clock.h>
 
 namespace flotilla::registry {
 namespace {
@@ -184,6 +186,101 @@ std::string WriteUncompressedXorb(absl::string_view data, const std::vector<uint
     start = end;
   }
   return serialized;
+}
+
+namespace {
+
+void AppendUint32(std::string* out, uint32_t value) {
+  for (int byte = 0; byte < 4; ++byte) out->push_back(static_cast<char>(value >> (8 * byte)));
+}
+void AppendUint64(std::string* out, uint64_t value) {
+  for (int byte = 0; byte < 8; ++byte) out->push_back(static_cast<char>(value >> (8 * byte)));
+}
+void AppendHash(std::string* out, const XetHash& hash) { out->append(reinterpret_cast<const char*>(hash.data()), 32); }
+void AppendBookend(std::string* out) {
+  out->append(32, '\xff');
+  out->append(16, '\0');
+}
+// Lookup tables key entries by the hash's first 8 bytes read as a little-endian u64.
+uint64_t TruncatedHash(const XetHash& hash) { return ReadUint64(hash.data()); }
+
+}  // namespace
+
+std::string WriteDedupShard(const std::vector<ShardXorb>& xorbs, const XetHash& key, uint64_t expiry_unix_seconds) {
+  static constexpr char kTag[32] = {'H', 'F', 'R', 'e', 'p', 'o', 'M', 'e', 't', 'a', 'D', 'a', 't', 'a', 0, 0x55,
+                                    0x69, 0x67, 0x45, 0x6a, 0x7b, static_cast<char>(0x81), 0x57,
+                                    static_cast<char>(0x83), static_cast<char>(0xa5), static_cast<char>(0xbd),
+                                    static_cast<char>(0xd9), 0x5c, static_cast<char>(0xcd), static_cast<char>(0xd1),
+                                    0x4a, static_cast<char>(0xa9)};
+  constexpr uint64_t kHeaderVersion = 2;
+  constexpr uint64_t kFooterVersion = 1;
+  constexpr uint64_t kFooterBytes = 200;
+  std::string out(kTag, sizeof(kTag));
+  AppendUint64(&out, kHeaderVersion);
+  AppendUint64(&out, kFooterBytes);
+  const uint64_t file_info_offset = out.size();
+  AppendBookend(&out);  // no files
+  const uint64_t xorb_info_offset = out.size();
+  std::vector<std::pair<uint64_t, uint32_t>> xorb_lookup;
+  std::vector<std::pair<uint64_t, std::pair<uint32_t, uint32_t>>> chunk_lookup;
+  uint32_t entry_index = 0;
+  uint64_t stored_bytes = 0;
+  uint64_t stored_bytes_on_disk = 0;
+  for (const ShardXorb& xorb : xorbs) {
+    AppendHash(&out, xorb.xorb_hash);
+    AppendUint32(&out, 0);
+    AppendUint32(&out, static_cast<uint32_t>(xorb.chunks.size()));
+    AppendUint32(&out, xorb.unpacked_bytes);
+    AppendUint32(&out, xorb.serialized_bytes);
+    xorb_lookup.emplace_back(TruncatedHash(xorb.xorb_hash), entry_index);
+    for (size_t index = 0; index < xorb.chunks.size(); ++index) {
+      const ShardXorbChunk& chunk = xorb.chunks[index];
+      const XetHash keyed = XetKeyedChunkHash(key, chunk.chunk_hash);
+      AppendHash(&out, keyed);
+      AppendUint32(&out, chunk.byte_range_start);
+      AppendUint32(&out, chunk.unpacked_bytes);
+      AppendUint32(&out, chunk.flags);
+      AppendUint32(&out, 0);
+      chunk_lookup.push_back({TruncatedHash(keyed), {entry_index, static_cast<uint32_t>(index)}});
+    }
+    entry_index += 1 + static_cast<uint32_t>(xorb.chunks.size());
+    stored_bytes += xorb.unpacked_bytes;
+    stored_bytes_on_disk += xorb.serialized_bytes;
+  }
+  AppendBookend(&out);
+  std::sort(xorb_lookup.begin(), xorb_lookup.end());
+  std::sort(chunk_lookup.begin(), chunk_lookup.end());
+  const uint64_t file_lookup_offset = out.size();
+  const uint64_t xorb_lookup_offset = out.size();
+  for (const auto& [truncated, index] : xorb_lookup) {
+    AppendUint64(&out, truncated);
+    AppendUint32(&out, index);
+  }
+  const uint64_t chunk_lookup_offset = out.size();
+  for (const auto& [truncated, location] : chunk_lookup) {
+    AppendUint64(&out, truncated);
+    AppendUint32(&out, location.first);
+    AppendUint32(&out, location.second);
+  }
+  const uint64_t footer_offset = out.size();
+  AppendUint64(&out, kFooterVersion);
+  AppendUint64(&out, file_info_offset);
+  AppendUint64(&out, xorb_info_offset);
+  AppendUint64(&out, file_lookup_offset);
+  AppendUint64(&out, 0);
+  AppendUint64(&out, xorb_lookup_offset);
+  AppendUint64(&out, xorb_lookup.size());
+  AppendUint64(&out, chunk_lookup_offset);
+  AppendUint64(&out, chunk_lookup.size());
+  AppendHash(&out, key);
+  AppendUint64(&out, static_cast<uint64_t>(absl::ToUnixSeconds(absl::Now())));
+  AppendUint64(&out, expiry_unix_seconds);
+  for (int reserved = 0; reserved < 6; ++reserved) AppendUint64(&out, 0);
+  AppendUint64(&out, stored_bytes_on_disk);
+  AppendUint64(&out, stored_bytes);  // materialized bytes
+  AppendUint64(&out, stored_bytes);
+  AppendUint64(&out, footer_offset);
+  return out;
 }
 
 absl::StatusOr<ParsedShard> ParseShard(absl::string_view serialized) {

@@ -86,6 +86,11 @@ struct ParsedShard {
   std::vector<ShardXorb> xorbs;
 };
 
+// A shard answering a global dedup query: no files, the CAS blocks of `xorbs` with every chunk hash
+// replaced by keyed_hash(key, chunk hash) (so only a client holding the chunk can match it), the
+// lookup tables and the 200-byte footer carrying `key`, as hf_xet reads a stored shard.
+std::string WriteDedupShard(const std::vector<ShardXorb>& xorbs, const XetHash& key, uint64_t expiry_unix_seconds);
+
 // Parses an uploaded shard (footer optional and ignored). INVALID_ARGUMENT for a wrong magic or
 // version, a truncated section, a missing bookend or counts past the data.
 absl::StatusOr<ParsedShard> ParseShard(absl::string_view serialized);

@@ -536,6 +536,35 @@ absl::StatusOr<XetReconstruction> XetStore::Reconstruct(const XetHash& file_hash
   return plan;
 }
 
+absl::StatusOr<std::string> XetStore::DedupShard(const XetHash& chunk_hash) {
+  std::string xorb_text;
+  {
+    std::lock_guard lock(database_mutex_);
+    Statement select(database_, "SELECT xorb FROM chunks WHERE hash = ?");
+    select.Bind(1, XetHashToString(chunk_hash));
+    if (select.Step() != SQLITE_ROW) {
+      return absl::NotFoundError(absl::StrCat("global dedup: chunk ", XetHashToString(chunk_hash), " is not stored"));
+    }
+    xorb_text = select.Text(0);
+  }
+  absl::StatusOr<XetHash> xorb_hash = XetHashFromString(xorb_text);
+  if (!xorb_hash.ok()) return xorb_hash.status();
+  absl::StatusOr<XorbRecord> xorb = LoadXorb(*xorb_hash);
+  if (!xorb.ok()) return xorb.status();
+  ShardXorb described;
+  described.xorb_hash = *xorb_hash;
+  described.unpacked_bytes = xorb->unpacked_ends.empty() ? 0 : xorb->unpacked_ends.back();
+  std::error_code error;
+  described.serialized_bytes = static_cast<uint32_t>(std::filesystem::file_size(XorbPath(*xorb_hash), error));
+  for (size_t index = 0; index < xorb->chunk_hashes.size(); ++index) {
+    const uint32_t start = index == 0 ? 0 : xorb->unpacked_ends[index - 1];
+    described.chunks.push_back({xorb->chunk_hashes[index], start, xorb->unpacked_ends[index] - start, 0});
+  }
+  XetHash key;
+  RAND_bytes(key.data(), static_cast<int>(key.size()));
+  return WriteDedupShard({described}, key, static_cast<uint64_t>(absl::ToUnixSeconds(absl::Now() + absl::Hours(1))));
+}
+
 absl::StatusOr<XetHash> XetStore::FileHashForBlob(const std::string& sha256, int64_t size) {
   {
     std::lock_guard lock(database_mutex_);

@@ -97,6 +97,10 @@ class XetStore {
   absl::StatusOr<XetReconstruction> Reconstruct(const XetHash& file_hash,
                                                 std::optional<std::pair<uint64_t, uint64_t>> byte_range);
 
+  // The global dedup answer for a chunk (WriteDedupShard of the xorb that first stored it, chunk
+  // hashes keyed by a fresh random key); NOT_FOUND when no stored xorb holds it.
+  absl::StatusOr<std::string> DedupShard(const XetHash& chunk_hash);
+
   // The Xet file hash of a stored blob, creating its Xet view first if it has none (see the Note).
   absl::StatusOr<XetHash> FileHashForBlob(const std::string& sha256, int64_t size);
   // Only a repository a file was uploaded to or advertised by may reconstruct it.
