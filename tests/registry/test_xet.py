@@ -251,10 +251,11 @@ def test_expired_and_unauthorised_tokens(start_service):
 
 
 def test_reupload_with_one_tensor_changed_sends_and_stores_about_that_tensor(registry, tmp_path):
-    """Dedup: the second upload of a checkpoint with one of eight 4 MiB tensors changed sends and
-    stores about 4 MiB (hf_xet's own shard cache in HF_HOME finds the unchanged chunks)."""
-    result = run_python(f"""
-        import os, pathlib, re, urllib.request
+    """Dedup: a checkpoint of eight 4 MiB tensors, then the same with one tensor changed, uploaded by
+    a second client with an empty HF_HOME (so it has no local shard cache): the registry's global
+    dedup answers let it send, and the registry store, about the changed tensor only."""
+    code = f"""
+        import os, pathlib, re, sys, urllib.request
         import torch
         from safetensors.torch import save_file
         from huggingface_hub import HfApi
@@ -266,27 +267,40 @@ def test_reupload_with_one_tensor_changed_sends_and_stores_about_that_tensor(reg
             return sum(p.stat().st_size for p in pathlib.Path("{registry.data_dir}/xet/xorbs").rglob("*") if p.is_file())
         torch.manual_seed(0)
         tensors = {{f"model.layers.{{i}}.mlp.weight": torch.randn(1024, 1024) for i in range(8)}}
+        step = STEP
+        if step == 1:
+            tensors["model.layers.3.mlp.weight"] = torch.randn(1024, 1024)
+        folder = f"{tmp_path}/checkpoint{{step}}"
+        os.makedirs(folder)
+        save_file(tensors, folder + "/model.safetensors")
         api = HfApi()
-        api.create_repo("acme/finetuned")
-        for step, folder in enumerate(["{tmp_path}/base", "{tmp_path}/tuned"]):
-            if step == 1:
-                tensors["model.layers.3.mlp.weight"] = torch.randn(1024, 1024)
-            os.makedirs(folder)
-            save_file(tensors, folder + "/model.safetensors")
-            sent_before, stored_before = received(), stored()
-            api.upload_folder(folder_path=folder, repo_id="acme/finetuned")
-            print("upload", step, int(received() - sent_before), int(stored() - stored_before))
-    """, client_environment(registry, tmp_path / "hf_home"))
-    uploads = {line.split()[1]: (int(line.split()[2]), int(line.split()[3]))
-               for line in result.stdout.splitlines() if line.startswith("upload ")}
+        api.create_repo("acme/finetuned", exist_ok=True)
+        sent_before, stored_before = received(), stored()
+        api.upload_folder(folder_path=folder, repo_id="acme/finetuned")
+        print("upload", int(received() - sent_before), int(stored() - stored_before))
+    """
+    uploads = []
+    for step in (0, 1):
+        result = run_python(code.replace("STEP", str(step)), client_environment(registry, tmp_path / f"home{step}"))
+        line = [line for line in result.stdout.splitlines() if line.startswith("upload ")][-1]
+        uploads.append((int(line.split()[1]), int(line.split()[2])))
     tensor_bytes = 4 * 1024 * 1024
-    first_sent, first_stored = uploads["0"]
-    second_sent, second_stored = uploads["1"]
+    (first_sent, first_stored), (second_sent, second_stored) = uploads
     print(f"dedup: first upload sent {first_sent} stored {first_stored}; "
           f"second sent {second_sent} stored {second_stored} (changed tensor {tensor_bytes})")
     assert first_sent > 6 * tensor_bytes
     assert 0.5 * tensor_bytes < second_sent < 1.5 * tensor_bytes
     assert second_stored < 1.5 * tensor_bytes
+    # Both revisions download whole.
+    result = run_python("""
+        from huggingface_hub import HfApi, hf_hub_download
+        commits = HfApi().list_repo_commits("acme/finetuned")
+        for commit in commits[:2]:
+            print(hf_hub_download("acme/finetuned", "model.safetensors", revision=commit.commit_id))
+    """, client_environment(registry, tmp_path / "reader"))
+    paths = result.stdout.strip().splitlines()[-2:]
+    assert Path(paths[0]).read_bytes() == (tmp_path / "checkpoint1" / "model.safetensors").read_bytes()
+    assert Path(paths[1]).read_bytes() == (tmp_path / "checkpoint0" / "model.safetensors").read_bytes()
 
 
 def test_sigkilled_mid_upload_leaves_nothing_half_visible_and_retry_completes(tmp_path):
