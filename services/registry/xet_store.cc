@@ -37,6 +37,7 @@ CREATE INDEX IF NOT EXISTS chunks_by_xorb ON chunks(xorb);
 CREATE TABLE IF NOT EXISTS files(hash TEXT PRIMARY KEY, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
   terms BLOB NOT NULL, created INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS files_by_sha256 ON files(sha256);
+CREATE TABLE IF NOT EXISTS file_xorbs(xorb TEXT NOT NULL, file TEXT NOT NULL, PRIMARY KEY(xorb, file));
 CREATE TABLE IF NOT EXISTS file_repositories(file TEXT NOT NULL, repository TEXT NOT NULL,
   PRIMARY KEY(file, repository));
 )sql";
@@ -306,6 +307,11 @@ absl::Status XetStore::RecordFile(const XetHash& hash, const FileRecord& file) {
   insert.Bind(1, XetHashToString(hash)).Bind(2, file.sha256).Bind(3, static_cast<int64_t>(file.size))
       .BindBlob(4, PackTerms(file.terms)).Bind(5, absl::ToUnixSeconds(absl::Now()));
   if (insert.Step() != SQLITE_DONE) return SqliteError(database_, "record file " + XetHashToString(hash));
+  for (const XetReconstructionTerm& term : file.terms) {
+    Statement uses(database_, "INSERT OR IGNORE INTO file_xorbs(xorb, file) VALUES(?, ?)");
+    uses.Bind(1, XetHashToString(term.xorb_hash)).Bind(2, XetHashToString(hash));
+    if (uses.Step() != SQLITE_DONE) return SqliteError(database_, "record xorbs of file " + XetHashToString(hash));
+  }
   // A re-upload refreshes the file's age, so garbage collection's grace period covers its commit.
   Statement touch(database_, "UPDATE files SET created = ? WHERE hash = ?");
   touch.Bind(1, absl::ToUnixSeconds(absl::Now())).Bind(2, XetHashToString(hash));
@@ -537,7 +543,12 @@ absl::StatusOr<XetReconstruction> XetStore::Reconstruct(const XetHash& file_hash
 }
 
 absl::StatusOr<std::string> XetStore::DedupShard(const XetHash& chunk_hash) {
-  std::string xorb_text;
+  // Only 1 chunk in 1024 (and each file's first) is ever queried, so one answer must cover a long
+  // run: besides the xorb holding the chunk, it describes the other xorbs of the files that use
+  // that xorb (a re-uploaded checkpoint then dedups against the whole previous version).
+  constexpr int kMaxFiles = 8;
+  constexpr size_t kMaxXorbs = 64;
+  std::vector<XetHash> xorb_hashes;
   {
     std::lock_guard lock(database_mutex_);
     Statement select(database_, "SELECT xorb FROM chunks WHERE hash = ?");
@@ -545,24 +556,47 @@ absl::StatusOr<std::string> XetStore::DedupShard(const XetHash& chunk_hash) {
     if (select.Step() != SQLITE_ROW) {
       return absl::NotFoundError(absl::StrCat("global dedup: chunk ", XetHashToString(chunk_hash), " is not stored"));
     }
-    xorb_text = select.Text(0);
+    const std::string first_xorb = select.Text(0);
+    xorb_hashes.push_back(*XetHashFromString(first_xorb));
+    Statement files(database_, "SELECT f.terms FROM file_xorbs x JOIN files f ON f.hash = x.file WHERE x.xorb = ? LIMIT ?");
+    files.Bind(1, first_xorb).Bind(2, int64_t{kMaxFiles});
+    while (files.Step() == SQLITE_ROW && xorb_hashes.size() < kMaxXorbs) {
+      for (const XetReconstructionTerm& term : UnpackTerms(files.Blob(0))) {
+        if (xorb_hashes.size() >= kMaxXorbs) break;
+        if (std::find(xorb_hashes.begin(), xorb_hashes.end(), term.xorb_hash) == xorb_hashes.end()) {
+          xorb_hashes.push_back(term.xorb_hash);
+        }
+      }
+    }
   }
-  absl::StatusOr<XetHash> xorb_hash = XetHashFromString(xorb_text);
-  if (!xorb_hash.ok()) return xorb_hash.status();
-  absl::StatusOr<XorbRecord> xorb = LoadXorb(*xorb_hash);
-  if (!xorb.ok()) return xorb.status();
-  ShardXorb described;
-  described.xorb_hash = *xorb_hash;
-  described.unpacked_bytes = xorb->unpacked_ends.empty() ? 0 : xorb->unpacked_ends.back();
-  std::error_code error;
-  described.serialized_bytes = static_cast<uint32_t>(std::filesystem::file_size(XorbPath(*xorb_hash), error));
-  for (size_t index = 0; index < xorb->chunk_hashes.size(); ++index) {
-    const uint32_t start = index == 0 ? 0 : xorb->unpacked_ends[index - 1];
-    described.chunks.push_back({xorb->chunk_hashes[index], start, xorb->unpacked_ends[index] - start, 0});
+  std::vector<ShardXorb> described_xorbs;
+  for (const XetHash& xorb_hash : xorb_hashes) {
+    absl::StatusOr<XorbRecord> xorb = LoadXorb(xorb_hash);
+    if (!xorb.ok()) continue;  // collected meanwhile
+    ShardXorb described;
+    described.xorb_hash = xorb_hash;
+    described.unpacked_bytes = xorb->unpacked_ends.empty() ? 0 : xorb->unpacked_ends.back();
+    std::error_code error;
+    described.serialized_bytes = static_cast<uint32_t>(std::filesystem::file_size(XorbPath(xorb_hash), error));
+    for (size_t index = 0; index < xorb->chunk_hashes.size(); ++index) {
+      const uint32_t start = index == 0 ? 0 : xorb->unpacked_ends[index - 1];
+      described.chunks.push_back({xorb->chunk_hashes[index], start, xorb->unpacked_ends[index] - start, 0});
+    }
+    described_xorbs.push_back(std::move(described));
   }
+  // The lookup tables want xorbs in hash order (the client's BTreeMap of [u64; 4] words).
+  std::sort(described_xorbs.begin(), described_xorbs.end(), [](const ShardXorb& left, const ShardXorb& right) {
+    for (int word = 0; word < 4; ++word) {
+      uint64_t left_word, right_word;
+      std::memcpy(&left_word, left.xorb_hash.data() + 8 * word, 8);
+      std::memcpy(&right_word, right.xorb_hash.data() + 8 * word, 8);
+      if (left_word != right_word) return left_word < right_word;
+    }
+    return false;
+  });
   XetHash key;
   RAND_bytes(key.data(), static_cast<int>(key.size()));
-  return WriteDedupShard({described}, key, static_cast<uint64_t>(absl::ToUnixSeconds(absl::Now() + absl::Hours(1))));
+  return WriteDedupShard(described_xorbs, key, static_cast<uint64_t>(absl::ToUnixSeconds(absl::Now() + absl::Hours(1))));
 }
 
 absl::StatusOr<XetHash> XetStore::FileHashForBlob(const std::string& sha256, int64_t size) {
@@ -725,7 +759,8 @@ absl::StatusOr<XetGarbageReport> XetStore::CollectGarbage(const std::set<std::st
   if (dry_run) return report;
   std::lock_guard lock(database_mutex_);
   for (const std::string& hash : doomed_files) {
-    for (const char* sql : {"DELETE FROM files WHERE hash = ?", "DELETE FROM file_repositories WHERE file = ?"}) {
+    for (const char* sql : {"DELETE FROM files WHERE hash = ?", "DELETE FROM file_repositories WHERE file = ?",
+                            "DELETE FROM file_xorbs WHERE file = ?"}) {
       Statement remove(database_, sql);
       remove.Bind(1, hash).Step();
     }
