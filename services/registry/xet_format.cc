@@ -171,18 +171,22 @@ absl::StatusOr<ParsedXorb> ParseXorb(absl::string_view serialized, const XetHash
   return xorb;
 }
 
+void AppendUncompressedChunk(std::string* xorb, absl::string_view chunk) {
+  const uint32_t size = static_cast<uint32_t>(chunk.size());
+  const char header[kChunkHeaderBytes] = {0,
+                                          static_cast<char>(size), static_cast<char>(size >> 8), static_cast<char>(size >> 16),
+                                          static_cast<char>(kCompressionNone),
+                                          static_cast<char>(size), static_cast<char>(size >> 8), static_cast<char>(size >> 16)};
+  xorb->append(header, kChunkHeaderBytes);
+  xorb->append(chunk.data(), chunk.size());
+}
+
 std::string WriteUncompressedXorb(absl::string_view data, const std::vector<uint64_t>& chunk_ends) {
   std::string serialized;
   serialized.reserve(data.size() + kChunkHeaderBytes * chunk_ends.size());
   uint64_t start = 0;
   for (uint64_t end : chunk_ends) {
-    const uint32_t size = static_cast<uint32_t>(end - start);
-    const char header[kChunkHeaderBytes] = {0,
-                                            static_cast<char>(size), static_cast<char>(size >> 8), static_cast<char>(size >> 16),
-                                            static_cast<char>(kCompressionNone),
-                                            static_cast<char>(size), static_cast<char>(size >> 8), static_cast<char>(size >> 16)};
-    serialized.append(header, kChunkHeaderBytes);
-    serialized.append(data.data() + start, end - start);
+    AppendUncompressedChunk(&serialized, data.substr(start, end - start));
     start = end;
   }
   return serialized;

@@ -52,6 +52,8 @@ absl::StatusOr<std::string> DecodeXorbChunk(absl::string_view data, size_t* cons
 // Serializes chunks without compression (type None) and with no footer: what the registry stores
 // for bytes it chunked itself. `chunk_ends` are end offsets into `data`.
 std::string WriteUncompressedXorb(absl::string_view data, const std::vector<uint64_t>& chunk_ends);
+// Appends one chunk, uncompressed, to a xorb being built.
+void AppendUncompressedChunk(std::string* xorb, absl::string_view chunk);
 
 struct ShardTerm {
   XetHash xorb_hash;

@@ -363,6 +363,79 @@ absl::Status XetStore::ForEachChunk(const std::vector<XetReconstructionTerm>& te
   return absl::OkStatus();
 }
 
+absl::Status XetStore::MaterializeBlob(const FileRecord& file, const std::string& what) {
+  if (blobs_.Size(file.sha256).ok()) return blobs_.Touch(file.sha256);
+  absl::StatusOr<std::unique_ptr<BlobUpload>> upload = blobs_.BeginUpload(file.sha256, static_cast<int64_t>(file.size), 0);
+  if (absl::IsAlreadyExists(upload.status())) return absl::OkStatus();
+  if (!upload.ok()) return upload.status();
+  absl::Status appended = ForEachChunk(file.terms, [&](absl::string_view bytes) { return (*upload)->Append(bytes); });
+  if (!appended.ok()) return appended;
+  if (absl::Status finished = (*upload)->Finish(); !finished.ok()) {
+    return absl::DataLossError(absl::StrCat(what, ": ", finished.message()));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<size_t> XetStore::MissingChunks(const std::vector<XetHash>& chunk_hashes) {
+  std::vector<size_t> missing;
+  std::lock_guard lock(database_mutex_);
+  for (size_t index = 0; index < chunk_hashes.size(); ++index) {
+    Statement select(database_, "SELECT 1 FROM chunks WHERE hash = ?");
+    select.Bind(1, XetHashToString(chunk_hashes[index]));
+    if (select.Step() != SQLITE_ROW) missing.push_back(index);
+  }
+  return missing;
+}
+
+absl::Status XetStore::CreateBlobFromChunks(const std::string& sha256, int64_t size,
+                                            const std::vector<XetHash>& chunk_hashes) {
+  std::shared_lock gc_lock(gc_mutex_);
+  FileRecord record;
+  record.sha256 = sha256;
+  std::vector<XetHashAndSize> leaves;
+  std::map<XetHash, XorbRecord> xorbs;
+  for (size_t index = 0; index < chunk_hashes.size(); ++index) {
+    std::string xorb_text;
+    int64_t chunk_index = 0;
+    {
+      std::lock_guard lock(database_mutex_);
+      Statement select(database_, "SELECT xorb, chunk_index FROM chunks WHERE hash = ?");
+      select.Bind(1, XetHashToString(chunk_hashes[index]));
+      if (select.Step() != SQLITE_ROW) {
+        return absl::FailedPreconditionError(absl::StrCat("create blob ", sha256, ": chunk ", index, " (",
+                                                          XetHashToString(chunk_hashes[index]),
+                                                          ") is not stored; upload it in a xorb first"));
+      }
+      xorb_text = select.Text(0);
+      chunk_index = select.Int(1);
+    }
+    const XetHash xorb_hash = *XetHashFromString(xorb_text);
+    if (!xorbs.count(xorb_hash)) {
+      absl::StatusOr<XorbRecord> xorb = LoadXorb(xorb_hash);
+      if (!xorb.ok()) return xorb.status();
+      xorbs[xorb_hash] = *std::move(xorb);
+    }
+    const XorbRecord& xorb = xorbs[xorb_hash];
+    const uint32_t chunk = static_cast<uint32_t>(chunk_index);
+    const uint64_t chunk_size = xorb.unpacked_ends[chunk] - (chunk == 0 ? 0 : xorb.unpacked_ends[chunk - 1]);
+    leaves.push_back({chunk_hashes[index], chunk_size});
+    record.size += chunk_size;
+    // Consecutive chunks of one xorb make one term.
+    if (!record.terms.empty() && record.terms.back().xorb_hash == xorb_hash && record.terms.back().chunk_end == chunk) {
+      ++record.terms.back().chunk_end;
+      record.terms.back().unpacked_bytes += chunk_size;
+    } else {
+      record.terms.push_back({xorb_hash, chunk, chunk + 1, chunk_size});
+    }
+  }
+  if (static_cast<int64_t>(record.size) != size) {
+    return absl::InvalidArgumentError(absl::StrCat("create blob ", sha256, ": expected ", size,
+                                                   " bytes but the chunks hold ", record.size));
+  }
+  if (absl::Status status = MaterializeBlob(record, absl::StrCat("create blob ", sha256)); !status.ok()) return status;
+  return RecordFile(XetFileHash(leaves), record);
+}
+
 absl::StatusOr<int> XetStore::PutShard(absl::string_view serialized, const std::string& repository) {
   std::shared_lock gc_lock(gc_mutex_);
   absl::StatusOr<ParsedShard> shard = ParseShard(serialized);
@@ -452,23 +525,10 @@ absl::StatusOr<int> XetStore::PutShard(absl::string_view serialized, const std::
   }
   // Note [One store, two views]: each file becomes an ordinary blob (sha256 verified by Finish).
   for (size_t index = 0; index < files.size(); ++index) {
-    const FileRecord& file = files[index];
-    absl::StatusOr<int64_t> existing = blobs_.Size(file.sha256);
-    if (!existing.ok()) {
-      absl::StatusOr<std::unique_ptr<BlobUpload>> upload =
-          blobs_.BeginUpload(file.sha256, static_cast<int64_t>(file.size), 0);
-      if (upload.ok()) {
-        absl::Status appended = ForEachChunk(file.terms, [&](absl::string_view bytes) { return (*upload)->Append(bytes); });
-        if (!appended.ok()) return appended;
-        if (absl::Status finished = (*upload)->Finish(); !finished.ok()) {
-          return absl::DataLossError(absl::StrCat("shard: file ", XetHashToString(shard->files[index].file_hash),
-                                                  ": ", finished.message()));
-        }
-      } else if (!absl::IsAlreadyExists(upload.status())) {
-        return upload.status();
-      }
-    } else {
-      blobs_.Touch(file.sha256);
+    if (absl::Status status =
+            MaterializeBlob(files[index], absl::StrCat("shard: file ", XetHashToString(shard->files[index].file_hash)));
+        !status.ok()) {
+      return status;
     }
   }
   for (size_t index = 0; index < files.size(); ++index) {

@@ -92,6 +92,13 @@ class XetStore {
   // shard, a missing xorb, or any mismatch; DATA_LOSS when the bytes do not match the sha256.
   absl::StatusOr<int> PutShard(absl::string_view serialized, const std::string& repository);
 
+  // Indices of the chunks no stored xorb holds (for `flotilla push`'s chunk-level dedup).
+  std::vector<size_t> MissingChunks(const std::vector<XetHash>& chunk_hashes);
+  // Assembles the blob `sha256` of `size` bytes from stored chunks, in order, and records its Xet
+  // view. FAILED_PRECONDITION naming a chunk no xorb holds; INVALID_ARGUMENT when the chunks'
+  // sizes do not add up to `size`; DATA_LOSS when their bytes do not hash to `sha256`.
+  absl::Status CreateBlobFromChunks(const std::string& sha256, int64_t size, const std::vector<XetHash>& chunk_hashes);
+
   // The terms and xorb byte ranges of a file, or of the bytes [first, last] of it (OUT_OF_RANGE
   // past the end). NOT_FOUND for an unknown file.
   absl::StatusOr<XetReconstruction> Reconstruct(const XetHash& file_hash,
@@ -145,6 +152,8 @@ class XetStore {
   absl::Status WriteXorbFile(const XetHash& hash, absl::string_view serialized);
   absl::Status RecordXorb(const XetHash& hash, const ParsedXorb& xorb);
   absl::Status RecordFile(const XetHash& hash, const FileRecord& file);
+  // Writes a verified file's bytes into the blob store (nothing when the blob exists).
+  absl::Status MaterializeBlob(const FileRecord& file, const std::string& what);
   // Decodes the chunks of `terms` in order, calling `consume` with each chunk's bytes.
   absl::Status ForEachChunk(const std::vector<XetReconstructionTerm>& terms,
                             const std::function<absl::Status(absl::string_view)>& consume);

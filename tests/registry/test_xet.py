@@ -369,3 +369,29 @@ def test_garbage_collection_walks_chunk_references(start_service, tmp_path):
     run_cli(registry_process, "rm", "acme/two")
     run_cli(registry_process, "gc")
     assert not xorb_files(registry_process)
+
+
+def test_flotilla_repush_sends_only_changed_chunks_and_pushed_files_download_through_xet(registry, tmp_path):
+    """`flotilla push` chunks large files with the Xet chunker (Note [Chunked push] in
+    registry_client.cc): a re-push after a small edit sends a few chunks, and the result is the
+    same file for every reader."""
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    weights = bytearray(os.urandom(12 * 1024 * 1024))
+    (folder / "model.safetensors").write_bytes(weights)
+    (folder / "config.json").write_text('{"hidden_size": 8}')
+    first = push_json(registry, folder, "acme/tuned")
+    assert first["uploaded_bytes"] >= len(weights)
+    weights[6 * 1024 * 1024: 6 * 1024 * 1024 + 4096] = os.urandom(4096)
+    (folder / "model.safetensors").write_bytes(weights)
+    second = push_json(registry, folder, "acme/tuned")
+    assert second["uploaded_bytes"] < 512 * 1024, second
+    assert second["skipped_bytes"] > len(weights) - 512 * 1024
+    target = tmp_path / "pulled"
+    run_cli(registry, "pull", "acme/tuned", str(target))
+    assert (target / "model.safetensors").read_bytes() == bytes(weights)
+    result = run_python("""
+        from huggingface_hub import hf_hub_download
+        print(hf_hub_download("acme/tuned", "model.safetensors"))
+    """, client_environment(registry, tmp_path / "hf_home"))
+    assert Path(result.stdout.strip().splitlines()[-1]).read_bytes() == bytes(weights)
