@@ -171,20 +171,25 @@ absl::Status HashFiles(std::vector<LocalFile>& files) {
 
 namespace {
 
-// Note [Chunked push]: a file of 1 MiB or more is cut with the Xet chunker (the chunks hf_xet
-// makes); the registry names the chunks it lacks (FindMissingChunks), only those travel, packed
+// Note [Chunked push]: a file of 1 MiB or more that is a new version of the file at its path in
+// the parent commit (the registry then indexes the old blob's chunks), or whose first 2 MiB share a
+// chunk with stored content, is cut with the Xet chunker (the chunks hf_xet makes); the registry
+// names the chunks it lacks (FindMissingChunks), only those travel, packed
 // into uncompressed xorbs of at most 3 MiB (one gRPC message each), and CreateBlobFromChunks
 // assembles and sha256-checks the blob. Re-pushing a fine-tuned checkpoint thus sends about the
 // changed tensors. A registry without these RPCs (UNIMPLEMENTED), or any failure, falls back to
 // UploadBlob, which needs nothing but the bytes.
 constexpr int64_t kChunkedPushMinimumBytes = 1 << 20;
 constexpr size_t kChunkedPushXorbBytes = 3 << 20;
+constexpr int64_t kChunkedPushProbeBytes = 2 << 20;
 // Chunk hashes per request (34 bytes each on the wire): well inside gRPC's 4 MiB message limit.
 constexpr size_t kChunkHashesPerRequest = 60000;
 
 // Sends the chunks of `file` the registry lacks and has it assemble the blob; returns bytes sent.
+// `previous_sha256`: the blob at the same path in the parent commit ("" for a new path).
 absl::StatusOr<int64_t> ChunkedUpload(RegistryService::Stub& stub, const std::string& token, const LocalFile& file,
-                                      const std::string& namespace_name, const std::string& name) {
+                                      const std::string& namespace_name, const std::string& name,
+                                      const std::string& previous_sha256) {
   int descriptor = open(file.full_path.c_str(), O_RDONLY | O_CLOEXEC);
   if (descriptor < 0) return absl::NotFoundError(absl::StrCat("push: open ", file.full_path, ": ", std::strerror(errno)));
   void* mapping = mmap(nullptr, static_cast<size_t>(file.size), PROT_READ, MAP_SHARED, descriptor, 0);
@@ -197,6 +202,31 @@ absl::StatusOr<int64_t> ChunkedUpload(RegistryService::Stub& stub, const std::st
   } unmap{mapping, static_cast<size_t>(file.size)};
   madvise(mapping, static_cast<size_t>(file.size), MADV_SEQUENTIAL);
   const auto* data = static_cast<const uint8_t*>(mapping);
+  auto raw = [](const XetHash& hash) { return std::string(reinterpret_cast<const char*>(hash.data()), hash.size()); };
+  // The probe, for a path new to the repository: are any of the first chunks stored? A new file
+  // then takes UploadBlob, which writes each byte once on the server; only a file that shares its
+  // start with stored content pays for chunking it all.
+  if (previous_sha256.empty()) {
+    const size_t prefix = static_cast<size_t>(std::min<int64_t>(file.size, kChunkedPushProbeBytes));
+    std::vector<uint64_t> prefix_ends = XetChunkBoundaries(data, prefix);
+    if (prefix < static_cast<size_t>(file.size) && prefix_ends.size() > 1) prefix_ends.pop_back();  // cut by the prefix
+    grpc::ClientContext context;
+    Authorize(context, token);
+    FindMissingChunksRequest request;
+    request.set_namespace_(namespace_name);
+    request.set_name(name);
+    for (size_t index = 0; index < prefix_ends.size(); ++index) {
+      const uint64_t start = index == 0 ? 0 : prefix_ends[index - 1];
+      request.add_chunk_hash(raw(XetChunkHash(data + start, prefix_ends[index] - start)));
+    }
+    FindMissingChunksResponse response;
+    if (grpc::Status status = stub.FindMissingChunks(&context, request, &response); !status.ok()) {
+      return FromGrpcStatus(status);
+    }
+    if (response.missing_index_size() == request.chunk_hash_size()) {
+      return absl::NotFoundError("push: no chunk of this file's start is stored; plain upload");
+    }
+  }
   const std::vector<uint64_t> ends = XetChunkBoundaries(data, static_cast<size_t>(file.size));
   if (ends.size() > 2 * kChunkHashesPerRequest) {
     return absl::UnimplementedError("push: too many chunks for one CreateBlobFromChunks message");
@@ -207,7 +237,6 @@ absl::StatusOr<int64_t> ChunkedUpload(RegistryService::Stub& stub, const std::st
     const uint64_t start = index == 0 ? 0 : ends[index - 1];
     hashes.push_back(XetChunkHash(data + start, ends[index] - start));
   }
-  auto raw = [](const XetHash& hash) { return std::string(reinterpret_cast<const char*>(hash.data()), hash.size()); };
   std::vector<size_t> missing;
   for (size_t first = 0; first < hashes.size(); first += kChunkHashesPerRequest) {
     grpc::ClientContext context;
@@ -215,6 +244,7 @@ absl::StatusOr<int64_t> ChunkedUpload(RegistryService::Stub& stub, const std::st
     FindMissingChunksRequest request;
     request.set_namespace_(namespace_name);
     request.set_name(name);
+    if (first == 0 && !previous_sha256.empty()) request.add_based_on_sha256(previous_sha256);
     const size_t last = std::min(hashes.size(), first + kChunkHashesPerRequest);
     for (size_t index = first; index < last; ++index) request.add_chunk_hash(raw(hashes[index]));
     FindMissingChunksResponse response;
@@ -332,6 +362,21 @@ absl::StatusOr<PushResult> RegistryClient::PushFolder(const std::string& folder,
     }
   }
 
+  // The parent's files: a changed file is probably a new version of the blob at its path.
+  std::map<std::string, std::string> parent_sha256;
+  if (!expected_parent.empty()) {
+    grpc::ClientContext context;
+    Authorize(context, token_);
+    ListFilesRequest request;
+    request.mutable_reference()->set_namespace_(namespace_name);
+    request.mutable_reference()->set_name(name);
+    request.mutable_reference()->set_revision(expected_parent);
+    ListFilesResponse response;
+    if (stub->ListFiles(&context, request, &response).ok()) {
+      for (const FileEntry& entry : response.files()) parent_sha256[entry.path()] = entry.sha256();
+    }
+  }
+
   PushResult result;
   result.files = static_cast<int64_t>(files.size());
   FindMissingBlobsResponse missing;
@@ -363,7 +408,9 @@ absl::StatusOr<PushResult> RegistryClient::PushFolder(const std::string& folder,
     if (offset > file.size) offset = 0;
     progress.path = file.path;
     if (offset == 0 && file.size >= kChunkedPushMinimumBytes) {
-      absl::StatusOr<int64_t> sent = ChunkedUpload(*stub, token_, file, namespace_name, name);
+      auto previous = parent_sha256.find(file.path);
+      absl::StatusOr<int64_t> sent = ChunkedUpload(*stub, token_, file, namespace_name, name,
+                                                   previous == parent_sha256.end() ? "" : previous->second);
       if (sent.ok()) {
         result.uploaded_bytes += *sent;
         result.skipped_bytes += file.size - std::min(*sent, file.size);

@@ -271,6 +271,12 @@ class RegistryGrpcService final : public RegistryService::WithRawCallbackMethod_
       if (auto who = AuthorizePush(context, request->namespace_(), request->name()); !who.ok()) return who.status();
       absl::StatusOr<std::vector<XetHash>> hashes = ChunkHashes(request->chunk_hash());
       if (!hashes.ok()) return hashes.status();
+      for (const std::string& previous : request->based_on_sha256()) {
+        if (absl::Status status = ValidateSha256(previous); !status.ok()) return status;
+        absl::StatusOr<int64_t> size = registry_.blobs().Size(previous);
+        if (!size.ok()) continue;  // never stored, or collected: nothing to index
+        if (auto indexed = registry_.xet().FileHashForBlob(previous, *size); !indexed.ok()) return indexed.status();
+      }
       for (size_t index : registry_.xet().MissingChunks(*hashes)) response->add_missing_index(static_cast<uint32_t>(index));
       return absl::OkStatus();
     });
