@@ -102,7 +102,14 @@ void XetApi::Token(const httplib::Request& request, httplib::Response& response,
 
 void XetApi::Advertise(const httplib::Request& request, httplib::Response& response, const std::string& namespace_name,
                        const std::string& name, const std::string& commit_id, const TreeEntry& entry) {
-  absl::StatusOr<XetHash> file_hash = registry_.xet().FileHashForBlob(entry.sha256, entry.size);
+  std::optional<XetHash> existing = registry_.xet().ExistingFileHashForBlob(entry.sha256, entry.size);
+  if (!existing) {
+    // No Xet view yet (a file pushed over gRPC or LFS): this answer stays plain HTTP, and the view
+    // is built in the background for the next request.
+    registry_.xet().IndexInBackground(entry.sha256, entry.size);
+    return;
+  }
+  absl::StatusOr<XetHash> file_hash = *existing;
   if (file_hash.ok()) {
     if (absl::Status granted = registry_.xet().Grant(*file_hash, absl::StrCat(namespace_name, "/", name)); !granted.ok()) {
       file_hash = granted;

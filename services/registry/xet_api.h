@@ -38,8 +38,8 @@ class XetApi {
  public:
   XetApi(Registry& registry, const Authorizer& authorizer, std::string public_url, absl::Duration token_lifetime);
   void AddRoutes(httplib::Server& server);
-  // Adds X-Xet-Hash and the xet-auth Link to a /resolve/ answer, creating the file's Xet view if
-  // needed; on failure the answer stays plain HTTP (and the failure is logged).
+  // Adds X-Xet-Hash and the xet-auth Link to a /resolve/ answer when the file has its Xet view;
+  // otherwise the answer stays plain HTTP and the view is built in the background.
   void Advertise(const httplib::Request& request, httplib::Response& response, const std::string& namespace_name,
                  const std::string& name, const std::string& commit_id, const TreeEntry& entry);
 

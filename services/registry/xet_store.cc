@@ -191,7 +191,52 @@ absl::StatusOr<std::unique_ptr<XetStore>> XetStore::Open(const std::string& data
 XetStore::XetStore(std::string root, BlobStore& blobs, sqlite3* database, std::string secret)
     : root_(std::move(root)), blobs_(blobs), database_(database), secret_(std::move(secret)) {}
 
-XetStore::~XetStore() { sqlite3_close(database_); }
+XetStore::~XetStore() {
+  {
+    std::lock_guard lock(index_mutex_);
+    index_stopping_ = true;
+  }
+  index_ready_.notify_all();
+  if (index_thread_.joinable()) index_thread_.join();
+  sqlite3_close(database_);
+}
+
+void XetStore::IndexInBackground(const std::string& sha256, int64_t size) {
+  {
+    std::lock_guard lock(index_mutex_);
+    if (index_stopping_ || !index_pending_.insert(sha256).second) return;
+    index_queue_.emplace_back(sha256, size);
+    if (!index_thread_.joinable()) index_thread_ = std::thread([this] { IndexLoop(); });
+  }
+  index_ready_.notify_one();
+}
+
+void XetStore::IndexLoop() {
+  while (true) {
+    std::pair<std::string, int64_t> next;
+    {
+      std::unique_lock lock(index_mutex_);
+      index_ready_.wait(lock, [&] { return index_stopping_ || !index_queue_.empty(); });
+      if (index_stopping_) return;
+      next = index_queue_.front();
+      index_queue_.pop_front();
+    }
+    // A failure (the blob was collected meanwhile) only means the file stays HTTP-only for now.
+    FileHashForBlob(next.first, next.second).IgnoreError();
+    std::lock_guard lock(index_mutex_);
+    index_pending_.erase(next.first);
+  }
+}
+
+std::optional<XetHash> XetStore::ExistingFileHashForBlob(const std::string& sha256, int64_t size) {
+  std::lock_guard lock(database_mutex_);
+  Statement select(database_, "SELECT hash FROM files WHERE sha256 = ? AND size = ? LIMIT 1");
+  select.Bind(1, sha256).Bind(2, size);
+  if (select.Step() != SQLITE_ROW) return std::nullopt;
+  absl::StatusOr<XetHash> hash = XetHashFromString(select.Text(0));
+  if (!hash.ok()) return std::nullopt;
+  return *hash;
+}
 
 absl::Status XetStore::Execute(const std::string& sql) {
   char* message = nullptr;

@@ -22,7 +22,9 @@
 // its shard) survives.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -30,6 +32,7 @@
 #include <set>
 #include <shared_mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <absl/status/statusor.h>
@@ -110,6 +113,11 @@ class XetStore {
 
   // The Xet file hash of a stored blob, creating its Xet view first if it has none (see the Note).
   absl::StatusOr<XetHash> FileHashForBlob(const std::string& sha256, int64_t size);
+  // The Xet file hash of a blob that has its Xet view already; nullopt otherwise (nothing is created).
+  std::optional<XetHash> ExistingFileHashForBlob(const std::string& sha256, int64_t size);
+  // Creates a blob's Xet view on a background thread (a HEAD /resolve/ must not wait for a large
+  // file to be chunked and hashed); repeated requests for one blob are merged.
+  void IndexInBackground(const std::string& sha256, int64_t size);
   // Only a repository a file was uploaded to or advertised by may reconstruct it.
   absl::Status Grant(const XetHash& file_hash, const std::string& repository);
   bool Granted(const XetHash& file_hash, const std::string& repository);
@@ -166,6 +174,15 @@ class XetStore {
   std::mutex database_mutex_;    // one statement at a time on database_
   std::mutex xetify_mutex_;      // one blob gets its Xet view at a time
   std::shared_mutex gc_mutex_;   // uploads shared, garbage collection exclusive
+
+  // Background indexing (IndexInBackground): a queue served by one thread, stopped by the destructor.
+  void IndexLoop();
+  std::mutex index_mutex_;
+  std::condition_variable index_ready_;
+  std::deque<std::pair<std::string, int64_t>> index_queue_;  // guarded by index_mutex_
+  std::set<std::string> index_pending_;                       // guarded by index_mutex_
+  bool index_stopping_ = false;                               // guarded by index_mutex_
+  std::thread index_thread_;
 };
 
 }  // namespace flotilla::registry

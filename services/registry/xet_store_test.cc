@@ -199,6 +199,11 @@ TEST_F(XetStoreTest, PushedBlobGetsXetViewMatchingChunker) {
   ASSERT_TRUE(upload.ok());
   ASSERT_TRUE((*upload)->Append(data).ok());
   ASSERT_TRUE((*upload)->Finish().ok());
+  // In the background first (what a HEAD /resolve/ asks for), then the synchronous lookup agrees.
+  store_->IndexInBackground(sha256, data.size());
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  while (!store_->ExistingFileHashForBlob(sha256, data.size()) && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(10));
+  ASSERT_TRUE(store_->ExistingFileHashForBlob(sha256, data.size()).has_value());
   absl::StatusOr<XetHash> file_hash = store_->FileHashForBlob(sha256, data.size());
   ASSERT_TRUE(file_hash.ok()) << file_hash.status();
   EXPECT_EQ(*file_hash, XetFileHash(XetChunkHashes(reinterpret_cast<const uint8_t*>(data.data()), data.size())));

@@ -118,8 +118,13 @@ def test_upload_and_download_through_xet_round_trip(registry, model_folder, tmp_
 
 def test_xet_hash_advertised_equals_hf_xet_hash_for_pushed_files(registry, model_folder, tmp_path):
     push_json(registry, model_folder, "acme/pushed")
+    # The first HEAD is answered over plain HTTP and starts building the file's Xet view.
     status, headers, _ = http("HEAD", registry.http_url("/acme/pushed/resolve/main/weights.bin"))
     assert status == 200
+    deadline = time.monotonic() + 60
+    while "X-Xet-Hash" not in headers and time.monotonic() < deadline:
+        time.sleep(0.05)
+        headers = http("HEAD", registry.http_url("/acme/pushed/resolve/main/weights.bin"))[1]
     import hf_xet  # noqa: PLC0415
     expected = hf_xet.hash_files([str(model_folder / "weights.bin")])[0].hash
     assert headers["X-Xet-Hash"] == expected
