@@ -29,6 +29,7 @@
 #include "services/registry/names.h"
 #include "services/registry/registry_metrics.h"
 #include "services/registry/registry_service.h"
+#include "services/registry/xet_api.h"
 
 namespace flotilla::registry {
 namespace {
@@ -119,8 +120,12 @@ struct UploadTicket {
 
 class HubHandlers {
  public:
-  HubHandlers(Registry& registry, const Authorizer& authorizer, std::string public_url, int tree_page_size)
-      : registry_(registry), authorizer_(authorizer), public_url_(std::move(public_url)), tree_page_size_(tree_page_size) {}
+  HubHandlers(Registry& registry, const Authorizer& authorizer, std::string public_url, int tree_page_size,
+              absl::Duration xet_token_lifetime)
+      : registry_(registry), authorizer_(authorizer), public_url_(public_url), tree_page_size_(tree_page_size),
+        xet_(registry, authorizer, public_url, xet_token_lifetime) {}
+
+  XetApi& xet() { return xet_; }
 
   std::string BaseUrl(const httplib::Request& request) const {
     if (!public_url_.empty()) return public_url_;
@@ -285,7 +290,13 @@ class HubHandlers {
                const std::string& rest) {
     if (!OpenRepository(request, response, repository.namespace_name, repository.name, Scope::kRead)) return;
     auto resolved = ResolveRevisionAndPath(repository, rest);
-    if (!resolved.ok()) return SendError(response, resolved.status(), "RevisionNotFound");
+    if (!resolved.ok()) {
+      // A repository with no commit yet has no file on its default branch: the Hub answers
+      // EntryNotFound there (transformers' push_to_hub looks for a README.md in a repo it just made).
+      auto record = registry_.GetRepository(repository.namespace_name, repository.name);
+      const bool empty_default_branch = record.ok() && record->head_commit.empty() && absl::StartsWith(rest, "main/");
+      return SendError(response, resolved.status(), empty_default_branch ? "EntryNotFound" : "RevisionNotFound");
+    }
     const auto& [commit, path] = *resolved;
     auto files = registry_.Files(commit);
     if (!files.ok()) return SendError(response, files.status());
@@ -305,6 +316,8 @@ class HubHandlers {
     response.set_header("Accept-Ranges", "bytes");
     if (request.method == "HEAD") {
       response.set_header("Content-Length", std::to_string(entry.size));
+      // huggingface_hub reads X-Xet-Hash from this HEAD and, with hf_xet, downloads through the CAS.
+      xet_.Advertise(request, response, repository.namespace_name, repository.name, commit.commit_id, entry);
       return;
     }
     // The body is written straight from read-only mappings of the blob, 8 MiB at a time: one copy
@@ -611,10 +624,13 @@ class HubHandlers {
   int tree_page_size_;
   std::mutex tickets_mutex_;
   std::map<std::string, UploadTicket> tickets_;
+  XetApi xet_;
 };
 
-HubApi::HubApi(Registry& registry, const Authorizer& authorizer, std::string public_url, int tree_page_size)
-    : handlers_(std::make_shared<HubHandlers>(registry, authorizer, std::move(public_url), tree_page_size)) {}
+HubApi::HubApi(Registry& registry, const Authorizer& authorizer, std::string public_url, int tree_page_size,
+               absl::Duration xet_token_lifetime)
+    : handlers_(std::make_shared<HubHandlers>(registry, authorizer, std::move(public_url), tree_page_size,
+                                              xet_token_lifetime)) {}
 
 void HubApi::AddRoutes(httplib::Server& server) {
   std::shared_ptr<HubHandlers> handlers = handlers_;
@@ -676,6 +692,12 @@ void HubApi::AddRoutes(httplib::Server& server) {
   server.Get("/api/whoami-v2", timed("whoami", [=](const auto& request, auto& response) {
     handlers->WhoAmI(request, response);
   }));
+  // create_commit validates a README.md's YAML metadata here first; the registry keeps model cards
+  // as ordinary files and checks no metadata schema, so every card is accepted.
+  server.Post("/api/validate-yaml", [](const httplib::Request&, httplib::Response& response) {
+    response.set_content(R"({"errors": [], "warnings": []})", "application/json");
+  });
+  handlers->xet().AddRoutes(server);
 }
 
 }  // namespace flotilla::registry

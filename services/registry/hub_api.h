@@ -11,6 +11,8 @@
 #include <memory>
 #include <string>
 
+#include <absl/time/time.h>
+
 #include "services/registry/auth.h"
 #include "services/registry/registry.h"
 
@@ -26,7 +28,9 @@ class HubApi {
  public:
   // `public_url`: the base of absolute links (paging, upload hrefs); empty uses the request's Host.
   // `tree_page_size`: entries per page of the tree listing (the Hub pages by 1000).
-  HubApi(Registry& registry, const Authorizer& authorizer, std::string public_url, int tree_page_size = 1000);
+  // `xet_token_lifetime`: how long a CAS token from the xet-*-token routes lasts (see xet_api.h).
+  HubApi(Registry& registry, const Authorizer& authorizer, std::string public_url, int tree_page_size = 1000,
+         absl::Duration xet_token_lifetime = absl::Minutes(15));
   void AddRoutes(httplib::Server& server);
 
  private:

@@ -38,6 +38,9 @@ absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& 
   auto blobs = LocalBlobStore::Open(options.data_directory, options.stale_partial_age);
   if (!blobs.ok()) return blobs.status();
   auto registry = std::make_unique<Registry>(options, *std::move(metadata), *std::move(blobs));
+  auto xet = XetStore::Open(options.data_directory, *registry->blobs_);
+  if (!xet.ok()) return xet.status();
+  registry->xet_ = *std::move(xet);
   int64_t stored = 0;
   if (absl::Status status = registry->blobs_->ForEachBlob([&](const BlobInfo& blob) { stored += blob.size; });
       !status.ok()) {
@@ -261,6 +264,11 @@ absl::StatusOr<GarbageReport> Registry::CollectGarbage(bool dry_run) {
     ++report.deleted_blobs;
     report.freed_bytes += blob.size;
   }
+  // Xet files whose blob no commit names, and the xorbs no remaining file uses (Note [Xet garbage
+  // collection] in xet_store.h).
+  absl::StatusOr<XetGarbageReport> xet_report = xet_->CollectGarbage(*referenced, cutoff, dry_run);
+  if (!xet_report.ok()) return xet_report.status();
+  report.xet = *xet_report;
   if (!dry_run) {
     // Stale partial uploads go too (a fresh store open also removes them).
     auto reopened = LocalBlobStore::Open(options_.data_directory, options_.stale_partial_age);

@@ -27,6 +27,7 @@
 #include "services/registry/blob_store.h"
 #include "services/registry/kernel_manifest.h"
 #include "services/registry/metadata_store.h"
+#include "services/registry/xet_store.h"
 
 namespace flotilla::registry {
 
@@ -43,6 +44,7 @@ struct GarbageReport {
   int64_t freed_bytes = 0;
   int64_t kept_blobs = 0;
   int64_t deleted_partials = 0;
+  XetGarbageReport xet;
 };
 
 struct KernelVariant {
@@ -59,6 +61,8 @@ class Registry {
 
   MetadataStore& metadata() { return *metadata_; }
   BlobStore& blobs() { return *blobs_; }
+  // The Xet CAS over the same blobs (see Note [One store, two views] in xet_store.h).
+  XetStore& xet() { return *xet_; }
 
   absl::StatusOr<RepositoryRecord> CreateRepository(const std::string& namespace_name, const std::string& name,
                                                     int kind, bool exist_ok);
@@ -111,6 +115,7 @@ class Registry {
   RegistryOptions options_;
   std::unique_ptr<MetadataStore> metadata_;
   std::unique_ptr<BlobStore> blobs_;
+  std::unique_ptr<XetStore> xet_;
   std::shared_mutex garbage_mutex_;
   std::atomic<int64_t> stored_bytes_{0};
 };

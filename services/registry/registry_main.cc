@@ -26,6 +26,8 @@ ABSL_FLAG(double, gc_grace_seconds, 600, "garbage collection spares unreferenced
 ABSL_FLAG(double, stale_partial_seconds, 86400,
           "partial uploads untouched this long are deleted at start and by garbage collection");
 ABSL_FLAG(int, hub_tree_page_size, 1000, "entries per page of the Hub API's tree listing");
+ABSL_FLAG(double, xet_token_seconds, 900,
+          "lifetime of the Xet CAS tokens the xet-read-token / xet-write-token routes issue");
 ABSL_FLAG(std::string, public_url, "",
           "base URL clients reach the Hub API at (for absolute links); default: the request's Host");
 
@@ -67,7 +69,8 @@ absl::StatusOr<ServiceBundle> MakeRegistryBundle(const ServerOptions& options) {
   state->registry = *std::move(registry);
   state->authorizer = *std::move(authorizer);
   state->hub_api = std::make_unique<HubApi>(*state->registry, state->authorizer, absl::GetFlag(FLAGS_public_url),
-                                                std::max(1, absl::GetFlag(FLAGS_hub_tree_page_size)));
+                                                std::max(1, absl::GetFlag(FLAGS_hub_tree_page_size)),
+                                                absl::Seconds(absl::GetFlag(FLAGS_xet_token_seconds)));
   UpdateStorageGauges(*state->registry);
   LogInfo("registry opened", {{"data_dir", options.data_directory},
                               {"stored_bytes", state->registry->stored_bytes()},

@@ -250,6 +250,68 @@ class RegistryGrpcService final : public RegistryService::WithRawCallbackMethod_
   grpc::ServerReadReactor<UploadBlobRequest>* UploadBlob(grpc::CallbackServerContext* context,
                                                          UploadBlobResponse* response) override;
 
+  // Chunk-level dedup for pushes: see xet_store.h.
+  static absl::StatusOr<std::vector<XetHash>> ChunkHashes(const google::protobuf::RepeatedPtrField<std::string>& raw) {
+    std::vector<XetHash> hashes;
+    hashes.reserve(raw.size());
+    for (int index = 0; index < raw.size(); ++index) {
+      if (raw[index].size() != 32) {
+        return absl::InvalidArgumentError(absl::StrCat("chunk_hash[", index, "]: expected 32 bytes, got ", raw[index].size()));
+      }
+      XetHash hash;
+      std::memcpy(hash.data(), raw[index].data(), 32);
+      hashes.push_back(hash);
+    }
+    return hashes;
+  }
+
+  grpc::ServerUnaryReactor* FindMissingChunks(grpc::CallbackServerContext* context, const FindMissingChunksRequest* request,
+                                              FindMissingChunksResponse* response) override {
+    return Unary(context, [&]() -> absl::Status {
+      if (auto who = AuthorizePush(context, request->namespace_(), request->name()); !who.ok()) return who.status();
+      absl::StatusOr<std::vector<XetHash>> hashes = ChunkHashes(request->chunk_hash());
+      if (!hashes.ok()) return hashes.status();
+      for (const std::string& previous : request->based_on_sha256()) {
+        if (absl::Status status = ValidateSha256(previous); !status.ok()) return status;
+        absl::StatusOr<int64_t> size = registry_.blobs().Size(previous);
+        if (!size.ok()) continue;  // never stored, or collected: nothing to index
+        if (auto indexed = registry_.xet().FileHashForBlob(previous, *size); !indexed.ok()) return indexed.status();
+      }
+      for (size_t index : registry_.xet().MissingChunks(*hashes)) response->add_missing_index(static_cast<uint32_t>(index));
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* UploadXorb(grpc::CallbackServerContext* context, const UploadXorbRequest* request,
+                                       UploadXorbResponse* response) override {
+    return Unary(context, [&]() -> absl::Status {
+      if (auto who = AuthorizePush(context, request->namespace_(), request->name()); !who.ok()) return who.status();
+      if (request->xorb_hash().size() != 32) {
+        return absl::InvalidArgumentError(absl::StrCat("upload xorb: xorb_hash must be 32 bytes, got ",
+                                                       request->xorb_hash().size()));
+      }
+      XetHash hash;
+      std::memcpy(hash.data(), request->xorb_hash().data(), 32);
+      absl::StatusOr<bool> inserted = registry_.xet().PutXorb(hash, request->data());
+      if (!inserted.ok()) return inserted.status();
+      Metrics().bytes_received.Add({{"api", "grpc"}}).Increment(static_cast<double>(request->data().size()));
+      response->set_inserted(*inserted);
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::ServerUnaryReactor* CreateBlobFromChunks(grpc::CallbackServerContext* context,
+                                                 const CreateBlobFromChunksRequest* request,
+                                                 CreateBlobFromChunksResponse*) override {
+    return Unary(context, [&]() -> absl::Status {
+      if (auto who = AuthorizePush(context, request->namespace_(), request->name()); !who.ok()) return who.status();
+      if (absl::Status status = ValidateSha256(request->sha256()); !status.ok()) return status;
+      absl::StatusOr<std::vector<XetHash>> hashes = ChunkHashes(request->chunk_hash());
+      if (!hashes.ok()) return hashes.status();
+      return registry_.xet().CreateBlobFromChunks(request->sha256(), request->size(), *hashes);
+    });
+  }
+
   grpc::ServerUnaryReactor* CreateCommit(grpc::CallbackServerContext* context, const CreateCommitRequest* request,
                                          Commit* response) override {
     return Unary(context, [&]() -> absl::Status {

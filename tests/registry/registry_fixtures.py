@@ -53,15 +53,25 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture
-def hub_env(registry, tmp_path):
-    """Environment for a subprocess using huggingface_hub against this registry."""
+def client_environment(registry_process, home: Path, transfer: str = "xet") -> dict:
+    """Environment for a subprocess using huggingface_hub against `registry_process`. "xet" is the
+    default environment (hf_xet installed, so uploads and downloads go through the Xet CAS);
+    "http" sets HF_HUB_DISABLE_XET=1 (the LFS upload and plain /resolve/ download paths)."""
     environment = dict(os.environ)
-    environment.update({"HF_ENDPOINT": registry.http_url(), "HF_HOME": str(tmp_path / "hf_home"),
-                        "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1"})
-    environment.pop("HF_HUB_OFFLINE", None)
-    environment.pop("HF_TOKEN", None)
+    environment.update({"HF_ENDPOINT": registry_process.http_url(), "HF_HOME": str(home),
+                        "HF_HUB_DISABLE_TELEMETRY": "1"})
+    for name in ("HF_HUB_OFFLINE", "HF_TOKEN", "HF_HUB_DISABLE_XET"):
+        environment.pop(name, None)
+    if transfer == "http":
+        environment["HF_HUB_DISABLE_XET"] = "1"
     return environment
+
+
+@pytest.fixture(params=["xet", "http"])
+def hub_env(request, registry, tmp_path):
+    """Environment for a subprocess using huggingface_hub against this registry, once with the
+    default environment (Xet) and once with HF_HUB_DISABLE_XET=1 (LFS and plain HTTP)."""
+    return client_environment(registry, tmp_path / "hf_home", request.param)
 
 
 def run_python(code: str, environment: dict, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -1,0 +1,884 @@
+#include "services/registry/xet_store.h"
+
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <random>
+
+#include <absl/status/status.h>
+#include <absl/strings/escaping.h>
+#include <absl/strings/numbers.h>
+#include <absl/strings/str_cat.h>
+#include <absl/strings/str_split.h>
+#include <absl/strings/strip.h>
+#include <absl/time/clock.h>
+#include <openssl/crypto.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
+#include "services/registry/xet_chunker.h"
+
+namespace flotilla::registry {
+namespace {
+
+constexpr char kSchema[] = R"sql(
+CREATE TABLE IF NOT EXISTS xorbs(hash TEXT PRIMARY KEY, data_bytes INTEGER NOT NULL, file_bytes INTEGER NOT NULL,
+  chunk_hashes BLOB NOT NULL, packed_ends BLOB NOT NULL, unpacked_ends BLOB NOT NULL, created INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks(hash TEXT PRIMARY KEY, xorb TEXT NOT NULL, chunk_index INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS chunks_by_xorb ON chunks(xorb);
+CREATE TABLE IF NOT EXISTS files(hash TEXT PRIMARY KEY, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
+  terms BLOB NOT NULL, created INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS files_by_sha256 ON files(sha256);
+CREATE TABLE IF NOT EXISTS file_xorbs(xorb TEXT NOT NULL, file TEXT NOT NULL, PRIMARY KEY(xorb, file));
+CREATE TABLE IF NOT EXISTS file_repositories(file TEXT NOT NULL, repository TEXT NOT NULL,
+  PRIMARY KEY(file, repository));
+)sql";
+
+// A prepared statement that finalizes itself.
+class Statement {
+ public:
+  Statement(sqlite3* database, const char* sql) { sqlite3_prepare_v2(database, sql, -1, &statement_, nullptr); }
+  ~Statement() { sqlite3_finalize(statement_); }
+  Statement& Bind(int index, const std::string& text) {
+    sqlite3_bind_text(statement_, index, text.data(), static_cast<int>(text.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Statement& BindBlob(int index, const std::string& bytes) {
+    sqlite3_bind_blob(statement_, index, bytes.data(), static_cast<int>(bytes.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Statement& Bind(int index, int64_t value) {
+    sqlite3_bind_int64(statement_, index, value);
+    return *this;
+  }
+  int Step() { return sqlite3_step(statement_); }
+  int64_t Int(int column) { return sqlite3_column_int64(statement_, column); }
+  std::string Text(int column) {
+    const auto* text = sqlite3_column_text(statement_, column);
+    return text ? std::string(reinterpret_cast<const char*>(text), sqlite3_column_bytes(statement_, column)) : "";
+  }
+  std::string Blob(int column) {
+    const void* blob = sqlite3_column_blob(statement_, column);
+    return blob ? std::string(static_cast<const char*>(blob), sqlite3_column_bytes(statement_, column)) : "";
+  }
+  bool ok() const { return statement_ != nullptr; }
+
+ private:
+  sqlite3_stmt* statement_ = nullptr;
+};
+
+absl::Status SqliteError(sqlite3* database, const std::string& what) {
+  return absl::InternalError(absl::StrCat("xet store: ", what, ": ", sqlite3_errmsg(database)));
+}
+
+template <typename T>
+std::string PackArray(const std::vector<T>& values) {
+  return std::string(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(T));
+}
+template <typename T>
+std::vector<T> UnpackArray(const std::string& bytes) {
+  std::vector<T> values(bytes.size() / sizeof(T));
+  std::memcpy(values.data(), bytes.data(), values.size() * sizeof(T));
+  return values;
+}
+
+// Terms as 44-byte records: xorb hash, chunk begin, chunk end, unpacked bytes (u32 each).
+std::string PackTerms(const std::vector<XetReconstructionTerm>& terms) {
+  std::string bytes;
+  for (const XetReconstructionTerm& term : terms) {
+    bytes.append(reinterpret_cast<const char*>(term.xorb_hash.data()), 32);
+    uint32_t fields[3] = {term.chunk_begin, term.chunk_end, static_cast<uint32_t>(term.unpacked_bytes)};
+    bytes.append(reinterpret_cast<const char*>(fields), sizeof(fields));
+  }
+  return bytes;
+}
+std::vector<XetReconstructionTerm> UnpackTerms(const std::string& bytes) {
+  std::vector<XetReconstructionTerm> terms;
+  for (size_t offset = 0; offset + 44 <= bytes.size(); offset += 44) {
+    XetReconstructionTerm term;
+    std::memcpy(term.xorb_hash.data(), bytes.data() + offset, 32);
+    uint32_t fields[3];
+    std::memcpy(fields, bytes.data() + offset + 32, sizeof(fields));
+    term.chunk_begin = fields[0];
+    term.chunk_end = fields[1];
+    term.unpacked_bytes = fields[2];
+    terms.push_back(term);
+  }
+  return terms;
+}
+
+std::string HmacHex(const std::string& secret, absl::string_view message) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  HMAC(EVP_sha256(), secret.data(), static_cast<int>(secret.size()),
+       reinterpret_cast<const unsigned char*>(message.data()), message.size(), digest, &length);
+  return absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(digest), length));
+}
+
+bool ConstantTimeEquals(absl::string_view left, absl::string_view right) {
+  return left.size() == right.size() && CRYPTO_memcmp(left.data(), right.data(), left.size()) == 0;
+}
+
+absl::Status SyncDirectory(const std::string& path) {
+  int descriptor = open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (descriptor < 0) return absl::InternalError(absl::StrCat("open directory ", path, ": ", std::strerror(errno)));
+  fsync(descriptor);
+  close(descriptor);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ReadOrCreateSecret(const std::string& path) {
+  int descriptor = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (descriptor < 0) {
+    unsigned char secret[32];
+    RAND_bytes(secret, sizeof(secret));
+    const std::string temporary = path + ".tmp";
+    descriptor = open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (descriptor < 0) return absl::InternalError(absl::StrCat("create ", temporary, ": ", std::strerror(errno)));
+    bool written = write(descriptor, secret, sizeof(secret)) == static_cast<ssize_t>(sizeof(secret)) && fsync(descriptor) == 0;
+    close(descriptor);
+    if (!written || rename(temporary.c_str(), path.c_str()) != 0) {
+      return absl::InternalError(absl::StrCat("write ", path, ": ", std::strerror(errno)));
+    }
+    return std::string(reinterpret_cast<const char*>(secret), sizeof(secret));
+  }
+  char secret[32];
+  ssize_t got = read(descriptor, secret, sizeof(secret));
+  close(descriptor);
+  if (got != static_cast<ssize_t>(sizeof(secret))) {
+    return absl::DataLossError(absl::StrCat("read ", path, ": expected 32 bytes, got ", got));
+  }
+  return std::string(secret, sizeof(secret));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<XetStore>> XetStore::Open(const std::string& data_directory, BlobStore& blobs) {
+  const std::string root = data_directory + "/xet";
+  std::error_code error;
+  std::filesystem::create_directories(root + "/xorbs/tmp", error);
+  if (error) return absl::InternalError(absl::StrCat("create ", root, "/xorbs: ", error.message()));
+  // Temporary xorb files of uploads a crash interrupted are never referenced: drop them.
+  for (const auto& entry : std::filesystem::directory_iterator(root + "/xorbs/tmp", error)) {
+    std::filesystem::remove(entry.path(), error);
+  }
+  absl::StatusOr<std::string> secret = ReadOrCreateSecret(root + "/token_secret");
+  if (!secret.ok()) return secret.status();
+  sqlite3* database = nullptr;
+  const std::string path = root + "/xet.sqlite3";
+  if (sqlite3_open_v2(path.c_str(), &database, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                      nullptr) != SQLITE_OK) {
+    absl::Status status = SqliteError(database, "open " + path);
+    sqlite3_close(database);
+    return status;
+  }
+  sqlite3_busy_timeout(database, 10000);
+  auto store = std::unique_ptr<XetStore>(new XetStore(root, blobs, database, *std::move(secret)));
+  for (const char* sql : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", kSchema}) {
+    if (absl::Status status = store->Execute(sql); !status.ok()) return status;
+  }
+  return store;
+}
+
+XetStore::XetStore(std::string root, BlobStore& blobs, sqlite3* database, std::string secret)
+    : root_(std::move(root)), blobs_(blobs), database_(database), secret_(std::move(secret)) {}
+
+XetStore::~XetStore() {
+  {
+    std::lock_guard lock(index_mutex_);
+    index_stopping_ = true;
+  }
+  index_ready_.notify_all();
+  if (index_thread_.joinable()) index_thread_.join();
+  sqlite3_close(database_);
+}
+
+void XetStore::IndexInBackground(const std::string& sha256, int64_t size) {
+  {
+    std::lock_guard lock(index_mutex_);
+    if (index_stopping_ || !index_pending_.insert(sha256).second) return;
+    index_queue_.emplace_back(sha256, size);
+    if (!index_thread_.joinable()) index_thread_ = std::thread([this] { IndexLoop(); });
+  }
+  index_ready_.notify_one();
+}
+
+void XetStore::IndexLoop() {
+  while (true) {
+    std::pair<std::string, int64_t> next;
+    {
+      std::unique_lock lock(index_mutex_);
+      index_ready_.wait(lock, [&] { return index_stopping_ || !index_queue_.empty(); });
+      if (index_stopping_) return;
+      next = index_queue_.front();
+      index_queue_.pop_front();
+    }
+    // A failure (the blob was collected meanwhile) only means the file stays HTTP-only for now.
+    FileHashForBlob(next.first, next.second).IgnoreError();
+    std::lock_guard lock(index_mutex_);
+    index_pending_.erase(next.first);
+  }
+}
+
+std::optional<XetHash> XetStore::ExistingFileHashForBlob(const std::string& sha256, int64_t size) {
+  std::lock_guard lock(database_mutex_);
+  Statement select(database_, "SELECT hash FROM files WHERE sha256 = ? AND size = ? LIMIT 1");
+  select.Bind(1, sha256).Bind(2, size);
+  if (select.Step() != SQLITE_ROW) return std::nullopt;
+  absl::StatusOr<XetHash> hash = XetHashFromString(select.Text(0));
+  if (!hash.ok()) return std::nullopt;
+  return *hash;
+}
+
+absl::Status XetStore::Execute(const std::string& sql) {
+  char* message = nullptr;
+  if (sqlite3_exec(database_, sql.c_str(), nullptr, nullptr, &message) != SQLITE_OK) {
+    std::string text = message ? message : "unknown error";
+    sqlite3_free(message);
+    return absl::InternalError(absl::StrCat("xet store: ", text));
+  }
+  return absl::OkStatus();
+}
+
+std::string XetStore::XorbPath(const XetHash& hash) const {
+  const std::string text = XetHashToString(hash);
+  return absl::StrCat(root_, "/xorbs/", text.substr(0, 2), "/", text);
+}
+
+absl::Status XetStore::WriteXorbFile(const XetHash& hash, absl::string_view serialized) {
+  // Temporary file, fsync, rename, fsync the folder: a xorb file is complete or absent.
+  const std::string path = XorbPath(hash);
+  const std::string folder = std::filesystem::path(path).parent_path();
+  std::error_code error;
+  std::filesystem::create_directories(folder, error);
+  std::random_device random;
+  const std::string temporary = absl::StrCat(root_, "/xorbs/tmp/", XetHashToString(hash), ".", random());
+  int descriptor = open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (descriptor < 0) return absl::InternalError(absl::StrCat("create ", temporary, ": ", std::strerror(errno)));
+  size_t written = 0;
+  while (written < serialized.size()) {
+    ssize_t result = write(descriptor, serialized.data() + written, serialized.size() - written);
+    if (result <= 0) {
+      close(descriptor);
+      unlink(temporary.c_str());
+      return absl::InternalError(absl::StrCat("write ", temporary, ": ", std::strerror(errno)));
+    }
+    written += static_cast<size_t>(result);
+  }
+  if (fsync(descriptor) != 0 || close(descriptor) != 0 || rename(temporary.c_str(), path.c_str()) != 0) {
+    unlink(temporary.c_str());
+    return absl::InternalError(absl::StrCat("store xorb ", path, ": ", std::strerror(errno)));
+  }
+  return SyncDirectory(folder);
+}
+
+absl::Status XetStore::RecordXorb(const XetHash& hash, const ParsedXorb& xorb) {
+  std::lock_guard lock(database_mutex_);
+  const std::string text = XetHashToString(hash);
+  if (absl::Status status = Execute("BEGIN IMMEDIATE"); !status.ok()) return status;
+  Statement insert(database_,
+                   "INSERT OR IGNORE INTO xorbs(hash, data_bytes, file_bytes, chunk_hashes, packed_ends, unpacked_ends, "
+                   "created) VALUES(?, ?, ?, ?, ?, ?, ?)");
+  insert.Bind(1, text).Bind(2, static_cast<int64_t>(xorb.data_size))
+      .Bind(3, static_cast<int64_t>(std::filesystem::file_size(XorbPath(hash))))
+      .BindBlob(4, PackArray(xorb.chunk_hashes)).BindBlob(5, PackArray(xorb.packed_ends))
+      .BindBlob(6, PackArray(xorb.unpacked_ends)).Bind(7, absl::ToUnixSeconds(absl::Now()));
+  if (insert.Step() != SQLITE_DONE) {
+    Execute("ROLLBACK");
+    return SqliteError(database_, "record xorb " + text);
+  }
+  // The first xorb that stores a chunk is where global dedup points.
+  for (size_t index = 0; index < xorb.chunk_hashes.size(); ++index) {
+    Statement chunk(database_, "INSERT OR IGNORE INTO chunks(hash, xorb, chunk_index) VALUES(?, ?, ?)");
+    chunk.Bind(1, XetHashToString(xorb.chunk_hashes[index])).Bind(2, text).Bind(3, static_cast<int64_t>(index));
+    if (chunk.Step() != SQLITE_DONE) {
+      Execute("ROLLBACK");
+      return SqliteError(database_, "record chunks of xorb " + text);
+    }
+  }
+  return Execute("COMMIT");
+}
+
+absl::StatusOr<bool> XetStore::PutXorb(const XetHash& hash, absl::string_view serialized) {
+  std::shared_lock gc_lock(gc_mutex_);
+  if (LoadXorb(hash).ok()) return false;
+  absl::StatusOr<ParsedXorb> xorb = ParseXorb(serialized, hash);
+  if (!xorb.ok()) return xorb.status();
+  if (absl::Status status = WriteXorbFile(hash, serialized); !status.ok()) return status;
+  if (absl::Status status = RecordXorb(hash, *xorb); !status.ok()) return status;
+  return true;
+}
+
+absl::StatusOr<XetStore::XorbRecord> XetStore::LoadXorb(const XetHash& hash) {
+  std::lock_guard lock(database_mutex_);
+  Statement select(database_, "SELECT data_bytes, chunk_hashes, packed_ends, unpacked_ends FROM xorbs WHERE hash = ?");
+  select.Bind(1, XetHashToString(hash));
+  if (select.Step() != SQLITE_ROW) {
+    return absl::NotFoundError(absl::StrCat("xorb ", XetHashToString(hash), " is not stored"));
+  }
+  XorbRecord record;
+  record.data_bytes = static_cast<uint64_t>(select.Int(0));
+  record.chunk_hashes = UnpackArray<XetHash>(select.Blob(1));
+  record.packed_ends = UnpackArray<uint32_t>(select.Blob(2));
+  record.unpacked_ends = UnpackArray<uint32_t>(select.Blob(3));
+  return record;
+}
+
+absl::StatusOr<XetStore::FileRecord> XetStore::LoadFile(const XetHash& hash) {
+  std::lock_guard lock(database_mutex_);
+  Statement select(database_, "SELECT sha256, size, terms FROM files WHERE hash = ?");
+  select.Bind(1, XetHashToString(hash));
+  if (select.Step() != SQLITE_ROW) {
+    return absl::NotFoundError(absl::StrCat("file ", XetHashToString(hash), " is not stored"));
+  }
+  FileRecord record;
+  record.sha256 = select.Text(0);
+  record.size = static_cast<uint64_t>(select.Int(1));
+  record.terms = UnpackTerms(select.Blob(2));
+  return record;
+}
+
+absl::Status XetStore::RecordFile(const XetHash& hash, const FileRecord& file) {
+  std::lock_guard lock(database_mutex_);
+  Statement insert(database_, "INSERT OR IGNORE INTO files(hash, sha256, size, terms, created) VALUES(?, ?, ?, ?, ?)");
+  insert.Bind(1, XetHashToString(hash)).Bind(2, file.sha256).Bind(3, static_cast<int64_t>(file.size))
+      .BindBlob(4, PackTerms(file.terms)).Bind(5, absl::ToUnixSeconds(absl::Now()));
+  if (insert.Step() != SQLITE_DONE) return SqliteError(database_, "record file " + XetHashToString(hash));
+  for (const XetReconstructionTerm& term : file.terms) {
+    Statement uses(database_, "INSERT OR IGNORE INTO file_xorbs(xorb, file) VALUES(?, ?)");
+    uses.Bind(1, XetHashToString(term.xorb_hash)).Bind(2, XetHashToString(hash));
+    if (uses.Step() != SQLITE_DONE) return SqliteError(database_, "record xorbs of file " + XetHashToString(hash));
+  }
+  // A re-upload refreshes the file's age, so garbage collection's grace period covers its commit.
+  Statement touch(database_, "UPDATE files SET created = ? WHERE hash = ?");
+  touch.Bind(1, absl::ToUnixSeconds(absl::Now())).Bind(2, XetHashToString(hash));
+  touch.Step();
+  return absl::OkStatus();
+}
+
+absl::Status XetStore::Grant(const XetHash& file_hash, const std::string& repository) {
+  std::lock_guard lock(database_mutex_);
+  Statement insert(database_, "INSERT OR IGNORE INTO file_repositories(file, repository) VALUES(?, ?)");
+  insert.Bind(1, XetHashToString(file_hash)).Bind(2, repository);
+  if (insert.Step() != SQLITE_DONE) return SqliteError(database_, "grant file to " + repository);
+  return absl::OkStatus();
+}
+
+bool XetStore::Granted(const XetHash& file_hash, const std::string& repository) {
+  std::lock_guard lock(database_mutex_);
+  Statement select(database_, "SELECT 1 FROM file_repositories WHERE file = ? AND repository = ?");
+  select.Bind(1, XetHashToString(file_hash)).Bind(2, repository);
+  return select.Step() == SQLITE_ROW;
+}
+
+absl::Status XetStore::ForEachChunk(const std::vector<XetReconstructionTerm>& terms,
+                                    const std::function<absl::Status(absl::string_view)>& consume) {
+  std::string buffer;
+  for (const XetReconstructionTerm& term : terms) {
+    absl::StatusOr<XorbRecord> xorb = LoadXorb(term.xorb_hash);
+    if (!xorb.ok()) return xorb.status();
+    const uint64_t begin = term.chunk_begin == 0 ? 0 : xorb->packed_ends[term.chunk_begin - 1];
+    const uint64_t end = xorb->packed_ends[term.chunk_end - 1];
+    const std::string path = XorbPath(term.xorb_hash);
+    int descriptor = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (descriptor < 0) return absl::DataLossError(absl::StrCat("xorb file ", path, " is missing"));
+    buffer.resize(end - begin);
+    ssize_t got = pread(descriptor, buffer.data(), buffer.size(), static_cast<off_t>(begin));
+    close(descriptor);
+    if (got != static_cast<ssize_t>(buffer.size())) {
+      return absl::DataLossError(absl::StrCat("xorb file ", path, ": short read at ", begin));
+    }
+    size_t offset = 0;
+    while (offset < buffer.size()) {
+      size_t consumed = 0;
+      absl::StatusOr<std::string> chunk = DecodeXorbChunk(absl::string_view(buffer).substr(offset), &consumed);
+      if (!chunk.ok()) return chunk.status();
+      if (absl::Status status = consume(*chunk); !status.ok()) return status;
+      offset += consumed;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status XetStore::MaterializeBlob(const FileRecord& file, const std::string& what) {
+  if (blobs_.Size(file.sha256).ok()) return blobs_.Touch(file.sha256);
+  absl::StatusOr<std::unique_ptr<BlobUpload>> upload = blobs_.BeginUpload(file.sha256, static_cast<int64_t>(file.size), 0);
+  if (absl::IsAlreadyExists(upload.status())) return absl::OkStatus();
+  if (!upload.ok()) return upload.status();
+  absl::Status appended = ForEachChunk(file.terms, [&](absl::string_view bytes) { return (*upload)->Append(bytes); });
+  if (!appended.ok()) return appended;
+  if (absl::Status finished = (*upload)->Finish(); !finished.ok()) {
+    return absl::DataLossError(absl::StrCat(what, ": ", finished.message()));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<size_t> XetStore::MissingChunks(const std::vector<XetHash>& chunk_hashes) {
+  std::vector<size_t> missing;
+  std::lock_guard lock(database_mutex_);
+  for (size_t index = 0; index < chunk_hashes.size(); ++index) {
+    Statement select(database_, "SELECT 1 FROM chunks WHERE hash = ?");
+    select.Bind(1, XetHashToString(chunk_hashes[index]));
+    if (select.Step() != SQLITE_ROW) missing.push_back(index);
+  }
+  return missing;
+}
+
+absl::Status XetStore::CreateBlobFromChunks(const std::string& sha256, int64_t size,
+                                            const std::vector<XetHash>& chunk_hashes) {
+  std::shared_lock gc_lock(gc_mutex_);
+  FileRecord record;
+  record.sha256 = sha256;
+  std::vector<XetHashAndSize> leaves;
+  std::map<XetHash, XorbRecord> xorbs;
+  for (size_t index = 0; index < chunk_hashes.size(); ++index) {
+    std::string xorb_text;
+    int64_t chunk_index = 0;
+    {
+      std::lock_guard lock(database_mutex_);
+      Statement select(database_, "SELECT xorb, chunk_index FROM chunks WHERE hash = ?");
+      select.Bind(1, XetHashToString(chunk_hashes[index]));
+      if (select.Step() != SQLITE_ROW) {
+        return absl::FailedPreconditionError(absl::StrCat("create blob ", sha256, ": chunk ", index, " (",
+                                                          XetHashToString(chunk_hashes[index]),
+                                                          ") is not stored; upload it in a xorb first"));
+      }
+      xorb_text = select.Text(0);
+      chunk_index = select.Int(1);
+    }
+    const XetHash xorb_hash = *XetHashFromString(xorb_text);
+    if (!xorbs.count(xorb_hash)) {
+      absl::StatusOr<XorbRecord> xorb = LoadXorb(xorb_hash);
+      if (!xorb.ok()) return xorb.status();
+      xorbs[xorb_hash] = *std::move(xorb);
+    }
+    const XorbRecord& xorb = xorbs[xorb_hash];
+    const uint32_t chunk = static_cast<uint32_t>(chunk_index);
+    const uint64_t chunk_size = xorb.unpacked_ends[chunk] - (chunk == 0 ? 0 : xorb.unpacked_ends[chunk - 1]);
+    leaves.push_back({chunk_hashes[index], chunk_size});
+    record.size += chunk_size;
+    // Consecutive chunks of one xorb make one term.
+    if (!record.terms.empty() && record.terms.back().xorb_hash == xorb_hash && record.terms.back().chunk_end == chunk) {
+      ++record.terms.back().chunk_end;
+      record.terms.back().unpacked_bytes += chunk_size;
+    } else {
+      record.terms.push_back({xorb_hash, chunk, chunk + 1, chunk_size});
+    }
+  }
+  if (static_cast<int64_t>(record.size) != size) {
+    return absl::InvalidArgumentError(absl::StrCat("create blob ", sha256, ": expected ", size,
+                                                   " bytes but the chunks hold ", record.size));
+  }
+  if (absl::Status status = MaterializeBlob(record, absl::StrCat("create blob ", sha256)); !status.ok()) return status;
+  return RecordFile(XetFileHash(leaves), record);
+}
+
+absl::StatusOr<int> XetStore::PutShard(absl::string_view serialized, const std::string& repository) {
+  std::shared_lock gc_lock(gc_mutex_);
+  absl::StatusOr<ParsedShard> shard = ParseShard(serialized);
+  if (!shard.ok()) return shard.status();
+  // Every xorb the shard describes must have been uploaded first.
+  // Every xorb the shard describes must have been uploaded first, with the chunks it lists.
+  for (const ShardXorb& xorb : shard->xorbs) {
+    const std::string xorb_text = XetHashToString(xorb.xorb_hash);
+    absl::StatusOr<XorbRecord> stored = LoadXorb(xorb.xorb_hash);
+    if (!stored.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("shard: xorb ", xorb_text, " is described but was never uploaded"));
+    }
+    if (xorb.chunks.size() != stored->chunk_hashes.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("shard: xorb ", xorb_text, ": expected ",
+                                                     stored->chunk_hashes.size(), " chunks but the shard lists ",
+                                                     xorb.chunks.size()));
+    }
+    for (size_t index = 0; index < xorb.chunks.size(); ++index) {
+      if (xorb.chunks[index].chunk_hash != stored->chunk_hashes[index]) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "shard: xorb ", xorb_text, " chunk ", index, ": chunk hash mismatch: the shard says ",
+            XetHashToString(xorb.chunks[index].chunk_hash), ", the stored xorb holds ",
+            XetHashToString(stored->chunk_hashes[index])));
+      }
+    }
+  }
+  // Check every file before storing any, so a bad shard records nothing.
+  std::vector<FileRecord> files;
+  for (const ShardFile& file : shard->files) {
+    const std::string file_text = XetHashToString(file.file_hash);
+    if (!file.verification_hashes.empty() && file.verification_hashes.size() != file.terms.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("shard: file ", file_text, ": ", file.verification_hashes.size(),
+                                                     " verification entries for ", file.terms.size(), " terms"));
+    }
+    FileRecord record;
+    std::vector<XetHashAndSize> chunks;
+    for (size_t index = 0; index < file.terms.size(); ++index) {
+      const ShardTerm& term = file.terms[index];
+      const std::string where = absl::StrCat("shard: file ", file_text, " term ", index, " (xorb ",
+                                             XetHashToString(term.xorb_hash), " chunks [", term.chunk_begin, ", ",
+                                             term.chunk_end, ")): ");
+      absl::StatusOr<XorbRecord> xorb = LoadXorb(term.xorb_hash);
+      if (!xorb.ok()) return absl::InvalidArgumentError(where + "the xorb is not stored");
+      if (term.chunk_begin >= term.chunk_end || term.chunk_end > xorb->chunk_hashes.size()) {
+        return absl::InvalidArgumentError(absl::StrCat(where, "the xorb holds ", xorb->chunk_hashes.size(), " chunks"));
+      }
+      uint64_t unpacked = 0;
+      for (uint32_t chunk = term.chunk_begin; chunk < term.chunk_end; ++chunk) {
+        const uint64_t size = xorb->unpacked_ends[chunk] - (chunk == 0 ? 0 : xorb->unpacked_ends[chunk - 1]);
+        chunks.push_back({xorb->chunk_hashes[chunk], size});
+        unpacked += size;
+      }
+      if (unpacked != term.unpacked_bytes) {
+        return absl::InvalidArgumentError(absl::StrCat(where, "expected ", term.unpacked_bytes,
+                                                       " unpacked bytes but the chunks hold ", unpacked));
+      }
+      if (!file.verification_hashes.empty()) {
+        XetHash expected = XetVerificationHash(xorb->chunk_hashes, term.chunk_begin, term.chunk_end);
+        if (expected != file.verification_hashes[index]) {
+          return absl::InvalidArgumentError(absl::StrCat(where, "verification hash ",
+                                                         XetHashToString(file.verification_hashes[index]),
+                                                         " does not match the stored chunks (", XetHashToString(expected), ")"));
+        }
+      }
+      record.terms.push_back({term.xorb_hash, term.chunk_begin, term.chunk_end, unpacked});
+      record.size += unpacked;
+    }
+    XetHash computed = XetFileHash(chunks);
+    if (computed != file.file_hash) {
+      return absl::InvalidArgumentError(absl::StrCat("shard: file ", file_text, ": its terms reconstruct file ",
+                                                     XetHashToString(computed)));
+    }
+    if (file.sha256) {
+      record.sha256 = *file.sha256;
+    } else {
+      Sha256 hasher;
+      if (absl::Status status = ForEachChunk(record.terms, [&](absl::string_view bytes) {
+            hasher.Update(bytes);
+            return absl::OkStatus();
+          });
+          !status.ok()) {
+        return status;
+      }
+      record.sha256 = hasher.HexDigest();
+    }
+    files.push_back(std::move(record));
+  }
+  // Note [One store, two views]: each file becomes an ordinary blob (sha256 verified by Finish).
+  for (size_t index = 0; index < files.size(); ++index) {
+    if (absl::Status status =
+            MaterializeBlob(files[index], absl::StrCat("shard: file ", XetHashToString(shard->files[index].file_hash)));
+        !status.ok()) {
+      return status;
+    }
+  }
+  for (size_t index = 0; index < files.size(); ++index) {
+    if (absl::Status status = RecordFile(shard->files[index].file_hash, files[index]); !status.ok()) return status;
+    if (absl::Status status = Grant(shard->files[index].file_hash, repository); !status.ok()) return status;
+  }
+  return 1;
+}
+
+absl::StatusOr<XetReconstruction> XetStore::Reconstruct(const XetHash& file_hash,
+                                                        std::optional<std::pair<uint64_t, uint64_t>> byte_range) {
+  absl::StatusOr<FileRecord> file = LoadFile(file_hash);
+  if (!file.ok()) return file.status();
+  uint64_t first = 0;
+  uint64_t last = file->size == 0 ? 0 : file->size - 1;
+  if (byte_range) {
+    if (byte_range->first >= file->size || byte_range->first > byte_range->second) {
+      return absl::OutOfRangeError(absl::StrCat("reconstruct file ", XetHashToString(file_hash), ": range ",
+                                                byte_range->first, "-", byte_range->second, " outside its ",
+                                                file->size, " bytes"));
+    }
+    first = byte_range->first;
+    last = std::min(byte_range->second, last);
+  }
+  XetReconstruction plan;
+  if (file->size == 0) return plan;
+  std::map<XetHash, XorbRecord> xorbs;
+  uint64_t term_start = 0;
+  bool started = false;
+  for (const XetReconstructionTerm& stored : file->terms) {
+    const uint64_t term_end = term_start + stored.unpacked_bytes;  // exclusive
+    if (term_end <= first || term_start > last) {
+      term_start = term_end;
+      continue;
+    }
+    if (!xorbs.count(stored.xorb_hash)) {
+      absl::StatusOr<XorbRecord> xorb = LoadXorb(stored.xorb_hash);
+      if (!xorb.ok()) return absl::DataLossError(std::string(xorb.status().message()));
+      xorbs[stored.xorb_hash] = *std::move(xorb);
+    }
+    const XorbRecord& xorb = xorbs[stored.xorb_hash];
+    auto chunk_start = [&](uint32_t chunk) -> uint64_t { return chunk == 0 ? 0 : xorb.unpacked_ends[chunk - 1]; };
+    // Trim whole chunks outside [first, last] so a small range fetches little.
+    XetReconstructionTerm term = stored;
+    uint64_t position = term_start;
+    while (position + (xorb.unpacked_ends[term.chunk_begin] - chunk_start(term.chunk_begin)) <= first) {
+      position += xorb.unpacked_ends[term.chunk_begin] - chunk_start(term.chunk_begin);
+      ++term.chunk_begin;
+    }
+    uint64_t end_position = term_end;
+    while (term.chunk_end - 1 > term.chunk_begin &&
+           end_position - (xorb.unpacked_ends[term.chunk_end - 1] - chunk_start(term.chunk_end - 1)) > last) {
+      end_position -= xorb.unpacked_ends[term.chunk_end - 1] - chunk_start(term.chunk_end - 1);
+      --term.chunk_end;
+    }
+    term.unpacked_bytes = end_position - position;
+    if (!started) {
+      plan.offset_into_first_range = first - position;
+      started = true;
+    }
+    plan.terms.push_back(term);
+    XetFetchRange fetch{term.xorb_hash, term.chunk_begin, term.chunk_end,
+                        term.chunk_begin == 0 ? 0 : xorb.packed_ends[term.chunk_begin - 1],
+                        uint64_t{xorb.packed_ends[term.chunk_end - 1]} - 1};
+    bool duplicate = std::any_of(plan.fetches.begin(), plan.fetches.end(), [&](const XetFetchRange& other) {
+      return other.xorb_hash == fetch.xorb_hash && other.chunk_begin == fetch.chunk_begin && other.chunk_end == fetch.chunk_end;
+    });
+    if (!duplicate) plan.fetches.push_back(fetch);
+    term_start = term_end;
+  }
+  return plan;
+}
+
+absl::StatusOr<std::string> XetStore::DedupShard(const XetHash& chunk_hash) {
+  // Only 1 chunk in 1024 (and each file's first) is ever queried, so one answer must cover a long
+  // run: besides the xorb holding the chunk, it describes the other xorbs of the files that use
+  // that xorb (a re-uploaded checkpoint then dedups against the whole previous version).
+  constexpr int kMaxFiles = 8;
+  constexpr size_t kMaxXorbs = 64;
+  std::vector<XetHash> xorb_hashes;
+  {
+    std::lock_guard lock(database_mutex_);
+    Statement select(database_, "SELECT xorb FROM chunks WHERE hash = ?");
+    select.Bind(1, XetHashToString(chunk_hash));
+    if (select.Step() != SQLITE_ROW) {
+      return absl::NotFoundError(absl::StrCat("global dedup: chunk ", XetHashToString(chunk_hash), " is not stored"));
+    }
+    const std::string first_xorb = select.Text(0);
+    xorb_hashes.push_back(*XetHashFromString(first_xorb));
+    Statement files(database_, "SELECT f.terms FROM file_xorbs x JOIN files f ON f.hash = x.file WHERE x.xorb = ? LIMIT ?");
+    files.Bind(1, first_xorb).Bind(2, int64_t{kMaxFiles});
+    while (files.Step() == SQLITE_ROW && xorb_hashes.size() < kMaxXorbs) {
+      for (const XetReconstructionTerm& term : UnpackTerms(files.Blob(0))) {
+        if (xorb_hashes.size() >= kMaxXorbs) break;
+        if (std::find(xorb_hashes.begin(), xorb_hashes.end(), term.xorb_hash) == xorb_hashes.end()) {
+          xorb_hashes.push_back(term.xorb_hash);
+        }
+      }
+    }
+  }
+  std::vector<ShardXorb> described_xorbs;
+  for (const XetHash& xorb_hash : xorb_hashes) {
+    absl::StatusOr<XorbRecord> xorb = LoadXorb(xorb_hash);
+    if (!xorb.ok()) continue;  // collected meanwhile
+    ShardXorb described;
+    described.xorb_hash = xorb_hash;
+    described.unpacked_bytes = xorb->unpacked_ends.empty() ? 0 : xorb->unpacked_ends.back();
+    std::error_code error;
+    described.serialized_bytes = static_cast<uint32_t>(std::filesystem::file_size(XorbPath(xorb_hash), error));
+    for (size_t index = 0; index < xorb->chunk_hashes.size(); ++index) {
+      const uint32_t start = index == 0 ? 0 : xorb->unpacked_ends[index - 1];
+      described.chunks.push_back({xorb->chunk_hashes[index], start, xorb->unpacked_ends[index] - start, 0});
+    }
+    described_xorbs.push_back(std::move(described));
+  }
+  // The lookup tables want xorbs in hash order (the client's BTreeMap of [u64; 4] words).
+  std::sort(described_xorbs.begin(), described_xorbs.end(), [](const ShardXorb& left, const ShardXorb& right) {
+    for (int word = 0; word < 4; ++word) {
+      uint64_t left_word, right_word;
+      std::memcpy(&left_word, left.xorb_hash.data() + 8 * word, 8);
+      std::memcpy(&right_word, right.xorb_hash.data() + 8 * word, 8);
+      if (left_word != right_word) return left_word < right_word;
+    }
+    return false;
+  });
+  XetHash key;
+  RAND_bytes(key.data(), static_cast<int>(key.size()));
+  return WriteDedupShard(described_xorbs, key, static_cast<uint64_t>(absl::ToUnixSeconds(absl::Now() + absl::Hours(1))));
+}
+
+absl::StatusOr<XetHash> XetStore::FileHashForBlob(const std::string& sha256, int64_t size) {
+  {
+    std::lock_guard lock(database_mutex_);
+    Statement select(database_, "SELECT hash FROM files WHERE sha256 = ? AND size = ? LIMIT 1");
+    select.Bind(1, sha256).Bind(2, size);
+    if (select.Step() == SQLITE_ROW) return XetHashFromString(select.Text(0));
+  }
+  std::lock_guard xetify_lock(xetify_mutex_);
+  std::shared_lock gc_lock(gc_mutex_);
+  {
+    std::lock_guard lock(database_mutex_);
+    Statement select(database_, "SELECT hash FROM files WHERE sha256 = ? AND size = ? LIMIT 1");
+    select.Bind(1, sha256).Bind(2, size);
+    if (select.Step() == SQLITE_ROW) return XetHashFromString(select.Text(0));
+  }
+  FileRecord record;
+  record.sha256 = sha256;
+  record.size = static_cast<uint64_t>(size);
+  std::vector<XetHashAndSize> file_chunks;
+  if (size > 0) {
+    const std::string path = blobs_.LocalPath(sha256);
+    int descriptor = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (descriptor < 0) return absl::NotFoundError(absl::StrCat("blob ", sha256, " is not stored"));
+    void* mapping = mmap(nullptr, static_cast<size_t>(size), PROT_READ, MAP_SHARED, descriptor, 0);
+    close(descriptor);
+    if (mapping == MAP_FAILED) return absl::InternalError(absl::StrCat("map blob ", sha256, ": ", std::strerror(errno)));
+    madvise(mapping, static_cast<size_t>(size), MADV_SEQUENTIAL);
+    const auto* data = static_cast<const uint8_t*>(mapping);
+    std::vector<uint64_t> ends = XetChunkBoundaries(data, static_cast<size_t>(size));
+    // Group chunks into xorbs of at most 64 MiB and 8192 chunks, one term each.
+    absl::Status status;
+    size_t first_chunk = 0;
+    while (first_chunk < ends.size() && status.ok()) {
+      const uint64_t start = first_chunk == 0 ? 0 : ends[first_chunk - 1];
+      size_t last_chunk = first_chunk;
+      while (last_chunk + 1 < ends.size() && last_chunk + 1 - first_chunk < kXetMaxXorbChunks &&
+             ends[last_chunk + 1] - start + 8 * (last_chunk + 2 - first_chunk) <= kXetMaxXorbBytes) {
+        ++last_chunk;
+      }
+      ParsedXorb xorb;
+      std::vector<uint64_t> relative_ends;
+      std::vector<XetHashAndSize> leaves;
+      uint64_t previous = start;
+      uint64_t packed = 0;
+      for (size_t chunk = first_chunk; chunk <= last_chunk; ++chunk) {
+        XetHash hash = XetChunkHash(data + previous, ends[chunk] - previous);
+        leaves.push_back({hash, ends[chunk] - previous});
+        file_chunks.push_back(leaves.back());
+        xorb.chunk_hashes.push_back(hash);
+        packed += 8 + (ends[chunk] - previous);
+        xorb.packed_ends.push_back(static_cast<uint32_t>(packed));
+        xorb.unpacked_ends.push_back(static_cast<uint32_t>(ends[chunk] - start));
+        relative_ends.push_back(ends[chunk] - start);
+        previous = ends[chunk];
+      }
+      xorb.data_size = packed;
+      xorb.hash = XetXorbHash(leaves);
+      if (!LoadXorb(xorb.hash).ok()) {
+        std::string serialized = WriteUncompressedXorb(
+            absl::string_view(reinterpret_cast<const char*>(data + start), ends[last_chunk] - start), relative_ends);
+        status = WriteXorbFile(xorb.hash, serialized);
+        if (status.ok()) status = RecordXorb(xorb.hash, xorb);
+      }
+      record.terms.push_back({xorb.hash, 0, static_cast<uint32_t>(last_chunk - first_chunk + 1), ends[last_chunk] - start});
+      first_chunk = last_chunk + 1;
+    }
+    munmap(mapping, static_cast<size_t>(size));
+    if (!status.ok()) return status;
+  }
+  XetHash file_hash = XetFileHash(file_chunks);
+  if (absl::Status status = RecordFile(file_hash, record); !status.ok()) return status;
+  return file_hash;
+}
+
+std::string XetStore::IssueToken(const std::string& repository, bool write, int64_t expires_unix_seconds) const {
+  const std::string payload = absl::StrCat(repository, "|", write ? "write" : "read", "|", expires_unix_seconds);
+  return absl::StrCat(absl::WebSafeBase64Escape(payload), ".", HmacHex(secret_, payload));
+}
+
+absl::StatusOr<XetTokenClaims> XetStore::CheckToken(absl::string_view authorization) const {
+  absl::string_view token = authorization;
+  if (!absl::ConsumePrefix(&token, "Bearer ")) {
+    return absl::UnauthenticatedError("Xet CAS: expected 'Authorization: Bearer <CAS token>' from the xet token endpoint");
+  }
+  std::vector<absl::string_view> parts = absl::StrSplit(token, '.');
+  std::string payload;
+  if (parts.size() != 2 || !absl::WebSafeBase64Unescape(parts[0], &payload) ||
+      !ConstantTimeEquals(HmacHex(secret_, payload), parts[1])) {
+    return absl::UnauthenticatedError("Xet CAS: the token was not issued by this registry");
+  }
+  std::vector<std::string> fields = absl::StrSplit(payload, '|');
+  XetTokenClaims claims;
+  if (fields.size() != 3 || !absl::SimpleAtoi(fields[2], &claims.expires_unix_seconds)) {
+    return absl::UnauthenticatedError("Xet CAS: malformed token");
+  }
+  claims.repository = fields[0];
+  claims.write = fields[1] == "write";
+  const int64_t now = absl::ToUnixSeconds(absl::Now());
+  if (claims.expires_unix_seconds <= now) {
+    return absl::UnauthenticatedError(absl::StrCat("Xet CAS: token for ", claims.repository, " expired ",
+                                                   now - claims.expires_unix_seconds, " s ago; fetch a new one"));
+  }
+  return claims;
+}
+
+std::string XetStore::SignFetch(const XetHash& xorb_hash, int64_t expires_unix_seconds) const {
+  return HmacHex(secret_, absl::StrCat("fetch|", XetHashToString(xorb_hash), "|", expires_unix_seconds));
+}
+
+bool XetStore::CheckFetch(const XetHash& xorb_hash, int64_t expires_unix_seconds, absl::string_view signature) const {
+  return expires_unix_seconds > absl::ToUnixSeconds(absl::Now()) &&
+         ConstantTimeEquals(SignFetch(xorb_hash, expires_unix_seconds), signature);
+}
+
+int64_t XetStore::stored_bytes() {
+  std::lock_guard lock(database_mutex_);
+  Statement select(database_, "SELECT COALESCE(SUM(file_bytes), 0) FROM xorbs");
+  return select.Step() == SQLITE_ROW ? select.Int(0) : 0;
+}
+
+int64_t XetStore::stored_chunks() {
+  std::lock_guard lock(database_mutex_);
+  Statement select(database_, "SELECT COUNT(*) FROM chunks");
+  return select.Step() == SQLITE_ROW ? select.Int(0) : 0;
+}
+
+absl::StatusOr<XetGarbageReport> XetStore::CollectGarbage(const std::set<std::string>& referenced_sha256,
+                                                          absl::Time cutoff, bool dry_run) {
+  std::unique_lock gc_lock(gc_mutex_);
+  XetGarbageReport report;
+  const int64_t cutoff_seconds = absl::ToUnixSeconds(cutoff);
+  std::vector<std::string> doomed_files;
+  std::set<std::string> used_xorbs;
+  {
+    std::lock_guard lock(database_mutex_);
+    Statement files(database_, "SELECT hash, sha256, created, terms FROM files");
+    while (files.Step() == SQLITE_ROW) {
+      if (!referenced_sha256.count(files.Text(1)) && files.Int(2) <= cutoff_seconds) {
+        doomed_files.push_back(files.Text(0));
+        continue;
+      }
+      for (const XetReconstructionTerm& term : UnpackTerms(files.Blob(3))) used_xorbs.insert(XetHashToString(term.xorb_hash));
+    }
+  }
+  std::vector<std::pair<std::string, int64_t>> doomed_xorbs;
+  {
+    std::lock_guard lock(database_mutex_);
+    Statement xorbs(database_, "SELECT hash, file_bytes, created FROM xorbs");
+    while (xorbs.Step() == SQLITE_ROW) {
+      if (!used_xorbs.count(xorbs.Text(0)) && xorbs.Int(2) <= cutoff_seconds) {
+        doomed_xorbs.emplace_back(xorbs.Text(0), xorbs.Int(1));
+      }
+    }
+  }
+  report.deleted_files = static_cast<int64_t>(doomed_files.size());
+  report.deleted_xorbs = static_cast<int64_t>(doomed_xorbs.size());
+  for (const auto& [hash, bytes] : doomed_xorbs) report.freed_bytes += bytes;
+  if (dry_run) return report;
+  std::lock_guard lock(database_mutex_);
+  for (const std::string& hash : doomed_files) {
+    for (const char* sql : {"DELETE FROM files WHERE hash = ?", "DELETE FROM file_repositories WHERE file = ?",
+                            "DELETE FROM file_xorbs WHERE file = ?"}) {
+      Statement remove(database_, sql);
+      remove.Bind(1, hash).Step();
+    }
+  }
+  for (const auto& [hash, bytes] : doomed_xorbs) {
+    for (const char* sql : {"DELETE FROM xorbs WHERE hash = ?", "DELETE FROM chunks WHERE xorb = ?"}) {
+      Statement remove(database_, sql);
+      remove.Bind(1, hash).Step();
+    }
+    absl::StatusOr<XetHash> parsed = XetHashFromString(hash);
+    if (parsed.ok()) unlink(XorbPath(*parsed).c_str());
+  }
+  return report;
+}
+
+}  // namespace flotilla::registry

@@ -1,0 +1,188 @@
+// The registry's Xet CAS: xorbs, the files they reconstruct, the chunk index, and the short-lived
+// CAS tokens (https://huggingface.co/docs/xet; routes in hub_api.cc). Note [One store, two views]:
+// a file that arrives through Xet (shard upload) is verified against the stored xorbs and then
+// written, whole and sha256-checked, into the ordinary BlobStore, so every other path (commits,
+// /resolve/, gRPC, `flotilla pull`, the worker) sees an ordinary blob. A blob that arrived another
+// way (`flotilla push`, LFS) gets its Xet view on first request (FileHashForBlob): it is chunked
+// with the Xet chunker, its chunks written as uncompressed xorbs, and its reconstruction recorded,
+// so hf_xet can download it through the CAS. Commits never depend on this store: they name sha256
+// blobs, which exist only complete and verified.
+//
+// On disk under <data_dir>/xet/: xet.sqlite3 (xorbs, chunks, files, file_repositories),
+// xorbs/<aa>/<xorb hash>, token_secret.
+//
+//   auto store = XetStore::Open(data_dir, blobs);
+//   absl::StatusOr<bool> inserted = (*store)->PutXorb(hash, body);         // verified
+//   absl::StatusOr<int> result = (*store)->PutShard(body, "acme/llama");   // files → blobs
+//   absl::StatusOr<XetReconstruction> plan = (*store)->Reconstruct(file_hash, std::nullopt);
+//
+// Thread-safe. Note [Xet garbage collection]: uploads take a shared lock that CollectGarbage
+// takes exclusively; files unreferenced by any commit and xorbs no remaining file uses are deleted
+// only past the grace period, so a shard uploaded just before its commit (or a xorb just before
+// its shard) survives.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <shared_mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <absl/status/statusor.h>
+#include <absl/strings/string_view.h>
+#include <absl/time/time.h>
+
+#include "services/registry/blob_store.h"
+#include "services/registry/xet_format.h"
+#include "services/registry/xet_hash.h"
+
+struct sqlite3;
+
+namespace flotilla::registry {
+
+struct XetReconstructionTerm {
+  XetHash xorb_hash;
+  uint32_t chunk_begin = 0;
+  uint32_t chunk_end = 0;
+  uint64_t unpacked_bytes = 0;
+};
+
+struct XetFetchRange {
+  XetHash xorb_hash;
+  uint32_t chunk_begin = 0;
+  uint32_t chunk_end = 0;
+  uint64_t byte_begin = 0;
+  uint64_t byte_end_inclusive = 0;
+};
+
+struct XetReconstruction {
+  uint64_t offset_into_first_range = 0;
+  std::vector<XetReconstructionTerm> terms;
+  std::vector<XetFetchRange> fetches;
+};
+
+struct XetTokenClaims {
+  std::string repository;  // "namespace/name"
+  bool write = false;
+  int64_t expires_unix_seconds = 0;
+};
+
+struct XetGarbageReport {
+  int64_t deleted_files = 0;
+  int64_t deleted_xorbs = 0;
+  int64_t freed_bytes = 0;
+};
+
+class XetStore {
+ public:
+  static absl::StatusOr<std::unique_ptr<XetStore>> Open(const std::string& data_directory, BlobStore& blobs);
+  ~XetStore();
+
+  // Verifies and stores a xorb; false when it was already stored (not an error).
+  // INVALID_ARGUMENT for a malformed xorb or one whose content does not hash to `hash`.
+  absl::StatusOr<bool> PutXorb(const XetHash& hash, absl::string_view serialized);
+
+  // Verifies every file of an uploaded shard against the stored xorbs (chunk ranges, sizes,
+  // verification hashes, the file hash, sha256) and writes each into the blob store; grants the
+  // files to `repository`. 1 when registered. INVALID_ARGUMENT (nothing recorded) for a malformed
+  // shard, a missing xorb, or any mismatch; DATA_LOSS when the bytes do not match the sha256.
+  absl::StatusOr<int> PutShard(absl::string_view serialized, const std::string& repository);
+
+  // Indices of the chunks no stored xorb holds (for `flotilla push`'s chunk-level dedup).
+  std::vector<size_t> MissingChunks(const std::vector<XetHash>& chunk_hashes);
+  // Assembles the blob `sha256` of `size` bytes from stored chunks, in order, and records its Xet
+  // view. FAILED_PRECONDITION naming a chunk no xorb holds; INVALID_ARGUMENT when the chunks'
+  // sizes do not add up to `size`; DATA_LOSS when their bytes do not hash to `sha256`.
+  absl::Status CreateBlobFromChunks(const std::string& sha256, int64_t size, const std::vector<XetHash>& chunk_hashes);
+
+  // The terms and xorb byte ranges of a file, or of the bytes [first, last] of it (OUT_OF_RANGE
+  // past the end). NOT_FOUND for an unknown file.
+  absl::StatusOr<XetReconstruction> Reconstruct(const XetHash& file_hash,
+                                                std::optional<std::pair<uint64_t, uint64_t>> byte_range);
+
+  // The global dedup answer for a chunk (WriteDedupShard of the xorb that first stored it, chunk
+  // hashes keyed by a fresh random key); NOT_FOUND when no stored xorb holds it.
+  absl::StatusOr<std::string> DedupShard(const XetHash& chunk_hash);
+
+  // The Xet file hash of a stored blob, creating its Xet view first if it has none (see the Note).
+  absl::StatusOr<XetHash> FileHashForBlob(const std::string& sha256, int64_t size);
+  // The Xet file hash of a blob that has its Xet view already; nullopt otherwise (nothing is created).
+  std::optional<XetHash> ExistingFileHashForBlob(const std::string& sha256, int64_t size);
+  // Creates a blob's Xet view on a background thread (a HEAD /resolve/ must not wait for a large
+  // file to be chunked and hashed); repeated requests for one blob are merged.
+  void IndexInBackground(const std::string& sha256, int64_t size);
+  // Only a repository a file was uploaded to or advertised by may reconstruct it.
+  absl::Status Grant(const XetHash& file_hash, const std::string& repository);
+  bool Granted(const XetHash& file_hash, const std::string& repository);
+
+  std::string XorbPath(const XetHash& hash) const;
+
+  // CAS tokens: HMAC-SHA256 under a secret kept in the data directory (so tokens survive a restart).
+  std::string IssueToken(const std::string& repository, bool write, int64_t expires_unix_seconds) const;
+  // UNAUTHENTICATED for a missing, malformed, forged or expired token.
+  absl::StatusOr<XetTokenClaims> CheckToken(absl::string_view authorization) const;
+  // A signature for a xorb fetch URL (hf_xet fetches xorb ranges without its token, as from a
+  // pre-signed URL).
+  std::string SignFetch(const XetHash& xorb_hash, int64_t expires_unix_seconds) const;
+  bool CheckFetch(const XetHash& xorb_hash, int64_t expires_unix_seconds, absl::string_view signature) const;
+
+  // Serialized bytes of all stored xorbs, and how many chunks they hold.
+  int64_t stored_bytes();
+  int64_t stored_chunks();
+
+  // See Note [Xet garbage collection]: `referenced_sha256` are the blobs some commit names.
+  absl::StatusOr<XetGarbageReport> CollectGarbage(const std::set<std::string>& referenced_sha256, absl::Time cutoff,
+                                                  bool dry_run);
+
+ private:
+  struct XorbRecord {
+    std::vector<XetHash> chunk_hashes;
+    std::vector<uint32_t> packed_ends;
+    std::vector<uint32_t> unpacked_ends;
+    uint64_t data_bytes = 0;
+  };
+  struct FileRecord {
+    std::string sha256;
+    uint64_t size = 0;
+    std::vector<XetReconstructionTerm> terms;
+  };
+
+  XetStore(std::string root, BlobStore& blobs, sqlite3* database, std::string secret);
+  absl::StatusOr<XorbRecord> LoadXorb(const XetHash& hash);
+  absl::StatusOr<FileRecord> LoadFile(const XetHash& hash);
+  absl::Status WriteXorbFile(const XetHash& hash, absl::string_view serialized);
+  absl::Status RecordXorb(const XetHash& hash, const ParsedXorb& xorb);
+  absl::Status RecordFile(const XetHash& hash, const FileRecord& file);
+  // Writes a verified file's bytes into the blob store (nothing when the blob exists).
+  absl::Status MaterializeBlob(const FileRecord& file, const std::string& what);
+  // Decodes the chunks of `terms` in order, calling `consume` with each chunk's bytes.
+  absl::Status ForEachChunk(const std::vector<XetReconstructionTerm>& terms,
+                            const std::function<absl::Status(absl::string_view)>& consume);
+  absl::Status Execute(const std::string& sql);
+
+  std::string root_;
+  BlobStore& blobs_;
+  sqlite3* database_;
+  std::string secret_;
+  std::mutex database_mutex_;    // one statement at a time on database_
+  std::mutex xetify_mutex_;      // one blob gets its Xet view at a time
+  std::shared_mutex gc_mutex_;   // uploads shared, garbage collection exclusive
+
+  // Background indexing (IndexInBackground): a queue served by one thread, stopped by the destructor.
+  void IndexLoop();
+  std::mutex index_mutex_;
+  std::condition_variable index_ready_;
+  std::deque<std::pair<std::string, int64_t>> index_queue_;  // guarded by index_mutex_
+  std::set<std::string> index_pending_;                       // guarded by index_mutex_
+  bool index_stopping_ = false;                               // guarded by index_mutex_
+  std::thread index_thread_;
+};
+
+}  // namespace flotilla::registry

@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Xet benchmark: a generated safetensors checkpoint (random float32 tensors of 16 MiB each)
+uploaded and downloaded against one Flotilla registry by the real huggingface_hub, once through
+hf_xet (the default environment) and once with HF_HUB_DISABLE_XET=1 (LFS upload, plain /resolve/
+download); then the same checkpoint with one tensor changed uploaded through Xet by a client with
+an empty HF_HOME (global dedup), reporting bytes sent, bytes stored and seconds. Every download is
+compared byte for byte. Each step runs in a fresh interpreter with its own HF_HOME.
+
+Prints a markdown table (step, seconds, MiB/s, x the HF_HUB_DISABLE_XET=1 path).
+
+    python tools/bench/registry_xet.py --size-mib 1024
+
+Needs build/bin/flotilla-registry (or --build-dir).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+MIB = 1 << 20
+TENSOR_MIB = 16
+
+
+def start_registry(build_dir: Path, data_dir: Path) -> tuple[subprocess.Popen, str]:
+    ready = data_dir.parent / "registry.ready"
+    process = subprocess.Popen([str(build_dir / "bin" / "flotilla-registry"), "--grpc_listen=127.0.0.1:0",
+                                "--http_listen=127.0.0.1:0", f"--data_dir={data_dir}", f"--ready_file={ready}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("registry did not start")
+        time.sleep(0.05)
+    return process, "http://" + json.loads(ready.read_text())["http_address"]
+
+
+def metric(url: str, name: str) -> float:
+    body = urllib.request.urlopen(url + "/metrics").read().decode()
+    match = re.search(rf'^{name}\{{api="xet"\}} (\S+)$', body, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def stored_xorb_bytes(data_dir: Path) -> int:
+    return sum(p.stat().st_size for p in (data_dir / "xet" / "xorbs").rglob("*") if p.is_file())
+
+
+def run_step(code: str, url: str, home: Path, xet: bool) -> float:
+    environment = dict(os.environ, HF_ENDPOINT=url, HF_HOME=str(home), HF_HUB_DISABLE_TELEMETRY="1",
+                       HF_HUB_DISABLE_PROGRESS_BARS="1")
+    environment.pop("HF_HUB_DISABLE_XET", None)
+    if not xet:
+        environment["HF_HUB_DISABLE_XET"] = "1"
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=environment, capture_output=True,
+                            text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-3000:])
+    return seconds
+
+
+def make_checkpoint(folder: Path, size_mib: int, changed_tensor: int | None) -> None:
+    subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import torch
+        from safetensors.torch import save_file
+        generator = torch.Generator().manual_seed(0)
+        count = max(1, {size_mib} // {TENSOR_MIB})
+        tensors = {{f"model.layers.{{i}}.weight": torch.randn({TENSOR_MIB} * 1024 * 256, generator=generator)
+                   for i in range(count)}}
+        changed = {changed_tensor!r}
+        if changed is not None:
+            tensors[f"model.layers.{{changed}}.weight"] = torch.randn({TENSOR_MIB} * 1024 * 256)
+        save_file(tensors, "{folder}/model.safetensors")
+    """)], check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--build-dir", type=Path, default=Path(os.environ.get("FLOTILLA_BUILD_DIR", REPOSITORY / "build")))
+    arguments = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="registry_xet_") as temporary:
+        root = Path(temporary)
+        base, tuned = root / "base", root / "tuned"
+        base.mkdir()
+        tuned.mkdir()
+        make_checkpoint(base, arguments.size_mib, None)
+        make_checkpoint(tuned, arguments.size_mib, changed_tensor=1)
+        size = (base / "model.safetensors").stat().st_size
+        registry, url = start_registry(arguments.build_dir, root / "data")
+        try:
+            def upload(repository: str, folder: Path) -> str:
+                return f"""
+                    from huggingface_hub import HfApi
+                    api = HfApi()
+                    api.create_repo("{repository}", exist_ok=True)
+                    api.upload_folder(folder_path="{folder}", repo_id="{repository}")
+                """
+
+            def download(repository: str, expected: Path) -> str:
+                return f"""
+                    from huggingface_hub import hf_hub_download
+                    path = hf_hub_download("{repository}", "model.safetensors")
+                    with open(path, "rb") as got, open("{expected}/model.safetensors", "rb") as want:
+                        while True:
+                            a, b = got.read(1 << 24), want.read(1 << 24)
+                            assert a == b, "download differs"
+                            if not a:
+                                break
+                """
+
+            rows = []
+            http_upload = run_step(upload("bench/lfs", base), url, root / "home_http_up", xet=False)
+            sent_before, stored_before = metric(url, "flotilla_registry_bytes_received_total"), stored_xorb_bytes(root / "data")
+            xet_upload = run_step(upload("bench/xet", base), url, root / "home_xet_up", xet=True)
+            xet_sent = metric(url, "flotilla_registry_bytes_received_total") - sent_before
+            xet_stored = stored_xorb_bytes(root / "data") - stored_before
+            http_download = run_step(download("bench/lfs", base), url, root / "home_http_down", xet=False)
+            xet_download = run_step(download("bench/xet", base), url, root / "home_xet_down", xet=True)
+            sent_before, stored_before = metric(url, "flotilla_registry_bytes_received_total"), stored_xorb_bytes(root / "data")
+            reupload = run_step(upload("bench/xet", tuned), url, root / "home_xet_tuned", xet=True)
+            re_sent = metric(url, "flotilla_registry_bytes_received_total") - sent_before
+            re_stored = stored_xorb_bytes(root / "data") - stored_before
+            verify = run_step(download("bench/xet", tuned), url, root / "home_xet_verify", xet=True)
+        finally:
+            registry.terminate()
+            registry.wait()
+        mib = size / MIB
+        rows = [
+            ("upload, HF_HUB_DISABLE_XET=1 (LFS)", http_upload, "", "reference"),
+            ("upload through hf_xet", xet_upload, f"sent {xet_sent / MIB:.1f} MiB, stored {xet_stored / MIB:.1f} MiB",
+             f"{http_upload / xet_upload:.2f}x"),
+            ("download, HF_HUB_DISABLE_XET=1 (/resolve/)", http_download, "", "reference"),
+            ("download through hf_xet", xet_download, "", f"{http_download / xet_download:.2f}x"),
+            (f"re-upload, 1 of {max(1, arguments.size_mib // TENSOR_MIB)} tensors ({TENSOR_MIB} MiB) changed, empty HF_HOME",
+             reupload, f"sent {re_sent / MIB:.1f} MiB, stored {re_stored / MIB:.1f} MiB", f"{http_upload / reupload:.2f}x"),
+            ("download of the changed checkpoint through hf_xet", verify, "", f"{http_download / verify:.2f}x"),
+        ]
+        print(f"\ncheckpoint: {mib:.0f} MiB safetensors, {max(1, arguments.size_mib // TENSOR_MIB)} tensors\n")
+        print("| step | seconds | MiB/s | bytes | x HF_HUB_DISABLE_XET=1 |")
+        print("| --- | ---: | ---: | --- | --- |")
+        for name, seconds, note, ratio in rows:
+            print(f"| {name} | {seconds:.2f} | {mib / seconds:.0f} | {note} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
