@@ -222,6 +222,25 @@ def test_serve_status_chat_unserve(running_mesh, mesh_dir, smollm2_checkpoint):
     assert "served: none" in running_mesh("unserve", "smollm2").stderr
 
 
+@pytest.mark.slow
+def test_serve_a_tensor_parallel_replica_shows_its_ranks_answers_and_unserves_them_all(running_mesh,
+                                                                                    smollm2_checkpoint):
+    served = running_mesh("serve", str(smollm2_checkpoint), "--name", "smollm2", "--tensor-parallel-size", "3",
+                          "--kv-cache-memory", str(32 << 20), timeout=300)
+    assert served.returncode == 0, served.stderr
+    [worker] = json.loads(running_mesh("status", "--json").stdout)["workers"]
+    assert worker["health"] == "SERVING"
+    assert [rank["rank"] for rank in worker["ranks"]] == [0, 1, 2]
+    rank_pids = [rank["pid"] for rank in worker["ranks"]]
+    assert ",".join(map(str, rank_pids)) in running_mesh("status").stdout
+    answer = running_mesh("chat", "smollm2", "What is the capital of France? Answer in one sentence.")
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout == "The capital of France is Paris.\n"
+    stopped = running_mesh("unserve", "smollm2")
+    assert stopped.returncode == 0, stopped.stderr
+    assert not any(process_exists(pid) for pid in [worker["pid"], *rank_pids])
+
+
 def test_serve_a_folder_that_is_no_model_fails_with_the_workers_log(running_mesh, tmp_path):
     (tmp_path / "models" / "Not-A-Model").mkdir(parents=True)
     result = running_mesh("serve", "models/Not-A-Model/", cwd=tmp_path)
