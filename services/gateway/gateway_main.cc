@@ -36,9 +36,15 @@ int main(int argc, char** argv) {
             .max_migrations = absl::GetFlag(FLAGS_max_migrations)});
         flotilla::ServiceBundle bundle;
         bundle.grpc_services.push_back(std::make_unique<flotilla::gateway::GatewayServiceImpl>(*gateway));
-        bundle.grpc_services.push_back(std::make_unique<flotilla::gateway::WorkerRegistryImpl>(*gateway));
+        auto registry_service = std::make_unique<flotilla::gateway::WorkerRegistryImpl>(*gateway);
+        flotilla::gateway::WorkerRegistryImpl* worker_registry = registry_service.get();
+        bundle.grpc_services.push_back(std::move(registry_service));
         bundle.add_http_routes = [gateway](httplib::Server& server) { flotilla::gateway::AddOpenAiRoutes(server, *gateway); };
-        bundle.on_drain = [gateway](absl::Time deadline) { gateway->Drain(deadline); };
+        bundle.on_drain = [gateway, worker_registry](absl::Time deadline) {
+          gateway->Drain(deadline);
+          // The requests are done: the workers' registration streams need not hold the shutdown.
+          worker_registry->CloseAll();
+        };
         bundle.state = gateway;
         return bundle;
       });

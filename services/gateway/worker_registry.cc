@@ -1,16 +1,25 @@
 #include "services/gateway/worker_registry.h"
 
+#include <atomic>
+
 #include "services/common/logging.h"
 
 namespace flotilla::gateway {
 namespace {
 
-class RegisterReactor final : public grpc::ServerBidiReactor<flotilla::v1::WorkerReport, flotilla::v1::RegistrationEvent> {
+class RegisterReactor final : public grpc::ServerBidiReactor<flotilla::v1::WorkerReport, flotilla::v1::RegistrationEvent>,
+                              public WorkerRegistryImpl::Stream {
  public:
-  explicit RegisterReactor(Gateway& gateway) : gateway_(gateway) { StartRead(&report_); }
+  RegisterReactor(Gateway& gateway, WorkerRegistryImpl& registry) : gateway_(gateway), registry_(registry) {
+    StartRead(&report_);
+    registry_.Track(this);  // after the read: a Close from here on finishes a started stream
+  }
+
+  // The gateway is going away: end the stream (its pending read then completes, not ok).
+  void Close() override { FinishOnce(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the gateway is shutting down")); }
 
   void OnReadDone(bool ok) override {
-    if (!ok) return Finish(grpc::Status::OK);  // the worker closed its side (drain) or went away
+    if (!ok) return FinishOnce(grpc::Status::OK);  // the worker closed its side (drain) or went away
     if (replica_id_ == 0) {
       absl::StatusOr<int64_t> id = gateway_.router().Add(report_);
       event_.set_accepted(id.ok());
@@ -34,10 +43,11 @@ class RegisterReactor final : public grpc::ServerBidiReactor<flotilla::v1::Worke
   }
 
   void OnWriteDone(bool) override {
-    if (refused_) Finish(grpc::Status::OK);
+    if (refused_) FinishOnce(grpc::Status::OK);
   }
 
   void OnDone() override {
+    registry_.Untrack(this);
     if (replica_id_ != 0) {
       gateway_.router().Remove(replica_id_);
       gateway_.RefreshRouterGauges();
@@ -47,7 +57,13 @@ class RegisterReactor final : public grpc::ServerBidiReactor<flotilla::v1::Worke
   }
 
  private:
+  void FinishOnce(const grpc::Status& status) {
+    if (!finished_.exchange(true)) Finish(status);
+  }
+
   Gateway& gateway_;
+  WorkerRegistryImpl& registry_;
+  std::atomic<bool> finished_{false};
   flotilla::v1::WorkerReport report_;
   flotilla::v1::RegistrationEvent event_;
   int64_t replica_id_ = 0;
@@ -58,7 +74,25 @@ class RegisterReactor final : public grpc::ServerBidiReactor<flotilla::v1::Worke
 
 grpc::ServerBidiReactor<flotilla::v1::WorkerReport, flotilla::v1::RegistrationEvent>* WorkerRegistryImpl::Register(
     grpc::CallbackServerContext*) {
-  return new RegisterReactor(gateway_);
+  return new RegisterReactor(gateway_, *this);
+}
+
+void WorkerRegistryImpl::Track(Stream* stream) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  streams_.insert(stream);
+  if (closed_) stream->Close();
+}
+
+void WorkerRegistryImpl::Untrack(Stream* stream) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  streams_.erase(stream);
+}
+
+void WorkerRegistryImpl::CloseAll() {
+  // Under the lock: a stream cannot be untracked (and deleted) while it is being closed.
+  std::lock_guard<std::mutex> lock(mutex_);
+  closed_ = true;
+  for (Stream* stream : streams_) stream->Close();
 }
 
 }  // namespace flotilla::gateway

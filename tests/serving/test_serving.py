@@ -470,7 +470,19 @@ def test_a_passed_grpc_deadline_aborts_the_request_on_its_worker(smollm2_mesh):
     assert metric(metrics_url, "flotilla_kv_cache_usage_perc") == 0
 
 
-def test_sigterm_drains_the_gateway(mesh, smollm2_folder):
+def test_sigterm_drains_the_gateway(tmp_path, stubs, smollm2_folder):
+    # A drain deadline far beyond the test's: the gateway leaves once its requests are done, without
+    # waiting on the workers' registration streams (it ends them).
+    from serving.conftest import start_mesh  # noqa: PLC0415
+
+    mesh = start_mesh(tmp_path / "mesh", stubs, "--drain_seconds=600")
+    try:
+        drain_the_gateway(mesh, smollm2_folder)
+    finally:
+        mesh.stop()
+
+
+def drain_the_gateway(mesh, smollm2_folder):
     worker = mesh.serve(smollm2_folder, "smollm2")
     results = {}
     thread = start_long_request(mesh, worker, results)
