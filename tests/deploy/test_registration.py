@@ -34,9 +34,9 @@ def test_a_worker_registers_with_every_gateway_including_those_started_later(tmp
     with socket.socket() as probe:   # an address where no gateway runs yet (the autoscaler's next pod)
         probe.bind(("127.0.0.1", 0))
         later_port = probe.getsockname()[1]
-    # A gateway's drain waits for its open calls, workers' registration streams included, so each
-    # stop would take the whole --drain_seconds: keep it short here.
-    drain = "--drain_seconds=2"
+    # A draining gateway ends the workers' registration streams once its requests are done, so a
+    # stop does not take the whole --drain_seconds.
+    drain = "--drain_seconds=120"
     started = []
     try:
         gateways = [launch_service("gateway", tmp_path / f"gateway-{index}", [drain]) for index in range(2)]
