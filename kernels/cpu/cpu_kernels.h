@@ -1,11 +1,26 @@
-// CPU twins of the CUDA kernels (see kernels/kernels.h for the contract).
+// CPU twins of the CUDA kernels (see kernels/kernels.h for what each computes). Vectorised loops
+// (cloned for AVX2+FMA, chosen at load time) over rows split with at::parallel_for.
 #pragma once
 
+#include <cstdint>
+#include <optional>
+#include <vector>
+
 #include <ATen/Tensor.h>
+
+#include "kernels/kernels.h"
 
 namespace flotilla::kernels::cpu {
 
 at::Tensor RmsNorm(const at::Tensor& hidden_states, const at::Tensor& weight, double epsilon);
+at::Tensor FusedAddRmsNorm(const at::Tensor& hidden_states, at::Tensor& residual, const at::Tensor& weight,
+                           double epsilon);
 at::Tensor SiluAndMul(const at::Tensor& gate_and_up);
+at::Tensor SiluAndMul(const at::Tensor& gate, const at::Tensor& up);
+void RotaryEmbeddingInPlace(at::Tensor& query, at::Tensor& key, const at::Tensor& cos, const at::Tensor& sin);
+
+void PagedAttention(const at::Tensor& query_tokens, const at::Tensor& key_pool, const at::Tensor& value_pool,
+                    at::Tensor& output_tokens, const std::vector<PagedAttentionToken>& tokens, double scaling,
+                    std::optional<double> softcap);
 
 }  // namespace flotilla::kernels::cpu
