@@ -16,7 +16,9 @@
 #include <torch/version.h>
 
 #include "models/auto.h"
+#include "kernels/hub/hub_kernel.h"
 #include "models/generation.h"
+#include "models/kernelize.h"
 #include "services/common/logging.h"
 #include "services/common/server.h"
 #include "services/registry/names.h"
@@ -41,6 +43,9 @@ ABSL_FLAG(int32_t, max_num_batched_tokens, 512, "token budget of one engine step
 ABSL_FLAG(int32_t, max_num_seqs, 64, "most sequences in one step");
 ABSL_FLAG(bool, enable_prefix_caching, true, "reuse the KV blocks of prompt prefixes seen before");
 ABSL_FLAG(std::string, task, "auto", "generate, embed, classify, or auto (from the architecture)");
+ABSL_FLAG(std::string, kernels, "",
+          "kernel mapping Name=eager|builtin|namespace/name[@revision],... for RMSNorm, SiluAndMul, RotaryEmbedding, "
+          "PagedAttention (models/kernelize.h); a hub kernel that cannot load leaves its layer eager");
 
 namespace flotilla {
 namespace {
@@ -93,6 +98,23 @@ absl::StatusOr<ServiceBundle> CreateWorker(const ServerOptions& options) {
     return absl::InvalidArgumentError(absl::StrCat("--dtype must be float32 or bfloat16, got ", dtype_name));
   }
   const at::ScalarType dtype = dtype_name == "bfloat16" ? at::kBFloat16 : at::kFloat;
+  {
+    // Before the model loads: a mapping that does not parse fails the start; a hub kernel that
+    // cannot load is logged and its layer stays eager (models/kernelize.h).
+    std::string registry_address = absl::GetFlag(FLAGS_registry);
+    if (registry_address.empty() && std::getenv("FLOTILLA_REGISTRY") != nullptr) registry_address = std::getenv("FLOTILLA_REGISTRY");
+    const char* token = std::getenv("FLOTILLA_TOKEN");
+    std::string kernel_cache = absl::GetFlag(FLAGS_cache_dir);
+    if (kernel_cache.empty()) {
+      kernel_cache = options.data_directory.empty()
+                         ? (std::filesystem::temp_directory_path() / "flotilla-worker-cache").string()
+                         : (std::filesystem::path(options.data_directory) / "cache").string();
+    }
+    absl::StatusOr<models::LayerKernels> layer_kernels = models::ResolveLayerKernels(
+        absl::GetFlag(FLAGS_kernels), kernels::RegistryHubKernelLoader(registry_address, token ? token : "", kernel_cache));
+    if (!layer_kernels.ok()) return layer_kernels.status();
+    models::InstallLayerKernels(*layer_kernels);
+  }
   absl::StatusOr<std::string> folder = ResolveFolder(model_flag, options);
   if (!folder.ok()) return folder.status();
 
