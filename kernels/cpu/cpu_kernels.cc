@@ -15,11 +15,14 @@ namespace flotilla::kernels::cpu {
 namespace {
 
 // Note [CPU kernel vectorisation]: the row loops are plain C++ that GCC vectorises (`omp simd`,
-// -O3 on this file); each hot function is cloned for AVX2+FMA and picked at load time, so the
-// library still runs on any x86-64. Rows are converted to float32 scratch once, computed on, and
-// rounded back once, so bfloat16 costs two cheap conversion passes and no scalar c10 calls.
+// -O3 -fno-trapping-math on this file: without the latter GCC will not turn a clamp into a blend);
+// each hot function is cloned for AVX2+FMA and picked at load time, so the library still runs on
+// any x86-64. The clones name ISA extensions, not an -march: GCC refuses to inline a default-target
+// helper into an "arch=" clone, and an un-inlined helper in a loop stops vectorisation. Rows are
+// converted to float32 scratch once, computed on, and rounded back once, so bfloat16 costs two
+// cheap conversion passes and no scalar c10 calls.
 #if defined(__x86_64__) && defined(__GNUC__)
-#define FLOTILLA_KERNEL_TARGET_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#define FLOTILLA_KERNEL_TARGET_CLONES __attribute__((target_clones("avx2,fma", "default")))
 #else
 #define FLOTILLA_KERNEL_TARGET_CLONES
 #endif
@@ -77,9 +80,12 @@ inline void RoundRow(float* row, int64_t count) {
 
 // exp for the SiLU: Cephes' expf (range reduction by ln 2 in two parts, degree-6 polynomial), within
 // two float32 ulps of std::exp over the clamped range, and vectorisable where std::exp is a call.
+// (Rounding n to nearest instead of Cephes' floor(x/ln2 + 1/2) differs only at exact halves.)
 inline float VectorExp(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  // Round to nearest by adding and removing 1.5 * 2^23 (no floor call, so the loop vectorises).
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = x - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
