@@ -1,4 +1,5 @@
-// models_bench MODEL_DIR [--threads N] [--prompt-length 512] [--decode-steps 32]: load time,
+// models_bench MODEL_DIR [--threads N] [--prompt-length 512] [--decode-steps 32] [--kernels MAPPING]
+// [--dtype float32|bfloat16]: load time,
 // prefill tokens/s, decode tokens/s at batch 1 and 8, peak RSS after load, as one JSON line.
 // tools/bench/models_smollm2.py runs it beside transformers.
 #include <sys/resource.h>
@@ -14,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "models/auto.h"
+#include "models/kernelize.h"
 
 namespace {
 
@@ -62,14 +64,26 @@ int main(int argc, char** argv) {
     return 2;
   }
   int64_t threads = 0, prompt_length = 512, decode_steps = 32;
+  std::string kernels, dtype = "float32";
   for (int i = 2; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--kernels")) kernels = argv[i + 1];
+    if (!std::strcmp(argv[i], "--dtype")) dtype = argv[i + 1];
     if (!std::strcmp(argv[i], "--threads")) threads = std::stoll(argv[i + 1]);
     if (!std::strcmp(argv[i], "--prompt-length")) prompt_length = std::stoll(argv[i + 1]);
     if (!std::strcmp(argv[i], "--decode-steps")) decode_steps = std::stoll(argv[i + 1]);
   }
   if (threads > 0) at::set_num_threads(static_cast<int>(threads));
   auto start = std::chrono::steady_clock::now();
-  auto model = flotilla::models::FromPretrained(argv[1]);
+  // The --kernels mapping of the worker (models/kernelize.h); builtin and eager only here.
+  auto layer_kernels = flotilla::models::ResolveLayerKernels(kernels);
+  if (!layer_kernels.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(layer_kernels.status().message()).c_str());
+    return 2;
+  }
+  flotilla::models::InstallLayerKernels(*layer_kernels);
+  flotilla::models::LoadOptions load_options;
+  load_options.dtype = dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
+  auto model = flotilla::models::FromPretrained(argv[1], load_options);
   if (!model.ok()) {
     std::fprintf(stderr, "%s\n", std::string(model.status().message()).c_str());
     return 1;

@@ -184,11 +184,16 @@ std::pair<at::Tensor, at::Tensor> UseKernelRotary::operator()(const at::Tensor& 
                     cos.dim() == 3 && cos.size(-1) == q.size(-1) && k.size(-1) == q.size(-1) &&
                     q.scalar_type() == cos.scalar_type() && k.scalar_type() == cos.scalar_type() &&
                     sin.scalar_type() == cos.scalar_type() && q.stride(-1) == 1 && k.stride(-1) == 1;
-  CountKernelForward(KernelLayer::kRotaryEmbedding, runs);
-  if (!runs) return eager_(q, k, cos, sin);
+  const bool batch_fits = cos.dim() == 3 && (cos.size(0) == q.size(0) || cos.size(0) == 1) && sin.sizes() == cos.sizes();
+  CountKernelForward(KernelLayer::kRotaryEmbedding, runs && batch_fits);
+  if (!runs || !batch_fits) return eager_(q, k, cos, sin);
   at::Tensor query = q;
   at::Tensor key = k;
-  kernels.rotary_embedding(query, key, cos, sin);
+  // Positions shared by every row of a batch come as one cos/sin row; the kernels take one per row
+  // (expand is a stride-0 view, no copy).
+  const at::Tensor cos_rows = cos.expand({q.size(0), cos.size(1), cos.size(2)});
+  const at::Tensor sin_rows = sin.expand({q.size(0), sin.size(1), sin.size(2)});
+  kernels.rotary_embedding(query, key, cos_rows, sin_rows);
   return {query, key};
 }
 

@@ -126,6 +126,18 @@ TEST_P(KernelizeModelTest, GreedyOutputsDoNotChangeWithEveryBuiltinKernelOn) {
   }
 }
 
+TEST_P(KernelizeModelTest, ABatchOfRowsSharingPositionsMatchesEager) {
+  // position_ids [1, length] for a [3, length] batch: one cos/sin row broadcast over the batch.
+  const auto& [name, config] = GetParam();
+  std::shared_ptr<PreTrainedModel> model = TinyModel(config, at::kFloat);
+  ForwardInputs inputs{.input_ids = at::randint(3, 90, {3, 6}, at::kLong)};
+  InstallLayerKernels(LayerKernels{});
+  const at::Tensor eager_logits = model->Forward(inputs).logits;
+  InstallLayerKernels(*ResolveLayerKernels("RMSNorm=builtin,SiluAndMul=builtin,RotaryEmbedding=builtin"));
+  const at::Tensor kernel_logits = model->Forward(inputs).logits;
+  EXPECT_LE((kernel_logits - eager_logits).abs().max().item<double>(), 1e-5 * eager_logits.abs().max().item<double>());
+}
+
 TEST_P(KernelizeModelTest, BFloat16LogitsStayWithinBFloat16RoundingWithKernelsOn) {
   const auto& [name, config] = GetParam();
   std::shared_ptr<PreTrainedModel> model = TinyModel(config, at::kBFloat16);

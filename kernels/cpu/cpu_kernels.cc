@@ -16,13 +16,13 @@ namespace {
 
 // Note [CPU kernel vectorisation]: the row loops are plain C++ that GCC vectorises (`omp simd`,
 // -O3 -fno-trapping-math on this file: without the latter GCC will not turn a clamp into a blend);
-// each hot function is cloned for AVX2+FMA and picked at load time, so the library still runs on
-// any x86-64. The clones name ISA extensions, not an -march: GCC refuses to inline a default-target
+// each hot function is cloned for AVX2 and picked at load time, so the library still runs on
+// any x86-64. The clone names an ISA extension, not an -march: GCC refuses to inline a default-target
 // helper into an "arch=" clone, and an un-inlined helper in a loop stops vectorisation. Rows are
 // converted to float32 scratch once, computed on, and rounded back once, so bfloat16 costs two
 // cheap conversion passes and no scalar c10 calls.
 #if defined(__x86_64__) && defined(__GNUC__)
-#define FLOTILLA_KERNEL_TARGET_CLONES __attribute__((target_clones("avx2,fma", "default")))
+#define FLOTILLA_KERNEL_TARGET_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define FLOTILLA_KERNEL_TARGET_CLONES
 #endif
@@ -99,44 +99,52 @@ inline float VectorExp(float x) {
   return y * std::bit_cast<float>(exponent);
 }
 
-struct Scratch {
-  explicit Scratch(int64_t size) : values(static_cast<size_t>(size)) {}
-  float* data() { return values.data(); }
-  std::vector<float> values;
-};
+// Rows are processed in chunks of kChunk elements converted into float32 stack buffers: no heap
+// allocation per call, and the chunk stays in L1 between the passes over it.
+constexpr int64_t kChunk = 512;
 
 template <typename scalar_t>
 FLOTILLA_KERNEL_TARGET_CLONES void RmsNormRows(const scalar_t* input, const scalar_t* residual_in, scalar_t* residual_out,
                                                const scalar_t* weight, scalar_t* output, int64_t begin, int64_t end,
                                                int64_t hidden_size, float epsilon) {
-  Scratch row(hidden_size), other(hidden_size), weights(hidden_size);
-  LoadRow(weight, weights.data(), hidden_size);
-  float* x = row.data();
-  float* w = weights.data();
+  alignas(64) float x[kChunk];
+  alignas(64) float other[kChunk];
   for (int64_t index = begin; index < end; ++index) {
-    LoadRow(input + index * hidden_size, x, hidden_size);
-    if (residual_in != nullptr) {
-      float* r = other.data();
-      LoadRow(residual_in + index * hidden_size, r, hidden_size);
-#pragma omp simd
-      for (int64_t i = 0; i < hidden_size; ++i) x[i] = r[i] + x[i];
-      RoundRow<scalar_t>(x, hidden_size);
-      StoreRow(x, residual_out + index * hidden_size, hidden_size);
-    }
+    const scalar_t* input_row = input + index * hidden_size;
+    // With a residual, the first pass writes residual + input (rounded, as the eager add) into the
+    // residual and the second reads it back from there.
+    const scalar_t* normalized_source = input_row;
     // Summed in double: eager's float32 mean is a pairwise (cascade) sum, far more accurate than a
     // running float sum over 4096 terms; double keeps this kernel within 1e-6 of it.
     double sum_of_squares = 0.0;
+    for (int64_t start = 0; start < hidden_size; start += kChunk) {
+      const int64_t count = std::min(kChunk, hidden_size - start);
+      LoadRow(input_row + start, x, count);
+      if (residual_in != nullptr) {
+        LoadRow(residual_in + index * hidden_size + start, other, count);
+#pragma omp simd
+        for (int64_t i = 0; i < count; ++i) x[i] = other[i] + x[i];
+        RoundRow<scalar_t>(x, count);
+        StoreRow(x, residual_out + index * hidden_size + start, count);
+      }
 #pragma omp simd reduction(+ : sum_of_squares)
-    for (int64_t i = 0; i < hidden_size; ++i) sum_of_squares += static_cast<double>(x[i]) * x[i];
+      for (int64_t i = 0; i < count; ++i) sum_of_squares += static_cast<double>(x[i]) * x[i];
+    }
+    if (residual_in != nullptr) normalized_source = residual_out + index * hidden_size;
     const float variance = static_cast<float>(sum_of_squares / static_cast<double>(hidden_size));
     const float inverse_rms = 1.0f / std::sqrt(variance + epsilon);
+    for (int64_t start = 0; start < hidden_size; start += kChunk) {
+      const int64_t count = std::min(kChunk, hidden_size - start);
+      LoadRow(normalized_source + start, x, count);
+      LoadRow(weight + start, other, count);
 #pragma omp simd
-    for (int64_t i = 0; i < hidden_size; ++i) x[i] = x[i] * inverse_rms;
-    // Round to the input dtype before the weight multiply, as the eager module does.
-    RoundRow<scalar_t>(x, hidden_size);
+      for (int64_t i = 0; i < count; ++i) x[i] = x[i] * inverse_rms;
+      // Round to the input dtype before the weight multiply, as the eager module does.
+      RoundRow<scalar_t>(x, count);
 #pragma omp simd
-    for (int64_t i = 0; i < hidden_size; ++i) x[i] = w[i] * x[i];
-    StoreRow(x, output + index * hidden_size, hidden_size);
+      for (int64_t i = 0; i < count; ++i) x[i] = other[i] * x[i];
+      StoreRow(x, output + index * hidden_size + start, count);
+    }
   }
 }
 
@@ -144,19 +152,21 @@ template <typename scalar_t>
 FLOTILLA_KERNEL_TARGET_CLONES void SiluAndMulRows(const scalar_t* gate, int64_t gate_stride, const scalar_t* up,
                                                   int64_t up_stride, scalar_t* output, int64_t begin, int64_t end,
                                                   int64_t width) {
-  Scratch gate_row(width), up_row(width);
-  float* g = gate_row.data();
-  float* u = up_row.data();
+  alignas(64) float g[kChunk];
+  alignas(64) float u[kChunk];
   for (int64_t index = begin; index < end; ++index) {
-    LoadRow(gate + index * gate_stride, g, width);
-    LoadRow(up + index * up_stride, u, width);
+    for (int64_t start = 0; start < width; start += kChunk) {
+      const int64_t count = std::min(kChunk, width - start);
+      LoadRow(gate + index * gate_stride + start, g, count);
+      LoadRow(up + index * up_stride + start, u, count);
 #pragma omp simd
-    for (int64_t i = 0; i < width; ++i) g[i] = g[i] / (1.0f + VectorExp(-g[i]));
-    // silu rounds to the input dtype before the multiply, as F.silu(gate) * up does.
-    RoundRow<scalar_t>(g, width);
+      for (int64_t i = 0; i < count; ++i) g[i] = g[i] / (1.0f + VectorExp(-g[i]));
+      // silu rounds to the input dtype before the multiply, as F.silu(gate) * up does.
+      RoundRow<scalar_t>(g, count);
 #pragma omp simd
-    for (int64_t i = 0; i < width; ++i) g[i] = g[i] * u[i];
-    StoreRow(g, output + index * width, width);
+      for (int64_t i = 0; i < count; ++i) g[i] = g[i] * u[i];
+      StoreRow(g, output + index * width + start, count);
+    }
   }
 }
 
@@ -311,7 +321,7 @@ void RotaryEmbeddingInPlace(at::Tensor& query, at::Tensor& key, const at::Tensor
     const float* sin_data = sin_float.const_data_ptr<float>();
     at::parallel_for(0, batch * length * rows_per_position, std::max<int64_t>(1, 4096 / head_dim),
                      [&](int64_t begin, int64_t end) {
-                       Scratch scratch(head_dim), rotated(head_dim);
+                       std::vector<float> scratch(static_cast<size_t>(head_dim)), rotated(static_cast<size_t>(head_dim));
                        for (int64_t item = begin; item < end; ++item) {
                          const int64_t row = item % rows_per_position;
                          const int64_t position = (item / rows_per_position) % length;
