@@ -1,6 +1,7 @@
 // Every kernel against the eager reference (the formula the model files use), on CPU here and on
 // CUDA where a device is present — the way llama.cpp's test-backend-ops compares backends.
 #include "kernels/kernels.h"
+#include "kernels/cpu/cpu_kernels.h"
 
 #include <algorithm>
 #include <utility>
@@ -200,6 +201,27 @@ TEST(PagedAttentionKernelTest, DecodeAndRaggedPrefillOverScatteredBlocksMatchEag
     at::Tensor empty_output = at::empty({0, heads, head_dim}, query_tokens.options());
     PagedAttention(query_tokens.narrow(0, 0, 0), key_pool, value_pool, empty_output, {}, 0.25, std::nullopt);
   }
+}
+
+TEST(SkinnyLinearTest, MatchesLinearForDecodeSizedInputs) {
+  for (const at::ScalarType type : {at::kFloat, at::kBFloat16}) {
+    for (const int64_t rows : {1, 3, 16}) {
+      for (const bool with_bias : {false, true}) {
+        SCOPED_TRACE(testing::Message() << c10::toString(type) << " rows " << rows << " bias " << with_bias);
+        at::manual_seed(8);
+        const at::Tensor input = at::randn({1, rows, 576}).add(0.1).to(type);
+        const at::Tensor weight = at::randn({1536, 576}).mul(0.05).to(type);
+        const at::Tensor bias = with_bias ? at::randn({1536}).to(type) : at::Tensor();
+        ASSERT_TRUE(cpu::SkinnyLinearApplies(input, weight));
+        const at::Tensor expected = at::linear(input, weight, bias);
+        ExpectWithinKernelTolerance(cpu::SkinnyLinear(input, weight, bias), expected);
+      }
+    }
+  }
+  // More than 16 rows, mixed dtypes, a non-contiguous weight: not decode-sized, not taken.
+  EXPECT_FALSE(cpu::SkinnyLinearApplies(at::ones({17, 64}), at::ones({128, 64})));
+  EXPECT_FALSE(cpu::SkinnyLinearApplies(at::ones({1, 64}), at::ones({128, 64}, at::kBFloat16)));
+  EXPECT_FALSE(cpu::SkinnyLinearApplies(at::ones({1, 64}), at::ones({64, 128}).t()));
 }
 
 TEST(PagedAttentionKernelTest, RejectsATokenBeyondTheQueries) {

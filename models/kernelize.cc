@@ -19,7 +19,7 @@ namespace flotilla::models {
 namespace {
 
 constexpr std::array<const char*, kNumKernelLayers> kLayerNames = {"RMSNorm", "SiluAndMul", "RotaryEmbedding",
-                                                                   "PagedAttention"};
+                                                                   "PagedAttention", "Linear"};
 
 // The installed table with its counters resolved once (a prometheus label lookup takes a lock; a
 // forward must not). Tables are never freed: a process installs a handful, at load.
@@ -85,7 +85,7 @@ absl::StatusOr<std::map<std::string, std::string>> ParseKernelMapping(const std:
     if (!known) {
       return absl::InvalidArgumentError(absl::StrCat("--kernels: unknown layer \"", name,
                                                      "\"; expected one of RMSNorm, SiluAndMul, RotaryEmbedding, "
-                                                     "PagedAttention"));
+                                                     "PagedAttention, Linear"));
     }
     if (parsed.contains(name)) return absl::InvalidArgumentError(absl::StrCat("--kernels: ", name, " is given twice"));
     if (value != "eager" && value != "builtin" && !IsRepositoryReference(value)) {
@@ -93,10 +93,10 @@ absl::StatusOr<std::map<std::string, std::string>> ParseKernelMapping(const std:
                                                      ": expected eager, builtin or a kernel repository "
                                                      "namespace/name[@revision]"));
     }
-    if (name == "PagedAttention" && value != "eager" && value != "builtin") {
-      return absl::InvalidArgumentError(absl::StrCat("--kernels PagedAttention=", value,
-                                                     ": only eager or builtin (the kernel ABI has no paged attention "
-                                                     "entry point yet)"));
+    if ((name == "PagedAttention" || name == "Linear") && value != "eager" && value != "builtin") {
+      return absl::InvalidArgumentError(absl::StrCat("--kernels ", name, "=", value,
+                                                     ": only eager or builtin (the kernel ABI has no ", name,
+                                                     " entry point yet)"));
     }
     parsed[name] = value;
   }
@@ -122,6 +122,9 @@ void UseBuiltinKernel(KernelLayer layer, LayerKernels& kernels) {
     case KernelLayer::kPagedAttention:
       kernels.builtin_paged_attention = true;
       break;
+    case KernelLayer::kLinear:
+      kernels.builtin_skinny_linear = true;
+      break;
   }
 }
 
@@ -142,6 +145,7 @@ absl::StatusOr<LayerKernels> ResolveLayerKernels(const std::string& mapping, con
       if (layer == KernelLayer::kSiluAndMul) kernels.silu_and_mul = nullptr;
       if (layer == KernelLayer::kRotaryEmbedding) kernels.rotary_embedding = nullptr;
       if (layer == KernelLayer::kPagedAttention) kernels.builtin_paged_attention = false;
+      if (layer == KernelLayer::kLinear) kernels.builtin_skinny_linear = false;
     } else {
       LayerKernels loaded = kernels;
       absl::Status status = hub ? hub(layer, value, loaded)

@@ -19,13 +19,17 @@
 //   PagedAttention   the `paged` attention backend (paged_attention.cc): `builtin` reads the blocks
 //                    in place for decode and prefill (kernels::PagedAttention); `eager` gathers each
 //                    sequence's context and runs sdpa
+//   Linear           every models::Linear (layers.h, not a mark in the model files): `builtin` runs
+//                    decode-sized products (<= 16 rows, float32 or bfloat16) with
+//                    kernels::cpu::SkinnyLinear instead of MKL; larger ones stay at::linear
 // Values: `eager`, `builtin` (kernels/cpu), or a kernel repository reference namespace/name[@revision]
 // (a hub kernel, loaded through kernels/abi; see kernels/hub/hub_kernel.h). A layer falls back to
 // its eager forward for inputs its kernel does not take (a CUDA tensor for a CPU kernel, mixed
 // dtypes, a partial rotary), and each call is counted in
 // flotilla_kernel_forward_calls_total{layer, source} with the source that actually ran.
 //
-// Default (no mapping, or a name left out): eager, except PagedAttention=builtin.
+// Default (no mapping, or a name left out): eager, except PagedAttention=builtin. PagedAttention
+// and Linear take eager or builtin only (the ABI has no entry point for them).
 //
 // Thread-safety: InstallLayerKernels publishes a new immutable table (readers never lock); install
 // at load, before serving. Forwards may run on any thread.
@@ -45,10 +49,10 @@
 
 namespace flotilla::models {
 
-enum class KernelLayer { kRmsNorm = 0, kSiluAndMul = 1, kRotaryEmbedding = 2, kPagedAttention = 3 };
-inline constexpr int kNumKernelLayers = 4;
+enum class KernelLayer { kRmsNorm = 0, kSiluAndMul = 1, kRotaryEmbedding = 2, kPagedAttention = 3, kLinear = 4 };
+inline constexpr int kNumKernelLayers = 5;
 
-// "RMSNorm", "SiluAndMul", "RotaryEmbedding", "PagedAttention".
+// "RMSNorm", "SiluAndMul", "RotaryEmbedding", "PagedAttention", "Linear".
 const char* KernelLayerName(KernelLayer layer);
 
 // What each name runs. An empty function means the eager forward.
@@ -60,11 +64,12 @@ struct LayerKernels {
       std::function<void(at::Tensor& query, at::Tensor& key, const at::Tensor& cos, const at::Tensor& sin)>;
 
   // Per layer: "eager", "builtin", or "namespace/name@<commit id>" for a hub kernel.
-  std::array<std::string, kNumKernelLayers> sources = {"eager", "eager", "eager", "builtin"};
+  std::array<std::string, kNumKernelLayers> sources = {"eager", "eager", "eager", "builtin", "eager"};
   RmsNormFunction rms_norm;
   SiluAndMulFunction silu_and_mul;
   RotaryFunction rotary_embedding;
   bool builtin_paged_attention = true;
+  bool builtin_skinny_linear = false;
 
   const std::string& source(KernelLayer layer) const { return sources[static_cast<int>(layer)]; }
 };

@@ -46,6 +46,8 @@ TEST_F(KernelizeTest, RejectsUnknownNamesRepeatsAndBadValuesNamingThem) {
   EXPECT_FALSE(ParseKernelMapping("RMSNorm").ok());
   EXPECT_FALSE(ParseKernelMapping("RMSNorm=acme/").ok());
   EXPECT_FALSE(ParseKernelMapping("PagedAttention=acme/paged").ok());
+  EXPECT_FALSE(ParseKernelMapping("Linear=acme/gemv").ok());
+  EXPECT_TRUE(ParseKernelMapping("Linear=builtin").ok());
 }
 
 TEST_F(KernelizeTest, AHubReferenceThatFailsToLoadKeepsTheEagerForward) {
@@ -106,7 +108,8 @@ TEST_P(KernelizeModelTest, GreedyOutputsDoNotChangeWithEveryBuiltinKernelOn) {
   ForwardInputs inputs{.input_ids = prompt};
   const at::Tensor eager_logits = model->Forward(inputs).logits;
 
-  InstallLayerKernels(*ResolveLayerKernels("RMSNorm=builtin,SiluAndMul=builtin,RotaryEmbedding=builtin"));
+  InstallLayerKernels(
+      *ResolveLayerKernels("RMSNorm=builtin,SiluAndMul=builtin,RotaryEmbedding=builtin,Linear=builtin"));
   auto kernel_tokens = GenerateGreedy(*model, prompt, std::nullopt, options);
   ASSERT_TRUE(kernel_tokens.ok()) << kernel_tokens.status();
   const at::Tensor kernel_logits = model->Forward(inputs).logits;
@@ -118,7 +121,7 @@ TEST_P(KernelizeModelTest, GreedyOutputsDoNotChangeWithEveryBuiltinKernelOn) {
 
   // The layers really took the kernels (the metric says so).
   const std::string metrics = Metrics();
-  for (const char* layer : {"RMSNorm", "SiluAndMul"}) {
+  for (const char* layer : {"RMSNorm", "SiluAndMul", "Linear"}) {
     EXPECT_NE(metrics.find(std::string("flotilla_kernel_forward_calls_total{layer=\"") + layer +
                            "\",source=\"builtin\"}"),
               std::string::npos)
@@ -133,7 +136,7 @@ TEST_P(KernelizeModelTest, ABatchOfRowsSharingPositionsMatchesEager) {
   ForwardInputs inputs{.input_ids = at::randint(3, 90, {3, 6}, at::kLong)};
   InstallLayerKernels(LayerKernels{});
   const at::Tensor eager_logits = model->Forward(inputs).logits;
-  InstallLayerKernels(*ResolveLayerKernels("RMSNorm=builtin,SiluAndMul=builtin,RotaryEmbedding=builtin"));
+  InstallLayerKernels(*ResolveLayerKernels("RMSNorm=builtin,SiluAndMul=builtin,RotaryEmbedding=builtin,Linear=builtin"));
   const at::Tensor kernel_logits = model->Forward(inputs).logits;
   EXPECT_LE((kernel_logits - eager_logits).abs().max().item<double>(), 1e-5 * eager_logits.abs().max().item<double>());
 }
@@ -144,7 +147,7 @@ TEST_P(KernelizeModelTest, BFloat16LogitsStayWithinBFloat16RoundingWithKernelsOn
   ForwardInputs inputs{.input_ids = at::tensor({5, 17, 33, 8, 61, 40, 12, 9}, at::kLong).unsqueeze(0)};
   InstallLayerKernels(LayerKernels{});
   const at::Tensor eager_logits = model->Forward(inputs).logits.to(at::kFloat);
-  InstallLayerKernels(*ResolveLayerKernels("RMSNorm=builtin,SiluAndMul=builtin,RotaryEmbedding=builtin"));
+  InstallLayerKernels(*ResolveLayerKernels("RMSNorm=builtin,SiluAndMul=builtin,RotaryEmbedding=builtin,Linear=builtin"));
   const at::Tensor kernel_logits = model->Forward(inputs).logits.to(at::kFloat);
   const double scale = eager_logits.abs().max().item<double>();
   // A few bfloat16 roundings (2^-8 relative each) through two layers.

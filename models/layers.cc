@@ -6,7 +6,9 @@
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 
+#include "kernels/cpu/cpu_kernels.h"
 #include "models/debugger.h"
+#include "models/kernelize.h"
 
 namespace flotilla::models {
 namespace {
@@ -74,6 +76,12 @@ void LinearImpl::reset() {
 
 at::Tensor LinearImpl::forward(const at::Tensor& input) {
   DebugScope debug(this, {{"input", input}});
+  // --kernels Linear=builtin (models/kernelize.h): decode-sized products through the AVX2 kernel.
+  if (CurrentLayerKernels().builtin_skinny_linear && kernels::cpu::SkinnyLinearApplies(input, weight)) {
+    CountKernelForward(KernelLayer::kLinear, /*kernel_ran=*/true);
+    return debug.Output(kernels::cpu::SkinnyLinear(input, weight, bias));
+  }
+  CountKernelForward(KernelLayer::kLinear, /*kernel_ran=*/false);
   if (UseSkinnyPath(input, weight)) return debug.Output(SkinnyLinear(input, weight, bias));
   return debug.Output(at::linear(input, weight, bias));
 }

@@ -32,7 +32,8 @@ const char* SymbolFor(KernelLayer layer) {
     case KernelLayer::kRmsNorm: return "flotilla_rms_norm";
     case KernelLayer::kSiluAndMul: return "flotilla_silu_and_mul";
     case KernelLayer::kRotaryEmbedding: return "flotilla_rotary_embedding";
-    case KernelLayer::kPagedAttention: return nullptr;
+    case KernelLayer::kPagedAttention:
+    case KernelLayer::kLinear: return nullptr;
   }
   return nullptr;
 }
@@ -249,7 +250,8 @@ absl::Status LoadHubKernel(const std::string& repository_folder, const std::stri
         break;
       }
       case KernelLayer::kPagedAttention:
-        return absl::UnimplementedError("hub kernel: the ABI has no PagedAttention entry point");
+      case KernelLayer::kLinear:
+        return absl::UnimplementedError(absl::StrCat("hub kernel: the ABI has no ", layer_name, " entry point"));
     }
   } catch (const c10::Error& error) {
     return absl::FailedPreconditionError(absl::StrCat("hub kernel ", source, ": self-check of ", layer_name,
