@@ -205,7 +205,7 @@ TEST(PagedAttentionKernelTest, DecodeAndRaggedPrefillOverScatteredBlocksMatchEag
 
 TEST(SkinnyLinearTest, MatchesLinearForDecodeSizedInputs) {
   for (const at::ScalarType type : {at::kFloat, at::kBFloat16}) {
-    for (const int64_t rows : {1, 3, 16}) {
+    for (const int64_t rows : {1, 2}) {
       for (const bool with_bias : {false, true}) {
         SCOPED_TRACE(testing::Message() << c10::toString(type) << " rows " << rows << " bias " << with_bias);
         at::manual_seed(8);
@@ -219,7 +219,7 @@ TEST(SkinnyLinearTest, MatchesLinearForDecodeSizedInputs) {
     }
   }
   // More than 16 rows, mixed dtypes, a non-contiguous weight: not decode-sized, not taken.
-  EXPECT_FALSE(cpu::SkinnyLinearApplies(at::ones({17, 64}), at::ones({128, 64})));
+  EXPECT_FALSE(cpu::SkinnyLinearApplies(at::ones({3, 64}), at::ones({128, 64})));
   EXPECT_FALSE(cpu::SkinnyLinearApplies(at::ones({1, 64}), at::ones({128, 64}, at::kBFloat16)));
   EXPECT_FALSE(cpu::SkinnyLinearApplies(at::ones({1, 64}), at::ones({64, 128}).t()));
 }

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <set>
 #include <string>
+#include <vector>
 
 #include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
@@ -54,6 +55,30 @@ double DecodeTokensPerSecond(PreTrainedModel& model, int64_t batch, int64_t prom
     next = model.Forward(inputs).logits.select(1, -1).argmax(-1).view({batch, 1});
   }
   return static_cast<double>(batch * steps) / Seconds(start);
+}
+
+// Bytes per second the intra-op threads read from a buffer far larger than the caches (a plain
+// sum over 64-bit words, one contiguous slice per thread): what batch-1 decode, which reads every
+// weight once per token, can at best stream.
+double ReadBandwidth() {
+  const int64_t words = (int64_t{1} << 30) / 8;
+  std::vector<uint64_t> buffer(static_cast<size_t>(words), 1);
+  double best = 0;
+  for (int repeat = 0; repeat < 5; ++repeat) {
+    std::vector<uint64_t> sums(static_cast<size_t>(at::get_num_threads()) + 1, 0);
+    auto start = std::chrono::steady_clock::now();
+    at::parallel_for(0, words, words / std::max(1, at::get_num_threads()), [&](int64_t begin, int64_t end) {
+      uint64_t sum = 0;
+      for (int64_t i = begin; i < end; ++i) sum += buffer[static_cast<size_t>(i)];
+      sums[static_cast<size_t>(at::get_thread_num())] += sum;
+    });
+    const double seconds = Seconds(start);
+    uint64_t total = 0;
+    for (uint64_t sum : sums) total += sum;
+    if (total != static_cast<uint64_t>(words)) std::fprintf(stderr, "read probe: wrong sum\n");
+    best = std::max(best, static_cast<double>(words * 8) / seconds);
+  }
+  return best;
 }
 
 }  // namespace
@@ -112,6 +137,8 @@ int main(int argc, char** argv) {
   result["decode_batch1_tokens_per_second"] = DecodeTokensPerSecond(**model, 1, 16, decode_steps);
   result["decode_batch8_tokens_per_second"] = DecodeTokensPerSecond(**model, 8, 16, decode_steps);
   result["peak_rss_end_bytes"] = PeakRssBytes();
+  result["read_bandwidth_bytes_per_second"] = ReadBandwidth();
+  result["batch1_read_bound_tokens_per_second"] = result["read_bandwidth_bytes_per_second"].get<double>() / weight_bytes;
   std::printf("%s\n", result.dump().c_str());
   return 0;
 }

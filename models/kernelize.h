@@ -20,7 +20,7 @@
 //                    in place for decode and prefill (kernels::PagedAttention); `eager` gathers each
 //                    sequence's context and runs sdpa
 //   Linear           every models::Linear (layers.h, not a mark in the model files): `builtin` runs
-//                    decode-sized products (<= 16 rows, float32 or bfloat16) with
+//                    decode-sized products (<= 2 rows, float32 or bfloat16) with
 //                    kernels::cpu::SkinnyLinear instead of MKL; larger ones stay at::linear
 // Values: `eager`, `builtin` (kernels/cpu), or a kernel repository reference namespace/name[@revision]
 // (a hub kernel, loaded through kernels/abi; see kernels/hub/hub_kernel.h). A layer falls back to

@@ -23,7 +23,7 @@ void PagedAttention(const at::Tensor& query_tokens, const at::Tensor& key_pool, 
                     at::Tensor& output_tokens, const std::vector<PagedAttentionToken>& tokens, double scaling,
                     std::optional<double> softcap);
 
-// Decode-sized linear: input [..., in] with at most 16 rows, weight [out, in] contiguous, float32
+// Decode-sized linear: input [..., in] with at most 2 rows, weight [out, in] contiguous, float32
 // (or bfloat16 input with bfloat16 weight), bias [out] or undefined. Each output is a float32 dot
 // product in a fixed order (independent of the thread count), rounded once to the input dtype, as
 // a float32-accumulating GEMM rounds. Parallel over output features.
