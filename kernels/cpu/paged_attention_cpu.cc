@@ -31,7 +31,7 @@ struct PagedProblem {
 // weighted values, accumulated in float32 whatever the storage dtype, as eager's float32 softmax.
 // Cloned for AVX2+FMA (see Note [CPU kernel vectorisation] in cpu_kernels.cc).
 #if defined(__x86_64__) && defined(__GNUC__)
-#define FLOTILLA_PAGED_TARGET_CLONES __attribute__((target_clones("avx2", "default")))
+#define FLOTILLA_PAGED_TARGET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define FLOTILLA_PAGED_TARGET_CLONES
 #endif
