@@ -2,6 +2,7 @@
 // ragged batch against its own sequence's keys, read from the block pools in place.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -9,6 +10,7 @@
 #include <ATen/Parallel.h>
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/vector_math.h"
 #include "kernels/kernels.h"
 
 namespace flotilla::kernels::cpu {
@@ -35,6 +37,23 @@ struct PagedProblem {
 #else
 #define FLOTILLA_PAGED_TARGET_CLONES
 #endif
+// A row of head_dim elements as float32: the row itself for float32 pools, else converted into
+// `buffer` (bfloat16 through its bits, so the loop vectorises).
+template <typename scalar_t>
+inline const float* AsFloat(const scalar_t* row, float* buffer, int64_t head_dim) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return row;
+  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    const uint16_t* bits = reinterpret_cast<const uint16_t*>(row);
+#pragma omp simd
+    for (int64_t d = 0; d < head_dim; ++d) buffer[d] = BFloat16BitsToFloat(bits[d]);
+    return buffer;
+  } else {
+    for (int64_t d = 0; d < head_dim; ++d) buffer[d] = static_cast<float>(row[d]);
+    return buffer;
+  }
+}
+
 template <typename scalar_t>
 FLOTILLA_PAGED_TARGET_CLONES void PagedItems(const PagedProblem<scalar_t>& problem, int64_t begin, int64_t end) {
   const int64_t groups = problem.groups;
@@ -44,27 +63,35 @@ FLOTILLA_PAGED_TARGET_CLONES void PagedItems(const PagedProblem<scalar_t>& probl
   std::vector<float> accumulators(static_cast<size_t>(groups * head_dim));
   std::vector<float> row_buffer(static_cast<size_t>(head_dim));
   std::vector<float> scores;
+  std::vector<int64_t> row_offsets;  // element offset of each key's row in the pools
   for (int64_t item = begin; item < end; ++item) {
     const PagedAttentionToken& token = (*problem.tokens)[static_cast<size_t>(item / problem.num_key_value_heads)];
     const int64_t kv_head = item % problem.num_key_value_heads;
     const int64_t num_keys = token.position - token.first_key + 1;
     scores.resize(static_cast<size_t>(groups * num_keys));
+    row_offsets.resize(static_cast<size_t>(num_keys));
     const int64_t head_offset = (token.token * problem.num_heads + kv_head * groups) * head_dim;
     for (int64_t i = 0; i < groups * head_dim; ++i) queries[i] = static_cast<float>(problem.query_data[head_offset + i]);
-    auto key_row = [&](const scalar_t* pool, int64_t position) {
-      const int64_t slot = token.block_table[position / block_size] * block_size + position % block_size;
-      return pool + (slot * problem.num_key_value_heads + kv_head) * head_dim;
-    };
-    float* converted = row_buffer.data();
+    // Walk the block table once (no division per key).
+    int64_t block = token.first_key / block_size;
+    int64_t offset = token.first_key % block_size;
+    for (int64_t key_index = 0; key_index < num_keys; ++key_index) {
+      const int64_t slot = token.block_table[block] * block_size + offset;
+      row_offsets[key_index] = (slot * problem.num_key_value_heads + kv_head) * head_dim;
+      if (++offset == block_size) {
+        offset = 0;
+        ++block;
+      }
+    }
+    float* buffer = row_buffer.data();
 
     for (int64_t key_index = 0; key_index < num_keys; ++key_index) {
-      const scalar_t* key = key_row(problem.key_data, token.first_key + key_index);
-      for (int64_t d = 0; d < head_dim; ++d) converted[d] = static_cast<float>(key[d]);
+      const float* key = AsFloat(problem.key_data + row_offsets[key_index], buffer, head_dim);
       for (int64_t group = 0; group < groups; ++group) {
         const float* query = queries.data() + group * head_dim;
         float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-        for (int64_t d = 0; d < head_dim; ++d) dot += query[d] * converted[d];
+        for (int64_t d = 0; d < head_dim; ++d) dot += query[d] * key[d];
         float score = dot * problem.scaling;
         if (problem.has_softcap) score = std::tanh(score / problem.softcap) * problem.softcap;
         scores[group * num_keys + key_index] = score;
@@ -73,24 +100,29 @@ FLOTILLA_PAGED_TARGET_CLONES void PagedItems(const PagedProblem<scalar_t>& probl
     for (int64_t group = 0; group < groups; ++group) {
       float* row = scores.data() + group * num_keys;
       const float maximum = *std::max_element(row, row + num_keys);
-      float sum = 0.0f;
+      // exp(score - max) <= 1; below e^-87 the weight is 0 (what std::exp's result rounds to
+      // next to the 1 of the maximum).
+#pragma omp simd
       for (int64_t key_index = 0; key_index < num_keys; ++key_index) {
-        row[key_index] = std::exp(row[key_index] - maximum);
-        sum += row[key_index];
+        const float difference = row[key_index] - maximum;
+        row[key_index] = difference < -87.0f ? 0.0f : VectorExp(difference);
       }
+      float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t key_index = 0; key_index < num_keys; ++key_index) sum += row[key_index];
       const float inverse = 1.0f / sum;
+#pragma omp simd
       for (int64_t key_index = 0; key_index < num_keys; ++key_index) row[key_index] *= inverse;
     }
 
     std::fill(accumulators.begin(), accumulators.end(), 0.0f);
     for (int64_t key_index = 0; key_index < num_keys; ++key_index) {
-      const scalar_t* value = key_row(problem.value_data, token.first_key + key_index);
-      for (int64_t d = 0; d < head_dim; ++d) converted[d] = static_cast<float>(value[d]);
+      const float* value = AsFloat(problem.value_data + row_offsets[key_index], buffer, head_dim);
       for (int64_t group = 0; group < groups; ++group) {
         const float weight = scores[group * num_keys + key_index];
         float* accumulator = accumulators.data() + group * head_dim;
 #pragma omp simd
-        for (int64_t d = 0; d < head_dim; ++d) accumulator[d] += weight * converted[d];
+        for (int64_t d = 0; d < head_dim; ++d) accumulator[d] += weight * value[d];
       }
     }
     for (int64_t i = 0; i < groups * head_dim; ++i) {
