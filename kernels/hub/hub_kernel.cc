@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
 #include <torch/version.h>
 
@@ -183,7 +184,8 @@ absl::Status LoadHubKernel(const std::string& repository_folder, const std::stri
   // Wrap, then self-check against the builtin kernel on random non-zero inputs, float32 and bfloat16.
   models::LayerKernels candidate = kernels;
   candidate.sources[static_cast<int>(layer)] = source;
-  at::manual_seed(20261207);
+  // A generator of its own: seeding the global one would change what the process draws later.
+  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(20261207);
   try {
     c10::InferenceMode inference_mode;
     switch (layer) {
@@ -198,8 +200,8 @@ absl::Status LoadHubKernel(const std::string& repository_folder, const std::stri
           return output;
         };
         for (const at::ScalarType type : {at::kFloat, at::kBFloat16}) {
-          const at::Tensor hidden_states = at::randn({5, 96}).mul(2).add(0.3).to(type);
-          const at::Tensor weight = at::rand({96}).add(0.5).to(type);
+          const at::Tensor hidden_states = at::randn({5, 96}, generator).mul(2).add(0.3).to(type);
+          const at::Tensor weight = at::rand({96}, generator).add(0.5).to(type);
           absl::Status check = SelfCheck(candidate.rms_norm(hidden_states, weight, 1e-5),
                                          cpu::RmsNorm(hidden_states, weight, 1e-5), source, layer);
           if (!check.ok()) return check;
@@ -217,8 +219,8 @@ absl::Status LoadHubKernel(const std::string& repository_folder, const std::stri
           return output;
         };
         for (const at::ScalarType type : {at::kFloat, at::kBFloat16}) {
-          const at::Tensor gate = at::randn({5, 80}).mul(3).add(0.1).to(type);
-          const at::Tensor up = at::randn({5, 80}).add(-0.2).to(type);
+          const at::Tensor gate = at::randn({5, 80}, generator).mul(3).add(0.1).to(type);
+          const at::Tensor up = at::randn({5, 80}, generator).add(-0.2).to(type);
           absl::Status check = SelfCheck(candidate.silu_and_mul(gate, up), cpu::SiluAndMul(gate, up), source, layer);
           if (!check.ok()) return check;
         }
@@ -235,9 +237,9 @@ absl::Status LoadHubKernel(const std::string& repository_folder, const std::stri
                       "flotilla_rotary_embedding");
         };
         for (const at::ScalarType type : {at::kFloat, at::kBFloat16}) {
-          at::Tensor query = at::randn({1, 3, 4, 32}).add(0.2).to(type);
-          at::Tensor key = at::randn({1, 1, 4, 32}).add(-0.2).to(type);
-          const at::Tensor angles = at::rand({1, 4, 16}).mul(10);
+          at::Tensor query = at::randn({1, 3, 4, 32}, generator).add(0.2).to(type);
+          at::Tensor key = at::randn({1, 1, 4, 32}, generator).add(-0.2).to(type);
+          const at::Tensor angles = at::rand({1, 4, 16}, generator).mul(10);
           const at::Tensor cos = at::cat({angles.cos(), angles.cos()}, -1).to(type);
           const at::Tensor sin = at::cat({angles.sin(), angles.sin()}, -1).to(type);
           at::Tensor expected_query = query.clone(), expected_key = key.clone();
