@@ -2,12 +2,23 @@
 // has a reference tested on machines without a GPU.
 //
 //   at::Tensor normalized = flotilla::kernels::RmsNorm(hidden_states, weight, 1e-6);
-//   at::Tensor activated = flotilla::kernels::SiluAndMul(gate_and_up);  // [..., 2*d] -> [..., d]
+//   at::Tensor activated = flotilla::kernels::SiluAndMul(gate, up);            // silu(gate) * up
+//   flotilla::kernels::RotaryEmbeddingInPlace(query_states, key_states, cos, sin);
 //
 // Dispatch is by the input's device: CUDA tensors go to kernels/cuda (built when a CUDA toolkit is
 // found), everything else to kernels/cpu. Each function computes exactly what the eager module in
-// the model file computes (see the comments), in float32 internally.
+// the model file computes (see the comments), in float32 internally, rounding to the storage dtype
+// where the eager ops round. Stated tolerance against the eager ops: float32 within 1e-6 of the
+// largest output magnitude (only the summation order differs); bfloat16 / float16 within one
+// rounding of the storage dtype.
+//
+// Thread-safety: every function is pure apart from its documented in-place outputs; call from any
+// thread.
 #pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
 
 #include <ATen/Tensor.h>
 
@@ -17,9 +28,44 @@ namespace flotilla::kernels {
 // the mean taken in float32. hidden_states [..., hidden], weight [hidden].
 at::Tensor RmsNorm(const at::Tensor& hidden_states, const at::Tensor& weight, double epsilon);
 
+// The decoder layer's `hidden_states = residual + hidden_states; residual = hidden_states;
+// hidden_states = norm(hidden_states)` in one pass: writes residual + hidden_states into
+// `residual` (rounded to its dtype, as the eager add) and returns RmsNorm of it.
+at::Tensor FusedAddRmsNorm(const at::Tensor& hidden_states, at::Tensor& residual, const at::Tensor& weight,
+                           double epsilon);
+
 // silu(gate) * up, where gate and up are the two halves of the last dimension (vLLM's
 // SiluAndMul layout for fused gate_up_proj outputs).
 at::Tensor SiluAndMul(const at::Tensor& gate_and_up);
+
+// silu(gate) * up for the two projections' outputs as they are (same shape), as LlamaMLP's
+// `act_fn(gate_proj(x)) * up_proj(x)`; F.silu rounds to the dtype before the multiply.
+at::Tensor SiluAndMul(const at::Tensor& gate, const at::Tensor& up);
+
+// apply_rotary_pos_emb in place: q = q * cos + rotate_half(q) * sin, and the same for k, each
+// product and the sum rounded to the dtype as the eager ops round. query [batch, heads, length,
+// head_dim] and key [batch, kv_heads, length, head_dim] may be strided views (the projections'
+// outputs transposed) but their last dimension must be contiguous; cos / sin [batch, length,
+// head_dim] in the same dtype.
+void RotaryEmbeddingInPlace(at::Tensor& query, at::Tensor& key, const at::Tensor& cos, const at::Tensor& sin);
+
+// One query token of paged attention: it attends to keys [first_key, position] of its sequence,
+// whose position p lives in slot block_table[p / block_size] * block_size + p % block_size.
+struct PagedAttentionToken {
+  int64_t token;      // row in query_tokens / output_tokens
+  int64_t position;   // its position in its sequence (the last key it sees)
+  int64_t first_key;  // first position it attends to (0, or the sliding window's start)
+  const int64_t* block_table;
+};
+
+// Attention reading a paged KV cache in place — decode tokens and prefill chunks of a ragged batch
+// alike, with no gather: query_tokens / output_tokens [T, heads, head_dim] contiguous, key_pool /
+// value_pool [num_blocks, block_size, kv_heads, head_dim] contiguous (grouped-query attention by
+// heads / kv_heads). Scores scaled by `scaling`, tanh-capped by `softcap` when set, exact softmax in
+// float32, weighted values accumulated in float32 (eager's float32 softmax). CPU only for now.
+void PagedAttention(const at::Tensor& query_tokens, const at::Tensor& key_pool, const at::Tensor& value_pool,
+                    at::Tensor& output_tokens, const std::vector<PagedAttentionToken>& tokens, double scaling,
+                    std::optional<double> softcap);
 
 // True when this build carries the CUDA kernels (a CUDA toolkit was found at configure time).
 bool HasCudaKernels();

@@ -1,6 +1,11 @@
 // Every kernel against the eager reference (the formula the model files use), on CPU here and on
 // CUDA where a device is present — the way llama.cpp's test-backend-ops compares backends.
 #include "kernels/kernels.h"
+#include "kernels/cpu/cpu_kernels.h"
+
+#include <algorithm>
+#include <utility>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -23,6 +28,31 @@ at::Tensor EagerSiluAndMul(const at::Tensor& gate_and_up) {
 double MaxAbsDifference(const at::Tensor& actual, const at::Tensor& expected) {
   if (actual.numel() == 0) return 0;
   return (actual.to(at::kFloat) - expected.to(at::kFloat)).abs().max().item<double>();
+}
+
+// transformers' apply_rotary_pos_emb, op for op.
+std::pair<at::Tensor, at::Tensor> EagerRotary(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos_in,
+                                              const at::Tensor& sin_in) {
+  auto rotate_half = [](const at::Tensor& x) {
+    const int64_t half = x.size(-1) / 2;
+    return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+  };
+  const at::Tensor cos = cos_in.unsqueeze(1);
+  const at::Tensor sin = sin_in.unsqueeze(1);
+  return {q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin};
+}
+
+// float32: within 1e-6 of the largest expected magnitude (the stated tolerance in kernels.h).
+// bfloat16 / float16: within one rounding of the dtype at the largest magnitude.
+void ExpectWithinKernelTolerance(const at::Tensor& actual, const at::Tensor& expected) {
+  ASSERT_EQ(actual.sizes(), expected.sizes());
+  ASSERT_EQ(actual.scalar_type(), expected.scalar_type());
+  if (expected.numel() == 0) return;
+  const double scale = std::max(expected.to(at::kFloat).abs().max().item<double>(), 1e-30);
+  const double relative = MaxAbsDifference(actual, expected) / scale;
+  const at::ScalarType type = expected.scalar_type();
+  const double bound = type == at::kFloat ? 1e-6 : (type == at::kBFloat16 ? 1.0 / 128 : 1.0 / 1024);
+  EXPECT_LE(relative, bound) << c10::toString(type) << " " << expected.sizes();
 }
 
 double Tolerance(at::ScalarType type) {
@@ -56,11 +86,151 @@ TEST_P(KernelTest, CpuSiluAndMulMatchesEager) {
   EXPECT_LE(MaxAbsDifference(actual, expected), Tolerance(type) * 4);
 }
 
+TEST_P(KernelTest, CpuRmsNormIsWithinTheStatedTolerance) {
+  const auto& [type, shape] = GetParam();
+  at::manual_seed(3);
+  const at::Tensor hidden_states = at::randn(shape).mul(3).add(0.5).to(type);
+  const at::Tensor weight = at::randn({shape.back()}).add(1).to(type);
+  ExpectWithinKernelTolerance(RmsNorm(hidden_states, weight, 1e-6), EagerRmsNorm(hidden_states, weight, 1e-6));
+}
+
+TEST_P(KernelTest, CpuFusedAddRmsNormMatchesTheDecoderLayersAddThenNorm) {
+  const auto& [type, shape] = GetParam();
+  at::manual_seed(4);
+  const at::Tensor hidden_states = at::randn(shape).mul(2).add(0.25).to(type);
+  const at::Tensor residual_before = at::randn(shape).mul(3).add(-0.5).to(type);
+  const at::Tensor weight = at::randn({shape.back()}).add(1).to(type);
+  const at::Tensor expected_residual = residual_before + hidden_states;
+  const at::Tensor expected = EagerRmsNorm(expected_residual, weight, 1e-5);
+  at::Tensor residual = residual_before.clone();
+  const at::Tensor actual = FusedAddRmsNorm(hidden_states, residual, weight, 1e-5);
+  EXPECT_TRUE(at::equal(residual, expected_residual)) << "the residual add rounds as the eager add";
+  ExpectWithinKernelTolerance(actual, expected);
+}
+
+TEST_P(KernelTest, CpuSiluAndMulOfTwoProjectionsMatchesEager) {
+  const auto& [type, shape] = GetParam();
+  at::manual_seed(5);
+  const at::Tensor gate = at::randn(shape).mul(4).add(0.1).to(type);
+  const at::Tensor up = at::randn(shape).mul(2).add(-0.1).to(type);
+  ExpectWithinKernelTolerance(SiluAndMul(gate, up), at::silu(gate) * up);
+  ExpectWithinKernelTolerance(SiluAndMul(at::cat({gate, up}, -1)), at::silu(gate) * up);
+}
+
 INSTANTIATE_TEST_SUITE_P(
     DtypesAndShapes, KernelTest,
     testing::Combine(testing::Values(at::kFloat, at::kBFloat16, at::kHalf),
                      testing::Values(std::vector<int64_t>{1, 576}, std::vector<int64_t>{3, 7, 64},
                                      std::vector<int64_t>{0, 32}, std::vector<int64_t>{5, 1})));
+
+class RotaryTest : public testing::TestWithParam<std::tuple<at::ScalarType, std::vector<int64_t>>> {};
+
+// Shapes: batch, query heads, key/value heads, length, head_dim. The queries and keys are the
+// projections' outputs viewed [batch, length, heads, head_dim] and transposed, as in the model files.
+TEST_P(RotaryTest, CpuRotaryInPlaceMatchesApplyRotaryPosEmb) {
+  const auto& [type, dims] = GetParam();
+  const int64_t batch = dims[0], heads = dims[1], kv_heads = dims[2], length = dims[3], head_dim = dims[4];
+  at::manual_seed(6);
+  at::Tensor query = at::randn({batch, length, heads, head_dim}).mul(2).add(0.3).to(type).transpose(1, 2);
+  at::Tensor key = at::randn({batch, length, kv_heads, head_dim}).mul(2).add(-0.3).to(type).transpose(1, 2);
+  const at::Tensor angles = at::rand({batch, length, head_dim / 2}).mul(100);
+  const at::Tensor cos = at::cat({angles.cos(), angles.cos()}, -1).to(type);
+  const at::Tensor sin = at::cat({angles.sin(), angles.sin()}, -1).to(type);
+  const auto [expected_query, expected_key] = EagerRotary(query, key, cos, sin);
+  RotaryEmbeddingInPlace(query, key, cos, sin);
+  if (type == at::kFloat) {
+    ExpectWithinKernelTolerance(query, expected_query);
+    ExpectWithinKernelTolerance(key, expected_key);
+  } else {
+    // Each eager op's rounding is reproduced, so reduced precision matches exactly.
+    EXPECT_TRUE(at::equal(query, expected_query));
+    EXPECT_TRUE(at::equal(key, expected_key));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    DtypesAndShapes, RotaryTest,
+    testing::Combine(testing::Values(at::kFloat, at::kBFloat16, at::kHalf),
+                     testing::Values(std::vector<int64_t>{1, 9, 3, 7, 64}, std::vector<int64_t>{2, 4, 4, 1, 32},
+                                     std::vector<int64_t>{1, 2, 1, 0, 16}, std::vector<int64_t>{3, 2, 2, 5, 2})));
+
+// The eager reference of paged attention: each token's keys gathered from the pools, then eager
+// attention (float32 softmax) over its window.
+at::Tensor EagerPagedAttention(const at::Tensor& query_tokens, const at::Tensor& key_pool, const at::Tensor& value_pool,
+                               const std::vector<PagedAttentionToken>& tokens, double scaling) {
+  const int64_t block_size = key_pool.size(1);
+  const int64_t kv_heads = key_pool.size(2);
+  const int64_t groups = query_tokens.size(1) / kv_heads;
+  at::Tensor output = at::zeros_like(query_tokens);
+  for (const PagedAttentionToken& token : tokens) {
+    std::vector<int64_t> slots;
+    for (int64_t position = token.first_key; position <= token.position; ++position) {
+      slots.push_back(token.block_table[position / block_size] * block_size + position % block_size);
+    }
+    const at::Tensor index = at::tensor(slots, at::kLong);
+    // [keys, kv_heads, head_dim] -> [heads, keys, head_dim]
+    const at::Tensor keys = key_pool.flatten(0, 1).index_select(0, index).permute({1, 0, 2}).repeat_interleave(groups, 0);
+    const at::Tensor values = value_pool.flatten(0, 1).index_select(0, index).permute({1, 0, 2}).repeat_interleave(groups, 0);
+    const at::Tensor query = query_tokens[token.token].unsqueeze(1);  // [heads, 1, head_dim]
+    const at::Tensor weights = at::softmax(at::matmul(query, keys.transpose(1, 2)) * scaling, -1, at::kFloat)
+                                   .to(query.scalar_type());
+    output[token.token].copy_(at::matmul(weights, values).squeeze(1));
+  }
+  return output;
+}
+
+TEST(PagedAttentionKernelTest, DecodeAndRaggedPrefillOverScatteredBlocksMatchEager) {
+  for (const at::ScalarType type : {at::kFloat, at::kBFloat16}) {
+    SCOPED_TRACE(c10::toString(type));
+    at::manual_seed(7);
+    const int64_t block_size = 4, num_blocks = 12, heads = 6, kv_heads = 2, head_dim = 16;
+    const at::Tensor key_pool = at::randn({num_blocks, block_size, kv_heads, head_dim}).add(0.1).to(type);
+    const at::Tensor value_pool = at::randn({num_blocks, block_size, kv_heads, head_dim}).add(-0.1).to(type);
+    // Sequence A decodes at position 9 (3 blocks); sequence B prefills positions 2..6 after 2
+    // cached tokens; sequence C is one token long; D decodes with a sliding window of 3.
+    const std::vector<int64_t> table_a = {7, 2, 10}, table_b = {5, 0}, table_c = {11}, table_d = {3, 8, 1};
+    std::vector<PagedAttentionToken> tokens = {{0, 9, 0, table_a.data()}};
+    for (int64_t position = 2; position <= 6; ++position) tokens.push_back({position - 1, position, 0, table_b.data()});
+    tokens.push_back({6, 0, 0, table_c.data()});
+    tokens.push_back({7, 10, 8, table_d.data()});
+    const at::Tensor query_tokens = at::randn({8, heads, head_dim}).add(0.2).to(type);
+    at::Tensor output = at::empty_like(query_tokens);
+    PagedAttention(query_tokens, key_pool, value_pool, output, tokens, 0.25, std::nullopt);
+    ExpectWithinKernelTolerance(output, EagerPagedAttention(query_tokens, key_pool, value_pool, tokens, 0.25));
+    // No tokens at all (an empty step) leaves the output as it is.
+    at::Tensor empty_output = at::empty({0, heads, head_dim}, query_tokens.options());
+    PagedAttention(query_tokens.narrow(0, 0, 0), key_pool, value_pool, empty_output, {}, 0.25, std::nullopt);
+  }
+}
+
+TEST(SkinnyLinearTest, MatchesLinearForDecodeSizedInputs) {
+  for (const at::ScalarType type : {at::kFloat, at::kBFloat16}) {
+    for (const int64_t rows : {1, 2}) {
+      for (const bool with_bias : {false, true}) {
+        SCOPED_TRACE(testing::Message() << c10::toString(type) << " rows " << rows << " bias " << with_bias);
+        at::manual_seed(8);
+        const at::Tensor input = at::randn({1, rows, 576}).add(0.1).to(type);
+        const at::Tensor weight = at::randn({1536, 576}).mul(0.05).to(type);
+        const at::Tensor bias = with_bias ? at::randn({1536}).to(type) : at::Tensor();
+        ASSERT_TRUE(cpu::SkinnyLinearApplies(input, weight));
+        const at::Tensor expected = at::linear(input, weight, bias);
+        ExpectWithinKernelTolerance(cpu::SkinnyLinear(input, weight, bias), expected);
+      }
+    }
+  }
+  // More than 16 rows, mixed dtypes, a non-contiguous weight: not decode-sized, not taken.
+  EXPECT_FALSE(cpu::SkinnyLinearApplies(at::ones({3, 64}), at::ones({128, 64})));
+  EXPECT_FALSE(cpu::SkinnyLinearApplies(at::ones({1, 64}), at::ones({128, 64}, at::kBFloat16)));
+  EXPECT_FALSE(cpu::SkinnyLinearApplies(at::ones({1, 64}), at::ones({64, 128}).t()));
+}
+
+TEST(PagedAttentionKernelTest, RejectsATokenBeyondTheQueries) {
+  const std::vector<int64_t> table = {0};
+  at::Tensor output = at::empty({1, 2, 4});
+  EXPECT_THROW(PagedAttention(at::ones({1, 2, 4}), at::ones({1, 4, 1, 4}), at::ones({1, 4, 1, 4}), output,
+                              {{3, 0, 0, table.data()}}, 1.0, std::nullopt),
+               c10::Error);
+}
 
 // One test for the whole CUDA matrix, so a machine without a GPU reports one skip, not one per case.
 TEST(CudaKernelTest, CudaMatchesTheCpuTwinForEveryDtypeAndShape) {
@@ -81,6 +251,26 @@ TEST(CudaKernelTest, CudaMatchesTheCpuTwinForEveryDtypeAndShape) {
       doubled.back() *= 2;
       const at::Tensor gate_and_up = at::randn(doubled).mul(4).to(type);
       EXPECT_LE(MaxAbsDifference(SiluAndMul(gate_and_up.cuda()).cpu(), SiluAndMul(gate_and_up)), Tolerance(type) * 4);
+      const auto halves = gate_and_up.chunk(2, -1);
+      EXPECT_LE(MaxAbsDifference(SiluAndMul(halves[0].cuda(), halves[1].cuda()).cpu(), SiluAndMul(halves[0], halves[1])),
+                Tolerance(type) * 4);
+      at::Tensor residual = at::randn(shape).to(type);
+      at::Tensor residual_cuda = residual.cuda();
+      const at::Tensor fused = FusedAddRmsNorm(hidden_states.cuda(), residual_cuda, weight.cuda(), 1e-5).cpu();
+      EXPECT_LE(MaxAbsDifference(fused, FusedAddRmsNorm(hidden_states, residual, weight, 1e-5)), Tolerance(type));
+      EXPECT_LE(MaxAbsDifference(residual_cuda.cpu(), residual), Tolerance(type));
+    }
+    if (type != at::kFloat) {
+      at::Tensor query = at::randn({2, 3, 5, 8}).to(type);
+      at::Tensor key = at::randn({2, 1, 5, 8}).to(type);
+      const at::Tensor cos = at::rand({2, 5, 8}).to(type);
+      const at::Tensor sin = at::rand({2, 5, 8}).to(type);
+      at::Tensor query_cuda = query.cuda();
+      at::Tensor key_cuda = key.cuda();
+      RotaryEmbeddingInPlace(query, key, cos, sin);
+      RotaryEmbeddingInPlace(query_cuda, key_cuda, cos.cuda(), sin.cuda());
+      EXPECT_LE(MaxAbsDifference(query_cuda.cpu(), query), Tolerance(type));
+      EXPECT_LE(MaxAbsDifference(key_cuda.cpu(), key), Tolerance(type));
     }
   }
 }

@@ -1,4 +1,5 @@
-// models_bench MODEL_DIR [--threads N] [--prompt-length 512] [--decode-steps 32]: load time,
+// models_bench MODEL_DIR [--threads N] [--prompt-length 512] [--decode-steps 32] [--kernels MAPPING]
+// [--dtype float32|bfloat16]: load time,
 // prefill tokens/s, decode tokens/s at batch 1 and 8, peak RSS after load, as one JSON line.
 // tools/bench/models_smollm2.py runs it beside transformers.
 #include <sys/resource.h>
@@ -9,11 +10,13 @@
 #include <fstream>
 #include <set>
 #include <string>
+#include <vector>
 
 #include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
 
 #include "models/auto.h"
+#include "models/kernelize.h"
 
 namespace {
 
@@ -54,6 +57,30 @@ double DecodeTokensPerSecond(PreTrainedModel& model, int64_t batch, int64_t prom
   return static_cast<double>(batch * steps) / Seconds(start);
 }
 
+// Bytes per second the intra-op threads read from a buffer far larger than the caches (a plain
+// sum over 64-bit words, one contiguous slice per thread): what batch-1 decode, which reads every
+// weight once per token, can at best stream.
+double ReadBandwidth() {
+  const int64_t words = (int64_t{1} << 30) / 8;
+  std::vector<uint64_t> buffer(static_cast<size_t>(words), 1);
+  double best = 0;
+  for (int repeat = 0; repeat < 5; ++repeat) {
+    std::vector<uint64_t> sums(static_cast<size_t>(at::get_num_threads()) + 1, 0);
+    auto start = std::chrono::steady_clock::now();
+    at::parallel_for(0, words, words / std::max(1, at::get_num_threads()), [&](int64_t begin, int64_t end) {
+      uint64_t sum = 0;
+      for (int64_t i = begin; i < end; ++i) sum += buffer[static_cast<size_t>(i)];
+      sums[static_cast<size_t>(at::get_thread_num())] += sum;
+    });
+    const double seconds = Seconds(start);
+    uint64_t total = 0;
+    for (uint64_t sum : sums) total += sum;
+    if (total != static_cast<uint64_t>(words)) std::fprintf(stderr, "read probe: wrong sum\n");
+    best = std::max(best, static_cast<double>(words * 8) / seconds);
+  }
+  return best;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -62,14 +89,26 @@ int main(int argc, char** argv) {
     return 2;
   }
   int64_t threads = 0, prompt_length = 512, decode_steps = 32;
+  std::string kernels, dtype = "float32";
   for (int i = 2; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--kernels")) kernels = argv[i + 1];
+    if (!std::strcmp(argv[i], "--dtype")) dtype = argv[i + 1];
     if (!std::strcmp(argv[i], "--threads")) threads = std::stoll(argv[i + 1]);
     if (!std::strcmp(argv[i], "--prompt-length")) prompt_length = std::stoll(argv[i + 1]);
     if (!std::strcmp(argv[i], "--decode-steps")) decode_steps = std::stoll(argv[i + 1]);
   }
   if (threads > 0) at::set_num_threads(static_cast<int>(threads));
   auto start = std::chrono::steady_clock::now();
-  auto model = flotilla::models::FromPretrained(argv[1]);
+  // The --kernels mapping of the worker (models/kernelize.h); builtin and eager only here.
+  auto layer_kernels = flotilla::models::ResolveLayerKernels(kernels);
+  if (!layer_kernels.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(layer_kernels.status().message()).c_str());
+    return 2;
+  }
+  flotilla::models::InstallLayerKernels(*layer_kernels);
+  flotilla::models::LoadOptions load_options;
+  load_options.dtype = dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
+  auto model = flotilla::models::FromPretrained(argv[1], load_options);
   if (!model.ok()) {
     std::fprintf(stderr, "%s\n", std::string(model.status().message()).c_str());
     return 1;
@@ -98,6 +137,8 @@ int main(int argc, char** argv) {
   result["decode_batch1_tokens_per_second"] = DecodeTokensPerSecond(**model, 1, 16, decode_steps);
   result["decode_batch8_tokens_per_second"] = DecodeTokensPerSecond(**model, 8, 16, decode_steps);
   result["peak_rss_end_bytes"] = PeakRssBytes();
+  result["read_bandwidth_bytes_per_second"] = ReadBandwidth();
+  result["batch1_read_bound_tokens_per_second"] = result["read_bandwidth_bytes_per_second"].get<double>() / weight_bytes;
   std::printf("%s\n", result.dump().c_str());
   return 0;
 }

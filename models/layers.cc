@@ -6,7 +6,9 @@
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 
+#include "kernels/cpu/cpu_kernels.h"
 #include "models/debugger.h"
+#include "models/kernelize.h"
 #include "models/tensor_parallel.h"
 
 namespace flotilla::models {
@@ -73,7 +75,14 @@ void LinearImpl::reset() {
   if (has_bias) bias = register_parameter("bias", at::empty({out_features}), /*requires_grad=*/false);
 }
 
+// The product on this rank's weight (all of it without tensor parallelism).
 static at::Tensor LocalLinear(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias) {
+  // --kernels Linear=builtin (models/kernelize.h): decode-sized products through the AVX2 kernel.
+  if (CurrentLayerKernels().builtin_skinny_linear && kernels::cpu::SkinnyLinearApplies(input, weight)) {
+    CountKernelForward(KernelLayer::kLinear, /*kernel_ran=*/true);
+    return kernels::cpu::SkinnyLinear(input, weight, bias);
+  }
+  CountKernelForward(KernelLayer::kLinear, /*kernel_ran=*/false);
   if (UseSkinnyPath(input, weight)) return SkinnyLinear(input, weight, bias);
   return at::linear(input, weight, bias);
 }

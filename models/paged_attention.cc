@@ -9,6 +9,8 @@
 #include <ATen/Parallel.h>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/cpu_kernels.h"
+#include "models/kernelize.h"
 
 namespace flotilla::models {
 namespace {
@@ -47,120 +49,6 @@ std::optional<int64_t> JsonInt(const nlohmann::json& json, std::initializer_list
     if (found != json.end() && found->is_number_integer()) return found->get<int64_t>();
   }
   return std::nullopt;
-}
-
-// Work of the decode kernel: one query token of one sequence.
-struct DecodeToken {
-  int64_t token;     // index in the packed row
-  int64_t position;  // its position in its sequence
-  int64_t first_key;  // first position it attends to (sliding window)
-  const std::vector<int64_t>* block_table;
-};
-
-// Sizes and storage the decode kernel reads (the pools, the queries, the output).
-template <typename scalar_t>
-struct DecodeProblem {
-  const scalar_t* query_data;  // [T, heads, head_dim]
-  const scalar_t* key_data;    // [num_blocks * block_size, kv_heads, head_dim]
-  const scalar_t* value_data;
-  scalar_t* output_data;  // [T, heads, head_dim]
-  int64_t num_heads, num_key_value_heads, groups, head_dim, block_size;
-  float scaling, softcap;
-  bool has_softcap;
-  const std::vector<DecodeToken>* tokens;
-};
-
-// Items [begin, end) of (token, key/value head): the scores of the head's num_key_value_groups
-// queries against every key of the token's window, an exact softmax (two passes over a float
-// buffer) and the weighted values, accumulated in float32 whatever the storage dtype, as eager's
-// float32 softmax. Cloned for AVX2+FMA (chosen at load time) so the loops over head_dim vectorise
-// on the machines that have it, without building the library for one CPU.
-#if defined(__x86_64__) && defined(__GNUC__)
-#define FLOTILLA_DECODE_TARGET_CLONES __attribute__((target_clones("arch=haswell", "default")))
-#else
-#define FLOTILLA_DECODE_TARGET_CLONES
-#endif
-template <typename scalar_t>
-FLOTILLA_DECODE_TARGET_CLONES void DecodeItems(const DecodeProblem<scalar_t>& problem, int64_t begin, int64_t end) {
-  const int64_t groups = problem.groups;
-  const int64_t head_dim = problem.head_dim;
-  const int64_t block_size = problem.block_size;
-  std::vector<float> queries(static_cast<size_t>(groups * head_dim));
-  std::vector<float> accumulators(static_cast<size_t>(groups * head_dim));
-  std::vector<float> scores;
-  for (int64_t item = begin; item < end; ++item) {
-    const DecodeToken& token = (*problem.tokens)[static_cast<size_t>(item / problem.num_key_value_heads)];
-    const int64_t kv_head = item % problem.num_key_value_heads;
-    const int64_t num_keys = token.position - token.first_key + 1;
-    scores.resize(static_cast<size_t>(groups * num_keys));
-    const int64_t head_offset = (token.token * problem.num_heads + kv_head * groups) * head_dim;
-    for (int64_t i = 0; i < groups * head_dim; ++i) queries[i] = static_cast<float>(problem.query_data[head_offset + i]);
-    auto key_row = [&](const scalar_t* pool, int64_t position) {
-      const int64_t slot = (*token.block_table)[position / block_size] * block_size + position % block_size;
-      return pool + (slot * problem.num_key_value_heads + kv_head) * head_dim;
-    };
-
-    for (int64_t key_index = 0; key_index < num_keys; ++key_index) {
-      const scalar_t* key = key_row(problem.key_data, token.first_key + key_index);
-      for (int64_t group = 0; group < groups; ++group) {
-        const float* query = queries.data() + group * head_dim;
-        float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-        for (int64_t d = 0; d < head_dim; ++d) dot += query[d] * static_cast<float>(key[d]);
-        float score = dot * problem.scaling;
-        if (problem.has_softcap) score = std::tanh(score / problem.softcap) * problem.softcap;
-        scores[group * num_keys + key_index] = score;
-      }
-    }
-    for (int64_t group = 0; group < groups; ++group) {
-      float* row = scores.data() + group * num_keys;
-      const float maximum = *std::max_element(row, row + num_keys);
-      float sum = 0.0f;
-      for (int64_t key_index = 0; key_index < num_keys; ++key_index) {
-        row[key_index] = std::exp(row[key_index] - maximum);
-        sum += row[key_index];
-      }
-      const float inverse = 1.0f / sum;
-      for (int64_t key_index = 0; key_index < num_keys; ++key_index) row[key_index] *= inverse;
-    }
-
-    std::fill(accumulators.begin(), accumulators.end(), 0.0f);
-    for (int64_t key_index = 0; key_index < num_keys; ++key_index) {
-      const scalar_t* value = key_row(problem.value_data, token.first_key + key_index);
-      for (int64_t group = 0; group < groups; ++group) {
-        const float weight = scores[group * num_keys + key_index];
-        float* accumulator = accumulators.data() + group * head_dim;
-#pragma omp simd
-        for (int64_t d = 0; d < head_dim; ++d) accumulator[d] += weight * static_cast<float>(value[d]);
-      }
-    }
-    for (int64_t i = 0; i < groups * head_dim; ++i) {
-      problem.output_data[head_offset + i] = static_cast<scalar_t>(accumulators[i]);
-    }
-  }
-}
-
-// Decode attention reading the pools in place, parallel over (token, key/value head).
-template <typename scalar_t>
-void DecodeKernel(const at::Tensor& query_tokens, const at::Tensor& key_pool, const at::Tensor& value_pool,
-                  at::Tensor& output_tokens, const std::vector<DecodeToken>& tokens, int64_t block_size,
-                  const AttentionArguments& arguments) {
-  DecodeProblem<scalar_t> problem;
-  problem.query_data = query_tokens.const_data_ptr<scalar_t>();
-  problem.key_data = key_pool.const_data_ptr<scalar_t>();
-  problem.value_data = value_pool.const_data_ptr<scalar_t>();
-  problem.output_data = output_tokens.mutable_data_ptr<scalar_t>();
-  problem.num_heads = query_tokens.size(1);
-  problem.head_dim = query_tokens.size(2);
-  problem.num_key_value_heads = key_pool.size(2);
-  problem.groups = problem.num_heads / problem.num_key_value_heads;
-  problem.block_size = block_size;
-  problem.scaling = static_cast<float>(arguments.scaling);
-  problem.has_softcap = arguments.softcap.has_value();
-  problem.softcap = problem.has_softcap ? static_cast<float>(*arguments.softcap) : 1.0f;
-  problem.tokens = &tokens;
-  const int64_t num_items = static_cast<int64_t>(tokens.size()) * problem.num_key_value_heads;
-  at::parallel_for(0, num_items, 1, [&](int64_t begin, int64_t end) { DecodeItems<scalar_t>(problem, begin, end); });
 }
 
 // One sequence's new tokens against its whole (gathered) context, with sdpa, or eager's math when
@@ -427,30 +315,33 @@ std::pair<at::Tensor, at::Tensor> PagedAttentionForward(const at::Tensor& query,
               " x ", head_dim, " do not fit key/value heads ", key.size(2), " x ", key.size(3));
 
   at::Tensor output = at::empty({1, num_tokens, num_heads, head_dim}, query.options());
-  // Decode tokens of every sequence together in one kernel call; prompt chunks one by one.
-  std::vector<DecodeToken> decode_tokens;
-  const bool on_cpu = query.device().is_cpu();
-  for (size_t index = 0; index < step.batch.sequences.size(); ++index) {
-    const PagedSequence& sequence = step.batch.sequences[index];
-    if (on_cpu && sequence.query_length == 1) {
-      const int64_t position = sequence.context_length - 1;
-      const int64_t first_key =
-          arguments.sliding_window.has_value() ? std::max<int64_t>(0, position - *arguments.sliding_window + 1) : 0;
-      decode_tokens.push_back({step.query_starts[index], position, first_key, &sequence.block_table});
-    } else {
+  // PagedAttention=builtin (the default): every token of every sequence, decode and prompt chunks
+  // alike, in one kernel call that reads the blocks in place (kernels::PagedAttention). eager, or a
+  // device the kernel does not run on: each sequence's context gathered, then sdpa.
+  const bool builtin = CurrentLayerKernels().builtin_paged_attention && query.device().is_cpu();
+  CountKernelForward(KernelLayer::kPagedAttention, builtin);
+  if (!builtin) {
+    for (size_t index = 0; index < step.batch.sequences.size(); ++index) {
       ChunkAttention(query, key, value, step, index, arguments, output);
     }
+    return {output, at::Tensor()};
   }
-  if (!decode_tokens.empty()) {
-    at::Tensor query_tokens = query[0].transpose(0, 1).contiguous();  // [T, heads, head_dim]
-    at::Tensor output_tokens = output[0];  // contiguous [T, heads, head_dim]
-    at::Tensor key_pool = key.contiguous();
-    at::Tensor value_pool = value.contiguous();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, query.scalar_type(), "paged_decode_attention", [&] {
-      DecodeKernel<scalar_t>(query_tokens, key_pool, value_pool, output_tokens, decode_tokens, cache->block_size(),
-                             arguments);
-    });
+  std::vector<kernels::PagedAttentionToken> tokens;
+  tokens.reserve(static_cast<size_t>(num_tokens));
+  for (size_t index = 0; index < step.batch.sequences.size(); ++index) {
+    const PagedSequence& sequence = step.batch.sequences[index];
+    const int64_t first_position = sequence.context_length - sequence.query_length;
+    for (int64_t offset = 0; offset < sequence.query_length; ++offset) {
+      const int64_t position = first_position + offset;
+      const int64_t first_key =
+          arguments.sliding_window.has_value() ? std::max<int64_t>(0, position - *arguments.sliding_window + 1) : 0;
+      tokens.push_back({step.query_starts[index] + offset, position, first_key, sequence.block_table.data()});
+    }
   }
+  const at::Tensor query_tokens = query[0].transpose(0, 1).contiguous();  // [T, heads, head_dim]
+  at::Tensor output_tokens = output[0];  // contiguous [T, heads, head_dim]
+  kernels::cpu::PagedAttention(query_tokens, key.contiguous(), value.contiguous(), output_tokens, tokens,
+                               arguments.scaling, arguments.softcap);
   return {output, at::Tensor()};
 }
 

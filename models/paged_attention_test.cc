@@ -12,6 +12,7 @@
 #include <torch/torch.h>
 
 #include "models/auto.h"
+#include "models/kernelize.h"
 #include "models/masks.h"
 #include "models/modeling_utils.h"
 
@@ -294,6 +295,14 @@ class PagedArchitectureTest : public ::testing::TestWithParam<ArchitectureCase> 
 
 TEST_P(PagedArchitectureTest, PackedStepsMatchEachSequenceAlone) {
   std::shared_ptr<PreTrainedModel> model = TinyModel(GetParam().config);
+  // The paged backend's eager path (gather each sequence's context, then sdpa) against the same
+  // references; the loop below runs its builtin kernel (the default).
+  InstallLayerKernels(*ResolveLayerKernels("PagedAttention=eager"));
+  {
+    SCOPED_TRACE("paged with PagedAttention=eager");
+    RunScript(*model, "paged");
+  }
+  InstallLayerKernels(LayerKernels{});
   for (const std::string implementation : {"paged", "sdpa", "eager"}) {
     // sdpa has no softcapping (attention.cc refuses it), so gemma2 runs paged and eager only.
     if (implementation == "sdpa" && GetParam().config.value("attn_logit_softcapping", nlohmann::json()).is_number()) {

@@ -1,14 +1,182 @@
 #include "kernels/cpu/cpu_kernels.h"
 
+#include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstring>
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include "kernels/cpu/vector_math.h"
+#include "kernels/kernels.h"
+
 namespace flotilla::kernels::cpu {
+namespace {
+
+// Note [CPU kernel vectorisation]: the row loops are plain C++ that GCC vectorises (`omp simd`,
+// -O3 -fno-trapping-math on this file: without the latter GCC will not turn a clamp into a blend);
+// each hot function is cloned for AVX-512F and AVX2 and picked at load time, so the library still
+// runs on any x86-64. The clones name ISA extensions, not an -march: GCC refuses to inline a default-target
+// helper into an "arch=" clone, and an un-inlined helper in a loop stops vectorisation. Rows are
+// converted to float32 scratch once, computed on, and rounded back once, so bfloat16 costs two
+// cheap conversion passes and no scalar c10 calls.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define FLOTILLA_KERNEL_TARGET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FLOTILLA_KERNEL_TARGET_CLONES
+#endif
+
+template <typename scalar_t>
+inline void LoadRow(const scalar_t* source, float* destination, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) destination[i] = static_cast<float>(source[i]);
+}
+template <>
+inline void LoadRow<float>(const float* source, float* destination, int64_t count) {
+  std::memcpy(destination, source, static_cast<size_t>(count) * sizeof(float));
+}
+template <>
+inline void LoadRow<c10::BFloat16>(const c10::BFloat16* source, float* destination, int64_t count) {
+  const uint16_t* bits = reinterpret_cast<const uint16_t*>(source);
+#pragma omp simd
+  for (int64_t i = 0; i < count; ++i) destination[i] = BFloat16BitsToFloat(bits[i]);
+}
+
+template <typename scalar_t>
+inline void StoreRow(const float* source, scalar_t* destination, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) destination[i] = static_cast<scalar_t>(source[i]);
+}
+template <>
+inline void StoreRow<float>(const float* source, float* destination, int64_t count) {
+  std::memcpy(destination, source, static_cast<size_t>(count) * sizeof(float));
+}
+template <>
+inline void StoreRow<c10::BFloat16>(const float* source, c10::BFloat16* destination, int64_t count) {
+  uint16_t* bits = reinterpret_cast<uint16_t*>(destination);
+#pragma omp simd
+  for (int64_t i = 0; i < count; ++i) bits[i] = FloatToBFloat16Bits(source[i]);
+}
+
+// Rounds a float32 scratch row to the storage dtype and back (no-op for float32): the place where
+// the eager ops store an intermediate in the dtype.
+template <typename scalar_t>
+inline void RoundRow(float* row, int64_t count) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+#pragma omp simd
+    for (int64_t i = 0; i < count; ++i) row[i] = BFloat16BitsToFloat(FloatToBFloat16Bits(row[i]));
+  } else if constexpr (!std::is_same_v<scalar_t, float>) {
+    for (int64_t i = 0; i < count; ++i) row[i] = static_cast<float>(static_cast<scalar_t>(row[i]));
+  }
+}
+
+// Rows are processed in chunks of kChunk elements converted into float32 stack buffers: no heap
+// allocation per call, and the chunk stays in L1 between the passes over it.
+constexpr int64_t kChunk = 512;
+
+template <typename scalar_t>
+FLOTILLA_KERNEL_TARGET_CLONES void RmsNormRows(const scalar_t* input, const scalar_t* residual_in, scalar_t* residual_out,
+                                               const scalar_t* weight, scalar_t* output, int64_t begin, int64_t end,
+                                               int64_t hidden_size, float epsilon) {
+  alignas(64) float x[kChunk];
+  alignas(64) float other[kChunk];
+  for (int64_t index = begin; index < end; ++index) {
+    const scalar_t* input_row = input + index * hidden_size;
+    // With a residual, the first pass writes residual + input (rounded, as the eager add) into the
+    // residual and the second reads it back from there.
+    const scalar_t* normalized_source = input_row;
+    // Summed in double: eager's float32 mean is a pairwise (cascade) sum, far more accurate than a
+    // running float sum over 4096 terms; double keeps this kernel within 1e-6 of it.
+    double sum_of_squares = 0.0;
+    for (int64_t start = 0; start < hidden_size; start += kChunk) {
+      const int64_t count = std::min(kChunk, hidden_size - start);
+      LoadRow(input_row + start, x, count);
+      if (residual_in != nullptr) {
+        LoadRow(residual_in + index * hidden_size + start, other, count);
+#pragma omp simd
+        for (int64_t i = 0; i < count; ++i) x[i] = other[i] + x[i];
+        RoundRow<scalar_t>(x, count);
+        StoreRow(x, residual_out + index * hidden_size + start, count);
+      }
+#pragma omp simd reduction(+ : sum_of_squares)
+      for (int64_t i = 0; i < count; ++i) sum_of_squares += static_cast<double>(x[i]) * x[i];
+    }
+    if (residual_in != nullptr) normalized_source = residual_out + index * hidden_size;
+    const float variance = static_cast<float>(sum_of_squares / static_cast<double>(hidden_size));
+    const float inverse_rms = 1.0f / std::sqrt(variance + epsilon);
+    for (int64_t start = 0; start < hidden_size; start += kChunk) {
+      const int64_t count = std::min(kChunk, hidden_size - start);
+      LoadRow(normalized_source + start, x, count);
+      LoadRow(weight + start, other, count);
+#pragma omp simd
+      for (int64_t i = 0; i < count; ++i) x[i] = x[i] * inverse_rms;
+      // Round to the input dtype before the weight multiply, as the eager module does.
+      RoundRow<scalar_t>(x, count);
+#pragma omp simd
+      for (int64_t i = 0; i < count; ++i) x[i] = other[i] * x[i];
+      StoreRow(x, output + index * hidden_size + start, count);
+    }
+  }
+}
+
+template <typename scalar_t>
+FLOTILLA_KERNEL_TARGET_CLONES void SiluAndMulRows(const scalar_t* gate, int64_t gate_stride, const scalar_t* up,
+                                                  int64_t up_stride, scalar_t* output, int64_t begin, int64_t end,
+                                                  int64_t width) {
+  alignas(64) float g[kChunk];
+  alignas(64) float u[kChunk];
+  for (int64_t index = begin; index < end; ++index) {
+    for (int64_t start = 0; start < width; start += kChunk) {
+      const int64_t count = std::min(kChunk, width - start);
+      LoadRow(gate + index * gate_stride + start, g, count);
+      LoadRow(up + index * up_stride + start, u, count);
+#pragma omp simd
+      for (int64_t i = 0; i < count; ++i) g[i] = g[i] / (1.0f + VectorExp(-g[i]));
+      // silu rounds to the input dtype before the multiply, as F.silu(gate) * up does.
+      RoundRow<scalar_t>(g, count);
+#pragma omp simd
+      for (int64_t i = 0; i < count; ++i) g[i] = g[i] * u[i];
+      StoreRow(g, output + index * width + start, count);
+    }
+  }
+}
+
+// One row of apply_rotary_pos_emb in place. Each of q*cos, rotate_half(q)*sin and their sum is
+// rounded to the dtype, as the three eager ops store them.
+template <typename scalar_t>
+FLOTILLA_KERNEL_TARGET_CLONES void RotateRow(scalar_t* row, const float* cos, const float* sin, float* scratch,
+                                             float* rotated, int64_t head_dim) {
+  const int64_t half = head_dim / 2;
+  LoadRow(row, scratch, head_dim);
+  for (int64_t i = 0; i < half; ++i) rotated[i] = -scratch[i + half];
+  for (int64_t i = half; i < head_dim; ++i) rotated[i] = scratch[i - half];
+#pragma omp simd
+  for (int64_t i = 0; i < head_dim; ++i) {
+    scratch[i] = scratch[i] * cos[i];
+    rotated[i] = rotated[i] * sin[i];
+  }
+  RoundRow<scalar_t>(scratch, head_dim);
+  RoundRow<scalar_t>(rotated, head_dim);
+#pragma omp simd
+  for (int64_t i = 0; i < head_dim; ++i) scratch[i] = scratch[i] + rotated[i];
+  StoreRow(scratch, row, head_dim);
+}
+
+void CheckRotaryOperand(const at::Tensor& tensor, const char* name, const at::Tensor& cos) {
+  TORCH_CHECK(tensor.dim() == 4, "RotaryEmbeddingInPlace: ", name, " must be [batch, heads, length, head_dim] but is ",
+              tensor.sizes());
+  TORCH_CHECK(tensor.size(0) == cos.size(0) && tensor.size(2) == cos.size(1) && tensor.size(3) == cos.size(2),
+              "RotaryEmbeddingInPlace: ", name, " ", tensor.sizes(), " does not match cos/sin ", cos.sizes());
+  TORCH_CHECK(tensor.size(3) == 0 || tensor.stride(3) == 1, "RotaryEmbeddingInPlace: ", name,
+              "'s last dimension must be contiguous but its strides are ", tensor.strides());
+  TORCH_CHECK(tensor.scalar_type() == cos.scalar_type(), "RotaryEmbeddingInPlace: ", name, " dtype ",
+              tensor.scalar_type(), " differs from cos/sin dtype ", cos.scalar_type());
+}
+
+}  // namespace
 
 at::Tensor RmsNorm(const at::Tensor& hidden_states, const at::Tensor& weight, double epsilon) {
+  at::Tensor no_residual;
   TORCH_CHECK(hidden_states.dim() >= 1, "RmsNorm: hidden_states must have at least one dimension");
   const int64_t hidden_size = hidden_states.size(-1);
   TORCH_CHECK(weight.dim() == 1 && weight.size(0) == hidden_size, "RmsNorm: weight must be [", hidden_size,
@@ -20,26 +188,43 @@ at::Tensor RmsNorm(const at::Tensor& hidden_states, const at::Tensor& weight, do
   at::Tensor output = at::empty_like(input);
   const int64_t rows = hidden_size == 0 ? 0 : input.numel() / hidden_size;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "RmsNorm", [&] {
-    const scalar_t* input_data = input.data_ptr<scalar_t>();
-    const scalar_t* weight_data = weight_contiguous.data_ptr<scalar_t>();
-    scalar_t* output_data = output.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const scalar_t* x = input_data + row * hidden_size;
-        scalar_t* y = output_data + row * hidden_size;
-        float sum_of_squares = 0.f;
-        for (int64_t i = 0; i < hidden_size; ++i) {
-          const float value = static_cast<float>(x[i]);
-          sum_of_squares += value * value;
-        }
-        const float inverse_rms = 1.f / std::sqrt(sum_of_squares / hidden_size + static_cast<float>(epsilon));
-        for (int64_t i = 0; i < hidden_size; ++i) {
-          // Round to the input dtype before the weight multiply, as the eager module does.
-          const scalar_t normalized = static_cast<scalar_t>(static_cast<float>(x[i]) * inverse_rms);
-          y[i] = static_cast<scalar_t>(static_cast<float>(weight_data[i]) * static_cast<float>(normalized));
-        }
-      }
-    });
+    const scalar_t* input_data = input.const_data_ptr<scalar_t>();
+    const scalar_t* weight_data = weight_contiguous.const_data_ptr<scalar_t>();
+    scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(hidden_size, 1)),
+                     [&](int64_t begin, int64_t end) {
+                       RmsNormRows<scalar_t>(input_data, nullptr, nullptr, weight_data, output_data, begin, end,
+                                             hidden_size, static_cast<float>(epsilon));
+                     });
+  });
+  return output;
+}
+
+at::Tensor FusedAddRmsNorm(const at::Tensor& hidden_states, at::Tensor& residual, const at::Tensor& weight,
+                           double epsilon) {
+  TORCH_CHECK(hidden_states.dim() >= 1, "FusedAddRmsNorm: hidden_states must have at least one dimension");
+  TORCH_CHECK(residual.sizes() == hidden_states.sizes() && residual.scalar_type() == hidden_states.scalar_type(),
+              "FusedAddRmsNorm: residual ", residual.sizes(), " ", residual.scalar_type(),
+              " must match hidden_states ", hidden_states.sizes(), " ", hidden_states.scalar_type());
+  TORCH_CHECK(residual.is_contiguous(), "FusedAddRmsNorm: residual is written in place and must be contiguous");
+  const int64_t hidden_size = hidden_states.size(-1);
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == hidden_size, "FusedAddRmsNorm: weight must be [", hidden_size,
+              "] but is ", weight.sizes());
+  TORCH_CHECK(weight.scalar_type() == hidden_states.scalar_type(), "FusedAddRmsNorm: weight dtype ",
+              weight.scalar_type(), " differs from hidden_states dtype ", hidden_states.scalar_type());
+  const at::Tensor input = hidden_states.contiguous();
+  const at::Tensor weight_contiguous = weight.contiguous();
+  at::Tensor output = at::empty_like(input);
+  const int64_t rows = hidden_size == 0 ? 0 : input.numel() / hidden_size;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "FusedAddRmsNorm", [&] {
+    scalar_t* residual_data = residual.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(hidden_size, 1)),
+                     [&](int64_t begin, int64_t end) {
+                       RmsNormRows<scalar_t>(input.const_data_ptr<scalar_t>(), residual_data, residual_data,
+                                             weight_contiguous.const_data_ptr<scalar_t>(),
+                                             output.mutable_data_ptr<scalar_t>(), begin, end, hidden_size,
+                                             static_cast<float>(epsilon));
+                     });
   });
   return output;
 }
@@ -54,23 +239,76 @@ at::Tensor SiluAndMul(const at::Tensor& gate_and_up) {
   at::Tensor output = at::empty(output_shape, input.options());
   const int64_t rows = width == 0 ? 0 : input.numel() / (2 * width);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "SiluAndMul", [&] {
-    const scalar_t* input_data = input.data_ptr<scalar_t>();
-    scalar_t* output_data = output.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const scalar_t* gate = input_data + row * 2 * width;
-        const scalar_t* up = gate + width;
-        scalar_t* y = output_data + row * width;
-        for (int64_t i = 0; i < width; ++i) {
-          const float g = static_cast<float>(gate[i]);
-          // silu rounds to the input dtype before the multiply, as F.silu(gate) * up does.
-          const scalar_t activated = static_cast<scalar_t>(g / (1.f + std::exp(-g)));
-          y[i] = static_cast<scalar_t>(static_cast<float>(activated) * static_cast<float>(up[i]));
-        }
-      }
+    const scalar_t* input_data = input.const_data_ptr<scalar_t>();
+    scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)), [&](int64_t begin, int64_t end) {
+      SiluAndMulRows<scalar_t>(input_data, 2 * width, input_data + width, 2 * width, output_data, begin, end, width);
     });
   });
   return output;
+}
+
+at::Tensor SiluAndMul(const at::Tensor& gate, const at::Tensor& up) {
+  TORCH_CHECK(gate.dim() >= 1 && gate.sizes() == up.sizes() && gate.scalar_type() == up.scalar_type(),
+              "SiluAndMul: gate ", gate.sizes(), " ", gate.scalar_type(), " and up ", up.sizes(), " ",
+              up.scalar_type(), " must have one shape and dtype");
+  const int64_t width = gate.size(-1);
+  const at::Tensor gate_contiguous = gate.contiguous();
+  const at::Tensor up_contiguous = up.contiguous();
+  at::Tensor output = at::empty(gate.sizes(), gate.options());
+  const int64_t rows = width == 0 ? 0 : gate.numel() / width;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, gate.scalar_type(), "SiluAndMul", [&] {
+    const scalar_t* gate_data = gate_contiguous.const_data_ptr<scalar_t>();
+    const scalar_t* up_data = up_contiguous.const_data_ptr<scalar_t>();
+    scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)), [&](int64_t begin, int64_t end) {
+      SiluAndMulRows<scalar_t>(gate_data, width, up_data, width, output_data, begin, end, width);
+    });
+  });
+  return output;
+}
+
+void RotaryEmbeddingInPlace(at::Tensor& query, at::Tensor& key, const at::Tensor& cos, const at::Tensor& sin) {
+  TORCH_CHECK(cos.dim() == 3 && sin.sizes() == cos.sizes() && sin.scalar_type() == cos.scalar_type(),
+              "RotaryEmbeddingInPlace: cos ", cos.sizes(), " and sin ", sin.sizes(),
+              " must both be [batch, length, head_dim] of one dtype");
+  TORCH_CHECK(cos.size(2) % 2 == 0, "RotaryEmbeddingInPlace: head_dim must be even but is ", cos.size(2));
+  CheckRotaryOperand(query, "query", cos);
+  CheckRotaryOperand(key, "key", cos);
+  const int64_t batch = cos.size(0);
+  const int64_t length = cos.size(1);
+  const int64_t head_dim = cos.size(2);
+  if (batch == 0 || length == 0 || head_dim == 0) return;
+  // cos/sin in float32 once ([batch, length, head_dim]), shared by every head.
+  const at::Tensor cos_float = cos.to(at::kFloat).contiguous();
+  const at::Tensor sin_float = sin.to(at::kFloat).contiguous();
+  const int64_t query_heads = query.size(1);
+  const int64_t key_heads = key.size(1);
+  const int64_t rows_per_position = query_heads + key_heads;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, query.scalar_type(), "RotaryEmbeddingInPlace", [&] {
+    scalar_t* query_data = query.mutable_data_ptr<scalar_t>();
+    scalar_t* key_data = key.mutable_data_ptr<scalar_t>();
+    const float* cos_data = cos_float.const_data_ptr<float>();
+    const float* sin_data = sin_float.const_data_ptr<float>();
+    at::parallel_for(0, batch * length * rows_per_position, std::max<int64_t>(1, 4096 / head_dim),
+                     [&](int64_t begin, int64_t end) {
+                       std::vector<float> scratch(static_cast<size_t>(head_dim)), rotated(static_cast<size_t>(head_dim));
+                       for (int64_t item = begin; item < end; ++item) {
+                         const int64_t row = item % rows_per_position;
+                         const int64_t position = (item / rows_per_position) % length;
+                         const int64_t batch_index = item / rows_per_position / length;
+                         scalar_t* target =
+                             row < query_heads
+                                 ? query_data + batch_index * query.stride(0) + row * query.stride(1) +
+                                       position * query.stride(2)
+                                 : key_data + batch_index * key.stride(0) + (row - query_heads) * key.stride(1) +
+                                       position * key.stride(2);
+                         const int64_t offset = (batch_index * length + position) * head_dim;
+                         RotateRow<scalar_t>(target, cos_data + offset, sin_data + offset, scratch.data(),
+                                             rotated.data(), head_dim);
+                       }
+                     });
+  });
 }
 
 }  // namespace flotilla::kernels::cpu

@@ -1,11 +1,33 @@
-// CPU twins of the CUDA kernels (see kernels/kernels.h for the contract).
+// CPU twins of the CUDA kernels (see kernels/kernels.h for what each computes). Vectorised loops
+// (cloned for AVX2+FMA, chosen at load time) over rows split with at::parallel_for.
 #pragma once
 
+#include <cstdint>
+#include <optional>
+#include <vector>
+
 #include <ATen/Tensor.h>
+
+#include "kernels/kernels.h"
 
 namespace flotilla::kernels::cpu {
 
 at::Tensor RmsNorm(const at::Tensor& hidden_states, const at::Tensor& weight, double epsilon);
+at::Tensor FusedAddRmsNorm(const at::Tensor& hidden_states, at::Tensor& residual, const at::Tensor& weight,
+                           double epsilon);
 at::Tensor SiluAndMul(const at::Tensor& gate_and_up);
+at::Tensor SiluAndMul(const at::Tensor& gate, const at::Tensor& up);
+void RotaryEmbeddingInPlace(at::Tensor& query, at::Tensor& key, const at::Tensor& cos, const at::Tensor& sin);
+
+void PagedAttention(const at::Tensor& query_tokens, const at::Tensor& key_pool, const at::Tensor& value_pool,
+                    at::Tensor& output_tokens, const std::vector<PagedAttentionToken>& tokens, double scaling,
+                    std::optional<double> softcap);
+
+// Decode-sized linear: input [..., in] with at most 2 rows, weight [out, in] contiguous, float32
+// (or bfloat16 input with bfloat16 weight), bias [out] or undefined. Each output is a float32 dot
+// product in a fixed order (independent of the thread count), rounded once to the input dtype, as
+// a float32-accumulating GEMM rounds. Parallel over output features.
+bool SkinnyLinearApplies(const at::Tensor& input, const at::Tensor& weight);
+at::Tensor SkinnyLinear(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias);
 
 }  // namespace flotilla::kernels::cpu

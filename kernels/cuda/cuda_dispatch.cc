@@ -57,4 +57,66 @@ at::Tensor SiluAndMul(const at::Tensor& gate_and_up) {
   return output;
 }
 
+at::Tensor FusedAddRmsNorm(const at::Tensor& hidden_states, at::Tensor& residual, const at::Tensor& weight,
+                           double epsilon) {
+  const int64_t hidden_size = hidden_states.size(-1);
+  TORCH_CHECK(residual.sizes() == hidden_states.sizes() && residual.is_contiguous() &&
+                  residual.scalar_type() == hidden_states.scalar_type() && residual.device() == hidden_states.device(),
+              "FusedAddRmsNorm: residual must be a contiguous tensor shaped, typed and placed as hidden_states ",
+              hidden_states.sizes());
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == hidden_size && weight.device() == hidden_states.device() &&
+                  weight.scalar_type() == hidden_states.scalar_type(),
+              "FusedAddRmsNorm: weight must be [", hidden_size, "] on hidden_states' device and dtype but is ",
+              weight.sizes());
+  const c10::cuda::CUDAGuard device_guard(hidden_states.device());
+  const at::Tensor input = hidden_states.contiguous();
+  const at::Tensor weight_contiguous = weight.contiguous();
+  at::Tensor output = at::empty_like(input);
+  const int64_t rows = hidden_size == 0 ? 0 : input.numel() / hidden_size;
+  CheckLaunch(LaunchFusedAddRmsNorm(ElementTypeOf(input, "FusedAddRmsNorm"), input.data_ptr(), residual.data_ptr(),
+                                    weight_contiguous.data_ptr(), output.data_ptr(), rows, hidden_size,
+                                    static_cast<float>(epsilon), c10::cuda::getCurrentCUDAStream().stream()),
+              "FusedAddRmsNorm");
+  return output;
+}
+
+at::Tensor SiluAndMul(const at::Tensor& gate, const at::Tensor& up) {
+  TORCH_CHECK(gate.dim() >= 1 && gate.sizes() == up.sizes() && gate.scalar_type() == up.scalar_type() &&
+                  gate.device() == up.device(),
+              "SiluAndMul: gate ", gate.sizes(), " and up ", up.sizes(), " must have one shape, dtype and device");
+  const c10::cuda::CUDAGuard device_guard(gate.device());
+  const at::Tensor gate_contiguous = gate.contiguous();
+  const at::Tensor up_contiguous = up.contiguous();
+  at::Tensor output = at::empty_like(gate_contiguous);
+  const int64_t width = gate.size(-1);
+  const int64_t rows = width == 0 ? 0 : gate.numel() / width;
+  CheckLaunch(LaunchSiluAndMulSplit(ElementTypeOf(gate, "SiluAndMul"), gate_contiguous.data_ptr(),
+                                    up_contiguous.data_ptr(), output.data_ptr(), rows, width,
+                                    c10::cuda::getCurrentCUDAStream().stream()),
+              "SiluAndMul");
+  return output;
+}
+
+void RotaryEmbeddingInPlace(at::Tensor& query, at::Tensor& key, const at::Tensor& cos, const at::Tensor& sin) {
+  TORCH_CHECK(cos.dim() == 3 && sin.sizes() == cos.sizes() && cos.size(2) % 2 == 0,
+              "RotaryEmbeddingInPlace: cos/sin must be [batch, length, even head_dim] but are ", cos.sizes(), " and ",
+              sin.sizes());
+  for (const at::Tensor* tensor : {&query, &key}) {
+    TORCH_CHECK(tensor->dim() == 4 && tensor->size(0) == cos.size(0) && tensor->size(2) == cos.size(1) &&
+                    tensor->size(3) == cos.size(2) && (tensor->size(3) == 0 || tensor->stride(3) == 1) &&
+                    tensor->scalar_type() == cos.scalar_type() && tensor->device() == cos.device(),
+                "RotaryEmbeddingInPlace: query/key ", tensor->sizes(), " must be [batch, heads, length, head_dim] with a "
+                "contiguous last dimension, matching cos ", cos.sizes());
+  }
+  const c10::cuda::CUDAGuard device_guard(query.device());
+  const at::Tensor cos_contiguous = cos.contiguous();
+  const at::Tensor sin_contiguous = sin.contiguous();
+  RotaryShape shape{cos.size(0), cos.size(1), cos.size(2), query.size(1), key.size(1),
+                    {query.stride(0), query.stride(1), query.stride(2)}, {key.stride(0), key.stride(1), key.stride(2)}};
+  CheckLaunch(LaunchRotaryInPlace(ElementTypeOf(query, "RotaryEmbeddingInPlace"), query.data_ptr(), key.data_ptr(),
+                                  cos_contiguous.data_ptr(), sin_contiguous.data_ptr(), shape,
+                                  c10::cuda::getCurrentCUDAStream().stream()),
+              "RotaryEmbeddingInPlace");
+}
+
 }  // namespace flotilla::kernels::cuda

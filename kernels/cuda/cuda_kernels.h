@@ -14,5 +14,21 @@ cudaError_t LaunchRmsNorm(ElementType type, const void* input, const void* weigh
                           int64_t hidden_size, float epsilon, cudaStream_t stream);
 cudaError_t LaunchSiluAndMul(ElementType type, const void* input, void* output, int64_t rows, int64_t width,
                              cudaStream_t stream);
+// residual = residual + input (in place), output = RmsNorm(residual).
+cudaError_t LaunchFusedAddRmsNorm(ElementType type, const void* input, void* residual, const void* weight, void* output,
+                                  int64_t rows, int64_t hidden_size, float epsilon, cudaStream_t stream);
+// gate, up, output: contiguous rows of `width`.
+cudaError_t LaunchSiluAndMulSplit(ElementType type, const void* gate, const void* up, void* output, int64_t rows,
+                                  int64_t width, cudaStream_t stream);
+
+// query [batch, query_heads, length, head_dim] and key [batch, key_heads, length, head_dim] by their
+// strides (in elements; the last dimension contiguous); cos / sin contiguous [batch, length, head_dim].
+struct RotaryShape {
+  int64_t batch, length, head_dim, query_heads, key_heads;
+  int64_t query_strides[3];
+  int64_t key_strides[3];
+};
+cudaError_t LaunchRotaryInPlace(ElementType type, void* query, void* key, const void* cos, const void* sin,
+                                const RotaryShape& shape, cudaStream_t stream);
 
 }  // namespace flotilla::kernels::cuda

@@ -26,6 +26,7 @@
 #include "models/cache.h"
 #include "models/config.h"
 #include "models/debugger.h"
+#include "models/kernelize.h"
 #include "models/layers.h"
 #include "models/masks.h"
 #include "models/modeling_utils.h"
@@ -108,6 +109,8 @@ class MistralRMSNormImpl : public torch::nn::Module {
   at::Tensor weight;
   double variance_epsilon;
 };
+// Replaceable by an "RMSNorm" kernel (models/kernelize.h), as @use_kernel_forward_from_hub("RMSNorm").
+using MistralRMSNorm = UseKernelForward<MistralRMSNormImpl, KernelLayer::kRmsNorm>;
 
 // ---- block: MistralRotaryEmbedding ----
 class MistralRotaryEmbeddingImpl : public torch::nn::Module {
@@ -155,6 +158,8 @@ std::pair<at::Tensor, at::Tensor> ApplyRotaryPosEmb(const at::Tensor& q, const a
   at::Tensor k_embed = (k * cos) + (RotateHalf(k) * sin);
   return {q_embed, k_embed};
 }
+// Replaceable by a "RotaryEmbedding" kernel (models/kernelize.h), which rotates q and k in place.
+const UseKernelRotary ApplyRotaryPosEmbWithKernel{ApplyRotaryPosEmb};
 
 // ---- block: MistralMLP ----
 class MistralMLPImpl : public torch::nn::Module {
@@ -172,6 +177,8 @@ class MistralMLPImpl : public torch::nn::Module {
 
   Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
+// Replaceable by a "SiluAndMul" kernel (models/kernelize.h): down_proj(kernel(gate_proj(x), up_proj(x))).
+using MistralMLP = UseKernelForward<MistralMLPImpl, KernelLayer::kSiluAndMul>;
 
 // ---- block: EagerAttentionForward ----
 // The reference attention: scores, additive mask, float32 softmax, weighted values.
@@ -216,7 +223,7 @@ class MistralAttentionImpl : public torch::nn::Module {
     at::Tensor value_states = v_proj->forward(hidden_states).view({batch, length, -1, head_dim}).transpose(1, 2);
 
     const auto& [cos, sin] = position_embeddings;
-    std::tie(query_states, key_states) = ApplyRotaryPosEmb(query_states, key_states, cos, sin);
+    std::tie(query_states, key_states) = ApplyRotaryPosEmbWithKernel(query_states, key_states, cos, sin);
 
     if (past_key_values != nullptr) {
       std::tie(key_states, value_states) = past_key_values->Update(key_states, value_states, layer_idx_);
@@ -252,11 +259,11 @@ class MistralDecoderLayerImpl : public torch::nn::Module {
  public:
   MistralDecoderLayerImpl(std::shared_ptr<MistralConfig> config, int64_t layer_idx) {
     self_attn = register_module("self_attn", std::make_shared<MistralAttentionImpl>(config, layer_idx));
-    mlp = register_module("mlp", std::make_shared<MistralMLPImpl>(*config));
+    mlp = register_module("mlp", std::make_shared<MistralMLP>(*config));
     input_layernorm = register_module("input_layernorm",
-                                      std::make_shared<MistralRMSNormImpl>(config->hidden_size, config->rms_norm_eps));
+                                      std::make_shared<MistralRMSNorm>(config->hidden_size, config->rms_norm_eps));
     post_attention_layernorm = register_module(
-        "post_attention_layernorm", std::make_shared<MistralRMSNormImpl>(config->hidden_size, config->rms_norm_eps));
+        "post_attention_layernorm", std::make_shared<MistralRMSNorm>(config->hidden_size, config->rms_norm_eps));
   }
 
   at::Tensor forward(const at::Tensor& hidden_states_in, const std::optional<at::Tensor>& attention_mask,
@@ -280,9 +287,9 @@ class MistralDecoderLayerImpl : public torch::nn::Module {
   }
 
   std::shared_ptr<MistralAttentionImpl> self_attn;
-  std::shared_ptr<MistralMLPImpl> mlp;
-  std::shared_ptr<MistralRMSNormImpl> input_layernorm;
-  std::shared_ptr<MistralRMSNormImpl> post_attention_layernorm;
+  std::shared_ptr<MistralMLP> mlp;
+  std::shared_ptr<MistralRMSNorm> input_layernorm;
+  std::shared_ptr<MistralRMSNorm> post_attention_layernorm;
 };
 
 // ---- block: MistralModel ----
@@ -296,7 +303,7 @@ class MistralModel : public PreTrainedModel {
       decoder_layers.push_back(std::make_shared<MistralDecoderLayerImpl>(config_, layer_idx));
       layers->push_back(decoder_layers.back());
     }
-    norm = register_module("norm", std::make_shared<MistralRMSNormImpl>(config_->hidden_size, config_->rms_norm_eps));
+    norm = register_module("norm", std::make_shared<MistralRMSNorm>(config_->hidden_size, config_->rms_norm_eps));
     rotary_emb = register_module("rotary_emb", std::make_shared<MistralRotaryEmbeddingImpl>(config_));
   }
 
@@ -362,7 +369,7 @@ class MistralModel : public PreTrainedModel {
   Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
   std::vector<std::shared_ptr<MistralDecoderLayerImpl>> decoder_layers;
-  std::shared_ptr<MistralRMSNormImpl> norm;
+  std::shared_ptr<MistralRMSNorm> norm;
   std::shared_ptr<MistralRotaryEmbeddingImpl> rotary_emb;
 
  private:

@@ -32,6 +32,7 @@
 #include "models/cache.h"
 #include "models/config.h"
 #include "models/debugger.h"
+#include "models/kernelize.h"
 #include "models/layers.h"
 #include "models/masks.h"
 #include "models/modeling_utils.h"
@@ -129,6 +130,8 @@ class Phi3RMSNormImpl : public torch::nn::Module {
   at::Tensor weight;
   double variance_epsilon;
 };
+// Replaceable by an "RMSNorm" kernel (models/kernelize.h), as @use_kernel_forward_from_hub("RMSNorm").
+using Phi3RMSNorm = UseKernelForward<Phi3RMSNormImpl, KernelLayer::kRmsNorm>;
 
 // ---- block: Phi3RotaryEmbedding ----
 class Phi3RotaryEmbeddingImpl : public torch::nn::Module {
@@ -181,6 +184,9 @@ std::pair<at::Tensor, at::Tensor> ApplyRotaryPosEmb(const at::Tensor& q, const a
   at::Tensor k_embed = at::cat({(k_rot * cos) + (RotateHalf(k_rot) * sin), k_pass}, -1);
   return {q_embed, k_embed};
 }
+// Replaceable by a "RotaryEmbedding" kernel (models/kernelize.h) when the rotary covers whole heads
+// (partial_rotary_factor 1); a partial rotary keeps this eager function.
+const UseKernelRotary ApplyRotaryPosEmbWithKernel{ApplyRotaryPosEmb};
 
 // ---- block: Phi3MLP ----
 class Phi3MLPImpl : public torch::nn::Module {
@@ -199,6 +205,9 @@ class Phi3MLPImpl : public torch::nn::Module {
 
   Linear gate_up_proj{nullptr}, down_proj{nullptr};
 };
+// Replaceable by a "SiluAndMul" kernel (models/kernelize.h): down_proj(kernel(gate, up)) over the
+// two halves of gate_up_proj.
+using Phi3MLP = UseKernelForward<Phi3MLPImpl, KernelLayer::kSiluAndMul>;
 
 // ---- block: EagerAttentionForward ----
 // The reference attention: scores, additive mask, float32 softmax, weighted values.
@@ -246,7 +255,7 @@ class Phi3AttentionImpl : public torch::nn::Module {
         qkv.narrow(-1, query_size + key_value_size, key_value_size).view({batch, length, -1, head_dim}).transpose(1, 2);
 
     const auto& [cos, sin] = position_embeddings;
-    std::tie(query_states, key_states) = ApplyRotaryPosEmb(query_states, key_states, cos, sin);
+    std::tie(query_states, key_states) = ApplyRotaryPosEmbWithKernel(query_states, key_states, cos, sin);
 
     if (past_key_values != nullptr) {
       std::tie(key_states, value_states) = past_key_values->Update(key_states, value_states, layer_idx_);
@@ -284,11 +293,11 @@ class Phi3DecoderLayerImpl : public torch::nn::Module {
  public:
   Phi3DecoderLayerImpl(std::shared_ptr<Phi3Config> config, int64_t layer_idx) {
     self_attn = register_module("self_attn", std::make_shared<Phi3AttentionImpl>(config, layer_idx));
-    mlp = register_module("mlp", std::make_shared<Phi3MLPImpl>(*config));
+    mlp = register_module("mlp", std::make_shared<Phi3MLP>(*config));
     input_layernorm = register_module("input_layernorm",
-                                      std::make_shared<Phi3RMSNormImpl>(config->hidden_size, config->rms_norm_eps));
+                                      std::make_shared<Phi3RMSNorm>(config->hidden_size, config->rms_norm_eps));
     post_attention_layernorm = register_module(
-        "post_attention_layernorm", std::make_shared<Phi3RMSNormImpl>(config->hidden_size, config->rms_norm_eps));
+        "post_attention_layernorm", std::make_shared<Phi3RMSNorm>(config->hidden_size, config->rms_norm_eps));
   }
 
   at::Tensor forward(const at::Tensor& hidden_states_in, const std::optional<at::Tensor>& attention_mask,
@@ -312,9 +321,9 @@ class Phi3DecoderLayerImpl : public torch::nn::Module {
   }
 
   std::shared_ptr<Phi3AttentionImpl> self_attn;
-  std::shared_ptr<Phi3MLPImpl> mlp;
-  std::shared_ptr<Phi3RMSNormImpl> input_layernorm;
-  std::shared_ptr<Phi3RMSNormImpl> post_attention_layernorm;
+  std::shared_ptr<Phi3MLP> mlp;
+  std::shared_ptr<Phi3RMSNorm> input_layernorm;
+  std::shared_ptr<Phi3RMSNorm> post_attention_layernorm;
 };
 
 // ---- block: Phi3Model ----
@@ -328,7 +337,7 @@ class Phi3Model : public PreTrainedModel {
       decoder_layers.push_back(std::make_shared<Phi3DecoderLayerImpl>(config_, layer_idx));
       layers->push_back(decoder_layers.back());
     }
-    norm = register_module("norm", std::make_shared<Phi3RMSNormImpl>(config_->hidden_size, config_->rms_norm_eps));
+    norm = register_module("norm", std::make_shared<Phi3RMSNorm>(config_->hidden_size, config_->rms_norm_eps));
     rotary_emb = register_module("rotary_emb", std::make_shared<Phi3RotaryEmbeddingImpl>(config_));
   }
 
@@ -394,7 +403,7 @@ class Phi3Model : public PreTrainedModel {
   Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
   std::vector<std::shared_ptr<Phi3DecoderLayerImpl>> decoder_layers;
-  std::shared_ptr<Phi3RMSNormImpl> norm;
+  std::shared_ptr<Phi3RMSNorm> norm;
   std::shared_ptr<Phi3RotaryEmbeddingImpl> rotary_emb;
 
  private:

@@ -117,6 +117,9 @@ std::pair<at::Tensor, at::Tensor> ApplyRotaryPosEmb(const at::Tensor& q, const a
   at::Tensor k_embed = at::cat({(k_rot * cos) + (RotateHalf(k_rot) * sin), k_pass}, -1);
   return {q_embed, k_embed};
 }
+// Replaceable by a "RotaryEmbedding" kernel (models/kernelize.h) when the rotary covers whole heads
+// (partial_rotary_factor 1); a partial rotary keeps this eager function.
+const UseKernelRotary ApplyRotaryPosEmbWithKernel{ApplyRotaryPosEmb};
 
 //! end
 
@@ -137,6 +140,9 @@ class Phi3MLPImpl : public torch::nn::Module {
 
   Linear gate_up_proj{nullptr}, down_proj{nullptr};
 };
+// Replaceable by a "SiluAndMul" kernel (models/kernelize.h): down_proj(kernel(gate, up)) over the
+// two halves of gate_up_proj.
+using Phi3MLP = UseKernelForward<Phi3MLPImpl, KernelLayer::kSiluAndMul>;
 
 //! end
 

@@ -26,6 +26,7 @@
 #include "models/cache.h"
 #include "models/config.h"
 #include "models/debugger.h"
+#include "models/kernelize.h"
 #include "models/layers.h"
 #include "models/masks.h"
 #include "models/modeling_utils.h"
@@ -124,6 +125,8 @@ class Qwen3RMSNormImpl : public torch::nn::Module {
   at::Tensor weight;
   double variance_epsilon;
 };
+// Replaceable by an "RMSNorm" kernel (models/kernelize.h), as @use_kernel_forward_from_hub("RMSNorm").
+using Qwen3RMSNorm = UseKernelForward<Qwen3RMSNormImpl, KernelLayer::kRmsNorm>;
 
 // ---- block: Qwen3RotaryEmbedding ----
 class Qwen3RotaryEmbeddingImpl : public torch::nn::Module {
@@ -171,6 +174,8 @@ std::pair<at::Tensor, at::Tensor> ApplyRotaryPosEmb(const at::Tensor& q, const a
   at::Tensor k_embed = (k * cos) + (RotateHalf(k) * sin);
   return {q_embed, k_embed};
 }
+// Replaceable by a "RotaryEmbedding" kernel (models/kernelize.h), which rotates q and k in place.
+const UseKernelRotary ApplyRotaryPosEmbWithKernel{ApplyRotaryPosEmb};
 
 // ---- block: Qwen3MLP ----
 class Qwen3MLPImpl : public torch::nn::Module {
@@ -188,6 +193,8 @@ class Qwen3MLPImpl : public torch::nn::Module {
 
   Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
+// Replaceable by a "SiluAndMul" kernel (models/kernelize.h): down_proj(kernel(gate_proj(x), up_proj(x))).
+using Qwen3MLP = UseKernelForward<Qwen3MLPImpl, KernelLayer::kSiluAndMul>;
 
 // ---- block: EagerAttentionForward ----
 // The reference attention: scores, additive mask, float32 softmax, weighted values.
@@ -238,7 +245,7 @@ class Qwen3AttentionImpl : public torch::nn::Module {
     at::Tensor value_states = v_proj->forward(hidden_states).view({batch, length, -1, head_dim}).transpose(1, 2);
 
     const auto& [cos, sin] = position_embeddings;
-    std::tie(query_states, key_states) = ApplyRotaryPosEmb(query_states, key_states, cos, sin);
+    std::tie(query_states, key_states) = ApplyRotaryPosEmbWithKernel(query_states, key_states, cos, sin);
 
     if (past_key_values != nullptr) {
       std::tie(key_states, value_states) = past_key_values->Update(key_states, value_states, layer_idx_);
@@ -276,11 +283,11 @@ class Qwen3DecoderLayerImpl : public torch::nn::Module {
  public:
   Qwen3DecoderLayerImpl(std::shared_ptr<Qwen3Config> config, int64_t layer_idx) {
     self_attn = register_module("self_attn", std::make_shared<Qwen3AttentionImpl>(config, layer_idx));
-    mlp = register_module("mlp", std::make_shared<Qwen3MLPImpl>(*config));
+    mlp = register_module("mlp", std::make_shared<Qwen3MLP>(*config));
     input_layernorm = register_module("input_layernorm",
-                                      std::make_shared<Qwen3RMSNormImpl>(config->hidden_size, config->rms_norm_eps));
+                                      std::make_shared<Qwen3RMSNorm>(config->hidden_size, config->rms_norm_eps));
     post_attention_layernorm = register_module(
-        "post_attention_layernorm", std::make_shared<Qwen3RMSNormImpl>(config->hidden_size, config->rms_norm_eps));
+        "post_attention_layernorm", std::make_shared<Qwen3RMSNorm>(config->hidden_size, config->rms_norm_eps));
   }
 
   at::Tensor forward(const at::Tensor& hidden_states_in, const std::optional<at::Tensor>& attention_mask,
@@ -304,9 +311,9 @@ class Qwen3DecoderLayerImpl : public torch::nn::Module {
   }
 
   std::shared_ptr<Qwen3AttentionImpl> self_attn;
-  std::shared_ptr<Qwen3MLPImpl> mlp;
-  std::shared_ptr<Qwen3RMSNormImpl> input_layernorm;
-  std::shared_ptr<Qwen3RMSNormImpl> post_attention_layernorm;
+  std::shared_ptr<Qwen3MLP> mlp;
+  std::shared_ptr<Qwen3RMSNorm> input_layernorm;
+  std::shared_ptr<Qwen3RMSNorm> post_attention_layernorm;
 };
 
 // ---- block: Qwen3Model ----
@@ -320,7 +327,7 @@ class Qwen3Model : public PreTrainedModel {
       decoder_layers.push_back(std::make_shared<Qwen3DecoderLayerImpl>(config_, layer_idx));
       layers->push_back(decoder_layers.back());
     }
-    norm = register_module("norm", std::make_shared<Qwen3RMSNormImpl>(config_->hidden_size, config_->rms_norm_eps));
+    norm = register_module("norm", std::make_shared<Qwen3RMSNorm>(config_->hidden_size, config_->rms_norm_eps));
     rotary_emb = register_module("rotary_emb", std::make_shared<Qwen3RotaryEmbeddingImpl>(config_));
     for (const auto& layer_type : config_->layer_types) has_sliding_layers |= layer_type == "sliding_attention";
   }
@@ -393,7 +400,7 @@ class Qwen3Model : public PreTrainedModel {
   Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
   std::vector<std::shared_ptr<Qwen3DecoderLayerImpl>> decoder_layers;
-  std::shared_ptr<Qwen3RMSNormImpl> norm;
+  std::shared_ptr<Qwen3RMSNorm> norm;
   std::shared_ptr<Qwen3RotaryEmbeddingImpl> rotary_emb;
   bool has_sliding_layers = false;
 

@@ -29,7 +29,9 @@
 #include <torch/version.h>
 
 #include "models/auto.h"
+#include "kernels/hub/hub_kernel.h"
 #include "models/generation.h"
+#include "models/kernelize.h"
 #include "services/common/logging.h"
 #include "services/common/server.h"
 #include "services/registry/names.h"
@@ -67,6 +69,10 @@ ABSL_FLAG(double, tensor_parallel_timeout, 60,
 ABSL_FLAG(std::string, tp_plan, "",
           "a JSON file holding a tensor-parallel plan that overrides the model's (base_model_tp_plan's format; "
           "\"lm_head\" names the head)");
+
+ABSL_FLAG(std::string, kernels, "",
+          "kernel mapping Name=eager|builtin|namespace/name[@revision],... for RMSNorm, SiluAndMul, RotaryEmbedding, "
+          "PagedAttention (models/kernelize.h); a hub kernel that cannot load leaves its layer eager");
 
 ABSL_DECLARE_FLAG(std::string, data_dir);
 
@@ -128,6 +134,27 @@ absl::StatusOr<nlohmann::json> PlanFromFlag() {
     return absl::InvalidArgumentError(absl::StrCat("--tp_plan ", path, ": not a JSON object of module pattern -> style"));
   }
   return plan;
+}
+
+// Before the model loads, on every rank: a mapping that does not parse fails the start; a hub
+// kernel that cannot load is logged and its layer stays eager (models/kernelize.h).
+absl::Status InstallKernelsFromFlags(const ServerOptions& options) {
+  std::string registry_address = absl::GetFlag(FLAGS_registry);
+  if (registry_address.empty() && std::getenv("FLOTILLA_REGISTRY") != nullptr) {
+    registry_address = std::getenv("FLOTILLA_REGISTRY");
+  }
+  const char* token = std::getenv("FLOTILLA_TOKEN");
+  std::string kernel_cache = absl::GetFlag(FLAGS_cache_dir);
+  if (kernel_cache.empty()) {
+    kernel_cache = options.data_directory.empty()
+                       ? (std::filesystem::temp_directory_path() / "flotilla-worker-cache").string()
+                       : (std::filesystem::path(options.data_directory) / "cache").string();
+  }
+  absl::StatusOr<models::LayerKernels> layer_kernels = models::ResolveLayerKernels(
+      absl::GetFlag(FLAGS_kernels), kernels::RegistryHubKernelLoader(registry_address, token ? token : "", kernel_cache));
+  if (!layer_kernels.ok()) return layer_kernels.status();
+  models::InstallLayerKernels(*layer_kernels);
+  return absl::OkStatus();
 }
 
 // This rank's group (null for one process): rank 0 hosts the store, the others connect.
@@ -204,6 +231,7 @@ int RunFollower(int argc, char** argv) {
   if (!plan.ok()) return fail(plan.status(), 1);
   ServerOptions options;
   options.data_directory = absl::GetFlag(FLAGS_data_dir);
+  if (absl::Status installed = InstallKernelsFromFlags(options); !installed.ok()) return fail(installed, 1);
   absl::StatusOr<std::string> folder = ResolveFolder(absl::GetFlag(FLAGS_model), options);
   if (!folder.ok()) return fail(folder.status(), 1);
   absl::StatusOr<std::shared_ptr<models::TensorParallelGroup>> group = JoinGroup(rank);
@@ -268,6 +296,7 @@ absl::StatusOr<ServiceBundle> CreateWorker(const ServerOptions& options) {
   const at::ScalarType dtype = *parsed_dtype;
   absl::StatusOr<nlohmann::json> plan = PlanFromFlag();
   if (!plan.ok()) return plan.status();
+  if (absl::Status installed = InstallKernelsFromFlags(options); !installed.ok()) return installed;
   absl::StatusOr<std::string> folder = ResolveFolder(model_flag, options);
   if (!folder.ok()) return folder.status();
   absl::StatusOr<std::shared_ptr<models::TensorParallelGroup>> group = JoinGroup(/*rank=*/0);

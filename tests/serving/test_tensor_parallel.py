@@ -22,6 +22,7 @@ from serving.test_serving import concurrently, generate_ids, metric, smollm2_pro
 
 ARCHITECTURE_CASES = ["llama_gqa_tied", "qwen2_sliding", "qwen3_qk_norm", "mistral_sliding", "phi3_gqa_partial_rotary",
                       "gemma2_softcap_sliding", "gemma3_gqa", "gpt2_tied"]
+FOUR_RANK_CASES = ["llama_mha_untied", "gemma3_mha_linear_rope_softcap", "gpt2_untied_scaled", "phi3_gqa_partial_rotary"]
 
 
 def rank_pids(agent_pid: int) -> list[int]:
@@ -40,11 +41,15 @@ def resident_bytes(pid: int) -> int:
 
 
 @pytest.mark.slow
-def test_every_decoder_architecture_serves_greedy_like_transformers_on_2_ranks(mesh, decoder_fixtures):
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_every_decoder_architecture_serves_greedy_like_transformers_on_2_and_4_ranks(mesh, decoder_fixtures,
+                                                                                    world_size):
+    # At 4 ranks, the fixtures whose heads (or, for phi3, whose projections) divide by 4.
+    cases = ARCHITECTURE_CASES if world_size == 2 else FOUR_RANK_CASES
     generator = random.Random(2)
     jobs = []
-    for case in ARCHITECTURE_CASES:
-        mesh.serve(decoder_fixtures / case, case, "--tensor_parallel_size=2", "--kv_cache_memory=4194304",
+    for case in cases:
+        mesh.serve(decoder_fixtures / case, case, f"--tensor_parallel_size={world_size}", "--kv_cache_memory=4194304",
                    "--max_num_batched_tokens=24")  # small budget: prompts are chunked
         prompts = [[generator.randint(3, 159) for _ in range(generator.randint(1, 30))] for _ in range(4)]
         budgets = [min(generator.randint(1, 24), 64 - len(prompt)) for prompt in prompts]
@@ -53,11 +58,11 @@ def test_every_decoder_architecture_serves_greedy_like_transformers_on_2_ranks(m
     results = concurrently(
         lambda case, prompt, budget, _: generate_ids(mesh, case, prompt, budget, ignore_eos=True), jobs)
     for (case, prompt, budget, reference), (ids, finish) in zip(jobs, results):
-        assert ids == reference, f"{case} on 2 ranks: prompt {prompt}"
+        assert ids == reference, f"{case} on {world_size} ranks: prompt {prompt}"
         assert finish == "length"
-    # Each replica is an agent and its two ranks.
-    for case in ARCHITECTURE_CASES:
-        assert len(rank_pids(mesh.workers[case][0].process.pid)) == 2
+    # Each replica is an agent and its ranks.
+    for case in cases:
+        assert len(rank_pids(mesh.workers[case][0].process.pid)) == world_size
 
 
 @pytest.mark.slow

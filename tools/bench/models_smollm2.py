@@ -74,10 +74,11 @@ print(json.dumps(result))
     return json.loads(output.strip().splitlines()[-1])
 
 
-def flotilla_numbers(build_dir: Path, checkpoint: Path, threads: int, prompt_length: int, steps: int) -> dict:
+def flotilla_numbers(build_dir: Path, checkpoint: Path, threads: int, prompt_length: int, steps: int,
+                     kernels: str = "") -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     output = subprocess.run([str(build_dir / "bin" / "models_bench"), str(checkpoint), "--threads", str(threads),
-                             "--prompt-length", str(prompt_length), "--decode-steps", str(steps)],
+                             "--prompt-length", str(prompt_length), "--decode-steps", str(steps), "--kernels", kernels],
                             capture_output=True, text=True, env=env, check=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -88,6 +89,9 @@ def main() -> None:
     arguments.add_argument("--build-dir", type=Path, default=REPOSITORY / "build")
     arguments.add_argument("--prompt-length", type=int, default=512)
     arguments.add_argument("--decode-steps", type=int, default=32)
+    arguments.add_argument("--kernels", default="",
+                           help="Flotilla's kernel mapping (models/kernelize.h), e.g. "
+                                "RMSNorm=builtin,SiluAndMul=builtin,RotaryEmbedding=builtin,Linear=builtin")
     options = arguments.parse_args()
     subprocess.run([sys.executable, str(REPOSITORY / "tests" / "fixtures" / "models" / "make_smollm2.py"),
                     str(CHECKPOINT_ROOT)], check=True, stdout=subprocess.DEVNULL)
@@ -99,7 +103,8 @@ def main() -> None:
     bandwidth = copy_bandwidth(torch)
     report = {"threads": options.threads, "copy_bandwidth_bytes_per_second": bandwidth}
     report["flotilla"] = flotilla_numbers(options.build_dir, checkpoint, options.threads, options.prompt_length,
-                                          options.decode_steps)
+                                          options.decode_steps, options.kernels)
+    report["kernels"] = options.kernels or "(default)"
     for implementation in ("eager", "sdpa"):
         report[f"transformers_{implementation}"] = transformers_numbers(
             checkpoint, implementation, options.threads, options.prompt_length, options.decode_steps)
@@ -129,7 +134,9 @@ def print_table(report: dict) -> None:
     flotilla, eager, sdpa = report["flotilla"], report["transformers_eager"], report["transformers_sdpa"]
     print(f"\nSmolLM2-135M float32, {report['threads']} threads; copy bandwidth "
           f"{report['copy_bandwidth_bytes_per_second'] / 1e9:.1f} GB/s, weights {flotilla['weight_bytes'] / 1e6:.0f} MB, "
-          f"batch-1 bound {report['batch1_bound_tokens_per_second']:.1f} tokens/s")
+          f"batch-1 bound {report['batch1_bound_tokens_per_second']:.1f} tokens/s; read bandwidth "
+          f"{flotilla['read_bandwidth_bytes_per_second'] / 1e9:.1f} GB/s, batch-1 read bound "
+          f"{flotilla['batch1_read_bound_tokens_per_second']:.1f} tokens/s; kernels {report['kernels']}")
     print(f"{'measurement':<30} {'flotilla':>10} {'tf eager':>10} {'tf sdpa':>10} {'flotilla vs best':>17}")
     rows = [("load seconds (lower wins)", "load_seconds", False),
             ("prefill 512 tokens/s", "prefill_tokens_per_second", True),

@@ -99,6 +99,7 @@ struct ServeOptions {
   std::string tp_plan;           // a JSON plan file overriding the model's; empty: the model's
   std::string dtype;      // empty: the worker's default
   std::string attention;  // empty: the worker's default
+  std::string kernels;    // the worker's --kernels mapping; empty: its default
   std::string task = "auto";
   int64_t kv_cache_memory = 0;  // bytes; 0: the worker's default
   int max_model_len = 0;
