@@ -197,12 +197,12 @@ using Phi3MLP = UseKernelForward<Phi3MLPImpl, KernelLayer::kSiluAndMul>;
     plan.Add("layers.*.mlp.down_proj", ParallelStyle::kRowwise);
 //! with
     // configuration_phi3.py's base_model_tp_plan: the fused outputs are gathered (their slicing and
-    // chunk need every column), the following projections split their replicated input
-    // (transformers' rowwise_split_input shards the weight as rowwise does).
+    // chunk need every column), the following projections take their slice of the replicated input.
+    // Attention runs whole on every rank, so each rank caches every key/value head.
     plan.Add("layers.*.self_attn.qkv_proj", ParallelStyle::kColwiseGatherOutput);
-    plan.Add("layers.*.self_attn.o_proj", ParallelStyle::kRowwise);
+    plan.Add("layers.*.self_attn.o_proj", ParallelStyle::kRowwiseSplitInput);
     plan.Add("layers.*.mlp.gate_up_proj", ParallelStyle::kColwiseGatherOutput);
-    plan.Add("layers.*.mlp.down_proj", ParallelStyle::kRowwise);
+    plan.Add("layers.*.mlp.down_proj", ParallelStyle::kRowwiseSplitInput);
 //! end
 
 //! edit block Phi3ForCausalLM
