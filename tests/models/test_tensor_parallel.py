@@ -66,8 +66,6 @@ def test_every_decoder_gives_the_same_logits_on_2_and_4_ranks(decoder_fixtures, 
         for world_size in (2, 4):
             if attention % world_size or key_value % world_size:
                 continue
-            if world_size == 4 and len(checked[4]) >= 4:
-                continue  # four architectures at 4 ranks keep the suite's time in bounds
             sharded, results = sharded_forward(case, tmp_path / f"{case.name}-{world_size}.safetensors", world_size)
             assert sharded is not None, f"{case.name} at {world_size} ranks: {results}"
             difference = (sharded["logits"] - single["logits"]).abs().max().item()
@@ -77,7 +75,9 @@ def test_every_decoder_gives_the_same_logits_on_2_and_4_ranks(decoder_fixtures, 
     # Every architecture ran split in two.
     for architecture in ("llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3", "gpt2"):
         assert any(name.startswith(architecture) for name in checked[2]), (architecture, checked)
-    assert len(checked[4]) == 4, checked
+    # And at 4 ranks every architecture whose fixture has heads and key/value heads divisible by 4.
+    for architecture in ("llama", "qwen3", "gemma2", "gemma3", "gpt2"):
+        assert any(name.startswith(architecture) for name in checked[4]), (architecture, checked)
 
 
 def test_a_vocab_parallel_embedding_and_its_tied_head_give_the_same_logits(decoder_fixtures, tmp_path):
