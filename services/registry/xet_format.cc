@@ -135,8 +135,12 @@ absl::StatusOr<ParsedXorb> ParseXorb(absl::string_view serialized, const XetHash
       }
     }
   }
-  if (data.size() > kXetMaxXorbBytes) {
-    return fail(absl::StrCat("chunk data of ", data.size(), " bytes exceeds the ", kXetMaxXorbBytes, "-byte limit"));
+  // The 64 MiB limit is on the chunks' bytes; the serialized form adds an 8-byte header per chunk
+  // (hf_xet fills a xorb of incompressible data to the limit, headers beyond it), so it may exceed
+  // the limit by the headers of the most chunks a xorb may hold.
+  if (data.size() > kXetMaxXorbBytes + kChunkHeaderBytes * kXetMaxXorbChunks) {
+    return fail(absl::StrCat("chunk data of ", data.size(), " bytes exceeds the ", kXetMaxXorbBytes,
+                             "-byte limit and its chunk headers"));
   }
   ParsedXorb xorb;
   std::vector<XetHashAndSize> leaves;
@@ -160,6 +164,9 @@ absl::StatusOr<ParsedXorb> ParseXorb(absl::string_view serialized, const XetHash
     xorb.unpacked_ends.push_back(static_cast<uint32_t>(unpacked));
   }
   if (xorb.chunk_hashes.empty()) return fail("no chunks");
+  if (unpacked > kXetMaxXorbBytes) {
+    return fail(absl::StrCat("chunks of ", unpacked, " bytes exceed the ", kXetMaxXorbBytes, "-byte limit"));
+  }
   xorb.data_size = data.size();
   xorb.hash = XetXorbHash(std::move(leaves));
   if (xorb.hash != expected_hash) {
