@@ -69,6 +69,9 @@ absl::StatusOr<std::map<std::string, ParallelStyle>> ShardedModuleStyles(PreTrai
     auto parsed = TensorParallelPlan::FromJson(base_entries);
     if (!parsed.ok()) return parsed.status();
     base_plan = *parsed;
+    // The model answers tensor_parallel_plan() with the plan it was sharded by (serving sizes its
+    // KV pool by which heads a rank holds).
+    model.mutable_config().tp_plan_override = base_entries;
   } else {
     base_plan = model.tensor_parallel_plan();
   }

@@ -5,6 +5,7 @@
 #include <map>
 #include <utility>
 
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
@@ -14,29 +15,44 @@ namespace flotilla::models {
 
 struct TensorParallelGroup::State {
   c10::intrusive_ptr<c10d::TCPStore> store;
+  // The model's collectives, on the backend the group was asked for.
   c10::intrusive_ptr<c10d::Backend> process_group;
+  // With a device backend (nccl): a Gloo group over the same ranks for CPU tensors — rank 0's step
+  // messages, which are built and read on the host (vLLM keeps such a "cpu group" beside its
+  // device group for the same reason). Null with gloo, whose one group serves both.
+  c10::intrusive_ptr<c10d::Backend> host_group;
   int64_t exchange_tag = 0;  // matches the ranks' send/recv pairs, in order
+
+  // The group that moves `tensor`: a host tensor goes through host_group when there is one.
+  c10d::Backend& For(const at::Tensor& tensor) const {
+    return tensor.is_cpu() && host_group ? *host_group : *process_group;
+  }
 };
 
 namespace {
 
+bool IsLoopback(const std::string& address) {
+  return address == "127.0.0.1" || address == "localhost" || address == "::1";
+}
+
+c10::intrusive_ptr<c10d::Backend> MakeGloo(const c10::intrusive_ptr<c10d::Store>& store, int rank, int world_size,
+                                           std::chrono::milliseconds timeout, bool loopback) {
+  auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+  // Each rank's own address for Gloo's pairs: loopback for a group on one machine, whatever this
+  // host's name resolves to; else the address this host's name resolves to (a pod's IP), or
+  // loopback when the name does not resolve — torchrun's default.
+  options->devices.push_back(loopback ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
+                                      : c10d::ProcessGroupGloo::createDefaultDevice());
+  // One thread: the collectives run one at a time, in the forward's order.
+  options->threads = 1;
+  return c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world_size, options);
+}
+
 std::map<std::string, TensorParallelBackendFactory>& Backends() {
   static auto* backends = new std::map<std::string, TensorParallelBackendFactory>{
       {"gloo", [](const c10::intrusive_ptr<c10d::Store>& store, int rank, int world_size,
-                  std::chrono::milliseconds timeout) -> c10::intrusive_ptr<c10d::Backend> {
-         auto options = c10d::ProcessGroupGloo::Options::create(timeout);
-         // Each rank's own address for Gloo's pairs: the one this host's name resolves to (a pod's
-         // IP), or loopback when the name does not resolve — torchrun's default.
-         options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
-         // One thread: the collectives run one at a time, in the forward's order.
-         options->threads = 1;
-         return c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world_size, options);
-       }}};
+                  std::chrono::milliseconds timeout) { return MakeGloo(store, rank, world_size, timeout, false); }}};
   return *backends;
-}
-
-bool IsLoopback(const std::string& address) {
-  return address == "127.0.0.1" || address == "localhost" || address == "::1";
 }
 
 }  // namespace
@@ -68,16 +84,17 @@ absl::StatusOr<std::shared_ptr<TensorParallelGroup>> TensorParallelGroup::Join(c
     store_options.timeout = timeout;
     state->store = c10::make_intrusive<c10d::TCPStore>(options.master_address, store_options);
 
-    if (options.backend == "gloo" && IsLoopback(options.master_address)) {
-      // A group on one machine talks over loopback, whatever this host's name resolves to.
-      auto gloo_options = c10d::ProcessGroupGloo::Options::create(timeout);
-      gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
-      gloo_options->threads = 1;
-      state->process_group = c10::make_intrusive<c10d::ProcessGroupGloo>(
-          state->store, static_cast<int>(options.rank), static_cast<int>(options.world_size), gloo_options);
+    const int rank = static_cast<int>(options.rank);
+    const int world_size = static_cast<int>(options.world_size);
+    const bool loopback = IsLoopback(options.master_address);
+    if (options.backend == "gloo") {
+      state->process_group = MakeGloo(state->store, rank, world_size, timeout, loopback);
     } else {
-      state->process_group = backend->second(state->store, static_cast<int>(options.rank),
-                                             static_cast<int>(options.world_size), timeout);
+      // Each group rendezvouses under its own prefix of the one store.
+      state->process_group = backend->second(c10::make_intrusive<c10d::PrefixStore>(options.backend, state->store),
+                                             rank, world_size, timeout);
+      state->host_group =
+          MakeGloo(c10::make_intrusive<c10d::PrefixStore>("host", state->store), rank, world_size, timeout, loopback);
     }
   } catch (const std::exception& error) {
     return absl::UnavailableError(absl::StrCat("tensor-parallel rank ", options.rank, " of ", options.world_size,
@@ -101,6 +118,7 @@ TensorParallelGroup::~TensorParallelGroup() = default;
 
 void TensorParallelGroup::AllReduceSum(at::Tensor& tensor) const {
   TORCH_CHECK(tensor.is_contiguous(), "AllReduceSum: the tensor must be contiguous");
+  c10d::Backend& process_group = state_->For(tensor);
   if (world_size_ == 2 && tensor.is_cpu()) {
     // Two CPU ranks: one exchange (each sends its partial sum and receives the other's) instead of
     // the ring's two steps through Gloo's worker queue — measured 7.8 -> 14.1 decode tokens/s for
@@ -111,15 +129,15 @@ void TensorParallelGroup::AllReduceSum(at::Tensor& tensor) const {
     at::Tensor peer = at::empty_like(tensor);
     std::vector<at::Tensor> outgoing = {tensor};
     std::vector<at::Tensor> incoming = {peer};
-    auto sent = state_->process_group->send(outgoing, peer_rank, tag);
-    auto received = state_->process_group->recv(incoming, peer_rank, tag);
+    auto sent = process_group.send(outgoing, peer_rank, tag);
+    auto received = process_group.recv(incoming, peer_rank, tag);
     received->wait();
     sent->wait();
     tensor.add_(peer);
     return;
   }
   std::vector<at::Tensor> tensors = {tensor};
-  state_->process_group->allreduce(tensors)->wait();
+  process_group.allreduce(tensors)->wait();
 }
 
 at::Tensor TensorParallelGroup::AllGather(const at::Tensor& shard, int64_t dim) const {
@@ -127,7 +145,7 @@ at::Tensor TensorParallelGroup::AllGather(const at::Tensor& shard, int64_t dim) 
   std::vector<at::Tensor> inputs = {input};
   std::vector<std::vector<at::Tensor>> outputs(1);
   for (int64_t rank = 0; rank < world_size_; ++rank) outputs[0].push_back(at::empty_like(input));
-  state_->process_group->allgather(outputs, inputs)->wait();
+  state_->For(input).allgather(outputs, inputs)->wait();
   return at::cat(outputs[0], dim);
 }
 
@@ -136,10 +154,12 @@ void TensorParallelGroup::Broadcast(at::Tensor& tensor, int64_t root) const {
   std::vector<at::Tensor> tensors = {tensor};
   c10d::BroadcastOptions broadcast_options;
   broadcast_options.rootRank = root;
-  state_->process_group->broadcast(tensors, broadcast_options)->wait();
+  state_->For(tensor).broadcast(tensors, broadcast_options)->wait();
 }
 
-void TensorParallelGroup::Barrier() const { state_->process_group->barrier()->wait(); }
+void TensorParallelGroup::Barrier() const {
+  (state_->host_group ? state_->host_group : state_->process_group)->barrier()->wait();
+}
 
 void TensorParallelGroup::SetValue(const std::string& key, const std::string& value) const {
   state_->store->set(key, std::vector<uint8_t>(value.begin(), value.end()));

@@ -19,7 +19,9 @@
 // and the conv1d_* styles the same on GPT-2's transposed weights.
 //
 // Collectives run on CPU tensors over Gloo (c10d from the torch wheel, rendezvous through a
-// TCPStore that rank 0 hosts). A collective that cannot complete within the group's timeout — a
+// TCPStore that rank 0 hosts), or on CUDA tensors over NCCL with a Gloo group beside it for the
+// host tensors a group also moves (serving's step messages): each collective picks the group by
+// its tensor's device. A collective that cannot complete within the group's timeout — a
 // peer died, the network broke — throws c10::Error out of the forward; serving treats that as the
 // end of the group (the worker exits and whoever started it restarts the whole group).
 //
@@ -76,7 +78,8 @@ class TensorParallelGroup {
   int64_t rank() const { return rank_; }
   int64_t world_size() const { return world_size_; }
 
-  // Collectives on contiguous CPU tensors; each throws c10::Error when the group is broken.
+  // Collectives on contiguous tensors (CPU, or CUDA with the nccl backend); each throws c10::Error
+  // when the group is broken.
   void AllReduceSum(at::Tensor& tensor) const;
   // The shards of every rank, concatenated in rank order along `dim`.
   at::Tensor AllGather(const at::Tensor& shard, int64_t dim) const;

@@ -57,22 +57,24 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(std::shared_ptr
     return absl::InvalidArgumentError(absl::StrCat("--kv_cache_memory ", budget, " bytes holds no KV block: one block of ",
                                                    options.block_size, " tokens takes ", bytes_per_block, " bytes"));
   }
-  auto cache = std::make_unique<models::PagedKVCache>(*spec, num_blocks, options.block_size, options.kv_dtype, at::kCPU);
+  auto cache = std::make_unique<models::PagedKVCache>(*spec, num_blocks, options.block_size, options.kv_dtype,
+                                                      options.device);
   // The cache hands the attention function what it reads: the pools (paged) or packed contexts.
   cache->SetAttentionImplementation(model->attention_implementation());
   return std::unique_ptr<ModelRunner>(new ModelRunner(std::move(model), std::move(cache), num_blocks, options.block_size,
-                                                      bytes_per_block, options.tensor_parallel_group));
+                                                      bytes_per_block, options.tensor_parallel_group, options.device));
 }
 
 ModelRunner::ModelRunner(std::shared_ptr<models::PreTrainedModel> model, std::unique_ptr<models::PagedKVCache> cache,
                          int64_t num_blocks, int64_t block_size, int64_t bytes_per_block,
-                         std::shared_ptr<models::TensorParallelGroup> group)
+                         std::shared_ptr<models::TensorParallelGroup> group, c10::Device device)
     : model_(std::move(model)),
       cache_(std::move(cache)),
       num_blocks_(num_blocks),
       block_size_(block_size),
       bytes_per_block_(bytes_per_block),
       group_(std::move(group)),
+      device_(device),
       last_message_(std::chrono::steady_clock::now()) {}
 
 at::Tensor ModelRunner::Execute(const std::vector<RunnerSequence>& sequences) {
@@ -117,18 +119,18 @@ at::Tensor ModelRunner::Execute(const std::vector<RunnerSequence>& sequences) {
 
 at::Tensor ModelRunner::Forward(const PackedStep& step) {
   models::ForwardInputs inputs;
-  inputs.input_ids = step.input_ids;
-  inputs.position_ids = step.position_ids;
+  inputs.input_ids = step.input_ids.to(device_);
+  inputs.position_ids = step.position_ids.to(device_);
   inputs.past_key_values = cache_.get();
   if (step.logits_indices.empty()) {
     inputs.logits_to_keep = 1;  // nothing samples (every sequence is mid-prompt): keep the head cheap
   } else {
-    inputs.logits_indices = at::tensor(step.logits_indices, at::kLong);
+    inputs.logits_indices = at::tensor(step.logits_indices, at::kLong).to(device_);
   }
   models::ScopedPagedBatch scope(*cache_, step.batch);
   models::ModelOutput output = model_->Forward(inputs);
   if (step.logits_indices.empty()) return at::empty({0, output.logits.size(-1)}, at::kFloat);
-  return output.logits.reshape({static_cast<int64_t>(step.logits_indices.size()), -1}).to(at::kFloat);
+  return output.logits.reshape({static_cast<int64_t>(step.logits_indices.size()), -1}).to(at::kCPU, at::kFloat);
 }
 
 // Payload of a step: [sequences, tokens, logits, then per sequence query_length, context_length,

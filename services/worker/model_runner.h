@@ -18,6 +18,9 @@
 // the process with exit code kExitTensorParallelGroupBroken: a group cannot recover in place; its
 // agent (worker_group.h) restarts all ranks, and the gateways migrate the requests meanwhile.
 //
+// On a GPU (ModelRunnerOptions::device) the steps are packed and broadcast on the host, as on a
+// CPU; only the forward's inputs cross to the device, and the logits come back.
+//
 // Thread-safety: none. One engine thread calls Execute, KeepAlive and Shutdown.
 #pragma once
 
@@ -49,6 +52,9 @@ struct ModelRunnerOptions {
   // value heads (models::KeyValueHeadShards).
   std::shared_ptr<models::TensorParallelGroup> tensor_parallel_group;
   int64_t key_value_head_shards = 1;
+  // Where the model's weights are (device.h) and so the KV pool and each step's inputs; logits
+  // come back to the host, where the sampler runs.
+  c10::Device device = c10::Device(c10::kCPU);
 };
 
 
@@ -87,7 +93,7 @@ class ModelRunner {
  private:
   ModelRunner(std::shared_ptr<models::PreTrainedModel> model, std::unique_ptr<models::PagedKVCache> cache,
               int64_t num_blocks, int64_t block_size, int64_t bytes_per_block,
-              std::shared_ptr<models::TensorParallelGroup> group);
+              std::shared_ptr<models::TensorParallelGroup> group, c10::Device device);
 
   // A step as one forward's inputs; rank 0 packs it, followers unpack rank 0's broadcast.
   struct PackedStep {
@@ -110,6 +116,7 @@ class ModelRunner {
   int64_t block_size_;
   int64_t bytes_per_block_;
   std::shared_ptr<models::TensorParallelGroup> group_;
+  c10::Device device_;
   std::chrono::steady_clock::time_point last_message_;
   std::chrono::steady_clock::time_point last_memory_report_;
   bool shut_down_ = false;

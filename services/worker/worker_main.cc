@@ -36,6 +36,7 @@
 #include "services/common/server.h"
 #include "services/registry/names.h"
 #include "services/registry/registry_client.h"
+#include "services/worker/device.h"
 #include "services/worker/gateway_registration.h"
 #include "services/worker/worker_group.h"
 #include "services/worker/worker_service.h"
@@ -49,6 +50,8 @@ ABSL_FLAG(std::string, advertise_address, "",
 ABSL_FLAG(std::string, registry, "", "registry gRPC address for references (default $FLOTILLA_REGISTRY)");
 ABSL_FLAG(std::string, cache_dir, "", "where registry models are pulled, one folder per commit (default <data_dir>/cache)");
 ABSL_FLAG(std::string, dtype, "float32", "float32 or bfloat16");
+ABSL_FLAG(std::string, device, "cpu",
+          "cpu, cuda (rank r of a tensor-parallel group on cuda:r, collectives over NCCL) or cuda:N (one rank)");
 ABSL_FLAG(std::string, attention, "", "attention implementation: paged, sdpa or eager (default: paged to generate, sdpa to embed)");
 ABSL_FLAG(int64_t, kv_cache_memory, 1LL << 30, "bytes of KV-cache blocks (keys and values of every layer)");
 ABSL_FLAG(int32_t, kv_block_size, 16, "tokens per KV-cache block");
@@ -93,6 +96,20 @@ int64_t ConfigInt(const nlohmann::json& config, std::initializer_list<const char
   return fallback;
 }
 
+// Where registry models and hub kernels are pulled: --cache_dir, else <data_dir>/cache.
+std::string CacheDirectory(const ServerOptions& options) {
+  if (!absl::GetFlag(FLAGS_cache_dir).empty()) return absl::GetFlag(FLAGS_cache_dir);
+  return options.data_directory.empty() ? (std::filesystem::temp_directory_path() / "flotilla-worker-cache").string()
+                                        : (std::filesystem::path(options.data_directory) / "cache").string();
+}
+
+// --registry, else $FLOTILLA_REGISTRY ("" when neither is set).
+std::string RegistryAddress() {
+  if (!absl::GetFlag(FLAGS_registry).empty()) return absl::GetFlag(FLAGS_registry);
+  const char* from_environment = std::getenv("FLOTILLA_REGISTRY");
+  return from_environment != nullptr ? from_environment : "";
+}
+
 absl::StatusOr<std::string> ResolveFolder(const std::string& model, const ServerOptions& options) {
   std::error_code error;
   if (std::filesystem::is_directory(model, error)) return std::filesystem::absolute(model).string();
@@ -100,19 +117,11 @@ absl::StatusOr<std::string> ResolveFolder(const std::string& model, const Server
     return absl::InvalidArgumentError(
         absl::StrCat("--model ", model, " is neither a folder nor a registry reference namespace/name[@revision]"));
   }
-  std::string address = absl::GetFlag(FLAGS_registry);
-  if (address.empty()) {
-    if (const char* from_environment = std::getenv("FLOTILLA_REGISTRY")) address = from_environment;
-  }
+  const std::string address = RegistryAddress();
   if (address.empty()) return absl::InvalidArgumentError(absl::StrCat("--model ", model, " is a registry reference: pass --registry"));
   const char* token = std::getenv("FLOTILLA_TOKEN");
   registry::RegistryClient client(address, token ? token : "");
-  std::string cache = absl::GetFlag(FLAGS_cache_dir);
-  if (cache.empty()) {
-    cache = options.data_directory.empty() ? (std::filesystem::temp_directory_path() / "flotilla-worker-cache").string()
-                                           : (std::filesystem::path(options.data_directory) / "cache").string();
-  }
-  return client.PullToCache(model, cache);
+  return client.PullToCache(model, CacheDirectory(options));
 }
 
 absl::StatusOr<at::ScalarType> DtypeFromFlag() {
@@ -139,26 +148,17 @@ absl::StatusOr<nlohmann::json> PlanFromFlag() {
 // Before the model loads, on every rank: a mapping that does not parse fails the start; a hub
 // kernel that cannot load is logged and its layer stays eager (models/kernelize.h).
 absl::Status InstallKernelsFromFlags(const ServerOptions& options) {
-  std::string registry_address = absl::GetFlag(FLAGS_registry);
-  if (registry_address.empty() && std::getenv("FLOTILLA_REGISTRY") != nullptr) {
-    registry_address = std::getenv("FLOTILLA_REGISTRY");
-  }
   const char* token = std::getenv("FLOTILLA_TOKEN");
-  std::string kernel_cache = absl::GetFlag(FLAGS_cache_dir);
-  if (kernel_cache.empty()) {
-    kernel_cache = options.data_directory.empty()
-                       ? (std::filesystem::temp_directory_path() / "flotilla-worker-cache").string()
-                       : (std::filesystem::path(options.data_directory) / "cache").string();
-  }
   absl::StatusOr<models::LayerKernels> layer_kernels = models::ResolveLayerKernels(
-      absl::GetFlag(FLAGS_kernels), kernels::RegistryHubKernelLoader(registry_address, token ? token : "", kernel_cache));
+      absl::GetFlag(FLAGS_kernels),
+      kernels::RegistryHubKernelLoader(RegistryAddress(), token ? token : "", CacheDirectory(options)));
   if (!layer_kernels.ok()) return layer_kernels.status();
   models::InstallLayerKernels(*layer_kernels);
   return absl::OkStatus();
 }
 
 // This rank's group (null for one process): rank 0 hosts the store, the others connect.
-absl::StatusOr<std::shared_ptr<models::TensorParallelGroup>> JoinGroup(int rank) {
+absl::StatusOr<std::shared_ptr<models::TensorParallelGroup>> JoinGroup(int rank, const worker::WorkerDevice& device) {
   const int world_size = absl::GetFlag(FLAGS_tensor_parallel_size);
   if (world_size < 1) return absl::InvalidArgumentError("--tensor_parallel_size must be at least 1");
   if (world_size == 1) return std::shared_ptr<models::TensorParallelGroup>();
@@ -167,42 +167,49 @@ absl::StatusOr<std::shared_ptr<models::TensorParallelGroup>> JoinGroup(int rank)
   }
   LogInfo("joining the tensor-parallel group",
           {{"rank", rank}, {"world_size", world_size},
-           {"master", absl::StrCat(absl::GetFlag(FLAGS_master_address), ":", absl::GetFlag(FLAGS_master_port))}});
+           {"master", absl::StrCat(absl::GetFlag(FLAGS_master_address), ":", absl::GetFlag(FLAGS_master_port))},
+           {"backend", device.tensor_parallel_backend}});
   return models::TensorParallelGroup::Join(
       {.rank = rank, .world_size = world_size, .master_address = absl::GetFlag(FLAGS_master_address),
        .master_port = absl::GetFlag(FLAGS_master_port),
-       .timeout = absl::Seconds(absl::GetFlag(FLAGS_tensor_parallel_timeout))});
+       .timeout = absl::Seconds(absl::GetFlag(FLAGS_tensor_parallel_timeout)),
+       .backend = device.tensor_parallel_backend});
 }
 
-// Loads the model for this rank (its shard under tensor parallelism) with the requested attention.
+// Loads the model for this rank (its shard under tensor parallelism) with the requested attention,
+// then moves it to the rank's device (from the mapped checkpoint, one copy per tensor).
 absl::StatusOr<std::shared_ptr<models::PreTrainedModel>> LoadModel(const std::string& folder, at::ScalarType dtype,
                                                                    std::shared_ptr<models::TensorParallelGroup> group,
-                                                                   const nlohmann::json& plan) {
+                                                                   const nlohmann::json& plan, c10::Device device) {
   const std::string attention = absl::GetFlag(FLAGS_attention);
   models::LoadOptions load_options{.attn_implementation = attention.empty() ? "sdpa" : attention, .dtype = dtype};
   load_options.tensor_parallel_group = std::move(group);
   load_options.tensor_parallel_plan = plan;
   try {
     models::CheckAttentionImplementation(load_options.attn_implementation);
-    return models::FromPretrained(folder, load_options);
   } catch (const c10::Error& error) {
     return absl::InvalidArgumentError(absl::StrCat("--attention ", attention, ": ", error.what_without_backtrace()));
   }
+  absl::StatusOr<std::shared_ptr<models::PreTrainedModel>> model = models::FromPretrained(folder, load_options);
+  if (!model.ok() || device.is_cpu()) return model;
+  try {
+    (*model)->to(device);
+  } catch (const c10::Error& error) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("moving the model to ", device.str(), " failed: ", error.what_without_backtrace()));
+  }
+  return model;
 }
 
 worker::ModelRunnerOptions RunnerOptions(const models::PreTrainedModel& model, at::ScalarType dtype,
-                                         std::shared_ptr<models::TensorParallelGroup> group, const nlohmann::json& plan) {
+                                         std::shared_ptr<models::TensorParallelGroup> group, c10::Device device) {
   worker::ModelRunnerOptions options{.kv_cache_memory_bytes = absl::GetFlag(FLAGS_kv_cache_memory),
                                      .block_size = absl::GetFlag(FLAGS_kv_block_size),
-                                     .kv_dtype = dtype};
+                                     .kv_dtype = dtype,
+                                     .device = device};
   if (group != nullptr) {
-    models::TensorParallelPlan parsed = model.tensor_parallel_plan();
-    if (!plan.is_null()) {
-      nlohmann::json base = plan;
-      base.erase("lm_head");
-      if (auto from_file = models::TensorParallelPlan::FromJson(base); from_file.ok()) parsed = *from_file;
-    }
-    options.key_value_head_shards = models::KeyValueHeadShards(parsed, group->world_size());
+    // The plan the loader sharded the model by (a --tp_plan file's, config.json's or the model's).
+    options.key_value_head_shards = models::KeyValueHeadShards(model.tensor_parallel_plan(), group->world_size());
     options.tensor_parallel_group = std::move(group);
   }
   return options;
@@ -229,18 +236,21 @@ int RunFollower(int argc, char** argv) {
   if (!dtype.ok()) return fail(dtype.status(), 1);
   absl::StatusOr<nlohmann::json> plan = PlanFromFlag();
   if (!plan.ok()) return fail(plan.status(), 1);
+  absl::StatusOr<worker::WorkerDevice> device =
+      worker::PrepareDevice(absl::GetFlag(FLAGS_device), rank, absl::GetFlag(FLAGS_tensor_parallel_size));
+  if (!device.ok()) return fail(device.status(), 1);
   ServerOptions options;
   options.data_directory = absl::GetFlag(FLAGS_data_dir);
   if (absl::Status installed = InstallKernelsFromFlags(options); !installed.ok()) return fail(installed, 1);
   absl::StatusOr<std::string> folder = ResolveFolder(absl::GetFlag(FLAGS_model), options);
   if (!folder.ok()) return fail(folder.status(), 1);
-  absl::StatusOr<std::shared_ptr<models::TensorParallelGroup>> group = JoinGroup(rank);
+  absl::StatusOr<std::shared_ptr<models::TensorParallelGroup>> group = JoinGroup(rank, *device);
   if (!group.ok()) return fail(group.status(), 1);
-  absl::StatusOr<std::shared_ptr<models::PreTrainedModel>> model = LoadModel(*folder, *dtype, *group, *plan);
+  absl::StatusOr<std::shared_ptr<models::PreTrainedModel>> model = LoadModel(*folder, *dtype, *group, *plan, device->device);
   if (!model.ok()) return fail(model.status(), 1);
   if (absl::GetFlag(FLAGS_attention).empty()) (*model)->SetAttentionImplementation("paged");
   absl::StatusOr<std::unique_ptr<worker::ModelRunner>> runner =
-      worker::ModelRunner::Create(*model, RunnerOptions(**model, *dtype, *group, *plan));
+      worker::ModelRunner::Create(*model, RunnerOptions(**model, *dtype, *group, device->device));
   if (!runner.ok()) return fail(runner.status(), 1);
   LogInfo("tensor-parallel follower ready", {{"rank", rank}, {"kv_cache_blocks", (*runner)->num_blocks()}});
   if (absl::Status status = (*runner)->FollowSteps(); !status.ok()) {
@@ -296,17 +306,21 @@ absl::StatusOr<ServiceBundle> CreateWorker(const ServerOptions& options) {
   const at::ScalarType dtype = *parsed_dtype;
   absl::StatusOr<nlohmann::json> plan = PlanFromFlag();
   if (!plan.ok()) return plan.status();
+  absl::StatusOr<worker::WorkerDevice> device =
+      worker::PrepareDevice(absl::GetFlag(FLAGS_device), /*rank=*/0, absl::GetFlag(FLAGS_tensor_parallel_size));
+  if (!device.ok()) return device.status();
   if (absl::Status installed = InstallKernelsFromFlags(options); !installed.ok()) return installed;
   absl::StatusOr<std::string> folder = ResolveFolder(model_flag, options);
   if (!folder.ok()) return folder.status();
-  absl::StatusOr<std::shared_ptr<models::TensorParallelGroup>> group = JoinGroup(/*rank=*/0);
+  absl::StatusOr<std::shared_ptr<models::TensorParallelGroup>> group = JoinGroup(/*rank=*/0, *device);
   if (!group.ok()) return group.status();
 
   auto served = std::make_shared<ServedModel>();
   std::string attention = absl::GetFlag(FLAGS_attention);
-  absl::StatusOr<std::shared_ptr<models::PreTrainedModel>> model = LoadModel(*folder, dtype, *group, *plan);
+  absl::StatusOr<std::shared_ptr<models::PreTrainedModel>> model = LoadModel(*folder, dtype, *group, *plan, device->device);
   if (!model.ok()) return model.status();
   served->model = *model;
+  served->device = device->device;
   const models::PretrainedConfig& config = served->model->config();
   // The class that loaded (torch::nn::Module::name() is its demangled name), not config.json's
   // architectures: a folder may name none, or a bare class may load from a head checkpoint.
@@ -348,7 +362,7 @@ absl::StatusOr<ServiceBundle> CreateWorker(const ServerOptions& options) {
 
   flotilla::v1::WorkerInfo& info = served->info;
   info.set_world_size(absl::GetFlag(FLAGS_tensor_parallel_size));
-  info.set_device("cpu");
+  info.set_device(device->device.str());
   info.set_torch_version(TORCH_VERSION);
   if (std::filesystem::is_directory(model_flag)) {
     info.mutable_model()->set_local_path(*folder);
@@ -369,7 +383,7 @@ absl::StatusOr<ServiceBundle> CreateWorker(const ServerOptions& options) {
   info.set_vocab_size(static_cast<int32_t>(ConfigInt(config.source, {"vocab_size"}, 0)));
 
   if (task == "generate") {
-    worker::ModelRunnerOptions runner_options = RunnerOptions(*served->model, dtype, *group, *plan);
+    worker::ModelRunnerOptions runner_options = RunnerOptions(*served->model, dtype, *group, device->device);
     absl::StatusOr<std::unique_ptr<worker::ModelRunner>> runner = worker::ModelRunner::Create(served->model, runner_options);
     if (!runner.ok()) return runner.status();
     const int64_t capacity = (*runner)->num_blocks() * (*runner)->block_size();

@@ -150,23 +150,25 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Forward(grpc::CallbackServerContext
         status = absl::InvalidArgumentError(absl::StrCat("Forward: input_ids: ", input_ids.status().message()));
       } else {
         models::ForwardInputs inputs;
-        inputs.input_ids = input_ids->to(at::kLong);
+        inputs.input_ids = input_ids->to(served->device, at::kLong);
         inputs.output_hidden_states = request->output_hidden_states();
         if (request->has_attention_mask()) {
           absl::StatusOr<at::Tensor> mask = TensorFromProto(request->attention_mask());
           if (!mask.ok()) {
             status = absl::InvalidArgumentError(absl::StrCat("Forward: attention_mask: ", mask.status().message()));
           } else {
-            inputs.attention_mask = mask->to(at::kLong);
+            inputs.attention_mask = mask->to(served->device, at::kLong);
           }
         }
         if (status.ok()) {
           std::lock_guard<std::mutex> lock(served->forward_mutex);
           models::ModelOutput output = served->model->Forward(inputs);
-          if (output.logits.defined()) status = TensorToProto(output.logits.to(at::kFloat), response->mutable_logits());
+          if (output.logits.defined()) {
+            status = TensorToProto(output.logits.to(at::kCPU, at::kFloat), response->mutable_logits());
+          }
           for (const at::Tensor& hidden : output.hidden_states) {
             if (!status.ok()) break;
-            status = TensorToProto(hidden.to(at::kFloat), response->add_hidden_states());
+            status = TensorToProto(hidden.to(at::kCPU, at::kFloat), response->add_hidden_states());
           }
         }
       }
@@ -343,13 +345,17 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Embed(grpc::CallbackServerContext* 
         const int64_t batch = request->inputs_size();
         at::Tensor input_ids = at::zeros({batch, longest}, at::kLong);
         at::Tensor attention_mask = at::zeros({batch, longest}, at::kLong);
+        auto id_values = input_ids.accessor<int64_t, 2>();
+        auto mask_values = attention_mask.accessor<int64_t, 2>();
         for (int64_t row = 0; row < batch; ++row) {
           const auto& ids = request->inputs(static_cast<int>(row)).ids();
           for (int64_t column = 0; column < ids.size(); ++column) {
-            input_ids[row][column] = ids[static_cast<int>(column)];
-            attention_mask[row][column] = 1;
+            id_values[row][column] = ids[static_cast<int>(column)];
+            mask_values[row][column] = 1;
           }
         }
+        input_ids = input_ids.to(served->device);
+        attention_mask = attention_mask.to(served->device);
         models::ForwardInputs inputs{.input_ids = input_ids, .attention_mask = attention_mask};
         at::Tensor vectors;
         {
@@ -363,7 +369,7 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Embed(grpc::CallbackServerContext* 
             vectors = models::SentenceEmbeddings(output.last_hidden_state, attention_mask, pooling);
           }
         }
-        vectors = vectors.to(at::kFloat).contiguous();
+        vectors = vectors.to(at::kCPU, at::kFloat).contiguous();
         for (int64_t row = 0; row < batch; ++row) {
           const float* data = vectors[row].data_ptr<float>();
           response->add_embeddings()->mutable_values()->Assign(data, data + vectors.size(1));

@@ -27,6 +27,7 @@ struct ServedModel {
   std::unique_ptr<worker::Engine> engine;        // task "generate"
   models::SentenceEmbeddingConfig pooling;       // task "embed"
   flotilla::v1::WorkerInfo info;
+  c10::Device device = c10::Device(c10::kCPU);   // where the weights are (device.h)
   std::mutex forward_mutex;                      // Embed / Forward run outside the engine
 };
 

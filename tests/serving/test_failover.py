@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 
 import pytest
 
-from serving.test_serving import concurrently, generate_ids, metric, smollm2_prompts, transformers_greedy
-from serving.test_tensor_parallel import assert_takes_traffic, rank_pids
+from serving.helpers import (assert_takes_traffic, generate_ids, metric, rank_pids, smollm2_prompts, stream_killing_once,
+                             transformers_greedy)
 
 
 @pytest.mark.slow
@@ -36,34 +35,11 @@ def test_sigkill_of_a_worker_mid_generation_loses_no_request(mesh, smollm2_folde
     prompts = prompts + seeded_prompts
     expected = expected + seeded_expected
 
-    streamed = [[] for _ in prompts]
-    started = threading.Event()
-
-    def stream(index, prompt):
-        stubs = mesh.stubs
-        request = stubs.gateway_pb2.GenerateRequest(
-            model="smollm2", prompt_ids=stubs.common_pb2.TokenIds(ids=prompt),
-            sampling=stubs.gateway_pb2.SamplingParameters(max_new_tokens=budget, ignore_eos=True,
-                                                          **samplings[index]))
-        finish = ""
-        for response in mesh.gateway_stub().Generate(request, timeout=600):
-            streamed[index].extend(response.token_ids)
-            finish = response.finish_reason or finish
-            if len(streamed[index]) >= 4:
-                started.set()
-        return finish
-
     killed = rank_pids(first.process.pid)
     assert len(killed) == 1
-
-    def kill_when_started():
-        assert started.wait(timeout=300)
-        os.kill(killed[0], signal.SIGKILL)  # the worker process itself, not its agent
-
-    killer = threading.Thread(target=kill_when_started)
-    killer.start()
-    finishes = concurrently(stream, list(enumerate(prompts)), workers=len(prompts))
-    killer.join()
+    # The worker process itself, not its agent.
+    streamed, finishes = stream_killing_once(mesh, prompts, budget, kill=lambda: os.kill(killed[0], signal.SIGKILL),
+                                             samplings=samplings)
     for index, (tokens, reference) in enumerate(zip(streamed, expected)):
         assert tokens == reference, f"request {index}"
     assert finishes == ["length"] * len(prompts)

@@ -7,91 +7,15 @@ concurrent requests, prefix caching on, and a KV budget small enough to force pr
 from __future__ import annotations
 
 import json
-import random
-import re
 import threading
 import time
-import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
-DECODER_CASES = ["llama_gqa_tied", "llama_mha_untied", "llama_rope_yarn", "qwen2_sliding", "qwen3_qk_norm",
-                 "mistral_sliding", "gpt2_tied", "gpt2_untied_scaled", "phi3_gqa_partial_rotary",
-                 "gemma2_softcap_sliding", "gemma2_mha_untied", "gemma3_gqa", "gemma3_mha_linear_rope_softcap"]
-
-
-def transformers_greedy(folder, prompts, max_new_tokens, eos=True):
-    """transformers' generate, one prompt at a time (the reference the issue names)."""
-    import transformers  # noqa: PLC0415
-
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    outputs = []
-    for prompt, budget in zip(prompts, max_new_tokens):
-        ids = torch.tensor([prompt])
-        kwargs = dict(max_new_tokens=budget, do_sample=False, attention_mask=torch.ones_like(ids))
-        if not eos:
-            kwargs.update(eos_token_id=None, pad_token_id=0)
-        with torch.no_grad():
-            generated = model.generate(ids, **kwargs)
-        outputs.append(generated[0, len(prompt):].tolist())
-    return outputs
-
-
-def generate_ids(mesh, name, prompt, max_tokens, **sampling):
-    stubs = mesh.stubs
-    request = stubs.gateway_pb2.GenerateRequest(
-        model=name, prompt_ids=stubs.common_pb2.TokenIds(ids=prompt),
-        sampling=stubs.gateway_pb2.SamplingParameters(max_new_tokens=max_tokens, **sampling))
-    ids, finish = [], ""
-    for response in mesh.gateway_stub().Generate(request, timeout=600):
-        ids.extend(response.token_ids)
-        finish = response.finish_reason or finish
-    return ids, finish
-
-
-def concurrently(function, arguments, workers=64):
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda item: function(*item), arguments))
-
-
-def metric(url, name, labels=""):
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    pattern = re.compile(rf"^{re.escape(name)}(\{{[^}}]*\}})?\s+([0-9.eE+-]+)$", re.M)
-    total = 0.0
-    for match in pattern.finditer(text):
-        if labels in (match.group(1) or ""):
-            total += float(match.group(2))
-    return total
-
-
-def post(url, body, content_type="application/json"):
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": content_type}, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read()), dict(response.headers)
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read()), dict(error.headers)
-
-
-def smollm2_prompts(smollm2_folder, count, seed=0):
-    """Real text prompts of different lengths, tokenized with SmolLM2's own tokenizer."""
-    import transformers  # noqa: PLC0415
-
-    tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_folder)
-    words = ("the river runs past an old mill where children learn to count stones and the miller tells "
-             "stories of winters long ago when the water froze and the wheel stood still for a month").split()
-    generator = random.Random(seed)
-    prompts = []
-    for _ in range(count):
-        length = generator.randint(1, 60)
-        prompts.append(tokenizer.encode(" ".join(generator.choice(words) for _ in range(length))))
-    return prompts
-
+from serving.helpers import (DECODER_CASES, concurrently, generate_ids, metric, post, serve_and_compare_greedy,
+                             smollm2_prompts, transformers_greedy)
 
 @pytest.mark.slow
 def test_64_concurrent_greedy_requests_equal_transformers_one_at_a_time(smollm2_mesh, smollm2_folder):
@@ -114,20 +38,8 @@ def test_every_decoder_architecture_serves_greedy_like_transformers(mesh, decode
     # sdpa has no softcapping (as in transformers): gemma2's softcapped case serves with paged or eager.
     cases = DECODER_CASES if attention == "paged" else ["llama_gqa_tied", "mistral_sliding", "gemma2_mha_untied",
                                                         "gemma3_gqa", "gpt2_tied", "phi3_gqa_partial_rotary"]
-    generator = random.Random(1)
-    jobs = []
-    for case in cases:
-        mesh.serve(decoder_fixtures / case, case, f"--attention={attention}", "--kv_cache_memory=4194304",
-                   "--max_num_batched_tokens=24")  # small budget: prompts are chunked
-        prompts = [[generator.randint(3, 159) for _ in range(generator.randint(1, 30))] for _ in range(6)]
-        budgets = [min(generator.randint(1, 24), 64 - len(prompt)) for prompt in prompts]
-        expected = transformers_greedy(decoder_fixtures / case, prompts, budgets, eos=False)
-        jobs.extend((case, prompt, budget, reference) for prompt, budget, reference in zip(prompts, budgets, expected))
-    results = concurrently(
-        lambda case, prompt, budget, _: generate_ids(mesh, case, prompt, budget, ignore_eos=True), jobs)
-    for (case, prompt, budget, reference), (ids, finish) in zip(jobs, results):
-        assert ids == reference, f"{case} ({attention}): prompt {prompt}"
-        assert finish == "length"
+    serve_and_compare_greedy(mesh, decoder_fixtures, cases, [f"--attention={attention}"], seed=1, prompts_per_case=6,
+                             label=attention)
 
 
 def test_sdpa_on_a_softcapped_model_is_refused_at_start(mesh, decoder_fixtures):

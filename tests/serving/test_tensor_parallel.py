@@ -7,30 +7,21 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import binary
-from serving.test_serving import concurrently, generate_ids, metric, smollm2_prompts, transformers_greedy
+from serving.helpers import (assert_takes_traffic, concurrently, generate_ids, metric, rank_pids, serve_and_compare_greedy,
+                             smollm2_prompts, stream_killing_once, transformers_greedy)
 
 ARCHITECTURE_CASES = ["llama_gqa_tied", "qwen2_sliding", "qwen3_qk_norm", "mistral_sliding", "phi3_gqa_partial_rotary",
                       "gemma2_softcap_sliding", "gemma3_gqa", "gpt2_tied"]
 FOUR_RANK_CASES = ["llama_mha_untied", "gemma3_mha_linear_rope_softcap", "gpt2_untied_scaled", "phi3_gqa_partial_rotary"]
-
-
-def rank_pids(agent_pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{agent_pid}/task/{agent_pid}/children").read_text()
-    except FileNotFoundError:
-        return []
-    return sorted(int(pid) for pid in text.split())
 
 
 def resident_bytes(pid: int) -> int:
@@ -46,20 +37,8 @@ def test_every_decoder_architecture_serves_greedy_like_transformers_on_2_and_4_r
                                                                                     world_size):
     # At 4 ranks, the fixtures whose heads (or, for phi3, whose projections) divide by 4.
     cases = ARCHITECTURE_CASES if world_size == 2 else FOUR_RANK_CASES
-    generator = random.Random(2)
-    jobs = []
-    for case in cases:
-        mesh.serve(decoder_fixtures / case, case, f"--tensor_parallel_size={world_size}", "--kv_cache_memory=4194304",
-                   "--max_num_batched_tokens=24")  # small budget: prompts are chunked
-        prompts = [[generator.randint(3, 159) for _ in range(generator.randint(1, 30))] for _ in range(4)]
-        budgets = [min(generator.randint(1, 24), 64 - len(prompt)) for prompt in prompts]
-        expected = transformers_greedy(decoder_fixtures / case, prompts, budgets, eos=False)
-        jobs.extend((case, prompt, budget, reference) for prompt, budget, reference in zip(prompts, budgets, expected))
-    results = concurrently(
-        lambda case, prompt, budget, _: generate_ids(mesh, case, prompt, budget, ignore_eos=True), jobs)
-    for (case, prompt, budget, reference), (ids, finish) in zip(jobs, results):
-        assert ids == reference, f"{case} on {world_size} ranks: prompt {prompt}"
-        assert finish == "length"
+    serve_and_compare_greedy(mesh, decoder_fixtures, cases, [f"--tensor_parallel_size={world_size}"], seed=2,
+                             prompts_per_case=4, label=f"{world_size} ranks")
     # Each replica is an agent and its ranks.
     for case in cases:
         assert len(rank_pids(mesh.workers[case][0].process.pid)) == world_size
@@ -134,30 +113,7 @@ def test_sigkill_of_a_non_zero_rank_mid_generation_loses_no_request_and_the_grou
     ranks_before = rank_pids(group.process.pid)
     assert len(ranks_before) == 3
 
-    streamed = [[] for _ in prompts]
-    started = threading.Event()
-
-    def stream(index, prompt):
-        stubs = mesh.stubs
-        request = stubs.gateway_pb2.GenerateRequest(
-            model="smollm2", prompt_ids=stubs.common_pb2.TokenIds(ids=prompt),
-            sampling=stubs.gateway_pb2.SamplingParameters(max_new_tokens=budget, ignore_eos=True))
-        finish = ""
-        for response in mesh.gateway_stub().Generate(request, timeout=600):
-            streamed[index].extend(response.token_ids)
-            finish = response.finish_reason or finish
-            if len(streamed[index]) >= 4:
-                started.set()
-        return finish
-
-    def kill_rank_1_when_started():
-        assert started.wait(timeout=300)
-        os.kill(ranks_before[1], signal.SIGKILL)
-
-    killer = threading.Thread(target=kill_rank_1_when_started)
-    killer.start()
-    finishes = concurrently(stream, list(enumerate(prompts)), workers=16)
-    killer.join()
+    streamed, finishes = stream_killing_once(mesh, prompts, budget, kill=lambda: os.kill(ranks_before[1], signal.SIGKILL))
     for index, (tokens, reference) in enumerate(zip(streamed, expected)):
         assert tokens == reference, f"request {index}"
     assert finishes == ["length"] * len(prompts)
@@ -176,14 +132,3 @@ def test_sigkill_of_a_non_zero_rank_mid_generation_loses_no_request_and_the_grou
     # It takes traffic again: its new rank 0 (new ports, in the rewritten ready file) serves requests.
     ready = json.loads((mesh.directory / "smollm2-0" / "worker.ready").read_text())
     assert_takes_traffic(mesh, f"http://{ready['http_address']}/metrics", prompts, expected)
-
-
-def assert_takes_traffic(mesh, metrics_url, prompts, expected, rounds=6):
-    """Rounds of 8 concurrent greedy requests (still equal to the reference) until the replica at
-    metrics_url has generated tokens: the router spreads load, so it gets some within a few rounds."""
-    for _ in range(rounds):
-        results = concurrently(lambda prompt: generate_ids(mesh, "smollm2", prompt, 4), [(p,) for p in prompts[:8]])
-        assert [ids for ids, _ in results] == [reference[:4] for reference in expected[:8]]
-        if metric(metrics_url, "flotilla_generation_tokens_total") > 0:
-            return
-    raise AssertionError(f"{metrics_url}: the restarted replica got no request in {rounds} rounds")

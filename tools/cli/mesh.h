@@ -100,6 +100,7 @@ struct ServeOptions {
   std::string dtype;      // empty: the worker's default
   std::string attention;  // empty: the worker's default
   std::string kernels;    // the worker's --kernels mapping; empty: its default
+  std::string device;     // cpu, cuda or cuda:N; empty: the worker's default (cpu)
   std::string task = "auto";
   int64_t kv_cache_memory = 0;  // bytes; 0: the worker's default
   int max_model_len = 0;

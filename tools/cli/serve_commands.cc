@@ -231,6 +231,7 @@ void ServeModel(const ServeOptions& options) {
       if (!options.dtype.empty()) arguments.push_back(absl::StrCat("--dtype=", options.dtype));
       if (!options.attention.empty()) arguments.push_back(absl::StrCat("--attention=", options.attention));
       if (!options.kernels.empty()) arguments.push_back(absl::StrCat("--kernels=", options.kernels));
+      if (!options.device.empty()) arguments.push_back(absl::StrCat("--device=", options.device));
       if (options.task != "auto") arguments.push_back(absl::StrCat("--task=", options.task));
       if (options.kv_cache_memory > 0) arguments.push_back(absl::StrCat("--kv_cache_memory=", options.kv_cache_memory));
       if (options.max_model_len > 0) arguments.push_back(absl::StrCat("--max_model_len=", options.max_model_len));
@@ -346,6 +347,8 @@ void AddServeCommands(CLI::App& app) {
   serve->add_option("--kernels", options->kernels,
                     "Kernel mapping Name=eager|builtin|namespace/name[@revision],... for RMSNorm, SiluAndMul, "
                     "RotaryEmbedding, PagedAttention (default: the worker's)");
+  serve->add_option("--device", options->device,
+                    "cpu, cuda (rank r of each replica on GPU r, collectives over NCCL) or cuda:N (default: cpu)");
   serve->add_option("--kv-cache-memory", options->kv_cache_memory, "Bytes of KV cache per worker (default: the worker's)")
       ->check(CLI::PositiveNumber);
   serve->add_option("--max-model-len", options->max_model_len, "Longest sequence, prompt and output (default: the model's)")
