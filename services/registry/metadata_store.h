@@ -1,16 +1,18 @@
 // The registry's metadata: repositories, commits, file trees, branches and tags.
 //
-// MetadataStore is the interface (a PostgreSQL backend for several registry replicas implements it
-// in the deploy work); SqliteMetadataStore is the embedded default (one file, WAL journal).
+// MetadataStore is the interface; SqlMetadataStore implements it over a SqlDatabase: SQLite (the
+// embedded default, one file, WAL journal) or PostgreSQL (shared by several registry replicas).
 //
-//   auto store = SqliteMetadataStore::Open("/var/lib/flotilla/registry/metadata.sqlite3");
+//   auto store = SqlMetadataStore::Open("/var/lib/flotilla/registry/metadata.sqlite3");
+//   // or SqlMetadataStore::Open("postgresql://registry@db:5432/flotilla")
 //   (*store)->CreateRepository("acme", "llama", /*kind=*/1, /*exist_ok=*/false);
 //   auto commit = (*store)->CommitToBranch("acme", "llama", "main", /*expected_parent=*/std::nullopt,
 //                                          "alice", "first weights", absl::Now(), files);
 //
 // Commit ids are computed as git computes them (see Note [Commit ids]), so they are 40 lowercase
 // hex digits, which huggingface_hub requires. A commit and its branch move happen in one
-// transaction: readers see the old tree or the new one, never a mix. Thread-safe.
+// transaction: readers see the old tree or the new one, never a mix, on every replica (see Note
+// [Commits on PostgreSQL] in metadata_store.cc for the locks). Thread-safe.
 #pragma once
 
 #include <cstdint>
@@ -25,7 +27,7 @@
 #include <absl/status/statusor.h>
 #include <absl/time/time.h>
 
-struct sqlite3;
+#include "services/registry/sql_database.h"
 
 namespace flotilla::registry {
 
@@ -119,10 +121,12 @@ class MetadataStore {
   virtual absl::Status DeleteOrphanTrees() = 0;
 };
 
-class SqliteMetadataStore final : public MetadataStore {
+class SqlMetadataStore final : public MetadataStore {
  public:
-  static absl::StatusOr<std::unique_ptr<SqliteMetadataStore>> Open(const std::string& path);
-  ~SqliteMetadataStore() override;
+  // A SQLite file path or a postgresql:// URL (see OpenSqlDatabase); creates the tables.
+  static absl::StatusOr<std::unique_ptr<SqlMetadataStore>> Open(const std::string& location);
+  // Over an open database (the registry shares one PostgreSQL pool with the Xet store).
+  static absl::StatusOr<std::unique_ptr<SqlMetadataStore>> Open(std::shared_ptr<SqlDatabase> database);
 
   absl::StatusOr<RepositoryRecord> CreateRepository(const std::string& namespace_name, const std::string& name,
                                                     int kind, bool exist_ok) override;
@@ -149,13 +153,17 @@ class SqliteMetadataStore final : public MetadataStore {
   absl::StatusOr<int64_t> LogicalBytes() override;
   absl::Status DeleteOrphanTrees() override;
 
- private:
-  explicit SqliteMetadataStore(sqlite3* database) : database_(database) {}
-  absl::StatusOr<int64_t> RepositoryId(const std::string& namespace_name, const std::string& name);
-  absl::StatusOr<RepositoryRecord> GetRepositoryLocked(const std::string& namespace_name, const std::string& name);
+  SqlDatabase& database() { return *database_; }
 
-  std::mutex mutex_;  // one connection, used by one thread at a time
-  sqlite3* database_;
+ private:
+  explicit SqlMetadataStore(std::shared_ptr<SqlDatabase> database) : database_(std::move(database)) {}
+  // The repository's id; `lock` takes its row lock (PostgreSQL) until the transaction ends.
+  absl::StatusOr<int64_t> RepositoryId(SqlSession& session, const std::string& namespace_name,
+                                       const std::string& name, bool lock = false);
+  absl::StatusOr<RepositoryRecord> GetRepositoryIn(SqlSession& session, const std::string& namespace_name,
+                                                   const std::string& name);
+
+  std::shared_ptr<SqlDatabase> database_;
 };
 
 }  // namespace flotilla::registry

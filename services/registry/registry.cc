@@ -33,7 +33,7 @@ absl::Status ValidateRepository(const std::string& namespace_name, const std::st
 absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& options) {
   std::error_code error;
   std::filesystem::create_directories(options.data_directory, error);
-  auto metadata = SqliteMetadataStore::Open(options.data_directory + "/metadata.sqlite3");
+  auto metadata = SqlMetadataStore::Open(options.data_directory + "/metadata.sqlite3");
   if (!metadata.ok()) return metadata.status();
   auto blobs = LocalBlobStore::Open(options.data_directory, options.stale_partial_age);
   if (!blobs.ok()) return blobs.status();
