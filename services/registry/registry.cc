@@ -33,12 +33,21 @@ absl::Status ValidateRepository(const std::string& namespace_name, const std::st
 absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& options) {
   std::error_code error;
   std::filesystem::create_directories(options.data_directory, error);
-  auto metadata = SqlMetadataStore::Open(options.data_directory + "/metadata.sqlite3");
+  // With PostgreSQL, the metadata and Xet tables share one database and one connection pool; with
+  // SQLite each keeps its own file, as it always has.
+  std::shared_ptr<SqlDatabase> shared_database;
+  if (!options.metadata_url.empty()) {
+    auto database = OpenSqlDatabase(options.metadata_url);
+    if (!database.ok()) return database.status();
+    shared_database = *std::move(database);
+  }
+  auto metadata = shared_database ? SqlMetadataStore::Open(shared_database)
+                                  : SqlMetadataStore::Open(options.data_directory + "/metadata.sqlite3");
   if (!metadata.ok()) return metadata.status();
   auto blobs = LocalBlobStore::Open(options.data_directory, options.stale_partial_age);
   if (!blobs.ok()) return blobs.status();
   auto registry = std::make_unique<Registry>(options, *std::move(metadata), *std::move(blobs));
-  auto xet = XetStore::Open(options.data_directory, *registry->blobs_);
+  auto xet = XetStore::Open(options.data_directory, *registry->blobs_, shared_database);
   if (!xet.ok()) return xet.status();
   registry->xet_ = *std::move(xet);
   int64_t stored = 0;

@@ -33,6 +33,9 @@ namespace flotilla::registry {
 
 struct RegistryOptions {
   std::string data_directory;
+  // Where the metadata (and the Xet tables) live: empty for SQLite files under data_directory, or
+  // a postgresql:// URL that several replicas share.
+  std::string metadata_url;
   // Blobs younger than this are never collected (a push may be about to reference them).
   absl::Duration garbage_grace_period = absl::Minutes(10);
   // Partial uploads untouched for this long are deleted at start and by garbage collection.

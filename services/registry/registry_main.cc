@@ -1,5 +1,6 @@
 // The registry service binary: RegistryService over gRPC, and the Hugging Face Hub HTTP API on the
-// HTTP side port. State lives under --data_dir: blobs/, uploads/ and metadata.sqlite3.
+// HTTP side port. State lives under --data_dir: blobs/, uploads/, metadata.sqlite3 and xet/; with
+// --metadata_url the metadata and Xet tables live in PostgreSQL instead, shared by every replica.
 #include <algorithm>
 #include <fstream>
 #include <memory>
@@ -28,6 +29,10 @@ ABSL_FLAG(double, stale_partial_seconds, 86400,
 ABSL_FLAG(int, hub_tree_page_size, 1000, "entries per page of the Hub API's tree listing");
 ABSL_FLAG(double, xet_token_seconds, 900,
           "lifetime of the Xet CAS tokens the xet-read-token / xet-write-token routes issue");
+ABSL_FLAG(std::string, metadata_url, "",
+          "PostgreSQL database for the metadata and Xet tables, as a libpq URL "
+          "(postgresql://user@host:5432/db; the password may come from PGPASSWORD or ~/.pgpass rather than the "
+          "URL); several registry replicas share one. Default: SQLite files under --data_dir");
 ABSL_FLAG(std::string, public_url, "",
           "base URL clients reach the Hub API at (for absolute links); default: the request's Host");
 
@@ -60,6 +65,12 @@ absl::StatusOr<ServiceBundle> MakeRegistryBundle(const ServerOptions& options) {
 
   RegistryOptions registry_options;
   registry_options.data_directory = options.data_directory;
+  registry_options.metadata_url = absl::GetFlag(FLAGS_metadata_url);
+  if (!registry_options.metadata_url.empty() && !IsPostgresUrl(registry_options.metadata_url)) {
+    return absl::InvalidArgumentError(absl::StrCat("--metadata_url: expected a postgresql:// URL but got '",
+                                                   RedactedDatabaseUrl(registry_options.metadata_url),
+                                                   "' (leave it empty for SQLite under --data_dir)"));
+  }
   registry_options.garbage_grace_period = absl::Seconds(absl::GetFlag(FLAGS_gc_grace_seconds));
   registry_options.stale_partial_age = absl::Seconds(absl::GetFlag(FLAGS_stale_partial_seconds));
   auto registry = Registry::Open(registry_options);
@@ -73,6 +84,9 @@ absl::StatusOr<ServiceBundle> MakeRegistryBundle(const ServerOptions& options) {
                                                 absl::Seconds(absl::GetFlag(FLAGS_xet_token_seconds)));
   UpdateStorageGauges(*state->registry);
   LogInfo("registry opened", {{"data_dir", options.data_directory},
+                              {"metadata", registry_options.metadata_url.empty()
+                                               ? std::string("sqlite")
+                                               : RedactedDatabaseUrl(registry_options.metadata_url)},
                               {"stored_bytes", state->registry->stored_bytes()},
                               {"auth", state->authorizer.enabled() ? "tokens" : "off"}});
 
