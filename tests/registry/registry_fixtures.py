@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,69 @@ from conftest import binary  # tests/conftest.py
 @pytest.fixture
 def registry(start_service):
     return start_service("registry")
+
+
+POSTGRES_BINARIES = Path("/usr/lib/postgresql/15/bin")
+
+
+class PostgresServer:
+    """A PostgreSQL 15 server on a unix socket in a temp folder; new_database() gives each test an
+    empty database of its own (a libpq URL the registry's --metadata_url takes)."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def new_database(self) -> str:
+        with self._lock:
+            self._count += 1
+            name = f"registry_{os.getpid()}_{self._count}"
+        subprocess.run([str(POSTGRES_BINARIES / "createdb"), "-h", str(self.directory), "-U", "flotilla", name],
+                       check=True, capture_output=True, timeout=60)
+        return f"postgresql:///{name}?host={self.directory}&user=flotilla"
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL server for the whole session: initdb into a temp folder (about a second), unix
+    socket only, fsync off. PostgreSQL refuses to run as root, so as root (CI) it runs as Debian's
+    `postgres` user, in a folder outside pytest's 0700 temp tree."""
+    if not (POSTGRES_BINARIES / "initdb").exists():
+        pytest.skip(f"PostgreSQL 15 is not installed ({POSTGRES_BINARIES}/initdb is missing)")
+    directory = Path(tempfile.mkdtemp(prefix="flotilla-pg-"))
+    as_user = []
+    if os.geteuid() == 0:
+        account = pwd.getpwnam("postgres")
+        os.chown(directory, account.pw_uid, account.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data = directory / "data"
+    subprocess.run([*as_user, str(POSTGRES_BINARIES / "initdb"), "-D", str(data), "-A", "trust", "-U", "flotilla",
+                    "--no-sync"], check=True, capture_output=True, timeout=120)
+    options = f"-k {directory} -c listen_addresses='' -c fsync=off -c max_connections=200"
+    subprocess.run([*as_user, str(POSTGRES_BINARIES / "pg_ctl"), "-D", str(data), "-l", str(directory / "server.log"),
+                    "-w", "-o", options, "start"], check=True, capture_output=True, timeout=120)
+    try:
+        yield PostgresServer(directory)
+    finally:
+        subprocess.run([*as_user, str(POSTGRES_BINARIES / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=120)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def metadata_args(request) -> tuple[str, ...]:
+    """The registry's flags for each metadata backend: none for SQLite (the default), and
+    --metadata_url with a fresh database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return ()
+    return (f"--metadata_url={request.getfixturevalue('postgres_server').new_database()}",)
+
+
+@pytest.fixture
+def registry_on_each_backend(start_service, metadata_args):
+    """A registry process, once with SQLite metadata and once with PostgreSQL."""
+    return start_service("registry", *metadata_args)
 
 
 def run_cli(registry_process, *args, token: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
