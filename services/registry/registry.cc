@@ -12,6 +12,7 @@
 #include <absl/strings/str_join.h>
 
 #include "services/registry/names.h"
+#include "services/registry/s3_blob_store.h"
 
 namespace flotilla::registry {
 namespace {
@@ -44,10 +45,25 @@ absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& 
   auto metadata = shared_database ? SqlMetadataStore::Open(shared_database)
                                   : SqlMetadataStore::Open(options.data_directory + "/metadata.sqlite3");
   if (!metadata.ok()) return metadata.status();
-  auto blobs = LocalBlobStore::Open(options.data_directory, options.stale_partial_age);
-  if (!blobs.ok()) return blobs.status();
-  auto registry = std::make_unique<Registry>(options, *std::move(metadata), *std::move(blobs));
-  auto xet = XetStore::Open(options.data_directory, *registry->blobs_, shared_database);
+  std::unique_ptr<BlobStore> blobs;
+  S3BlobStore* bucket = nullptr;
+  if (!options.blob_url.empty()) {
+    S3Options s3 = options.s3;
+    std::string prefix;
+    if (absl::Status status = ParseS3Url(options.blob_url, &s3.bucket, &prefix); !status.ok()) return status;
+    auto opened = S3BlobStore::Open(s3, prefix, options.data_directory, options.stale_partial_age);
+    if (!opened.ok()) return opened.status();
+    bucket = opened->get();
+    blobs = *std::move(opened);
+  } else {
+    auto opened = LocalBlobStore::Open(options.data_directory, options.stale_partial_age);
+    if (!opened.ok()) return opened.status();
+    blobs = *std::move(opened);
+  }
+  auto registry = std::make_unique<Registry>(options, *std::move(metadata), std::move(blobs));
+  auto xet = bucket ? XetStore::Open(options.data_directory, *registry->blobs_, shared_database, &bucket->client(),
+                                     bucket->prefix() + "xet/xorbs/")
+                    : XetStore::Open(options.data_directory, *registry->blobs_, shared_database);
   if (!xet.ok()) return xet.status();
   registry->xet_ = *std::move(xet);
   int64_t stored = 0;
@@ -282,6 +298,10 @@ absl::StatusOr<GarbageReport> Registry::CollectGarbage(bool dry_run) {
     // Stale partial uploads go too (a fresh store open also removes them).
     auto reopened = LocalBlobStore::Open(options_.data_directory, options_.stale_partial_age);
     if (reopened.ok()) report.deleted_partials = (*reopened)->removed_stale_partials();
+    // And staged uploads a killed replica left in a shared bucket (Note [Staged S3 uploads]).
+    absl::StatusOr<int64_t> staged = blobs_->DeleteStaleStaging(options_.stale_partial_age);
+    if (!staged.ok()) return staged.status();
+    report.deleted_partials += *staged;
   }
   return report;
 }

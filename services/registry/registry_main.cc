@@ -2,6 +2,8 @@
 // HTTP side port. State lives under --data_dir: blobs/, uploads/, metadata.sqlite3 and xet/; with
 // --metadata_url the metadata and Xet tables live in PostgreSQL instead, shared by every replica.
 #include <algorithm>
+#include <cstdlib>
+#include <initializer_list>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -16,6 +18,7 @@
 #include "services/registry/hub_api.h"
 #include "services/registry/registry.h"
 #include "services/registry/registry_service.h"
+#include "services/registry/sql_database.h"
 
 ABSL_FLAG(std::string, tokens_file, "",
           "file of access tokens, one a line: <token> <name> <namespace or *> <read|write>; "
@@ -33,11 +36,31 @@ ABSL_FLAG(std::string, metadata_url, "",
           "PostgreSQL database for the metadata and Xet tables, as a libpq URL "
           "(postgresql://user@host:5432/db; the password may come from PGPASSWORD or ~/.pgpass rather than the "
           "URL); several registry replicas share one. Default: SQLite files under --data_dir");
+ABSL_FLAG(std::string, blob_url, "",
+          "shared blob storage for replicas: s3://bucket[/prefix] (credentials from AWS_ACCESS_KEY_ID, "
+          "AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN, or the --s3_* flags). Default: local disk under --data_dir");
+ABSL_FLAG(std::string, s3_endpoint, "",
+          "S3 endpoint URL, e.g. http://seaweedfs:8333 (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, or AWS's "
+          "https://s3.<region>.amazonaws.com)");
+ABSL_FLAG(std::string, s3_region, "", "S3 region for signing (default: AWS_REGION, AWS_DEFAULT_REGION, us-east-1)");
+ABSL_FLAG(std::string, s3_access_key_id, "", "S3 access key id (default: AWS_ACCESS_KEY_ID)");
+ABSL_FLAG(std::string, s3_secret_access_key, "",
+          "S3 secret key (default: AWS_SECRET_ACCESS_KEY; prefer the environment, flags show in process listings)");
 ABSL_FLAG(std::string, public_url, "",
           "base URL clients reach the Hub API at (for absolute links); default: the request's Host");
 
 namespace flotilla::registry {
 namespace {
+
+// The flag if set, else the first environment variable set, else `fallback`.
+std::string FlagOrEnvironment(const std::string& flag, std::initializer_list<const char*> variables,
+                              const std::string& fallback = "") {
+  if (!flag.empty()) return flag;
+  for (const char* variable : variables) {
+    if (const char* value = std::getenv(variable); value != nullptr && *value != '\0') return value;
+  }
+  return fallback;
+}
 
 struct RegistryState {
   std::unique_ptr<Registry> registry;
@@ -66,6 +89,15 @@ absl::StatusOr<ServiceBundle> MakeRegistryBundle(const ServerOptions& options) {
   RegistryOptions registry_options;
   registry_options.data_directory = options.data_directory;
   registry_options.metadata_url = absl::GetFlag(FLAGS_metadata_url);
+  registry_options.blob_url = absl::GetFlag(FLAGS_blob_url);
+  registry_options.s3.endpoint =
+      FlagOrEnvironment(absl::GetFlag(FLAGS_s3_endpoint), {"AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"});
+  registry_options.s3.region =
+      FlagOrEnvironment(absl::GetFlag(FLAGS_s3_region), {"AWS_REGION", "AWS_DEFAULT_REGION"}, "us-east-1");
+  registry_options.s3.access_key_id = FlagOrEnvironment(absl::GetFlag(FLAGS_s3_access_key_id), {"AWS_ACCESS_KEY_ID"});
+  registry_options.s3.secret_access_key =
+      FlagOrEnvironment(absl::GetFlag(FLAGS_s3_secret_access_key), {"AWS_SECRET_ACCESS_KEY"});
+  registry_options.s3.session_token = FlagOrEnvironment("", {"AWS_SESSION_TOKEN"});
   if (!registry_options.metadata_url.empty() && !IsPostgresUrl(registry_options.metadata_url)) {
     return absl::InvalidArgumentError(absl::StrCat("--metadata_url: expected a postgresql:// URL but got '",
                                                    RedactedDatabaseUrl(registry_options.metadata_url),
@@ -87,6 +119,7 @@ absl::StatusOr<ServiceBundle> MakeRegistryBundle(const ServerOptions& options) {
                               {"metadata", registry_options.metadata_url.empty()
                                                ? std::string("sqlite")
                                                : RedactedDatabaseUrl(registry_options.metadata_url)},
+                              {"blobs", registry_options.blob_url.empty() ? std::string("local") : registry_options.blob_url},
                               {"stored_bytes", state->registry->stored_bytes()},
                               {"auth", state->authorizer.enabled() ? "tokens" : "off"}});
 

@@ -169,7 +169,8 @@ constexpr char kFileBySha256[] = "SELECT hash FROM files WHERE sha256 = ? AND si
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<XetStore>> XetStore::Open(const std::string& data_directory, BlobStore& blobs,
-                                                         std::shared_ptr<SqlDatabase> database) {
+                                                         std::shared_ptr<SqlDatabase> database, S3Client* xorb_bucket,
+                                                         std::string xorb_prefix) {
   const std::string root = data_directory + "/xet";
   std::error_code error;
   std::filesystem::create_directories(root + "/xorbs/tmp", error);
@@ -190,7 +191,10 @@ absl::StatusOr<std::unique_ptr<XetStore>> XetStore::Open(const std::string& data
   absl::StatusOr<std::string> secret =
       postgres ? SharedSecret(*database) : ReadOrCreateSecret(root + "/token_secret");
   if (!secret.ok()) return secret.status();
-  return std::unique_ptr<XetStore>(new XetStore(root, blobs, std::move(database), *std::move(secret)));
+  auto store = std::unique_ptr<XetStore>(new XetStore(root, blobs, std::move(database), *std::move(secret)));
+  store->xorb_bucket_ = xorb_bucket;
+  store->xorb_prefix_ = std::move(xorb_prefix);
+  return store;
 }
 
 XetStore::XetStore(std::string root, BlobStore& blobs, std::shared_ptr<SqlDatabase> database, std::string secret)
@@ -265,7 +269,38 @@ absl::Status XetStore::WriteXorbFile(const XetHash& hash, absl::string_view seri
     unlink(temporary.c_str());
     return absl::InternalError(absl::StrCat("store xorb ", path, ": ", std::strerror(errno)));
   }
-  return SyncDirectory(folder);
+  if (absl::Status status = SyncDirectory(folder); !status.ok()) return status;
+  // Shared storage: the bucket's copy must exist before the xorb is recorded (RecordXorb), so no
+  // replica ever finds a recorded xorb it cannot fetch.
+  if (xorb_bucket_ != nullptr) {
+    absl::Status uploaded = xorb_bucket_->PutFile(xorb_prefix_ + XetHashToString(hash), path, Sha256OfString(serialized));
+    if (!uploaded.ok()) {
+      unlink(path.c_str());
+      return uploaded;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> XetStore::LocalXorbPath(const XetHash& hash) {
+  const std::string path = XorbPath(hash);
+  if (access(path.c_str(), R_OK) == 0) return path;
+  const std::string text = XetHashToString(hash);
+  if (xorb_bucket_ == nullptr) return absl::NotFoundError(absl::StrCat("xorb ", text, " is not stored"));
+  std::error_code error;
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path(), error);
+  std::random_device random;
+  const std::string temporary = absl::StrCat(root_, "/xorbs/tmp/", text, ".fetch.", random());
+  if (absl::Status status = xorb_bucket_->GetToFile(xorb_prefix_ + text, temporary); !status.ok()) {
+    unlink(temporary.c_str());
+    if (absl::IsNotFound(status)) return absl::NotFoundError(absl::StrCat("xorb ", text, " is not stored"));
+    return status;
+  }
+  if (rename(temporary.c_str(), path.c_str()) != 0) {
+    unlink(temporary.c_str());
+    return absl::InternalError(absl::StrCat("store fetched xorb ", path, ": ", std::strerror(errno)));
+  }
+  return path;
 }
 
 absl::Status XetStore::RecordXorb(const XetHash& hash, const ParsedXorb& xorb) {
@@ -308,7 +343,8 @@ absl::StatusOr<bool> XetStore::PutXorb(const XetHash& hash, absl::string_view se
 
 absl::StatusOr<XetStore::XorbRecord> XetStore::LoadXorb(const XetHash& hash) {
   absl::StatusOr<SqlRows> rows = database_->Run(
-      "SELECT data_bytes, chunk_hashes, packed_ends, unpacked_ends FROM xorbs WHERE hash = ?", {XetHashToString(hash)});
+      "SELECT data_bytes, chunk_hashes, packed_ends, unpacked_ends, file_bytes FROM xorbs WHERE hash = ?",
+      {XetHashToString(hash)});
   if (!rows.ok()) return rows.status();
   if (rows->empty()) return absl::NotFoundError(absl::StrCat("xorb ", XetHashToString(hash), " is not stored"));
   XorbRecord record;
@@ -316,6 +352,7 @@ absl::StatusOr<XetStore::XorbRecord> XetStore::LoadXorb(const XetHash& hash) {
   record.chunk_hashes = UnpackArray<XetHash>(rows->Text(0, 1));
   record.packed_ends = UnpackArray<uint32_t>(rows->Text(0, 2));
   record.unpacked_ends = UnpackArray<uint32_t>(rows->Text(0, 3));
+  record.file_bytes = static_cast<uint64_t>(rows->Int(0, 4));
   return record;
 }
 
@@ -377,7 +414,9 @@ absl::Status XetStore::ForEachChunk(const std::vector<XetReconstructionTerm>& te
     if (!xorb.ok()) return xorb.status();
     const uint64_t begin = term.chunk_begin == 0 ? 0 : xorb->packed_ends[term.chunk_begin - 1];
     const uint64_t end = xorb->packed_ends[term.chunk_end - 1];
-    const std::string path = XorbPath(term.xorb_hash);
+    absl::StatusOr<std::string> local = LocalXorbPath(term.xorb_hash);
+    if (!local.ok()) return absl::DataLossError(absl::StrCat("xorb ", XetHashToString(term.xorb_hash), ": ", local.status().message()));
+    const std::string& path = *local;
     int descriptor = open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (descriptor < 0) return absl::DataLossError(absl::StrCat("xorb file ", path, " is missing"));
     buffer.resize(end - begin);
@@ -670,8 +709,7 @@ absl::StatusOr<std::string> XetStore::DedupShard(const XetHash& chunk_hash) {
     ShardXorb described;
     described.xorb_hash = xorb_hash;
     described.unpacked_bytes = xorb->unpacked_ends.empty() ? 0 : xorb->unpacked_ends.back();
-    std::error_code error;
-    described.serialized_bytes = static_cast<uint32_t>(std::filesystem::file_size(XorbPath(xorb_hash), error));
+    described.serialized_bytes = static_cast<uint32_t>(xorb->file_bytes);
     for (size_t index = 0; index < xorb->chunk_hashes.size(); ++index) {
       const uint32_t start = index == 0 ? 0 : xorb->unpacked_ends[index - 1];
       described.chunks.push_back({xorb->chunk_hashes[index], start, xorb->unpacked_ends[index] - start, 0});
@@ -849,6 +887,9 @@ absl::StatusOr<XetGarbageReport> XetStore::CollectGarbage(const std::set<std::st
     }
     absl::StatusOr<XetHash> parsed = XetHashFromString(hash);
     if (parsed.ok()) unlink(XorbPath(*parsed).c_str());
+    if (xorb_bucket_ != nullptr) {
+      if (absl::Status status = xorb_bucket_->Delete(xorb_prefix_ + hash); !status.ok()) return status;
+    }
   }
   return report;
 }

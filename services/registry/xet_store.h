@@ -42,6 +42,7 @@
 #include <absl/time/time.h>
 
 #include "services/registry/blob_store.h"
+#include "services/registry/s3_client.h"
 #include "services/registry/sql_database.h"
 #include "services/registry/xet_format.h"
 #include "services/registry/xet_hash.h"
@@ -83,9 +84,13 @@ struct XetGarbageReport {
 
 class XetStore {
  public:
-  // `database`: where the tables live; nullptr opens <data_dir>/xet/xet.sqlite3.
+  // `database`: where the tables live; nullptr opens <data_dir>/xet/xet.sqlite3. `xorb_bucket`:
+  // with shared (S3) blob storage, xorbs are also written to <xorb_prefix><hash> in that bucket
+  // and fetched from it into the local xorbs/ folder by a replica that lacks them; it must
+  // outlive the store.
   static absl::StatusOr<std::unique_ptr<XetStore>> Open(const std::string& data_directory, BlobStore& blobs,
-                                                        std::shared_ptr<SqlDatabase> database = nullptr);
+                                                        std::shared_ptr<SqlDatabase> database = nullptr,
+                                                        S3Client* xorb_bucket = nullptr, std::string xorb_prefix = "");
   ~XetStore();
 
   // Verifies and stores a xorb; false when it was already stored (not an error).
@@ -126,6 +131,9 @@ class XetStore {
   bool Granted(const XetHash& file_hash, const std::string& repository);
 
   std::string XorbPath(const XetHash& hash) const;
+  // XorbPath, after fetching the xorb from the shared bucket when this replica has no copy yet.
+  // NOT_FOUND when no store holds it.
+  absl::StatusOr<std::string> LocalXorbPath(const XetHash& hash);
 
   // CAS tokens: HMAC-SHA256 under a secret kept in the data directory (so tokens survive a restart).
   std::string IssueToken(const std::string& repository, bool write, int64_t expires_unix_seconds) const;
@@ -150,6 +158,7 @@ class XetStore {
     std::vector<uint32_t> packed_ends;
     std::vector<uint32_t> unpacked_ends;
     uint64_t data_bytes = 0;
+    uint64_t file_bytes = 0;  // the serialized xorb's size
   };
   struct FileRecord {
     std::string sha256;
@@ -172,6 +181,8 @@ class XetStore {
   std::string root_;
   BlobStore& blobs_;
   std::shared_ptr<SqlDatabase> database_;  // thread-safe itself
+  S3Client* xorb_bucket_ = nullptr;        // shared copies of the xorbs, or none
+  std::string xorb_prefix_;
   std::string secret_;
   std::mutex xetify_mutex_;      // one blob gets its Xet view at a time
   std::shared_mutex gc_mutex_;   // uploads shared, garbage collection exclusive
