@@ -76,7 +76,8 @@ def run_cli(process, *args, check=True) -> subprocess.CompletedProcess:
     return result
 
 
-def test_concurrent_pushes_through_two_replicas_lose_nothing_and_mix_nothing(start_replica, stubs, tmp_path):
+def test_concurrent_pushes_through_two_replicas_lose_nothing_and_mix_nothing(start_replica, shared_storage, stubs,
+                                                                             tmp_path):
     replica_a = start_replica("replica_a")
     replica_b = start_replica("replica_b")
     rounds = 3
