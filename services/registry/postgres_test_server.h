@@ -1,6 +1,8 @@
 // Test-only: a throwaway PostgreSQL 15 server for unit tests of the registry's PostgreSQL backend.
-// Started once per test binary (initdb into a temp folder, unix socket only, fsync off: about one
-// second), stopped at exit; each caller gets a fresh, empty database.
+// Under ctest one server serves every test process (a CTest fixture runs postgres_test_server.sh
+// and names its folder in $FLOTILLA_TEST_POSTGRES_DIR); a test binary run by hand starts its own
+// (initdb into a temp folder, unix socket only, fsync off: about two seconds) and stops it at exit.
+// Each caller gets a fresh, empty database.
 //
 //   std::optional<std::string> url = PostgresTestServer::NewDatabase();   // nullopt: no server
 //   if (!url) GTEST_SKIP() << PostgresTestServer::unavailable_reason();
@@ -47,6 +49,11 @@ class PostgresTestServer {
   }
 
   PostgresTestServer() {
+    if (const char* shared = std::getenv("FLOTILLA_TEST_POSTGRES_DIR");
+        shared != nullptr && std::filesystem::exists(absl::StrCat(shared, "/.s.PGSQL.5432"))) {
+      directory_ = shared;  // the fixture's server; the fixture stops it
+      return;
+    }
     if (!std::filesystem::exists(absl::StrCat(kBinaries, "/initdb"))) {
       reason_ = absl::StrCat("PostgreSQL 15 is not installed (", kBinaries, "/initdb is missing)");
       return;
@@ -66,7 +73,7 @@ class PostgresTestServer {
     stop_command_ = absl::StrCat(as_user, kBinaries, "/pg_ctl -D ", directory, "/data -m immediate stop");
   }
   ~PostgresTestServer() {
-    if (directory_.empty()) return;
+    if (stop_command_.empty()) return;
     Run(stop_command_);
     std::error_code error;
     std::filesystem::remove_all(directory_, error);
