@@ -139,6 +139,11 @@ std::string ComputeCommitId(const std::string& tree_id, const std::vector<std::s
 //   retry would then report "the branch moved" to a client that asked for no parent check; with
 //   the lock the second simply commits on top of the first. The lock also covers a branch that
 //   does not exist yet (there is no ref row to lock then) and repository deletion.
+// - CommitToBranch runs the registry's blob check (`verify`) after taking ROW EXCLUSIVE on
+//   `commits`, and garbage collection deletes blobs inside WithCommitsPaused (SHARE on `commits`):
+//   so on any replica a commit either sees its blobs stored and lands before collection reads the
+//   referenced set, or runs after the collection and finds a collected blob missing (refused,
+//   FAILED_PRECONDITION; the client uploads it again). A commit never names a deleted blob.
 // - A commit may reuse a tree another repository wrote; DeleteOrphanTrees must not delete that
 //   tree between the commit's "tree exists" check and its INSERT into commits. Commits take
 //   ROW EXCLUSIVE on `commits` first thing, and DeleteOrphanTrees takes SHARE on it, which waits
@@ -273,7 +278,8 @@ absl::StatusOr<CommitRecord> SqlMetadataStore::CommitToBranch(const std::string&
                                                               const std::string& name, const std::string& branch,
                                                               const std::optional<std::string>& expected_parent,
                                                               const std::string& author, const std::string& message,
-                                                              absl::Time time, std::vector<TreeEntry> files) {
+                                                              absl::Time time, std::vector<TreeEntry> files,
+                                                              const std::function<absl::Status()>& verify) {
   std::sort(files.begin(), files.end(), [](const TreeEntry& a, const TreeEntry& b) { return a.path < b.path; });
   for (size_t i = 1; i < files.size(); ++i) {
     if (files[i].path == files[i - 1].path) {
@@ -290,6 +296,9 @@ absl::StatusOr<CommitRecord> SqlMetadataStore::CommitToBranch(const std::string&
     }
     absl::StatusOr<int64_t> id = RepositoryId(session, namespace_name, name, /*lock=*/true);
     if (!id.ok()) return id.status();
+    if (verify) {
+      if (absl::Status status = verify(); !status.ok()) return status;
+    }
 
     std::string head;
     absl::StatusOr<SqlRows> ref =
@@ -468,6 +477,17 @@ absl::StatusOr<int64_t> SqlMetadataStore::LogicalBytes() {
   if (!rows.ok()) return rows.status();
   if (rows->empty()) return int64_t{0};
   return rows->Int(0, 0);
+}
+
+absl::Status SqlMetadataStore::WithCommitsPaused(const std::function<absl::Status()>& body) {
+  // SQLite: one registry process owns the file, and its own lock (Registry::garbage_mutex_)
+  // already keeps commits out. PostgreSQL: SHARE on `commits` waits for the commits in flight
+  // (ROW EXCLUSIVE, taken first thing by CommitToBranch) and holds new ones back.
+  if (database_->dialect() != SqlDialect::kPostgres) return body();
+  return database_->Transaction([&](SqlSession& session) -> absl::Status {
+    if (absl::Status status = session.Run("LOCK TABLE commits IN SHARE MODE").status(); !status.ok()) return status;
+    return body();
+  });
 }
 
 absl::Status SqlMetadataStore::DeleteOrphanTrees() {

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -90,11 +91,18 @@ class MetadataStore {
   // Creates a commit of `files` (the whole new tree) on `branch` and moves the branch to it, in one
   // transaction. `expected_parent`: nullopt commits on whatever the head is; "" requires the branch
   // not to exist yet; an id requires the head to be that id. Otherwise ABORTED naming the head.
+  // `verify` (the registry's check that every blob is stored) runs inside the transaction, where
+  // no WithCommitsPaused body can run at the same time, on any replica; its error aborts the commit.
   virtual absl::StatusOr<CommitRecord> CommitToBranch(const std::string& namespace_name, const std::string& name,
                                                       const std::string& branch,
                                                       const std::optional<std::string>& expected_parent,
                                                       const std::string& author, const std::string& message,
-                                                      absl::Time time, std::vector<TreeEntry> files) = 0;
+                                                      absl::Time time, std::vector<TreeEntry> files,
+                                                      const std::function<absl::Status()>& verify = {}) = 0;
+  // Runs `body` while no commit is in flight or can start, on any replica sharing the database
+  // (garbage collection: what it reads as referenced stays true until it has deleted the rest).
+  // Commits wait meanwhile.
+  virtual absl::Status WithCommitsPaused(const std::function<absl::Status()>& body) = 0;
 
   virtual absl::StatusOr<std::vector<RefRecord>> ListRefs(const std::string& namespace_name,
                                                           const std::string& name) = 0;
@@ -138,7 +146,9 @@ class SqlMetadataStore final : public MetadataStore {
                                               const std::string& branch,
                                               const std::optional<std::string>& expected_parent,
                                               const std::string& author, const std::string& message, absl::Time time,
-                                              std::vector<TreeEntry> files) override;
+                                              std::vector<TreeEntry> files,
+                                              const std::function<absl::Status()>& verify = {}) override;
+  absl::Status WithCommitsPaused(const std::function<absl::Status()>& body) override;
   absl::StatusOr<std::vector<RefRecord>> ListRefs(const std::string& namespace_name, const std::string& name) override;
   absl::Status CreateTag(const std::string& namespace_name, const std::string& name, const std::string& tag,
                          const std::string& commit_id) override;

@@ -6,6 +6,8 @@
 
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <map>
 #include <thread>
@@ -172,6 +174,44 @@ TEST_P(MetadataBackendTest, ExpectedParentRaceHasOneWinner) {
     }
   }
   EXPECT_EQ(winners, 1);
+}
+
+// Garbage collection on one replica (WithCommitsPaused) and a commit on another: the commit's blob
+// check runs only once the collection is over, never in the middle of it.
+TEST_P(MetadataBackendTest, CommitsWaitForCollectionOnAnotherReplica) {
+  if (GetParam() == "sqlite") GTEST_SKIP() << "one process owns a SQLite file; the Registry's own lock covers it";
+  auto collector = OpenStore();
+  auto committer = OpenStore();
+  ASSERT_TRUE(collector->CreateRepository("acme", "gc", 1, false).ok());
+  std::atomic<bool> collecting{false};
+  std::atomic<bool> started{false};
+  std::atomic<bool> verified_during_collection{false};
+  std::thread collection([&] {
+    EXPECT_TRUE(collector
+                    ->WithCommitsPaused([&] {
+                      collecting = true;
+                      started = true;
+                      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+                      collecting = false;
+                      return absl::OkStatus();
+                    })
+                    .ok());
+  });
+  while (!started) std::this_thread::yield();
+  auto commit = committer->CommitToBranch("acme", "gc", "main", std::nullopt, "alice", "during gc", absl::Now(),
+                                          {File("weights.bin", "1")}, [&] {
+                                            if (collecting) verified_during_collection = true;
+                                            return absl::OkStatus();
+                                          });
+  collection.join();
+  ASSERT_TRUE(commit.ok()) << commit.status();
+  EXPECT_FALSE(verified_during_collection);
+  // A failing check aborts the commit and leaves the branch where it was.
+  auto refused = committer->CommitToBranch("acme", "gc", "main", std::nullopt, "alice", "missing blob", absl::Now(),
+                                           {File("other.bin", "2")},
+                                           [] { return absl::FailedPreconditionError("blob is not in the registry"); });
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(collector->GetRepository("acme", "gc")->head_commit, commit->commit_id);
 }
 
 TEST(MetadataBackendOpenTest, UnreachablePostgresIsUnavailableAndHidesThePassword) {

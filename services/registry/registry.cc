@@ -163,19 +163,26 @@ absl::StatusOr<CommitRecord> Registry::CreateCommit(const std::string& namespace
       return absl::InvalidArgumentError(absl::StrCat(where, ": file ", file.path, ": ", status.message()));
     }
   }
-  // Shared with other commits, exclusive against garbage collection (see the Note in registry.h).
+  // Shared with other commits, exclusive against garbage collection (see the Note in registry.h);
+  // across replicas the metadata store runs the check inside the commit's transaction, which
+  // collection on any replica excludes (Note [Commits on PostgreSQL] in metadata_store.cc).
   std::shared_lock lock(garbage_mutex_);
-  for (const TreeEntry& file : files) {
-    absl::StatusOr<int64_t> size = blobs_->Size(file.sha256);
-    if (!size.ok()) {
-      return absl::FailedPreconditionError(absl::StrCat(where, ": file ", file.path, ": blob ", file.sha256,
-                                                        " is not in the registry; upload it before committing"));
+  auto verify_blobs = [&]() -> absl::Status {
+    for (const TreeEntry& file : files) {
+      absl::StatusOr<int64_t> size = blobs_->Size(file.sha256);
+      if (!size.ok()) {
+        return absl::FailedPreconditionError(absl::StrCat(where, ": file ", file.path, ": blob ", file.sha256,
+                                                          " is not in the registry; upload it before committing"));
+      }
+      if (*size != file.size) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": file ", file.path, ": stated size ", file.size,
+                                                       " but blob ", file.sha256, " has ", *size, " bytes"));
+      }
     }
-    if (*size != file.size) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": file ", file.path, ": stated size ", file.size,
-                                                     " but blob ", file.sha256, " has ", *size, " bytes"));
-    }
-  }
+    return absl::OkStatus();
+  };
+  // Checked here too, so a bad tree is refused before any lock is taken.
+  if (absl::Status status = verify_blobs(); !status.ok()) return status;
   absl::StatusOr<RepositoryRecord> repository = metadata_->GetRepository(namespace_name, name);
   if (!repository.ok()) return repository.status();
   if (repository->kind == kKernelKind) {
@@ -185,8 +192,9 @@ absl::StatusOr<CommitRecord> Registry::CreateCommit(const std::string& namespace
       return absl::InvalidArgumentError(absl::StrCat(where, ": ", status.message()));
     }
   }
+  std::vector<TreeEntry> tree = files;  // `verify_blobs` reads `files`
   return metadata_->CommitToBranch(namespace_name, name, branch_name, expected_parent, author, message, absl::Now(),
-                                   std::move(files));
+                                   std::move(tree), verify_blobs);
 }
 
 absl::StatusOr<KernelManifest> Registry::ReadKernelManifest(const std::vector<TreeEntry>& files) {
@@ -268,32 +276,40 @@ absl::StatusOr<GarbageReport> Registry::CollectGarbage(bool dry_run) {
   if (!dry_run) {
     if (absl::Status status = metadata_->DeleteOrphanTrees(); !status.ok()) return status;
   }
-  absl::StatusOr<std::set<std::string>> referenced = metadata_->ReferencedBlobs();
-  if (!referenced.ok()) return referenced.status();
-  const std::set<std::string> uploading = blobs_->UploadsInProgress();
-  const absl::Time cutoff = absl::Now() - options_.garbage_grace_period;
-  std::vector<BlobInfo> doomed;
-  absl::Status listed = blobs_->ForEachBlob([&](const BlobInfo& blob) {
-    if (referenced->count(blob.sha256) || uploading.count(blob.sha256) || blob.modified > cutoff) {
-      ++report.kept_blobs;
-    } else {
-      doomed.push_back(blob);
+  // The referenced set must stay true until the deletions are done: no commit may land in
+  // between, on this replica (garbage_mutex_) or any other (WithCommitsPaused).
+  auto collect = [&]() -> absl::Status {
+    report.kept_blobs = report.deleted_blobs = report.freed_bytes = 0;  // a retried transaction reruns this
+    absl::StatusOr<std::set<std::string>> referenced = metadata_->ReferencedBlobs();
+    if (!referenced.ok()) return referenced.status();
+    const std::set<std::string> uploading = blobs_->UploadsInProgress();
+    const absl::Time cutoff = absl::Now() - options_.garbage_grace_period;
+    std::vector<BlobInfo> doomed;
+    absl::Status listed = blobs_->ForEachBlob([&](const BlobInfo& blob) {
+      if (referenced->count(blob.sha256) || uploading.count(blob.sha256) || blob.modified > cutoff) {
+        ++report.kept_blobs;
+      } else {
+        doomed.push_back(blob);
+      }
+    });
+    if (!listed.ok()) return listed;
+    for (const BlobInfo& blob : doomed) {
+      if (!dry_run) {
+        if (absl::Status status = blobs_->Delete(blob.sha256); !status.ok()) return status;
+        stored_bytes_ -= blob.size;
+      }
+      ++report.deleted_blobs;
+      report.freed_bytes += blob.size;
     }
-  });
-  if (!listed.ok()) return listed;
-  for (const BlobInfo& blob : doomed) {
-    if (!dry_run) {
-      if (absl::Status status = blobs_->Delete(blob.sha256); !status.ok()) return status;
-      stored_bytes_ -= blob.size;
-    }
-    ++report.deleted_blobs;
-    report.freed_bytes += blob.size;
-  }
-  // Xet files whose blob no commit names, and the xorbs no remaining file uses (Note [Xet garbage
-  // collection] in xet_store.h).
-  absl::StatusOr<XetGarbageReport> xet_report = xet_->CollectGarbage(*referenced, cutoff, dry_run);
-  if (!xet_report.ok()) return xet_report.status();
-  report.xet = *xet_report;
+    // Xet files whose blob no commit names, and the xorbs no remaining file uses (Note [Xet garbage
+    // collection] in xet_store.h).
+    absl::StatusOr<XetGarbageReport> xet_report = xet_->CollectGarbage(*referenced, cutoff, dry_run);
+    if (!xet_report.ok()) return xet_report.status();
+    report.xet = *xet_report;
+    return absl::OkStatus();
+  };
+  absl::Status collected = dry_run ? collect() : metadata_->WithCommitsPaused(collect);
+  if (!collected.ok()) return collected;
   if (!dry_run) {
     // Stale partial uploads go too (a fresh store open also removes them).
     auto reopened = LocalBlobStore::Open(options_.data_directory, options_.stale_partial_age);
