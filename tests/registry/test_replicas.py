@@ -101,8 +101,10 @@ def test_concurrent_pushes_through_two_replicas_lose_nothing_and_mix_nothing(sta
             folders[tag] = folder
 
     # Each hub writer: create_repo (exist_ok) and three upload_folder commits onto acme/shared,
-    # through its own replica, with the default environment (hf_xet: xorbs and shards).
+    # through its own replica: hub-a with the default environment (hf_xet: xorbs and shards),
+    # hub-b with HF_HUB_DISABLE_XET=1 (LFS uploads).
     def hub_writer(writer: str, process) -> subprocess.CompletedProcess:
+        transfer = "xet" if writer == "hub-a" else "http"
         uploads = "\n".join(
             f'api.upload_folder(folder_path="{folders[f"{writer}-{index}"]}", repo_id="acme/shared", '
             f'commit_message="{writer}-{index}")' for index in range(rounds))
@@ -112,7 +114,7 @@ api = HfApi()
 api.create_repo("acme/shared", exist_ok=True)
 {uploads}
 print("done")
-""", client_environment(process, tmp_path / f"home-{writer}"), check=False)
+""", client_environment(process, tmp_path / f"home-{writer}", transfer), check=False)
 
     # Each CLI writer: three `flotilla push`es of whole trees to its own repository, and one
     # push to acme/race, where the two CLI writers race (flotilla push refuses a moved branch).
@@ -173,7 +175,7 @@ print("done")
     race_log = json.loads(run_cli(replica_a, "log", "acme/race", "--json").stdout)["commits"]
     assert len(race_log) == sum(result.returncode == 0 for result in race)
 
-    # The hub writers went through Xet: their xorbs are in the bucket, where either replica finds them.
+    # hub-a went through Xet: its xorbs are in the bucket, where either replica finds them.
     assert shared_storage.s3.keys(shared_storage.bucket, f"{shared_storage.prefix}/xet/xorbs/")
 
     # What hub writer A pushed through replica A downloads through replica B with hf_xet.
@@ -296,3 +298,13 @@ def test_bad_s3_credentials_fail_at_start_with_a_clear_error(shared_storage, tmp
     message = str(failure.value)
     assert "S3 blob store" in message and shared_storage.bucket in message and "403" in message, message
     assert "wrong-secret" not in message
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("mysql://registry@db/flotilla", "--metadata_url: expected a postgresql:// URL"),
+    ("postgresql://registry:s3cret@127.0.0.1:1/flotilla?connect_timeout=5", "connect to postgresql postgresql://registry:***@"),
+])
+def test_bad_metadata_url_fails_at_start_with_a_clear_error(tmp_path, url, expected):
+    with pytest.raises(RuntimeError) as failure:
+        launch_service("registry", tmp_path / "bad", [f"--metadata_url={url}"])
+    assert expected in str(failure.value) and "s3cret" not in str(failure.value), str(failure.value)
