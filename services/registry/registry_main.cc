@@ -43,6 +43,10 @@ ABSL_FLAG(std::string, s3_endpoint, "",
           "S3 endpoint URL, e.g. http://seaweedfs:8333 (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, or AWS's "
           "https://s3.<region>.amazonaws.com)");
 ABSL_FLAG(std::string, s3_region, "", "S3 region for signing (default: AWS_REGION, AWS_DEFAULT_REGION, us-east-1)");
+ABSL_FLAG(int64_t, s3_multipart_threshold_bytes, int64_t{1} << 30,
+          "blobs larger than this go to S3 as multipart uploads (a single PUT or COPY stops at 5 GiB)");
+ABSL_FLAG(int64_t, s3_multipart_part_bytes, int64_t{64} << 20,
+          "part size of those uploads (at least 5 MiB; each part is held in memory while it is sent)");
 ABSL_FLAG(std::string, s3_access_key_id, "", "S3 access key id (default: AWS_ACCESS_KEY_ID)");
 ABSL_FLAG(std::string, s3_secret_access_key, "",
           "S3 secret key (default: AWS_SECRET_ACCESS_KEY; prefer the environment, flags show in process listings)");
@@ -98,6 +102,16 @@ absl::StatusOr<ServiceBundle> MakeRegistryBundle(const ServerOptions& options) {
   registry_options.s3.secret_access_key =
       FlagOrEnvironment(absl::GetFlag(FLAGS_s3_secret_access_key), {"AWS_SECRET_ACCESS_KEY"});
   registry_options.s3.session_token = FlagOrEnvironment("", {"AWS_SESSION_TOKEN"});
+  registry_options.s3.multipart_threshold_bytes = absl::GetFlag(FLAGS_s3_multipart_threshold_bytes);
+  registry_options.s3.multipart_part_bytes = absl::GetFlag(FLAGS_s3_multipart_part_bytes);
+  constexpr int64_t kMinimumPartBytes = int64_t{5} << 20;  // S3's EntityTooSmall below this
+  if (registry_options.s3.multipart_part_bytes < kMinimumPartBytes ||
+      registry_options.s3.multipart_threshold_bytes > (int64_t{5} << 30)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--s3_multipart_part_bytes must be at least 5 MiB (", kMinimumPartBytes, ") and ",
+        "--s3_multipart_threshold_bytes at most 5 GiB, but got ", registry_options.s3.multipart_part_bytes, " and ",
+        registry_options.s3.multipart_threshold_bytes));
+  }
   if (!registry_options.metadata_url.empty() && !IsPostgresUrl(registry_options.metadata_url)) {
     return absl::InvalidArgumentError(absl::StrCat("--metadata_url: expected a postgresql:// URL but got '",
                                                    RedactedDatabaseUrl(registry_options.metadata_url),

@@ -98,6 +98,17 @@ absl::StatusOr<std::unique_ptr<BlobUpload>> S3BlobStore::BeginUpload(const std::
 }
 
 absl::Status S3BlobStore::Publish(const std::string& sha256) {
+  absl::StatusOr<int64_t> size = cache_->Size(sha256);
+  if (!size.ok()) return size.status();
+  if (*size > client_.options().multipart_threshold_bytes) {
+    // A multipart upload is staged by S3 itself: nothing appears under the key until it completes.
+    absl::Status status = client_.PutFileMultipart(BlobKey(sha256), cache_->BlobPath(sha256));
+    if (!status.ok()) {
+      cache_->Delete(sha256).IgnoreError();
+      return absl::Status(status.code(), absl::StrCat("publish blob ", sha256, " to S3: ", status.message()));
+    }
+    return absl::OkStatus();
+  }
   const std::string staging = absl::StrCat(prefix_, "staging/", sha256, ".", RandomSuffix());
   absl::Status status = client_.PutFile(staging, cache_->BlobPath(sha256), sha256);
   if (status.ok()) {
@@ -178,7 +189,16 @@ absl::StatusOr<int64_t> S3BlobStore::DeleteStaleStaging(absl::Duration age) {
   for (const std::string& key : stale) {
     if (absl::Status status = client_.Delete(key); !status.ok()) return status;
   }
-  return static_cast<int64_t>(stale.size());
+  // Multipart uploads of large blobs a killed replica never completed (invisible, but billed).
+  std::vector<S3MultipartUpload> abandoned;
+  listed = client_.ListMultipartUploads(prefix_ + "blobs/", [&](const S3MultipartUpload& upload) {
+    if (upload.initiated < cutoff) abandoned.push_back(upload);
+  });
+  if (!listed.ok()) return listed;
+  for (const S3MultipartUpload& upload : abandoned) {
+    if (absl::Status status = client_.AbortMultipartUpload(upload.key, upload.upload_id); !status.ok()) return status;
+  }
+  return static_cast<int64_t>(stale.size() + abandoned.size());
 }
 
 }  // namespace flotilla::registry

@@ -16,7 +16,11 @@
 // x-amz-content-sha256 (S3 itself re-checks the bytes), copies it server-side to blobs/<sha256>
 // and deletes the staged key. A registry killed at any point leaves at most a partial file or a
 // staging/ key: nothing under blobs/, nothing a commit could name. Staging keys older than the
-// stale-partial age are deleted by garbage collection (DeleteStaleStaging).
+// stale-partial age are deleted by garbage collection (DeleteStaleStaging). A blob above
+// S3Options::multipart_threshold_bytes (1 GiB; a single PUT or COPY stops at 5 GiB) goes up as a
+// multipart upload straight to blobs/<sha256> instead: S3 shows nothing under the key until the
+// last part is in and the upload is completed, each part carries its signed sha256, and GC aborts
+// multipart uploads older than the stale-partial age.
 //
 // The local data directory doubles as a read cache: hub and gRPC downloads serve mmap'd local
 // files (LocalPath), so a blob is fetched from the bucket once per replica, verified against its

@@ -198,6 +198,10 @@ absl::StatusOr<S3Client::Response> S3Client::Perform(Request request) {
   curl_easy_setopt(curl, CURLOPT_HEADERDATA, &response.headers);
   if (request.method == "HEAD") {
     curl_easy_setopt(curl, CURLOPT_NOBODY, 1L);
+  } else if (request.method == "POST") {
+    curl_easy_setopt(curl, CURLOPT_POST, 1L);
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, request.body.data());
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(request.body.size()));
   } else if (request.method == "PUT") {
     curl_easy_setopt(curl, CURLOPT_UPLOAD, 1L);
     if (request.upload_file != nullptr) {
@@ -279,6 +283,114 @@ absl::Status S3Client::PutBytes(const std::string& key, absl::string_view bytes)
   absl::StatusOr<Response> response = Perform(std::move(request));
   if (!response.ok()) return response.status();
   if (response->status != 200) return ErrorFor("put", key, *response);
+  return absl::OkStatus();
+}
+
+absl::Status S3Client::PutFileMultipart(const std::string& key, const std::string& path) {
+  std::FILE* file = std::fopen(path.c_str(), "rb");
+  if (file == nullptr) return absl::NotFoundError(absl::StrCat("s3 multipart put ", key, ": cannot open ", path));
+  std::string upload_id;
+  {
+    Request request;
+    request.method = "POST";
+    request.key = key;
+    request.query["uploads"] = "";
+    absl::StatusOr<Response> response = Perform(std::move(request));
+    if (!response.ok() || response->status != 200) {
+      std::fclose(file);
+      return response.ok() ? ErrorFor("create multipart upload", key, *response) : response.status();
+    }
+    upload_id = XmlElement(response->body, "UploadId").value_or("");
+    if (upload_id.empty()) {
+      std::fclose(file);
+      return absl::InternalError(absl::StrCat("s3 create multipart upload ", key, ": no UploadId in the answer"));
+    }
+  }
+  absl::Status status;
+  std::string completion = "<CompleteMultipartUpload>";
+  std::string part(static_cast<size_t>(options_.multipart_part_bytes), '\0');
+  for (int number = 1; status.ok(); ++number) {
+    const size_t got = std::fread(part.data(), 1, part.size(), file);
+    if (got == 0 && number > 1) break;
+    Request request;
+    request.method = "PUT";
+    request.key = key;
+    request.query["partNumber"] = absl::StrCat(number);
+    request.query["uploadId"] = upload_id;
+    request.body = absl::string_view(part.data(), got);
+    request.payload_sha256 = Sha256OfString(request.body);
+    absl::StatusOr<Response> response = Perform(std::move(request));
+    if (!response.ok()) {
+      status = response.status();
+    } else if (response->status != 200) {
+      status = ErrorFor(absl::StrCat("upload part ", number, " of"), key, *response);
+    } else {
+      absl::StrAppend(&completion, "<Part><PartNumber>", number, "</PartNumber><ETag>", response->headers["etag"],
+                      "</ETag></Part>");
+    }
+    if (got < part.size()) break;
+  }
+  std::fclose(file);
+  if (status.ok()) {
+    absl::StrAppend(&completion, "</CompleteMultipartUpload>");
+    Request request;
+    request.method = "POST";
+    request.key = key;
+    request.query["uploadId"] = upload_id;
+    request.body = completion;
+    request.payload_sha256 = Sha256OfString(completion);
+    absl::StatusOr<Response> response = Perform(std::move(request));
+    if (!response.ok()) {
+      status = response.status();
+    } else if (response->status != 200 || absl::StrContains(response->body, "<Error>")) {
+      status = ErrorFor("complete multipart upload", key, *response);
+    }
+  }
+  if (!status.ok()) AbortMultipartUpload(key, upload_id).IgnoreError();
+  return status;
+}
+
+absl::Status S3Client::ListMultipartUploads(const std::string& prefix,
+                                            const std::function<void(const S3MultipartUpload&)>& visit) {
+  std::string key_marker;
+  std::string upload_marker;
+  while (true) {
+    Request request;
+    request.method = "GET";
+    request.query["uploads"] = "";
+    request.query["prefix"] = prefix;
+    if (!key_marker.empty()) request.query["key-marker"] = key_marker;
+    if (!upload_marker.empty()) request.query["upload-id-marker"] = upload_marker;
+    absl::StatusOr<Response> response = Perform(std::move(request));
+    if (!response.ok()) return response.status();
+    if (response->status != 200) return ErrorFor("list multipart uploads", prefix, *response);
+    size_t position = 0;
+    size_t end = 0;
+    while (std::optional<std::string> upload = XmlElement(response->body, "Upload", position, &end)) {
+      position = end;
+      S3MultipartUpload found;
+      found.key = XmlElement(*upload, "Key").value_or("");
+      found.upload_id = XmlElement(*upload, "UploadId").value_or("");
+      found.initiated = ParseS3Time(XmlElement(*upload, "Initiated").value_or(""));
+      visit(found);
+    }
+    if (XmlElement(response->body, "IsTruncated").value_or("false") != "true") return absl::OkStatus();
+    key_marker = XmlElement(response->body, "NextKeyMarker").value_or("");
+    upload_marker = XmlElement(response->body, "NextUploadIdMarker").value_or("");
+    if (key_marker.empty() && upload_marker.empty()) return absl::OkStatus();
+  }
+}
+
+absl::Status S3Client::AbortMultipartUpload(const std::string& key, const std::string& upload_id) {
+  Request request;
+  request.method = "DELETE";
+  request.key = key;
+  request.query["uploadId"] = upload_id;
+  absl::StatusOr<Response> response = Perform(std::move(request));
+  if (!response.ok()) return response.status();
+  if (response->status != 204 && response->status != 200 && response->status != 404) {
+    return ErrorFor("abort multipart upload", key, *response);
+  }
   return absl::OkStatus();
 }
 

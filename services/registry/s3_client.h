@@ -37,6 +37,15 @@ struct S3Options {
   std::string access_key_id;
   std::string secret_access_key;
   std::string session_token;  // optional (temporary credentials)
+  // Files larger than this go up as a multipart upload (a single PUT or COPY stops at 5 GiB).
+  int64_t multipart_threshold_bytes = int64_t{1} << 30;
+  int64_t multipart_part_bytes = int64_t{64} << 20;  // S3 wants at least 5 MiB, at most 10,000 parts
+};
+
+struct S3MultipartUpload {
+  std::string key;
+  std::string upload_id;
+  absl::Time initiated;
 };
 
 struct S3Object {
@@ -54,6 +63,12 @@ class S3Client {
   // Uploads the file at `path` as `key`; `sha256_hex` must be the file's sha256 (S3 checks it).
   absl::Status PutFile(const std::string& key, const std::string& path, const std::string& sha256_hex);
   absl::Status PutBytes(const std::string& key, absl::string_view bytes);
+  // Uploads the file as a multipart upload: invisible under `key` until every part is in and
+  // CompleteMultipartUpload succeeds (each part carries its own signed sha256); aborted on failure.
+  absl::Status PutFileMultipart(const std::string& key, const std::string& path);
+  // Multipart uploads begun under `prefix` and never completed or aborted (a killed process's).
+  absl::Status ListMultipartUploads(const std::string& prefix, const std::function<void(const S3MultipartUpload&)>& visit);
+  absl::Status AbortMultipartUpload(const std::string& key, const std::string& upload_id);
   // Writes the object into `path` (created or truncated).
   absl::Status GetToFile(const std::string& key, const std::string& path);
   // Bytes [offset, offset + length) of the object (fewer at its end).

@@ -193,7 +193,9 @@ print(snapshot_download("acme/shared"))
 def test_replica_sigkilled_mid_push_leaves_nothing_and_retry_through_the_other_succeeds(start_replica, shared_storage,
                                                                                         stubs, tmp_path):
     replica_a = start_replica("replica_a")
-    replica_b = start_replica("replica_b")
+    # B sends blobs above 6 MiB as S3 multipart uploads (5 MiB parts), so the retry takes that path.
+    replica_b = start_replica("replica_b", f"--s3_multipart_threshold_bytes={6 << 20}",
+                              f"--s3_multipart_part_bytes={5 << 20}")
     source = tmp_path / "model"
     source.mkdir()
     (source / "config.json").write_text("{}")
@@ -252,8 +254,9 @@ def test_replica_sigkilled_mid_push_leaves_nothing_and_retry_through_the_other_s
     target = tmp_path / "pulled"
     run_cli(restarted, "pull", "acme/crash", str(target))
     assert sha256_of((target / "model.safetensors").read_bytes()) == digest
-    assert f"{shared_storage.prefix}/blobs/{digest}" in shared_storage.s3.keys(shared_storage.bucket,
-                                                                             f"{shared_storage.prefix}/blobs/")
+    # Stored whole under its key, in 5 parts (a multipart upload's ETag ends with "-<parts>").
+    head = shared_storage.s3.client().head_object(Bucket=shared_storage.bucket, Key=f"{shared_storage.prefix}/blobs/{digest}")
+    assert head["ContentLength"] == len(big) and head["ETag"].strip('"').endswith("-5"), head["ETag"]
 
 
 def test_gc_on_one_replica_spares_an_upload_the_other_is_about_to_commit(start_replica, shared_storage, stubs):
