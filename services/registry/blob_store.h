@@ -1,7 +1,7 @@
 // Content-addressed blob storage: every file's bytes live once, under their sha256.
 //
-// BlobStore is the interface (an S3-compatible store implements it later); LocalBlobStore keeps
-// blobs on a local disk:
+// BlobStore is the interface; LocalBlobStore keeps blobs on a local disk (S3BlobStore, in
+// s3_blob_store.h, keeps them in a bucket that registry replicas share):
 //
 //   <root>/blobs/<aa>/<sha256>        complete, verified blobs (read-only once renamed in place)
 //   <root>/uploads/<sha256>.partial   an upload in progress, kept across restarts for resume
@@ -92,6 +92,9 @@ class BlobStore {
   virtual absl::Status ForEachBlob(const std::function<void(const BlobInfo&)>& visit) = 0;
   // Digests with an upload in progress in this process (garbage collection spares them).
   virtual std::set<std::string> UploadsInProgress() = 0;
+  // Deletes staged uploads (a shared store's temporary objects) older than `age` that a killed
+  // process left; how many went. Local disk keeps no such thing.
+  virtual absl::StatusOr<int64_t> DeleteStaleStaging(absl::Duration age) { return int64_t{0}; }
 };
 
 class LocalBlobStore final : public BlobStore {

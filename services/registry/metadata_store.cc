@@ -1,8 +1,7 @@
 #include "services/registry/metadata_store.h"
 
-#include <sqlite3.h>
-
 #include <algorithm>
+#include <functional>
 
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_join.h>
@@ -32,81 +31,7 @@ std::string GitObjectId(absl::string_view type, const std::string& body) {
   return Sha1Hex(object);
 }
 
-// A prepared statement that finalizes itself. Bind with 1-based indexes.
-class Statement {
- public:
-  Statement(sqlite3* database, const char* sql) : database_(database) {
-    prepared_ = sqlite3_prepare_v2(database, sql, -1, &statement_, nullptr);
-  }
-  ~Statement() { sqlite3_finalize(statement_); }
-  absl::Status status() const {
-    if (prepared_ == SQLITE_OK) return absl::OkStatus();
-    return absl::InternalError(absl::StrCat("sqlite prepare: ", sqlite3_errmsg(database_)));
-  }
-  Statement& Bind(int index, const std::string& text) {
-    sqlite3_bind_text(statement_, index, text.data(), static_cast<int>(text.size()), SQLITE_TRANSIENT);
-    return *this;
-  }
-  Statement& Bind(int index, int64_t value) {
-    sqlite3_bind_int64(statement_, index, value);
-    return *this;
-  }
-  // SQLITE_ROW or SQLITE_DONE; anything else is an error.
-  int Step() { return sqlite3_step(statement_); }
-  absl::Status Run() {
-    int result = Step();
-    if (result == SQLITE_DONE || result == SQLITE_ROW) return absl::OkStatus();
-    if (result == SQLITE_CONSTRAINT) return absl::AlreadyExistsError(sqlite3_errmsg(database_));
-    return absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(database_)));
-  }
-  std::string Text(int column) {
-    const unsigned char* text = sqlite3_column_text(statement_, column);
-    return text ? std::string(reinterpret_cast<const char*>(text), sqlite3_column_bytes(statement_, column)) : "";
-  }
-  int64_t Int(int column) { return sqlite3_column_int64(statement_, column); }
-  void Reset() {
-    sqlite3_reset(statement_);
-    sqlite3_clear_bindings(statement_);
-  }
-
- private:
-  sqlite3* database_;
-  sqlite3_stmt* statement_ = nullptr;
-  int prepared_;
-};
-
-absl::Status Execute(sqlite3* database, const char* sql) {
-  char* error = nullptr;
-  if (sqlite3_exec(database, sql, nullptr, nullptr, &error) != SQLITE_OK) {
-    std::string message = error ? error : "unknown error";
-    sqlite3_free(error);
-    return absl::InternalError(absl::StrCat("sqlite: ", message, " in: ", std::string(sql).substr(0, 80)));
-  }
-  return absl::OkStatus();
-}
-
-// Rolls back unless committed.
-class Transaction {
- public:
-  explicit Transaction(sqlite3* database) : database_(database) {
-    status_ = Execute(database, "BEGIN IMMEDIATE");
-  }
-  ~Transaction() {
-    if (status_.ok() && !committed_) Execute(database_, "ROLLBACK").IgnoreError();
-  }
-  const absl::Status& status() const { return status_; }
-  absl::Status Commit() {
-    committed_ = true;
-    return Execute(database_, "COMMIT");
-  }
-
- private:
-  sqlite3* database_;
-  absl::Status status_;
-  bool committed_ = false;
-};
-
-constexpr char kSchema[] = R"sql(
+constexpr char kSqliteSchema[] = R"sql(
 CREATE TABLE IF NOT EXISTS repositories (
   id INTEGER PRIMARY KEY,
   namespace TEXT NOT NULL,
@@ -142,6 +67,45 @@ CREATE TABLE IF NOT EXISTS refs (
   PRIMARY KEY (repository_id, name)) WITHOUT ROWID;
 )sql";
 
+// The same tables in PostgreSQL. Text compares byte by byte (COLLATE "C"), as SQLite's does, so
+// listings and page tokens sort the same on both backends whatever the server's locale.
+constexpr char kPostgresSchema[] = R"sql(
+CREATE TABLE IF NOT EXISTS repositories (
+  id BIGSERIAL PRIMARY KEY,
+  namespace TEXT COLLATE "C" NOT NULL,
+  name TEXT COLLATE "C" NOT NULL,
+  kind BIGINT NOT NULL,
+  default_branch TEXT COLLATE "C" NOT NULL,
+  created BIGINT NOT NULL,
+  UNIQUE (namespace, name));
+CREATE TABLE IF NOT EXISTS trees (
+  tree_id TEXT COLLATE "C" PRIMARY KEY,
+  total_size BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS tree_entries (
+  tree_id TEXT COLLATE "C" NOT NULL,
+  path TEXT COLLATE "C" NOT NULL,
+  size BIGINT NOT NULL,
+  sha256 TEXT COLLATE "C" NOT NULL,
+  PRIMARY KEY (tree_id, path));
+CREATE INDEX IF NOT EXISTS tree_entries_sha256 ON tree_entries (sha256);
+CREATE TABLE IF NOT EXISTS commits (
+  repository_id BIGINT NOT NULL,
+  commit_id TEXT COLLATE "C" NOT NULL,
+  tree_id TEXT COLLATE "C" NOT NULL,
+  parents TEXT COLLATE "C" NOT NULL,
+  author TEXT NOT NULL,
+  message TEXT NOT NULL,
+  created BIGINT NOT NULL,
+  PRIMARY KEY (repository_id, commit_id));
+CREATE INDEX IF NOT EXISTS commits_tree ON commits (tree_id);
+CREATE TABLE IF NOT EXISTS refs (
+  repository_id BIGINT NOT NULL,
+  name TEXT COLLATE "C" NOT NULL,
+  is_tag BIGINT NOT NULL,
+  commit_id TEXT COLLATE "C" NOT NULL,
+  PRIMARY KEY (repository_id, name))
+)sql";
+
 std::string RepositoryName(const std::string& namespace_name, const std::string& name) {
   return absl::StrCat(namespace_name, "/", name);
 }
@@ -164,123 +128,158 @@ std::string ComputeCommitId(const std::string& tree_id, const std::vector<std::s
   return GitObjectId("commit", body);
 }
 
-absl::StatusOr<std::unique_ptr<SqliteMetadataStore>> SqliteMetadataStore::Open(const std::string& path) {
-  sqlite3* database = nullptr;
-  if (sqlite3_open_v2(path.c_str(), &database, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-                      nullptr) != SQLITE_OK) {
-    std::string message = database ? sqlite3_errmsg(database) : "out of memory";
-    sqlite3_close(database);
-    return absl::FailedPreconditionError(absl::StrCat("open metadata database ", path, ": ", message));
-  }
-  auto store = std::unique_ptr<SqliteMetadataStore>(new SqliteMetadataStore(database));
-  sqlite3_busy_timeout(database, 10000);
-  // WAL: readers never block the writer; synchronous=FULL: a commit acknowledged is a commit kept.
-  for (const char* pragma : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON", kSchema}) {
-    if (absl::Status status = Execute(database, pragma); !status.ok()) {
-      return absl::FailedPreconditionError(absl::StrCat("open metadata database ", path, ": ", status.message()));
-    }
-  }
-  return store;
+
+// Note [Commits on PostgreSQL]
+// Several replicas commit to one database, so the invariants that SQLite's single writer gave for
+// free are held by locks, at READ COMMITTED:
+// - CommitToBranch locks the repository's row (SELECT ... FOR UPDATE) before it reads the branch
+//   head: commits to one repository queue, each sees the head the previous one wrote, and an
+//   expected-parent check can never pass on a stale head. A row lock was chosen over SERIALIZABLE
+//   because it cannot fail: SERIALIZABLE would abort one of two concurrent pushes (40001) and the
+//   retry would then report "the branch moved" to a client that asked for no parent check; with
+//   the lock the second simply commits on top of the first. The lock also covers a branch that
+//   does not exist yet (there is no ref row to lock then) and repository deletion.
+// - CommitToBranch runs the registry's blob check (`verify`) after taking ROW EXCLUSIVE on
+//   `commits`, and garbage collection deletes blobs inside WithCommitsPaused (SHARE on `commits`):
+//   so on any replica a commit either sees its blobs stored and lands before collection reads the
+//   referenced set, or runs after the collection and finds a collected blob missing (refused,
+//   FAILED_PRECONDITION; the client uploads it again). A commit never names a deleted blob.
+// - A commit may reuse a tree another repository wrote; DeleteOrphanTrees must not delete that
+//   tree between the commit's "tree exists" check and its INSERT into commits. Commits take
+//   ROW EXCLUSIVE on `commits` first thing, and DeleteOrphanTrees takes SHARE on it, which waits
+//   for in-flight commits and holds new ones back for the few milliseconds the delete takes.
+// SQLite needs neither: BEGIN IMMEDIATE already makes every write transaction run alone.
+
+absl::StatusOr<std::unique_ptr<SqlMetadataStore>> SqlMetadataStore::Open(const std::string& location) {
+  absl::StatusOr<std::unique_ptr<SqlDatabase>> database = OpenSqlDatabase(location);
+  if (!database.ok()) return database.status();
+  return Open(std::shared_ptr<SqlDatabase>(*std::move(database)));
 }
 
-SqliteMetadataStore::~SqliteMetadataStore() { sqlite3_close(database_); }
+absl::StatusOr<std::unique_ptr<SqlMetadataStore>> SqlMetadataStore::Open(std::shared_ptr<SqlDatabase> database) {
+  const bool postgres = database->dialect() == SqlDialect::kPostgres;
+  if (absl::Status status = database->ExecuteScript(postgres ? kPostgresSchema : kSqliteSchema); !status.ok()) {
+    return absl::Status(status.code(), absl::StrCat("create the registry's metadata tables: ", status.message()));
+  }
+  return std::unique_ptr<SqlMetadataStore>(new SqlMetadataStore(std::move(database)));
+}
 
-absl::StatusOr<int64_t> SqliteMetadataStore::RepositoryId(const std::string& namespace_name, const std::string& name) {
-  Statement select(database_, "SELECT id FROM repositories WHERE namespace = ?1 AND name = ?2");
-  select.Bind(1, namespace_name).Bind(2, name);
-  if (select.Step() != SQLITE_ROW) {
+absl::StatusOr<int64_t> SqlMetadataStore::RepositoryId(SqlSession& session, const std::string& namespace_name,
+                                                       const std::string& name, bool lock) {
+  absl::StatusOr<SqlRows> rows =
+      session.Run(absl::StrCat("SELECT id FROM repositories WHERE namespace = ?1 AND name = ?2",
+                               lock ? database_->ForUpdate() : ""),
+                  {namespace_name, name});
+  if (!rows.ok()) return rows.status();
+  if (rows->empty()) {
     return absl::NotFoundError(absl::StrCat("repository ", RepositoryName(namespace_name, name),
                                             " does not exist (create it first, e.g. `flotilla push` creates it)"));
   }
-  return select.Int(0);
+  return rows->Int(0, 0);
 }
 
-absl::StatusOr<RepositoryRecord> SqliteMetadataStore::GetRepositoryLocked(const std::string& namespace_name,
-                                                                          const std::string& name) {
-  Statement select(database_,
-                   "SELECT r.kind, r.default_branch, r.created, COALESCE(f.commit_id, '') FROM repositories r "
-                   "LEFT JOIN refs f ON f.repository_id = r.id AND f.name = r.default_branch AND f.is_tag = 0 "
-                   "WHERE r.namespace = ?1 AND r.name = ?2");
-  select.Bind(1, namespace_name).Bind(2, name);
-  if (select.Step() != SQLITE_ROW) {
-    return absl::NotFoundError(absl::StrCat("repository ", RepositoryName(namespace_name, name), " does not exist"));
-  }
+namespace {
+
+RepositoryRecord RepositoryFromRow(const SqlRows& rows, size_t row) {
   RepositoryRecord record;
-  record.namespace_name = namespace_name;
-  record.name = name;
-  record.kind = static_cast<int>(select.Int(0));
-  record.default_branch = select.Text(1);
-  record.created_unix_seconds = select.Int(2);
-  record.head_commit = select.Text(3);
+  record.namespace_name = rows.Text(row, 0);
+  record.name = rows.Text(row, 1);
+  record.kind = static_cast<int>(rows.Int(row, 2));
+  record.default_branch = rows.Text(row, 3);
+  record.created_unix_seconds = rows.Int(row, 4);
+  record.head_commit = rows.Text(row, 5);
   return record;
 }
 
-absl::StatusOr<RepositoryRecord> SqliteMetadataStore::CreateRepository(const std::string& namespace_name,
-                                                                       const std::string& name, int kind,
-                                                                       bool exist_ok) {
-  std::lock_guard lock(mutex_);
-  Statement insert(database_,
-                   "INSERT INTO repositories (namespace, name, kind, default_branch, created) VALUES (?1, ?2, ?3, 'main', ?4)");
-  insert.Bind(1, namespace_name).Bind(2, name).Bind(3, static_cast<int64_t>(kind)).Bind(4, absl::ToUnixSeconds(absl::Now()));
-  absl::Status inserted = insert.Run();
-  if (absl::IsAlreadyExists(inserted)) {
-    if (exist_ok) return GetRepositoryLocked(namespace_name, name);
+constexpr char kSelectRepository[] =
+    "SELECT r.namespace, r.name, r.kind, r.default_branch, r.created, COALESCE(f.commit_id, '') FROM repositories r "
+    "LEFT JOIN refs f ON f.repository_id = r.id AND f.name = r.default_branch AND f.is_tag = 0 ";
+
+// Runs `body` in a transaction and hands back what it produced.
+template <typename T>
+absl::StatusOr<T> InTransaction(SqlDatabase& database, const std::function<absl::StatusOr<T>(SqlSession&)>& body) {
+  std::optional<T> value;
+  absl::Status status = database.Transaction([&](SqlSession& session) -> absl::Status {
+    absl::StatusOr<T> result = body(session);
+    if (!result.ok()) return result.status();
+    value = *std::move(result);
+    return absl::OkStatus();
+  });
+  if (!status.ok()) return status;
+  return *std::move(value);
+}
+
+}  // namespace
+
+absl::StatusOr<RepositoryRecord> SqlMetadataStore::GetRepositoryIn(SqlSession& session,
+                                                                   const std::string& namespace_name,
+                                                                   const std::string& name) {
+  absl::StatusOr<SqlRows> rows =
+      session.Run(absl::StrCat(kSelectRepository, "WHERE r.namespace = ?1 AND r.name = ?2"), {namespace_name, name});
+  if (!rows.ok()) return rows.status();
+  if (rows->empty()) {
+    return absl::NotFoundError(absl::StrCat("repository ", RepositoryName(namespace_name, name), " does not exist"));
+  }
+  return RepositoryFromRow(*rows, 0);
+}
+
+absl::StatusOr<RepositoryRecord> SqlMetadataStore::CreateRepository(const std::string& namespace_name,
+                                                                    const std::string& name, int kind, bool exist_ok) {
+  absl::StatusOr<SqlRows> inserted = database_->Run(
+      "INSERT INTO repositories (namespace, name, kind, default_branch, created) VALUES (?1, ?2, ?3, 'main', ?4)",
+      {namespace_name, name, static_cast<int64_t>(kind), static_cast<int64_t>(absl::ToUnixSeconds(absl::Now()))});
+  if (absl::IsAlreadyExists(inserted.status())) {
+    if (exist_ok) return GetRepository(namespace_name, name);
     return absl::AlreadyExistsError(absl::StrCat("repository ", RepositoryName(namespace_name, name), " already exists"));
   }
-  if (!inserted.ok()) return inserted;
-  return GetRepositoryLocked(namespace_name, name);
+  if (!inserted.ok()) return inserted.status();
+  return GetRepository(namespace_name, name);
 }
 
-absl::StatusOr<RepositoryRecord> SqliteMetadataStore::GetRepository(const std::string& namespace_name,
-                                                                    const std::string& name) {
-  std::lock_guard lock(mutex_);
-  return GetRepositoryLocked(namespace_name, name);
-}
-
-absl::StatusOr<std::vector<RepositoryRecord>> SqliteMetadataStore::ListRepositories(const std::string& name_filter,
-                                                                                    int kind, int page_size,
-                                                                                    const std::string& page_token) {
-  std::lock_guard lock(mutex_);
-  Statement select(database_,
-                   "SELECT r.namespace, r.name, r.kind, r.default_branch, r.created, COALESCE(f.commit_id, '') "
-                   "FROM repositories r LEFT JOIN refs f ON f.repository_id = r.id AND f.name = r.default_branch "
-                   "AND f.is_tag = 0 WHERE instr(r.namespace || '/' || r.name, ?1) > 0 AND (?2 = 0 OR r.kind = ?2) "
-                   "AND r.namespace || '/' || r.name > ?3 ORDER BY r.namespace || '/' || r.name LIMIT ?4");
-  select.Bind(1, name_filter).Bind(2, static_cast<int64_t>(kind)).Bind(3, page_token).Bind(4, static_cast<int64_t>(page_size));
-  std::vector<RepositoryRecord> records;
-  while (select.Step() == SQLITE_ROW) {
-    RepositoryRecord record;
-    record.namespace_name = select.Text(0);
-    record.name = select.Text(1);
-    record.kind = static_cast<int>(select.Int(2));
-    record.default_branch = select.Text(3);
-    record.created_unix_seconds = select.Int(4);
-    record.head_commit = select.Text(5);
-    records.push_back(std::move(record));
+absl::StatusOr<RepositoryRecord> SqlMetadataStore::GetRepository(const std::string& namespace_name,
+                                                                 const std::string& name) {
+  absl::StatusOr<SqlRows> rows =
+      database_->Run(absl::StrCat(kSelectRepository, "WHERE r.namespace = ?1 AND r.name = ?2"), {namespace_name, name});
+  if (!rows.ok()) return rows.status();
+  if (rows->empty()) {
+    return absl::NotFoundError(absl::StrCat("repository ", RepositoryName(namespace_name, name), " does not exist"));
   }
+  return RepositoryFromRow(*rows, 0);
+}
+
+absl::StatusOr<std::vector<RepositoryRecord>> SqlMetadataStore::ListRepositories(const std::string& name_filter,
+                                                                                 int kind, int page_size,
+                                                                                 const std::string& page_token) {
+  const char* contains = database_->dialect() == SqlDialect::kPostgres ? "strpos" : "instr";
+  absl::StatusOr<SqlRows> rows = database_->Run(
+      absl::StrCat(kSelectRepository, "WHERE ", contains, "(r.namespace || '/' || r.name, ?1) > 0 ",
+                   "AND (?2 = 0 OR r.kind = ?2) AND r.namespace || '/' || r.name > ?3 ",
+                   "ORDER BY r.namespace || '/' || r.name LIMIT ?4"),
+      {name_filter, static_cast<int64_t>(kind), page_token, static_cast<int64_t>(page_size)});
+  if (!rows.ok()) return rows.status();
+  std::vector<RepositoryRecord> records;
+  for (size_t row = 0; row < rows->size(); ++row) records.push_back(RepositoryFromRow(*rows, row));
   return records;
 }
 
-absl::Status SqliteMetadataStore::DeleteRepository(const std::string& namespace_name, const std::string& name) {
-  std::lock_guard lock(mutex_);
-  Transaction transaction(database_);
-  if (!transaction.status().ok()) return transaction.status();
-  absl::StatusOr<int64_t> id = RepositoryId(namespace_name, name);
-  if (!id.ok()) return id.status();
-  for (const char* sql : {"DELETE FROM refs WHERE repository_id = ?1", "DELETE FROM commits WHERE repository_id = ?1",
-                          "DELETE FROM repositories WHERE id = ?1"}) {
-    Statement statement(database_, sql);
-    statement.Bind(1, *id);
-    if (absl::Status status = statement.Run(); !status.ok()) return status;
-  }
-  return transaction.Commit();
+absl::Status SqlMetadataStore::DeleteRepository(const std::string& namespace_name, const std::string& name) {
+  return database_->Transaction([&](SqlSession& session) -> absl::Status {
+    absl::StatusOr<int64_t> id = RepositoryId(session, namespace_name, name, /*lock=*/true);
+    if (!id.ok()) return id.status();
+    for (const char* sql : {"DELETE FROM refs WHERE repository_id = ?1", "DELETE FROM commits WHERE repository_id = ?1",
+                            "DELETE FROM repositories WHERE id = ?1"}) {
+      if (absl::Status status = session.Run(sql, {*id}).status(); !status.ok()) return status;
+    }
+    return absl::OkStatus();
+  });
 }
 
-absl::StatusOr<CommitRecord> SqliteMetadataStore::CommitToBranch(const std::string& namespace_name,
-                                                                 const std::string& name, const std::string& branch,
-                                                                 const std::optional<std::string>& expected_parent,
-                                                                 const std::string& author, const std::string& message,
-                                                                 absl::Time time, std::vector<TreeEntry> files) {
+absl::StatusOr<CommitRecord> SqlMetadataStore::CommitToBranch(const std::string& namespace_name,
+                                                              const std::string& name, const std::string& branch,
+                                                              const std::optional<std::string>& expected_parent,
+                                                              const std::string& author, const std::string& message,
+                                                              absl::Time time, std::vector<TreeEntry> files,
+                                                              const std::function<absl::Status()>& verify) {
   std::sort(files.begin(), files.end(), [](const TreeEntry& a, const TreeEntry& b) { return a.path < b.path; });
   for (size_t i = 1; i < files.size(); ++i) {
     if (files[i].path == files[i - 1].path) {
@@ -288,179 +287,221 @@ absl::StatusOr<CommitRecord> SqliteMetadataStore::CommitToBranch(const std::stri
                                                      files[i].path, "' appears twice in the tree"));
     }
   }
-  std::lock_guard lock(mutex_);
-  Transaction transaction(database_);
-  if (!transaction.status().ok()) return transaction.status();
-  absl::StatusOr<int64_t> id = RepositoryId(namespace_name, name);
-  if (!id.ok()) return id.status();
+  const bool postgres = database_->dialect() == SqlDialect::kPostgres;
+  return InTransaction<CommitRecord>(*database_, [&](SqlSession& session) -> absl::StatusOr<CommitRecord> {
+    if (postgres) {  // Note [Commits on PostgreSQL]
+      if (absl::Status status = session.Run("LOCK TABLE commits IN ROW EXCLUSIVE MODE").status(); !status.ok()) {
+        return status;
+      }
+    }
+    absl::StatusOr<int64_t> id = RepositoryId(session, namespace_name, name, /*lock=*/true);
+    if (!id.ok()) return id.status();
+    if (verify) {
+      if (absl::Status status = verify(); !status.ok()) return status;
+    }
 
-  std::string head;
-  {
-    Statement select(database_, "SELECT commit_id, is_tag FROM refs WHERE repository_id = ?1 AND name = ?2");
-    select.Bind(1, *id).Bind(2, branch);
-    if (select.Step() == SQLITE_ROW) {
-      if (select.Int(1) != 0) {
+    std::string head;
+    absl::StatusOr<SqlRows> ref =
+        session.Run("SELECT commit_id, is_tag FROM refs WHERE repository_id = ?1 AND name = ?2", {*id, branch});
+    if (!ref.ok()) return ref.status();
+    if (!ref->empty()) {
+      if (ref->Int(0, 1) != 0) {
         return absl::FailedPreconditionError(absl::StrCat("commit to ", RepositoryName(namespace_name, name), "@", branch,
                                                           ": '", branch, "' is a tag, not a branch"));
       }
-      head = select.Text(0);
+      head = ref->Text(0, 0);
     }
-  }
-  if (expected_parent.has_value() && *expected_parent != head) {
-    return absl::AbortedError(absl::StrCat(
-        "commit to ", RepositoryName(namespace_name, name), "@", branch, ": the branch moved: expected head ",
-        expected_parent->empty() ? "(no branch yet)" : *expected_parent, " but it is now ",
-        head.empty() ? "(no branch)" : head, "; pull the new head, rebuild your tree on it and push again"));
-  }
+    if (expected_parent.has_value() && *expected_parent != head) {
+      return absl::AbortedError(absl::StrCat(
+          "commit to ", RepositoryName(namespace_name, name), "@", branch, ": the branch moved: expected head ",
+          expected_parent->empty() ? "(no branch yet)" : *expected_parent, " but it is now ",
+          head.empty() ? "(no branch)" : head, "; pull the new head, rebuild your tree on it and push again"));
+    }
 
-  CommitRecord commit;
-  commit.tree_id = ComputeTreeId(files);
-  if (!head.empty()) commit.parent_ids.push_back(head);
-  commit.author = author;
-  commit.message = message;
-  commit.created_unix_seconds = absl::ToUnixSeconds(time);
-  commit.commit_id = ComputeCommitId(commit.tree_id, commit.parent_ids, author, commit.created_unix_seconds, message);
+    CommitRecord commit;
+    commit.tree_id = ComputeTreeId(files);
+    if (!head.empty()) commit.parent_ids.push_back(head);
+    commit.author = author;
+    commit.message = message;
+    commit.created_unix_seconds = absl::ToUnixSeconds(time);
+    commit.commit_id = ComputeCommitId(commit.tree_id, commit.parent_ids, author, commit.created_unix_seconds, message);
 
-  {
-    Statement exists(database_, "SELECT 1 FROM trees WHERE tree_id = ?1");
-    exists.Bind(1, commit.tree_id);
-    if (exists.Step() != SQLITE_ROW) {
+    absl::StatusOr<SqlRows> exists = session.Run("SELECT 1 FROM trees WHERE tree_id = ?1", {commit.tree_id});
+    if (!exists.ok()) return exists.status();
+    if (exists->empty()) {
+      // Another repository may be writing the same tree right now: ON CONFLICT waits for it and
+      // keeps its rows (identical, since the tree id is their hash).
       int64_t total = 0;
-      Statement entry(database_, "INSERT INTO tree_entries (tree_id, path, size, sha256) VALUES (?1, ?2, ?3, ?4)");
       for (const TreeEntry& file : files) {
-        entry.Reset();
-        entry.Bind(1, commit.tree_id).Bind(2, file.path).Bind(3, file.size).Bind(4, file.sha256);
-        if (absl::Status status = entry.Run(); !status.ok()) return status;
+        absl::Status status = session
+                                  .Run("INSERT INTO tree_entries (tree_id, path, size, sha256) VALUES (?1, ?2, ?3, ?4) "
+                                       "ON CONFLICT DO NOTHING",
+                                       {commit.tree_id, file.path, file.size, file.sha256})
+                                  .status();
+        if (!status.ok()) return status;
         total += file.size;
       }
-      Statement tree(database_, "INSERT INTO trees (tree_id, total_size) VALUES (?1, ?2)");
-      tree.Bind(1, commit.tree_id).Bind(2, total);
-      if (absl::Status status = tree.Run(); !status.ok()) return status;
+      absl::Status status =
+          session.Run("INSERT INTO trees (tree_id, total_size) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                      {commit.tree_id, total})
+              .status();
+      if (!status.ok()) return status;
     }
-  }
-  Statement insert(database_,
-                   "INSERT OR IGNORE INTO commits (repository_id, commit_id, tree_id, parents, author, message, created) "
-                   "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
-  insert.Bind(1, *id).Bind(2, commit.commit_id).Bind(3, commit.tree_id).Bind(4, absl::StrJoin(commit.parent_ids, " "))
-      .Bind(5, author).Bind(6, message).Bind(7, commit.created_unix_seconds);
-  if (absl::Status status = insert.Run(); !status.ok()) return status;
-  Statement move(database_, "INSERT OR REPLACE INTO refs (repository_id, name, is_tag, commit_id) VALUES (?1, ?2, 0, ?3)");
-  move.Bind(1, *id).Bind(2, branch).Bind(3, commit.commit_id);
-  if (absl::Status status = move.Run(); !status.ok()) return status;
-  if (absl::Status status = transaction.Commit(); !status.ok()) return status;
-  return commit;
+    absl::Status status =
+        session
+            .Run("INSERT INTO commits (repository_id, commit_id, tree_id, parents, author, message, created) "
+                 "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+                 {*id, commit.commit_id, commit.tree_id, absl::StrJoin(commit.parent_ids, " "), author, message,
+                  commit.created_unix_seconds})
+            .status();
+    if (!status.ok()) return status;
+    status = session
+                 .Run("INSERT INTO refs (repository_id, name, is_tag, commit_id) VALUES (?1, ?2, 0, ?3) "
+                      "ON CONFLICT (repository_id, name) DO UPDATE SET is_tag = 0, commit_id = excluded.commit_id",
+                      {*id, branch, commit.commit_id})
+                 .status();
+    if (!status.ok()) return status;
+    return commit;
+  });
 }
 
-absl::StatusOr<std::vector<RefRecord>> SqliteMetadataStore::ListRefs(const std::string& namespace_name,
-                                                                     const std::string& name) {
-  std::lock_guard lock(mutex_);
-  absl::StatusOr<int64_t> id = RepositoryId(namespace_name, name);
-  if (!id.ok()) return id.status();
-  Statement select(database_, "SELECT name, commit_id, is_tag FROM refs WHERE repository_id = ?1 ORDER BY is_tag, name");
-  select.Bind(1, *id);
+absl::StatusOr<std::vector<RefRecord>> SqlMetadataStore::ListRefs(const std::string& namespace_name,
+                                                                  const std::string& name) {
+  absl::StatusOr<SqlRows> rows = database_->Run(
+      "SELECT f.name, f.commit_id, f.is_tag FROM refs f JOIN repositories r ON r.id = f.repository_id "
+      "WHERE r.namespace = ?1 AND r.name = ?2 ORDER BY f.is_tag, f.name",
+      {namespace_name, name});
+  if (!rows.ok()) return rows.status();
+  if (rows->empty()) {
+    absl::StatusOr<RepositoryRecord> repository = GetRepository(namespace_name, name);
+    if (!repository.ok()) return repository.status();
+  }
   std::vector<RefRecord> refs;
-  while (select.Step() == SQLITE_ROW) refs.push_back({select.Text(0), select.Text(1), select.Int(2) != 0});
+  for (size_t row = 0; row < rows->size(); ++row) {
+    refs.push_back({rows->Text(row, 0), rows->Text(row, 1), rows->Int(row, 2) != 0});
+  }
   return refs;
 }
 
-absl::Status SqliteMetadataStore::CreateTag(const std::string& namespace_name, const std::string& name,
-                                            const std::string& tag, const std::string& commit_id) {
-  std::lock_guard lock(mutex_);
-  absl::StatusOr<int64_t> id = RepositoryId(namespace_name, name);
-  if (!id.ok()) return id.status();
-  Statement insert(database_, "INSERT INTO refs (repository_id, name, is_tag, commit_id) VALUES (?1, ?2, 1, ?3)");
-  insert.Bind(1, *id).Bind(2, tag).Bind(3, commit_id);
-  absl::Status status = insert.Run();
-  if (absl::IsAlreadyExists(status)) {
-    return absl::AlreadyExistsError(absl::StrCat("tag ", tag, ": a tag or branch of that name already exists in ",
-                                                 RepositoryName(namespace_name, name)));
-  }
-  return status;
+absl::Status SqlMetadataStore::CreateTag(const std::string& namespace_name, const std::string& name,
+                                         const std::string& tag, const std::string& commit_id) {
+  return database_->Transaction([&](SqlSession& session) -> absl::Status {
+    absl::StatusOr<int64_t> id = RepositoryId(session, namespace_name, name, /*lock=*/true);
+    if (!id.ok()) return id.status();
+    absl::Status status =
+        session.Run("INSERT INTO refs (repository_id, name, is_tag, commit_id) VALUES (?1, ?2, 1, ?3)", {*id, tag, commit_id})
+            .status();
+    if (absl::IsAlreadyExists(status)) {
+      return absl::AlreadyExistsError(absl::StrCat("tag ", tag, ": a tag or branch of that name already exists in ",
+                                                   RepositoryName(namespace_name, name)));
+    }
+    return status;
+  });
 }
 
-absl::Status SqliteMetadataStore::DeleteTag(const std::string& namespace_name, const std::string& name,
-                                            const std::string& tag) {
-  std::lock_guard lock(mutex_);
-  absl::StatusOr<int64_t> id = RepositoryId(namespace_name, name);
-  if (!id.ok()) return id.status();
-  Statement remove(database_, "DELETE FROM refs WHERE repository_id = ?1 AND name = ?2 AND is_tag = 1");
-  remove.Bind(1, *id).Bind(2, tag);
-  if (absl::Status status = remove.Run(); !status.ok()) return status;
-  if (sqlite3_changes(database_) == 0) {
-    return absl::NotFoundError(absl::StrCat("tag ", tag, " does not exist in ", RepositoryName(namespace_name, name)));
-  }
-  return absl::OkStatus();
+absl::Status SqlMetadataStore::DeleteTag(const std::string& namespace_name, const std::string& name,
+                                         const std::string& tag) {
+  return database_->Transaction([&](SqlSession& session) -> absl::Status {
+    absl::StatusOr<int64_t> id = RepositoryId(session, namespace_name, name, /*lock=*/true);
+    if (!id.ok()) return id.status();
+    absl::StatusOr<SqlRows> removed =
+        session.Run("DELETE FROM refs WHERE repository_id = ?1 AND name = ?2 AND is_tag = 1", {*id, tag});
+    if (!removed.ok()) return removed.status();
+    if (removed->affected() == 0) {
+      return absl::NotFoundError(absl::StrCat("tag ", tag, " does not exist in ", RepositoryName(namespace_name, name)));
+    }
+    return absl::OkStatus();
+  });
 }
 
-absl::StatusOr<CommitRecord> SqliteMetadataStore::GetCommit(const std::string& namespace_name, const std::string& name,
-                                                            const std::string& commit_id) {
-  std::lock_guard lock(mutex_);
-  absl::StatusOr<int64_t> id = RepositoryId(namespace_name, name);
-  if (!id.ok()) return id.status();
-  Statement select(database_,
-                   "SELECT tree_id, parents, author, message, created FROM commits WHERE repository_id = ?1 AND commit_id = ?2");
-  select.Bind(1, *id).Bind(2, commit_id);
-  if (select.Step() != SQLITE_ROW) {
+absl::StatusOr<CommitRecord> SqlMetadataStore::GetCommit(const std::string& namespace_name, const std::string& name,
+                                                         const std::string& commit_id) {
+  absl::StatusOr<SqlRows> rows = database_->Run(
+      "SELECT c.tree_id, c.parents, c.author, c.message, c.created FROM commits c JOIN repositories r "
+      "ON r.id = c.repository_id WHERE r.namespace = ?1 AND r.name = ?2 AND c.commit_id = ?3",
+      {namespace_name, name, commit_id});
+  if (!rows.ok()) return rows.status();
+  if (rows->empty()) {
+    absl::StatusOr<RepositoryRecord> repository = GetRepository(namespace_name, name);
+    if (!repository.ok()) return repository.status();
     return absl::NotFoundError(absl::StrCat("commit ", commit_id, " does not exist in ", RepositoryName(namespace_name, name)));
   }
   CommitRecord commit;
   commit.commit_id = commit_id;
-  commit.tree_id = select.Text(0);
-  commit.parent_ids = absl::StrSplit(select.Text(1), ' ', absl::SkipEmpty());
-  commit.author = select.Text(2);
-  commit.message = select.Text(3);
-  commit.created_unix_seconds = select.Int(4);
+  commit.tree_id = rows->Text(0, 0);
+  commit.parent_ids = absl::StrSplit(rows->Text(0, 1), ' ', absl::SkipEmpty());
+  commit.author = rows->Text(0, 2);
+  commit.message = rows->Text(0, 3);
+  commit.created_unix_seconds = rows->Int(0, 4);
   return commit;
 }
 
-absl::StatusOr<std::vector<std::string>> SqliteMetadataStore::FindCommitsByPrefix(const std::string& namespace_name,
-                                                                                  const std::string& name,
-                                                                                  const std::string& prefix) {
-  std::lock_guard lock(mutex_);
-  absl::StatusOr<int64_t> id = RepositoryId(namespace_name, name);
-  if (!id.ok()) return id.status();
-  Statement select(database_,
-                   "SELECT commit_id FROM commits WHERE repository_id = ?1 AND substr(commit_id, 1, length(?2)) = ?2 LIMIT 10");
-  select.Bind(1, *id).Bind(2, prefix);
+absl::StatusOr<std::vector<std::string>> SqlMetadataStore::FindCommitsByPrefix(const std::string& namespace_name,
+                                                                               const std::string& name,
+                                                                               const std::string& prefix) {
+  absl::StatusOr<SqlRows> rows = database_->Run(
+      "SELECT c.commit_id FROM commits c JOIN repositories r ON r.id = c.repository_id "
+      "WHERE r.namespace = ?1 AND r.name = ?2 AND substr(c.commit_id, 1, length(?3)) = ?3 LIMIT 10",
+      {namespace_name, name, prefix});
+  if (!rows.ok()) return rows.status();
+  if (rows->empty()) {
+    absl::StatusOr<RepositoryRecord> repository = GetRepository(namespace_name, name);
+    if (!repository.ok()) return repository.status();
+  }
   std::vector<std::string> ids;
-  while (select.Step() == SQLITE_ROW) ids.push_back(select.Text(0));
+  for (size_t row = 0; row < rows->size(); ++row) ids.push_back(rows->Text(row, 0));
   return ids;
 }
 
-absl::StatusOr<std::vector<TreeEntry>> SqliteMetadataStore::GetTree(const std::string& tree_id) {
-  std::lock_guard lock(mutex_);
-  Statement select(database_, "SELECT path, size, sha256 FROM tree_entries WHERE tree_id = ?1 ORDER BY path");
-  select.Bind(1, tree_id);
+absl::StatusOr<std::vector<TreeEntry>> SqlMetadataStore::GetTree(const std::string& tree_id) {
+  absl::StatusOr<SqlRows> rows =
+      database_->Run("SELECT path, size, sha256 FROM tree_entries WHERE tree_id = ?1 ORDER BY path", {tree_id});
+  if (!rows.ok()) return rows.status();
   std::vector<TreeEntry> entries;
-  while (select.Step() == SQLITE_ROW) entries.push_back({select.Text(0), select.Int(1), select.Text(2)});
+  for (size_t row = 0; row < rows->size(); ++row) entries.push_back({rows->Text(row, 0), rows->Int(row, 1), rows->Text(row, 2)});
   return entries;
 }
 
-absl::StatusOr<std::set<std::string>> SqliteMetadataStore::ReferencedBlobs() {
-  std::lock_guard lock(mutex_);
-  Statement select(database_,
-                   "SELECT DISTINCT e.sha256 FROM tree_entries e WHERE e.tree_id IN (SELECT tree_id FROM commits)");
+absl::StatusOr<std::set<std::string>> SqlMetadataStore::ReferencedBlobs() {
+  absl::StatusOr<SqlRows> rows = database_->Run(
+      "SELECT DISTINCT e.sha256 FROM tree_entries e WHERE e.tree_id IN (SELECT tree_id FROM commits)");
+  if (!rows.ok()) return rows.status();
   std::set<std::string> digests;
-  while (select.Step() == SQLITE_ROW) digests.insert(select.Text(0));
+  for (size_t row = 0; row < rows->size(); ++row) digests.insert(rows->Text(row, 0));
   return digests;
 }
 
-absl::StatusOr<int64_t> SqliteMetadataStore::LogicalBytes() {
-  std::lock_guard lock(mutex_);
-  Statement select(database_, "SELECT COALESCE(SUM(t.total_size), 0) FROM commits c JOIN trees t ON t.tree_id = c.tree_id");
-  if (select.Step() != SQLITE_ROW) return int64_t{0};
-  return select.Int(0);
+absl::StatusOr<int64_t> SqlMetadataStore::LogicalBytes() {
+  absl::StatusOr<SqlRows> rows =
+      database_->Run("SELECT COALESCE(SUM(t.total_size), 0) FROM commits c JOIN trees t ON t.tree_id = c.tree_id");
+  if (!rows.ok()) return rows.status();
+  if (rows->empty()) return int64_t{0};
+  return rows->Int(0, 0);
 }
 
-absl::Status SqliteMetadataStore::DeleteOrphanTrees() {
-  std::lock_guard lock(mutex_);
-  Transaction transaction(database_);
-  if (!transaction.status().ok()) return transaction.status();
-  for (const char* sql : {"DELETE FROM tree_entries WHERE tree_id NOT IN (SELECT tree_id FROM commits)",
-                          "DELETE FROM trees WHERE tree_id NOT IN (SELECT tree_id FROM commits)"}) {
-    if (absl::Status status = Execute(database_, sql); !status.ok()) return status;
-  }
-  return transaction.Commit();
+absl::Status SqlMetadataStore::WithCommitsPaused(const std::function<absl::Status()>& body) {
+  // SQLite: one registry process owns the file, and its own lock (Registry::garbage_mutex_)
+  // already keeps commits out. PostgreSQL: SHARE on `commits` waits for the commits in flight
+  // (ROW EXCLUSIVE, taken first thing by CommitToBranch) and holds new ones back.
+  if (database_->dialect() != SqlDialect::kPostgres) return body();
+  return database_->Transaction([&](SqlSession& session) -> absl::Status {
+    if (absl::Status status = session.Run("LOCK TABLE commits IN SHARE MODE").status(); !status.ok()) return status;
+    return body();
+  });
+}
+
+absl::Status SqlMetadataStore::DeleteOrphanTrees() {
+  const bool postgres = database_->dialect() == SqlDialect::kPostgres;
+  return database_->Transaction([&](SqlSession& session) -> absl::Status {
+    if (postgres) {  // Note [Commits on PostgreSQL]
+      if (absl::Status status = session.Run("LOCK TABLE commits IN SHARE MODE").status(); !status.ok()) return status;
+    }
+    for (const char* sql : {"DELETE FROM tree_entries WHERE tree_id NOT IN (SELECT tree_id FROM commits)",
+                            "DELETE FROM trees WHERE tree_id NOT IN (SELECT tree_id FROM commits)"}) {
+      if (absl::Status status = session.Run(sql).status(); !status.ok()) return status;
+    }
+    return absl::OkStatus();
+  });
 }
 
 }  // namespace flotilla::registry

@@ -1,19 +1,22 @@
 // The registry's metadata: repositories, commits, file trees, branches and tags.
 //
-// MetadataStore is the interface (a PostgreSQL backend for several registry replicas implements it
-// in the deploy work); SqliteMetadataStore is the embedded default (one file, WAL journal).
+// MetadataStore is the interface; SqlMetadataStore implements it over a SqlDatabase: SQLite (the
+// embedded default, one file, WAL journal) or PostgreSQL (shared by several registry replicas).
 //
-//   auto store = SqliteMetadataStore::Open("/var/lib/flotilla/registry/metadata.sqlite3");
+//   auto store = SqlMetadataStore::Open("/var/lib/flotilla/registry/metadata.sqlite3");
+//   // or SqlMetadataStore::Open("postgresql://registry@db:5432/flotilla")
 //   (*store)->CreateRepository("acme", "llama", /*kind=*/1, /*exist_ok=*/false);
 //   auto commit = (*store)->CommitToBranch("acme", "llama", "main", /*expected_parent=*/std::nullopt,
 //                                          "alice", "first weights", absl::Now(), files);
 //
 // Commit ids are computed as git computes them (see Note [Commit ids]), so they are 40 lowercase
 // hex digits, which huggingface_hub requires. A commit and its branch move happen in one
-// transaction: readers see the old tree or the new one, never a mix. Thread-safe.
+// transaction: readers see the old tree or the new one, never a mix, on every replica (see Note
+// [Commits on PostgreSQL] in metadata_store.cc for the locks). Thread-safe.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -25,7 +28,7 @@
 #include <absl/status/statusor.h>
 #include <absl/time/time.h>
 
-struct sqlite3;
+#include "services/registry/sql_database.h"
 
 namespace flotilla::registry {
 
@@ -88,11 +91,18 @@ class MetadataStore {
   // Creates a commit of `files` (the whole new tree) on `branch` and moves the branch to it, in one
   // transaction. `expected_parent`: nullopt commits on whatever the head is; "" requires the branch
   // not to exist yet; an id requires the head to be that id. Otherwise ABORTED naming the head.
+  // `verify` (the registry's check that every blob is stored) runs inside the transaction, where
+  // no WithCommitsPaused body can run at the same time, on any replica; its error aborts the commit.
   virtual absl::StatusOr<CommitRecord> CommitToBranch(const std::string& namespace_name, const std::string& name,
                                                       const std::string& branch,
                                                       const std::optional<std::string>& expected_parent,
                                                       const std::string& author, const std::string& message,
-                                                      absl::Time time, std::vector<TreeEntry> files) = 0;
+                                                      absl::Time time, std::vector<TreeEntry> files,
+                                                      const std::function<absl::Status()>& verify = {}) = 0;
+  // Runs `body` while no commit is in flight or can start, on any replica sharing the database
+  // (garbage collection: what it reads as referenced stays true until it has deleted the rest).
+  // Commits wait meanwhile.
+  virtual absl::Status WithCommitsPaused(const std::function<absl::Status()>& body) = 0;
 
   virtual absl::StatusOr<std::vector<RefRecord>> ListRefs(const std::string& namespace_name,
                                                           const std::string& name) = 0;
@@ -119,10 +129,12 @@ class MetadataStore {
   virtual absl::Status DeleteOrphanTrees() = 0;
 };
 
-class SqliteMetadataStore final : public MetadataStore {
+class SqlMetadataStore final : public MetadataStore {
  public:
-  static absl::StatusOr<std::unique_ptr<SqliteMetadataStore>> Open(const std::string& path);
-  ~SqliteMetadataStore() override;
+  // A SQLite file path or a postgresql:// URL (see OpenSqlDatabase); creates the tables.
+  static absl::StatusOr<std::unique_ptr<SqlMetadataStore>> Open(const std::string& location);
+  // Over an open database (the registry shares one PostgreSQL pool with the Xet store).
+  static absl::StatusOr<std::unique_ptr<SqlMetadataStore>> Open(std::shared_ptr<SqlDatabase> database);
 
   absl::StatusOr<RepositoryRecord> CreateRepository(const std::string& namespace_name, const std::string& name,
                                                     int kind, bool exist_ok) override;
@@ -134,7 +146,9 @@ class SqliteMetadataStore final : public MetadataStore {
                                               const std::string& branch,
                                               const std::optional<std::string>& expected_parent,
                                               const std::string& author, const std::string& message, absl::Time time,
-                                              std::vector<TreeEntry> files) override;
+                                              std::vector<TreeEntry> files,
+                                              const std::function<absl::Status()>& verify = {}) override;
+  absl::Status WithCommitsPaused(const std::function<absl::Status()>& body) override;
   absl::StatusOr<std::vector<RefRecord>> ListRefs(const std::string& namespace_name, const std::string& name) override;
   absl::Status CreateTag(const std::string& namespace_name, const std::string& name, const std::string& tag,
                          const std::string& commit_id) override;
@@ -149,13 +163,17 @@ class SqliteMetadataStore final : public MetadataStore {
   absl::StatusOr<int64_t> LogicalBytes() override;
   absl::Status DeleteOrphanTrees() override;
 
- private:
-  explicit SqliteMetadataStore(sqlite3* database) : database_(database) {}
-  absl::StatusOr<int64_t> RepositoryId(const std::string& namespace_name, const std::string& name);
-  absl::StatusOr<RepositoryRecord> GetRepositoryLocked(const std::string& namespace_name, const std::string& name);
+  SqlDatabase& database() { return *database_; }
 
-  std::mutex mutex_;  // one connection, used by one thread at a time
-  sqlite3* database_;
+ private:
+  explicit SqlMetadataStore(std::shared_ptr<SqlDatabase> database) : database_(std::move(database)) {}
+  // The repository's id; `lock` takes its row lock (PostgreSQL) until the transaction ends.
+  absl::StatusOr<int64_t> RepositoryId(SqlSession& session, const std::string& namespace_name,
+                                       const std::string& name, bool lock = false);
+  absl::StatusOr<RepositoryRecord> GetRepositoryIn(SqlSession& session, const std::string& namespace_name,
+                                                   const std::string& name);
+
+  std::shared_ptr<SqlDatabase> database_;
 };
 
 }  // namespace flotilla::registry

@@ -12,6 +12,7 @@
 #include <absl/strings/str_join.h>
 
 #include "services/registry/names.h"
+#include "services/registry/s3_blob_store.h"
 
 namespace flotilla::registry {
 namespace {
@@ -33,12 +34,36 @@ absl::Status ValidateRepository(const std::string& namespace_name, const std::st
 absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& options) {
   std::error_code error;
   std::filesystem::create_directories(options.data_directory, error);
-  auto metadata = SqliteMetadataStore::Open(options.data_directory + "/metadata.sqlite3");
+  // With PostgreSQL, the metadata and Xet tables share one database and one connection pool; with
+  // SQLite each keeps its own file, as it always has.
+  std::shared_ptr<SqlDatabase> shared_database;
+  if (!options.metadata_url.empty()) {
+    auto database = OpenSqlDatabase(options.metadata_url);
+    if (!database.ok()) return database.status();
+    shared_database = *std::move(database);
+  }
+  auto metadata = shared_database ? SqlMetadataStore::Open(shared_database)
+                                  : SqlMetadataStore::Open(options.data_directory + "/metadata.sqlite3");
   if (!metadata.ok()) return metadata.status();
-  auto blobs = LocalBlobStore::Open(options.data_directory, options.stale_partial_age);
-  if (!blobs.ok()) return blobs.status();
-  auto registry = std::make_unique<Registry>(options, *std::move(metadata), *std::move(blobs));
-  auto xet = XetStore::Open(options.data_directory, *registry->blobs_);
+  std::unique_ptr<BlobStore> blobs;
+  S3BlobStore* bucket = nullptr;
+  if (!options.blob_url.empty()) {
+    S3Options s3 = options.s3;
+    std::string prefix;
+    if (absl::Status status = ParseS3Url(options.blob_url, &s3.bucket, &prefix); !status.ok()) return status;
+    auto opened = S3BlobStore::Open(s3, prefix, options.data_directory, options.stale_partial_age);
+    if (!opened.ok()) return opened.status();
+    bucket = opened->get();
+    blobs = *std::move(opened);
+  } else {
+    auto opened = LocalBlobStore::Open(options.data_directory, options.stale_partial_age);
+    if (!opened.ok()) return opened.status();
+    blobs = *std::move(opened);
+  }
+  auto registry = std::make_unique<Registry>(options, *std::move(metadata), std::move(blobs));
+  auto xet = bucket ? XetStore::Open(options.data_directory, *registry->blobs_, shared_database, &bucket->client(),
+                                     bucket->prefix() + "xet/xorbs/")
+                    : XetStore::Open(options.data_directory, *registry->blobs_, shared_database);
   if (!xet.ok()) return xet.status();
   registry->xet_ = *std::move(xet);
   int64_t stored = 0;
@@ -138,19 +163,26 @@ absl::StatusOr<CommitRecord> Registry::CreateCommit(const std::string& namespace
       return absl::InvalidArgumentError(absl::StrCat(where, ": file ", file.path, ": ", status.message()));
     }
   }
-  // Shared with other commits, exclusive against garbage collection (see the Note in registry.h).
+  // Shared with other commits, exclusive against garbage collection (see the Note in registry.h);
+  // across replicas the metadata store runs the check inside the commit's transaction, which
+  // collection on any replica excludes (Note [Commits on PostgreSQL] in metadata_store.cc).
   std::shared_lock lock(garbage_mutex_);
-  for (const TreeEntry& file : files) {
-    absl::StatusOr<int64_t> size = blobs_->Size(file.sha256);
-    if (!size.ok()) {
-      return absl::FailedPreconditionError(absl::StrCat(where, ": file ", file.path, ": blob ", file.sha256,
-                                                        " is not in the registry; upload it before committing"));
+  auto verify_blobs = [&]() -> absl::Status {
+    for (const TreeEntry& file : files) {
+      absl::StatusOr<int64_t> size = blobs_->Size(file.sha256);
+      if (!size.ok()) {
+        return absl::FailedPreconditionError(absl::StrCat(where, ": file ", file.path, ": blob ", file.sha256,
+                                                          " is not in the registry; upload it before committing"));
+      }
+      if (*size != file.size) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": file ", file.path, ": stated size ", file.size,
+                                                       " but blob ", file.sha256, " has ", *size, " bytes"));
+      }
     }
-    if (*size != file.size) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": file ", file.path, ": stated size ", file.size,
-                                                     " but blob ", file.sha256, " has ", *size, " bytes"));
-    }
-  }
+    return absl::OkStatus();
+  };
+  // Checked here too, so a bad tree is refused before any lock is taken.
+  if (absl::Status status = verify_blobs(); !status.ok()) return status;
   absl::StatusOr<RepositoryRecord> repository = metadata_->GetRepository(namespace_name, name);
   if (!repository.ok()) return repository.status();
   if (repository->kind == kKernelKind) {
@@ -160,8 +192,9 @@ absl::StatusOr<CommitRecord> Registry::CreateCommit(const std::string& namespace
       return absl::InvalidArgumentError(absl::StrCat(where, ": ", status.message()));
     }
   }
+  std::vector<TreeEntry> tree = files;  // `verify_blobs` reads `files`
   return metadata_->CommitToBranch(namespace_name, name, branch_name, expected_parent, author, message, absl::Now(),
-                                   std::move(files));
+                                   std::move(tree), verify_blobs);
 }
 
 absl::StatusOr<KernelManifest> Registry::ReadKernelManifest(const std::vector<TreeEntry>& files) {
@@ -243,36 +276,48 @@ absl::StatusOr<GarbageReport> Registry::CollectGarbage(bool dry_run) {
   if (!dry_run) {
     if (absl::Status status = metadata_->DeleteOrphanTrees(); !status.ok()) return status;
   }
-  absl::StatusOr<std::set<std::string>> referenced = metadata_->ReferencedBlobs();
-  if (!referenced.ok()) return referenced.status();
-  const std::set<std::string> uploading = blobs_->UploadsInProgress();
-  const absl::Time cutoff = absl::Now() - options_.garbage_grace_period;
-  std::vector<BlobInfo> doomed;
-  absl::Status listed = blobs_->ForEachBlob([&](const BlobInfo& blob) {
-    if (referenced->count(blob.sha256) || uploading.count(blob.sha256) || blob.modified > cutoff) {
-      ++report.kept_blobs;
-    } else {
-      doomed.push_back(blob);
+  // The referenced set must stay true until the deletions are done: no commit may land in
+  // between, on this replica (garbage_mutex_) or any other (WithCommitsPaused).
+  auto collect = [&]() -> absl::Status {
+    report.kept_blobs = report.deleted_blobs = report.freed_bytes = 0;  // a retried transaction reruns this
+    absl::StatusOr<std::set<std::string>> referenced = metadata_->ReferencedBlobs();
+    if (!referenced.ok()) return referenced.status();
+    const std::set<std::string> uploading = blobs_->UploadsInProgress();
+    const absl::Time cutoff = absl::Now() - options_.garbage_grace_period;
+    std::vector<BlobInfo> doomed;
+    absl::Status listed = blobs_->ForEachBlob([&](const BlobInfo& blob) {
+      if (referenced->count(blob.sha256) || uploading.count(blob.sha256) || blob.modified > cutoff) {
+        ++report.kept_blobs;
+      } else {
+        doomed.push_back(blob);
+      }
+    });
+    if (!listed.ok()) return listed;
+    for (const BlobInfo& blob : doomed) {
+      if (!dry_run) {
+        if (absl::Status status = blobs_->Delete(blob.sha256); !status.ok()) return status;
+        stored_bytes_ -= blob.size;
+      }
+      ++report.deleted_blobs;
+      report.freed_bytes += blob.size;
     }
-  });
-  if (!listed.ok()) return listed;
-  for (const BlobInfo& blob : doomed) {
-    if (!dry_run) {
-      if (absl::Status status = blobs_->Delete(blob.sha256); !status.ok()) return status;
-      stored_bytes_ -= blob.size;
-    }
-    ++report.deleted_blobs;
-    report.freed_bytes += blob.size;
-  }
-  // Xet files whose blob no commit names, and the xorbs no remaining file uses (Note [Xet garbage
-  // collection] in xet_store.h).
-  absl::StatusOr<XetGarbageReport> xet_report = xet_->CollectGarbage(*referenced, cutoff, dry_run);
-  if (!xet_report.ok()) return xet_report.status();
-  report.xet = *xet_report;
+    // Xet files whose blob no commit names, and the xorbs no remaining file uses (Note [Xet garbage
+    // collection] in xet_store.h).
+    absl::StatusOr<XetGarbageReport> xet_report = xet_->CollectGarbage(*referenced, cutoff, dry_run);
+    if (!xet_report.ok()) return xet_report.status();
+    report.xet = *xet_report;
+    return absl::OkStatus();
+  };
+  absl::Status collected = dry_run ? collect() : metadata_->WithCommitsPaused(collect);
+  if (!collected.ok()) return collected;
   if (!dry_run) {
     // Stale partial uploads go too (a fresh store open also removes them).
     auto reopened = LocalBlobStore::Open(options_.data_directory, options_.stale_partial_age);
     if (reopened.ok()) report.deleted_partials = (*reopened)->removed_stale_partials();
+    // And staged uploads a killed replica left in a shared bucket (Note [Staged S3 uploads]).
+    absl::StatusOr<int64_t> staged = blobs_->DeleteStaleStaging(options_.stale_partial_age);
+    if (!staged.ok()) return staged.status();
+    report.deleted_partials += *staged;
   }
   return report;
 }

@@ -27,12 +27,20 @@
 #include "services/registry/blob_store.h"
 #include "services/registry/kernel_manifest.h"
 #include "services/registry/metadata_store.h"
+#include "services/registry/s3_client.h"
 #include "services/registry/xet_store.h"
 
 namespace flotilla::registry {
 
 struct RegistryOptions {
   std::string data_directory;
+  // Where the metadata (and the Xet tables) live: empty for SQLite files under data_directory, or
+  // a postgresql:// URL that several replicas share.
+  std::string metadata_url;
+  // Where the blobs (and Xet xorbs) live: empty for local disk under data_directory, or
+  // s3://bucket/prefix (then data_directory keeps only partial uploads and a read cache).
+  std::string blob_url;
+  S3Options s3;  // endpoint, region and credentials for blob_url (its bucket comes from the URL)
   // Blobs younger than this are never collected (a push may be about to reference them).
   absl::Duration garbage_grace_period = absl::Minutes(10);
   // Partial uploads untouched for this long are deleted at start and by garbage collection.

@@ -169,7 +169,7 @@ TreeEntry Store(Registry& registry, const std::string& path, const std::string& 
 }
 
 TEST(MetadataStoreTest, RepositoriesPagingAndDelete) {
-  auto store = SqliteMetadataStore::Open(TempDirectory() + "/metadata.sqlite3");
+  auto store = SqlMetadataStore::Open(TempDirectory() + "/metadata.sqlite3");
   ASSERT_TRUE(store.ok());
   for (const char* name : {"alpha", "beta", "gamma"}) ASSERT_TRUE((*store)->CreateRepository("acme", name, 1, false).ok());
   EXPECT_EQ((*store)->CreateRepository("acme", "beta", 1, false).status().code(), absl::StatusCode::kAlreadyExists);

@@ -201,8 +201,10 @@ void XetApi::Fetch(const httplib::Request& request, httplib::Response& response,
     return SendXetError(response, absl::PermissionDeniedError(absl::StrCat(
                                       "fetch xorb ", hash_text, ": the URL's signature is invalid or expired")));
   }
-  const std::string path = registry_.xet().XorbPath(*hash);
-  int descriptor = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // With shared (S3) storage a replica may first have to fetch the xorb into its local folder.
+  absl::StatusOr<std::string> path = registry_.xet().LocalXorbPath(*hash);
+  if (!path.ok()) return SendXetError(response, path.status());
+  int descriptor = open(path->c_str(), O_RDONLY | O_CLOEXEC);
   if (descriptor < 0) return SendXetError(response, absl::NotFoundError(absl::StrCat("xorb ", hash_text, " is not stored")));
   const off_t size = lseek(descriptor, 0, SEEK_END);
   prometheus::Counter* sent = &Metrics().bytes_sent.Add({{"api", "xet"}});

@@ -1,7 +1,6 @@
 #include "services/registry/xet_store.h"
 
 #include <fcntl.h>
-#include <sqlite3.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -29,7 +28,7 @@
 namespace flotilla::registry {
 namespace {
 
-constexpr char kSchema[] = R"sql(
+constexpr char kSqliteSchema[] = R"sql(
 CREATE TABLE IF NOT EXISTS xorbs(hash TEXT PRIMARY KEY, data_bytes INTEGER NOT NULL, file_bytes INTEGER NOT NULL,
   chunk_hashes BLOB NOT NULL, packed_ends BLOB NOT NULL, unpacked_ends BLOB NOT NULL, created INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS chunks(hash TEXT PRIMARY KEY, xorb TEXT NOT NULL, chunk_index INTEGER NOT NULL);
@@ -42,42 +41,25 @@ CREATE TABLE IF NOT EXISTS file_repositories(file TEXT NOT NULL, repository TEXT
   PRIMARY KEY(file, repository));
 )sql";
 
-// A prepared statement that finalizes itself.
-class Statement {
- public:
-  Statement(sqlite3* database, const char* sql) { sqlite3_prepare_v2(database, sql, -1, &statement_, nullptr); }
-  ~Statement() { sqlite3_finalize(statement_); }
-  Statement& Bind(int index, const std::string& text) {
-    sqlite3_bind_text(statement_, index, text.data(), static_cast<int>(text.size()), SQLITE_TRANSIENT);
-    return *this;
-  }
-  Statement& BindBlob(int index, const std::string& bytes) {
-    sqlite3_bind_blob(statement_, index, bytes.data(), static_cast<int>(bytes.size()), SQLITE_TRANSIENT);
-    return *this;
-  }
-  Statement& Bind(int index, int64_t value) {
-    sqlite3_bind_int64(statement_, index, value);
-    return *this;
-  }
-  int Step() { return sqlite3_step(statement_); }
-  int64_t Int(int column) { return sqlite3_column_int64(statement_, column); }
-  std::string Text(int column) {
-    const auto* text = sqlite3_column_text(statement_, column);
-    return text ? std::string(reinterpret_cast<const char*>(text), sqlite3_column_bytes(statement_, column)) : "";
-  }
-  std::string Blob(int column) {
-    const void* blob = sqlite3_column_blob(statement_, column);
-    return blob ? std::string(static_cast<const char*>(blob), sqlite3_column_bytes(statement_, column)) : "";
-  }
-  bool ok() const { return statement_ != nullptr; }
-
- private:
-  sqlite3_stmt* statement_ = nullptr;
-};
-
-absl::Status SqliteError(sqlite3* database, const std::string& what) {
-  return absl::InternalError(absl::StrCat("xet store: ", what, ": ", sqlite3_errmsg(database)));
-}
+// The same tables in the registry's PostgreSQL database (beside the metadata tables, no name in
+// common), plus the CAS token secret, which every replica must share: a token one replica issues
+// is checked by whichever replica the client's next request reaches.
+constexpr char kPostgresSchema[] = R"sql(
+CREATE TABLE IF NOT EXISTS xorbs(hash TEXT COLLATE "C" PRIMARY KEY, data_bytes BIGINT NOT NULL,
+  file_bytes BIGINT NOT NULL, chunk_hashes BYTEA NOT NULL, packed_ends BYTEA NOT NULL, unpacked_ends BYTEA NOT NULL,
+  created BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks(hash TEXT COLLATE "C" PRIMARY KEY, xorb TEXT COLLATE "C" NOT NULL,
+  chunk_index BIGINT NOT NULL);
+CREATE INDEX IF NOT EXISTS chunks_by_xorb ON chunks(xorb);
+CREATE TABLE IF NOT EXISTS files(hash TEXT COLLATE "C" PRIMARY KEY, sha256 TEXT COLLATE "C" NOT NULL,
+  size BIGINT NOT NULL, terms BYTEA NOT NULL, created BIGINT NOT NULL);
+CREATE INDEX IF NOT EXISTS files_by_sha256 ON files(sha256);
+CREATE TABLE IF NOT EXISTS file_xorbs(xorb TEXT COLLATE "C" NOT NULL, file TEXT COLLATE "C" NOT NULL,
+  PRIMARY KEY(xorb, file));
+CREATE TABLE IF NOT EXISTS file_repositories(file TEXT COLLATE "C" NOT NULL, repository TEXT COLLATE "C" NOT NULL,
+  PRIMARY KEY(file, repository));
+CREATE TABLE IF NOT EXISTS xet_secrets(name TEXT PRIMARY KEY, secret BYTEA NOT NULL)
+)sql";
 
 template <typename T>
 std::string PackArray(const std::vector<T>& values) {
@@ -159,9 +141,36 @@ absl::StatusOr<std::string> ReadOrCreateSecret(const std::string& path) {
   return std::string(secret, sizeof(secret));
 }
 
+// The replicas' common secret: the first to start writes a random one, the others read it.
+absl::StatusOr<std::string> SharedSecret(SqlDatabase& database) {
+  unsigned char fresh[32];
+  RAND_bytes(fresh, sizeof(fresh));
+  absl::StatusOr<SqlRows> inserted = database.Run(
+      "INSERT INTO xet_secrets(name, secret) VALUES('cas_token', ?) ON CONFLICT DO NOTHING",
+      {SqlBytes{std::string(reinterpret_cast<const char*>(fresh), sizeof(fresh))}});
+  if (!inserted.ok()) return inserted.status();
+  absl::StatusOr<SqlRows> rows = database.Run("SELECT secret FROM xet_secrets WHERE name = 'cas_token'");
+  if (!rows.ok()) return rows.status();
+  if (rows->empty() || rows->Text(0, 0).size() != sizeof(fresh)) {
+    return absl::DataLossError("read the Xet CAS token secret: expected 32 bytes in xet_secrets");
+  }
+  return rows->Text(0, 0);
+}
+
+std::optional<XetHash> FirstFileHash(const absl::StatusOr<SqlRows>& rows) {
+  if (!rows.ok() || rows->empty()) return std::nullopt;
+  absl::StatusOr<XetHash> hash = XetHashFromString(rows->Text(0, 0));
+  if (!hash.ok()) return std::nullopt;
+  return *hash;
+}
+
+constexpr char kFileBySha256[] = "SELECT hash FROM files WHERE sha256 = ? AND size = ? LIMIT 1";
+
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<XetStore>> XetStore::Open(const std::string& data_directory, BlobStore& blobs) {
+absl::StatusOr<std::unique_ptr<XetStore>> XetStore::Open(const std::string& data_directory, BlobStore& blobs,
+                                                         std::shared_ptr<SqlDatabase> database, S3Client* xorb_bucket,
+                                                         std::string xorb_prefix) {
   const std::string root = data_directory + "/xet";
   std::error_code error;
   std::filesystem::create_directories(root + "/xorbs/tmp", error);
@@ -170,26 +179,26 @@ absl::StatusOr<std::unique_ptr<XetStore>> XetStore::Open(const std::string& data
   for (const auto& entry : std::filesystem::directory_iterator(root + "/xorbs/tmp", error)) {
     std::filesystem::remove(entry.path(), error);
   }
-  absl::StatusOr<std::string> secret = ReadOrCreateSecret(root + "/token_secret");
+  if (database == nullptr) {
+    absl::StatusOr<std::unique_ptr<SqlDatabase>> opened = OpenSqlDatabase(root + "/xet.sqlite3");
+    if (!opened.ok()) return opened.status();
+    database = *std::move(opened);
+  }
+  const bool postgres = database->dialect() == SqlDialect::kPostgres;
+  if (absl::Status status = database->ExecuteScript(postgres ? kPostgresSchema : kSqliteSchema); !status.ok()) {
+    return absl::Status(status.code(), absl::StrCat("create the Xet tables: ", status.message()));
+  }
+  absl::StatusOr<std::string> secret =
+      postgres ? SharedSecret(*database) : ReadOrCreateSecret(root + "/token_secret");
   if (!secret.ok()) return secret.status();
-  sqlite3* database = nullptr;
-  const std::string path = root + "/xet.sqlite3";
-  if (sqlite3_open_v2(path.c_str(), &database, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-                      nullptr) != SQLITE_OK) {
-    absl::Status status = SqliteError(database, "open " + path);
-    sqlite3_close(database);
-    return status;
-  }
-  sqlite3_busy_timeout(database, 10000);
-  auto store = std::unique_ptr<XetStore>(new XetStore(root, blobs, database, *std::move(secret)));
-  for (const char* sql : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", kSchema}) {
-    if (absl::Status status = store->Execute(sql); !status.ok()) return status;
-  }
+  auto store = std::unique_ptr<XetStore>(new XetStore(root, blobs, std::move(database), *std::move(secret)));
+  store->xorb_bucket_ = xorb_bucket;
+  store->xorb_prefix_ = std::move(xorb_prefix);
   return store;
 }
 
-XetStore::XetStore(std::string root, BlobStore& blobs, sqlite3* database, std::string secret)
-    : root_(std::move(root)), blobs_(blobs), database_(database), secret_(std::move(secret)) {}
+XetStore::XetStore(std::string root, BlobStore& blobs, std::shared_ptr<SqlDatabase> database, std::string secret)
+    : root_(std::move(root)), blobs_(blobs), database_(std::move(database)), secret_(std::move(secret)) {}
 
 XetStore::~XetStore() {
   {
@@ -198,7 +207,6 @@ XetStore::~XetStore() {
   }
   index_ready_.notify_all();
   if (index_thread_.joinable()) index_thread_.join();
-  sqlite3_close(database_);
 }
 
 void XetStore::IndexInBackground(const std::string& sha256, int64_t size) {
@@ -229,23 +237,7 @@ void XetStore::IndexLoop() {
 }
 
 std::optional<XetHash> XetStore::ExistingFileHashForBlob(const std::string& sha256, int64_t size) {
-  std::lock_guard lock(database_mutex_);
-  Statement select(database_, "SELECT hash FROM files WHERE sha256 = ? AND size = ? LIMIT 1");
-  select.Bind(1, sha256).Bind(2, size);
-  if (select.Step() != SQLITE_ROW) return std::nullopt;
-  absl::StatusOr<XetHash> hash = XetHashFromString(select.Text(0));
-  if (!hash.ok()) return std::nullopt;
-  return *hash;
-}
-
-absl::Status XetStore::Execute(const std::string& sql) {
-  char* message = nullptr;
-  if (sqlite3_exec(database_, sql.c_str(), nullptr, nullptr, &message) != SQLITE_OK) {
-    std::string text = message ? message : "unknown error";
-    sqlite3_free(message);
-    return absl::InternalError(absl::StrCat("xet store: ", text));
-  }
-  return absl::OkStatus();
+  return FirstFileHash(database_->Run(kFileBySha256, {sha256, size}));
 }
 
 std::string XetStore::XorbPath(const XetHash& hash) const {
@@ -277,34 +269,66 @@ absl::Status XetStore::WriteXorbFile(const XetHash& hash, absl::string_view seri
     unlink(temporary.c_str());
     return absl::InternalError(absl::StrCat("store xorb ", path, ": ", std::strerror(errno)));
   }
-  return SyncDirectory(folder);
+  if (absl::Status status = SyncDirectory(folder); !status.ok()) return status;
+  // Shared storage: the bucket's copy must exist before the xorb is recorded (RecordXorb), so no
+  // replica ever finds a recorded xorb it cannot fetch.
+  if (xorb_bucket_ != nullptr) {
+    absl::Status uploaded = xorb_bucket_->PutFile(xorb_prefix_ + XetHashToString(hash), path, Sha256OfString(serialized));
+    if (!uploaded.ok()) {
+      unlink(path.c_str());
+      return uploaded;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> XetStore::LocalXorbPath(const XetHash& hash) {
+  const std::string path = XorbPath(hash);
+  if (access(path.c_str(), R_OK) == 0) return path;
+  const std::string text = XetHashToString(hash);
+  if (xorb_bucket_ == nullptr) return absl::NotFoundError(absl::StrCat("xorb ", text, " is not stored"));
+  std::error_code error;
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path(), error);
+  std::random_device random;
+  const std::string temporary = absl::StrCat(root_, "/xorbs/tmp/", text, ".fetch.", random());
+  if (absl::Status status = xorb_bucket_->GetToFile(xorb_prefix_ + text, temporary); !status.ok()) {
+    unlink(temporary.c_str());
+    if (absl::IsNotFound(status)) return absl::NotFoundError(absl::StrCat("xorb ", text, " is not stored"));
+    return status;
+  }
+  if (rename(temporary.c_str(), path.c_str()) != 0) {
+    unlink(temporary.c_str());
+    return absl::InternalError(absl::StrCat("store fetched xorb ", path, ": ", std::strerror(errno)));
+  }
+  return path;
 }
 
 absl::Status XetStore::RecordXorb(const XetHash& hash, const ParsedXorb& xorb) {
-  std::lock_guard lock(database_mutex_);
   const std::string text = XetHashToString(hash);
-  if (absl::Status status = Execute("BEGIN IMMEDIATE"); !status.ok()) return status;
-  Statement insert(database_,
-                   "INSERT OR IGNORE INTO xorbs(hash, data_bytes, file_bytes, chunk_hashes, packed_ends, unpacked_ends, "
-                   "created) VALUES(?, ?, ?, ?, ?, ?, ?)");
-  insert.Bind(1, text).Bind(2, static_cast<int64_t>(xorb.data_size))
-      .Bind(3, static_cast<int64_t>(std::filesystem::file_size(XorbPath(hash))))
-      .BindBlob(4, PackArray(xorb.chunk_hashes)).BindBlob(5, PackArray(xorb.packed_ends))
-      .BindBlob(6, PackArray(xorb.unpacked_ends)).Bind(7, absl::ToUnixSeconds(absl::Now()));
-  if (insert.Step() != SQLITE_DONE) {
-    Execute("ROLLBACK");
-    return SqliteError(database_, "record xorb " + text);
-  }
-  // The first xorb that stores a chunk is where global dedup points.
-  for (size_t index = 0; index < xorb.chunk_hashes.size(); ++index) {
-    Statement chunk(database_, "INSERT OR IGNORE INTO chunks(hash, xorb, chunk_index) VALUES(?, ?, ?)");
-    chunk.Bind(1, XetHashToString(xorb.chunk_hashes[index])).Bind(2, text).Bind(3, static_cast<int64_t>(index));
-    if (chunk.Step() != SQLITE_DONE) {
-      Execute("ROLLBACK");
-      return SqliteError(database_, "record chunks of xorb " + text);
+  std::error_code error;
+  const int64_t file_bytes = static_cast<int64_t>(std::filesystem::file_size(XorbPath(hash), error));
+  absl::Status status = database_->Transaction([&](SqlSession& session) -> absl::Status {
+    absl::Status inserted =
+        session
+            .Run("INSERT INTO xorbs(hash, data_bytes, file_bytes, chunk_hashes, packed_ends, unpacked_ends, created) "
+                 "VALUES(?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                 {text, static_cast<int64_t>(xorb.data_size), file_bytes, SqlBytes{PackArray(xorb.chunk_hashes)},
+                  SqlBytes{PackArray(xorb.packed_ends)}, SqlBytes{PackArray(xorb.unpacked_ends)},
+                  static_cast<int64_t>(absl::ToUnixSeconds(absl::Now()))})
+            .status();
+    if (!inserted.ok()) return inserted;
+    // The first xorb that stores a chunk is where global dedup points.
+    for (size_t index = 0; index < xorb.chunk_hashes.size(); ++index) {
+      absl::Status chunk = session
+                               .Run("INSERT INTO chunks(hash, xorb, chunk_index) VALUES(?, ?, ?) ON CONFLICT DO NOTHING",
+                                    {XetHashToString(xorb.chunk_hashes[index]), text, static_cast<int64_t>(index)})
+                               .status();
+      if (!chunk.ok()) return chunk;
     }
-  }
-  return Execute("COMMIT");
+    return absl::OkStatus();
+  });
+  if (!status.ok()) return absl::Status(status.code(), absl::StrCat("xet store: record xorb ", text, ": ", status.message()));
+  return status;
 }
 
 absl::StatusOr<bool> XetStore::PutXorb(const XetHash& hash, absl::string_view serialized) {
@@ -318,65 +342,68 @@ absl::StatusOr<bool> XetStore::PutXorb(const XetHash& hash, absl::string_view se
 }
 
 absl::StatusOr<XetStore::XorbRecord> XetStore::LoadXorb(const XetHash& hash) {
-  std::lock_guard lock(database_mutex_);
-  Statement select(database_, "SELECT data_bytes, chunk_hashes, packed_ends, unpacked_ends FROM xorbs WHERE hash = ?");
-  select.Bind(1, XetHashToString(hash));
-  if (select.Step() != SQLITE_ROW) {
-    return absl::NotFoundError(absl::StrCat("xorb ", XetHashToString(hash), " is not stored"));
-  }
+  absl::StatusOr<SqlRows> rows = database_->Run(
+      "SELECT data_bytes, chunk_hashes, packed_ends, unpacked_ends, file_bytes FROM xorbs WHERE hash = ?",
+      {XetHashToString(hash)});
+  if (!rows.ok()) return rows.status();
+  if (rows->empty()) return absl::NotFoundError(absl::StrCat("xorb ", XetHashToString(hash), " is not stored"));
   XorbRecord record;
-  record.data_bytes = static_cast<uint64_t>(select.Int(0));
-  record.chunk_hashes = UnpackArray<XetHash>(select.Blob(1));
-  record.packed_ends = UnpackArray<uint32_t>(select.Blob(2));
-  record.unpacked_ends = UnpackArray<uint32_t>(select.Blob(3));
+  record.data_bytes = static_cast<uint64_t>(rows->Int(0, 0));
+  record.chunk_hashes = UnpackArray<XetHash>(rows->Text(0, 1));
+  record.packed_ends = UnpackArray<uint32_t>(rows->Text(0, 2));
+  record.unpacked_ends = UnpackArray<uint32_t>(rows->Text(0, 3));
+  record.file_bytes = static_cast<uint64_t>(rows->Int(0, 4));
   return record;
 }
 
 absl::StatusOr<XetStore::FileRecord> XetStore::LoadFile(const XetHash& hash) {
-  std::lock_guard lock(database_mutex_);
-  Statement select(database_, "SELECT sha256, size, terms FROM files WHERE hash = ?");
-  select.Bind(1, XetHashToString(hash));
-  if (select.Step() != SQLITE_ROW) {
-    return absl::NotFoundError(absl::StrCat("file ", XetHashToString(hash), " is not stored"));
-  }
+  absl::StatusOr<SqlRows> rows = database_->Run("SELECT sha256, size, terms FROM files WHERE hash = ?", {XetHashToString(hash)});
+  if (!rows.ok()) return rows.status();
+  if (rows->empty()) return absl::NotFoundError(absl::StrCat("file ", XetHashToString(hash), " is not stored"));
   FileRecord record;
-  record.sha256 = select.Text(0);
-  record.size = static_cast<uint64_t>(select.Int(1));
-  record.terms = UnpackTerms(select.Blob(2));
+  record.sha256 = rows->Text(0, 0);
+  record.size = static_cast<uint64_t>(rows->Int(0, 1));
+  record.terms = UnpackTerms(rows->Text(0, 2));
   return record;
 }
 
 absl::Status XetStore::RecordFile(const XetHash& hash, const FileRecord& file) {
-  std::lock_guard lock(database_mutex_);
-  Statement insert(database_, "INSERT OR IGNORE INTO files(hash, sha256, size, terms, created) VALUES(?, ?, ?, ?, ?)");
-  insert.Bind(1, XetHashToString(hash)).Bind(2, file.sha256).Bind(3, static_cast<int64_t>(file.size))
-      .BindBlob(4, PackTerms(file.terms)).Bind(5, absl::ToUnixSeconds(absl::Now()));
-  if (insert.Step() != SQLITE_DONE) return SqliteError(database_, "record file " + XetHashToString(hash));
-  for (const XetReconstructionTerm& term : file.terms) {
-    Statement uses(database_, "INSERT OR IGNORE INTO file_xorbs(xorb, file) VALUES(?, ?)");
-    uses.Bind(1, XetHashToString(term.xorb_hash)).Bind(2, XetHashToString(hash));
-    if (uses.Step() != SQLITE_DONE) return SqliteError(database_, "record xorbs of file " + XetHashToString(hash));
-  }
-  // A re-upload refreshes the file's age, so garbage collection's grace period covers its commit.
-  Statement touch(database_, "UPDATE files SET created = ? WHERE hash = ?");
-  touch.Bind(1, absl::ToUnixSeconds(absl::Now())).Bind(2, XetHashToString(hash));
-  touch.Step();
-  return absl::OkStatus();
+  const std::string text = XetHashToString(hash);
+  const int64_t now = absl::ToUnixSeconds(absl::Now());
+  absl::Status status = database_->Transaction([&](SqlSession& session) -> absl::Status {
+    // A re-upload refreshes the file's age, so garbage collection's grace period covers its commit.
+    absl::Status inserted = session
+                                .Run("INSERT INTO files(hash, sha256, size, terms, created) VALUES(?, ?, ?, ?, ?) "
+                                     "ON CONFLICT (hash) DO UPDATE SET created = excluded.created",
+                                     {text, file.sha256, static_cast<int64_t>(file.size), SqlBytes{PackTerms(file.terms)}, now})
+                                .status();
+    if (!inserted.ok()) return inserted;
+    for (const XetReconstructionTerm& term : file.terms) {
+      absl::Status uses = session
+                              .Run("INSERT INTO file_xorbs(xorb, file) VALUES(?, ?) ON CONFLICT DO NOTHING",
+                                   {XetHashToString(term.xorb_hash), text})
+                              .status();
+      if (!uses.ok()) return uses;
+    }
+    return absl::OkStatus();
+  });
+  if (!status.ok()) return absl::Status(status.code(), absl::StrCat("xet store: record file ", text, ": ", status.message()));
+  return status;
 }
 
 absl::Status XetStore::Grant(const XetHash& file_hash, const std::string& repository) {
-  std::lock_guard lock(database_mutex_);
-  Statement insert(database_, "INSERT OR IGNORE INTO file_repositories(file, repository) VALUES(?, ?)");
-  insert.Bind(1, XetHashToString(file_hash)).Bind(2, repository);
-  if (insert.Step() != SQLITE_DONE) return SqliteError(database_, "grant file to " + repository);
-  return absl::OkStatus();
+  absl::Status status = database_
+                            ->Run("INSERT INTO file_repositories(file, repository) VALUES(?, ?) ON CONFLICT DO NOTHING",
+                                  {XetHashToString(file_hash), repository})
+                            .status();
+  if (!status.ok()) return absl::Status(status.code(), absl::StrCat("xet store: grant file to ", repository, ": ", status.message()));
+  return status;
 }
 
 bool XetStore::Granted(const XetHash& file_hash, const std::string& repository) {
-  std::lock_guard lock(database_mutex_);
-  Statement select(database_, "SELECT 1 FROM file_repositories WHERE file = ? AND repository = ?");
-  select.Bind(1, XetHashToString(file_hash)).Bind(2, repository);
-  return select.Step() == SQLITE_ROW;
+  absl::StatusOr<SqlRows> rows = database_->Run("SELECT 1 FROM file_repositories WHERE file = ? AND repository = ?",
+                                                {XetHashToString(file_hash), repository});
+  return rows.ok() && !rows->empty();
 }
 
 absl::Status XetStore::ForEachChunk(const std::vector<XetReconstructionTerm>& terms,
@@ -387,7 +414,9 @@ absl::Status XetStore::ForEachChunk(const std::vector<XetReconstructionTerm>& te
     if (!xorb.ok()) return xorb.status();
     const uint64_t begin = term.chunk_begin == 0 ? 0 : xorb->packed_ends[term.chunk_begin - 1];
     const uint64_t end = xorb->packed_ends[term.chunk_end - 1];
-    const std::string path = XorbPath(term.xorb_hash);
+    absl::StatusOr<std::string> local = LocalXorbPath(term.xorb_hash);
+    if (!local.ok()) return absl::DataLossError(absl::StrCat("xorb ", XetHashToString(term.xorb_hash), ": ", local.status().message()));
+    const std::string& path = *local;
     int descriptor = open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (descriptor < 0) return absl::DataLossError(absl::StrCat("xorb file ", path, " is missing"));
     buffer.resize(end - begin);
@@ -423,11 +452,9 @@ absl::Status XetStore::MaterializeBlob(const FileRecord& file, const std::string
 
 std::vector<size_t> XetStore::MissingChunks(const std::vector<XetHash>& chunk_hashes) {
   std::vector<size_t> missing;
-  std::lock_guard lock(database_mutex_);
   for (size_t index = 0; index < chunk_hashes.size(); ++index) {
-    Statement select(database_, "SELECT 1 FROM chunks WHERE hash = ?");
-    select.Bind(1, XetHashToString(chunk_hashes[index]));
-    if (select.Step() != SQLITE_ROW) missing.push_back(index);
+    absl::StatusOr<SqlRows> rows = database_->Run("SELECT 1 FROM chunks WHERE hash = ?", {XetHashToString(chunk_hashes[index])});
+    if (!rows.ok() || rows->empty()) missing.push_back(index);
   }
   return missing;
 }
@@ -443,16 +470,16 @@ absl::Status XetStore::CreateBlobFromChunks(const std::string& sha256, int64_t s
     std::string xorb_text;
     int64_t chunk_index = 0;
     {
-      std::lock_guard lock(database_mutex_);
-      Statement select(database_, "SELECT xorb, chunk_index FROM chunks WHERE hash = ?");
-      select.Bind(1, XetHashToString(chunk_hashes[index]));
-      if (select.Step() != SQLITE_ROW) {
+      absl::StatusOr<SqlRows> rows =
+          database_->Run("SELECT xorb, chunk_index FROM chunks WHERE hash = ?", {XetHashToString(chunk_hashes[index])});
+      if (!rows.ok()) return rows.status();
+      if (rows->empty()) {
         return absl::FailedPreconditionError(absl::StrCat("create blob ", sha256, ": chunk ", index, " (",
                                                           XetHashToString(chunk_hashes[index]),
                                                           ") is not stored; upload it in a xorb first"));
       }
-      xorb_text = select.Text(0);
-      chunk_index = select.Int(1);
+      xorb_text = rows->Text(0, 0);
+      chunk_index = rows->Int(0, 1);
     }
     const XetHash xorb_hash = *XetHashFromString(xorb_text);
     if (!xorbs.count(xorb_hash)) {
@@ -655,18 +682,19 @@ absl::StatusOr<std::string> XetStore::DedupShard(const XetHash& chunk_hash) {
   constexpr size_t kMaxXorbs = 64;
   std::vector<XetHash> xorb_hashes;
   {
-    std::lock_guard lock(database_mutex_);
-    Statement select(database_, "SELECT xorb FROM chunks WHERE hash = ?");
-    select.Bind(1, XetHashToString(chunk_hash));
-    if (select.Step() != SQLITE_ROW) {
+    absl::StatusOr<SqlRows> chunk = database_->Run("SELECT xorb FROM chunks WHERE hash = ?", {XetHashToString(chunk_hash)});
+    if (!chunk.ok()) return chunk.status();
+    if (chunk->empty()) {
       return absl::NotFoundError(absl::StrCat("global dedup: chunk ", XetHashToString(chunk_hash), " is not stored"));
     }
-    const std::string first_xorb = select.Text(0);
+    const std::string first_xorb = chunk->Text(0, 0);
     xorb_hashes.push_back(*XetHashFromString(first_xorb));
-    Statement files(database_, "SELECT f.terms FROM file_xorbs x JOIN files f ON f.hash = x.file WHERE x.xorb = ? LIMIT ?");
-    files.Bind(1, first_xorb).Bind(2, int64_t{kMaxFiles});
-    while (files.Step() == SQLITE_ROW && xorb_hashes.size() < kMaxXorbs) {
-      for (const XetReconstructionTerm& term : UnpackTerms(files.Blob(0))) {
+    absl::StatusOr<SqlRows> files = database_->Run(
+        "SELECT f.terms FROM file_xorbs x JOIN files f ON f.hash = x.file WHERE x.xorb = ? LIMIT ?",
+        {first_xorb, int64_t{kMaxFiles}});
+    if (!files.ok()) return files.status();
+    for (size_t row = 0; row < files->size() && xorb_hashes.size() < kMaxXorbs; ++row) {
+      for (const XetReconstructionTerm& term : UnpackTerms(files->Text(row, 0))) {
         if (xorb_hashes.size() >= kMaxXorbs) break;
         if (std::find(xorb_hashes.begin(), xorb_hashes.end(), term.xorb_hash) == xorb_hashes.end()) {
           xorb_hashes.push_back(term.xorb_hash);
@@ -681,8 +709,7 @@ absl::StatusOr<std::string> XetStore::DedupShard(const XetHash& chunk_hash) {
     ShardXorb described;
     described.xorb_hash = xorb_hash;
     described.unpacked_bytes = xorb->unpacked_ends.empty() ? 0 : xorb->unpacked_ends.back();
-    std::error_code error;
-    described.serialized_bytes = static_cast<uint32_t>(std::filesystem::file_size(XorbPath(xorb_hash), error));
+    described.serialized_bytes = static_cast<uint32_t>(xorb->file_bytes);
     for (size_t index = 0; index < xorb->chunk_hashes.size(); ++index) {
       const uint32_t start = index == 0 ? 0 : xorb->unpacked_ends[index - 1];
       described.chunks.push_back({xorb->chunk_hashes[index], start, xorb->unpacked_ends[index] - start, 0});
@@ -705,20 +732,10 @@ absl::StatusOr<std::string> XetStore::DedupShard(const XetHash& chunk_hash) {
 }
 
 absl::StatusOr<XetHash> XetStore::FileHashForBlob(const std::string& sha256, int64_t size) {
-  {
-    std::lock_guard lock(database_mutex_);
-    Statement select(database_, "SELECT hash FROM files WHERE sha256 = ? AND size = ? LIMIT 1");
-    select.Bind(1, sha256).Bind(2, size);
-    if (select.Step() == SQLITE_ROW) return XetHashFromString(select.Text(0));
-  }
+  if (std::optional<XetHash> existing = FirstFileHash(database_->Run(kFileBySha256, {sha256, size}))) return *existing;
   std::lock_guard xetify_lock(xetify_mutex_);
   std::shared_lock gc_lock(gc_mutex_);
-  {
-    std::lock_guard lock(database_mutex_);
-    Statement select(database_, "SELECT hash FROM files WHERE sha256 = ? AND size = ? LIMIT 1");
-    select.Bind(1, sha256).Bind(2, size);
-    if (select.Step() == SQLITE_ROW) return XetHashFromString(select.Text(0));
-  }
+  if (std::optional<XetHash> existing = FirstFileHash(database_->Run(kFileBySha256, {sha256, size}))) return *existing;
   FileRecord record;
   record.sha256 = sha256;
   record.size = static_cast<uint64_t>(size);
@@ -819,15 +836,13 @@ bool XetStore::CheckFetch(const XetHash& xorb_hash, int64_t expires_unix_seconds
 }
 
 int64_t XetStore::stored_bytes() {
-  std::lock_guard lock(database_mutex_);
-  Statement select(database_, "SELECT COALESCE(SUM(file_bytes), 0) FROM xorbs");
-  return select.Step() == SQLITE_ROW ? select.Int(0) : 0;
+  absl::StatusOr<SqlRows> rows = database_->Run("SELECT COALESCE(SUM(file_bytes), 0) FROM xorbs");
+  return rows.ok() && !rows->empty() ? rows->Int(0, 0) : 0;
 }
 
 int64_t XetStore::stored_chunks() {
-  std::lock_guard lock(database_mutex_);
-  Statement select(database_, "SELECT COUNT(*) FROM chunks");
-  return select.Step() == SQLITE_ROW ? select.Int(0) : 0;
+  absl::StatusOr<SqlRows> rows = database_->Run("SELECT COUNT(*) FROM chunks");
+  return rows.ok() && !rows->empty() ? rows->Int(0, 0) : 0;
 }
 
 absl::StatusOr<XetGarbageReport> XetStore::CollectGarbage(const std::set<std::string>& referenced_sha256,
@@ -837,46 +852,44 @@ absl::StatusOr<XetGarbageReport> XetStore::CollectGarbage(const std::set<std::st
   const int64_t cutoff_seconds = absl::ToUnixSeconds(cutoff);
   std::vector<std::string> doomed_files;
   std::set<std::string> used_xorbs;
-  {
-    std::lock_guard lock(database_mutex_);
-    Statement files(database_, "SELECT hash, sha256, created, terms FROM files");
-    while (files.Step() == SQLITE_ROW) {
-      if (!referenced_sha256.count(files.Text(1)) && files.Int(2) <= cutoff_seconds) {
-        doomed_files.push_back(files.Text(0));
-        continue;
-      }
-      for (const XetReconstructionTerm& term : UnpackTerms(files.Blob(3))) used_xorbs.insert(XetHashToString(term.xorb_hash));
+  absl::StatusOr<SqlRows> files = database_->Run("SELECT hash, sha256, created, terms FROM files");
+  if (!files.ok()) return files.status();
+  for (size_t row = 0; row < files->size(); ++row) {
+    if (!referenced_sha256.count(files->Text(row, 1)) && files->Int(row, 2) <= cutoff_seconds) {
+      doomed_files.push_back(files->Text(row, 0));
+      continue;
+    }
+    for (const XetReconstructionTerm& term : UnpackTerms(files->Text(row, 3))) {
+      used_xorbs.insert(XetHashToString(term.xorb_hash));
     }
   }
   std::vector<std::pair<std::string, int64_t>> doomed_xorbs;
-  {
-    std::lock_guard lock(database_mutex_);
-    Statement xorbs(database_, "SELECT hash, file_bytes, created FROM xorbs");
-    while (xorbs.Step() == SQLITE_ROW) {
-      if (!used_xorbs.count(xorbs.Text(0)) && xorbs.Int(2) <= cutoff_seconds) {
-        doomed_xorbs.emplace_back(xorbs.Text(0), xorbs.Int(1));
-      }
+  absl::StatusOr<SqlRows> xorbs = database_->Run("SELECT hash, file_bytes, created FROM xorbs");
+  if (!xorbs.ok()) return xorbs.status();
+  for (size_t row = 0; row < xorbs->size(); ++row) {
+    if (!used_xorbs.count(xorbs->Text(row, 0)) && xorbs->Int(row, 2) <= cutoff_seconds) {
+      doomed_xorbs.emplace_back(xorbs->Text(row, 0), xorbs->Int(row, 1));
     }
   }
   report.deleted_files = static_cast<int64_t>(doomed_files.size());
   report.deleted_xorbs = static_cast<int64_t>(doomed_xorbs.size());
   for (const auto& [hash, bytes] : doomed_xorbs) report.freed_bytes += bytes;
   if (dry_run) return report;
-  std::lock_guard lock(database_mutex_);
   for (const std::string& hash : doomed_files) {
     for (const char* sql : {"DELETE FROM files WHERE hash = ?", "DELETE FROM file_repositories WHERE file = ?",
                             "DELETE FROM file_xorbs WHERE file = ?"}) {
-      Statement remove(database_, sql);
-      remove.Bind(1, hash).Step();
+      if (absl::Status status = database_->Run(sql, {hash}).status(); !status.ok()) return status;
     }
   }
   for (const auto& [hash, bytes] : doomed_xorbs) {
     for (const char* sql : {"DELETE FROM xorbs WHERE hash = ?", "DELETE FROM chunks WHERE xorb = ?"}) {
-      Statement remove(database_, sql);
-      remove.Bind(1, hash).Step();
+      if (absl::Status status = database_->Run(sql, {hash}).status(); !status.ok()) return status;
     }
     absl::StatusOr<XetHash> parsed = XetHashFromString(hash);
     if (parsed.ok()) unlink(XorbPath(*parsed).c_str());
+    if (xorb_bucket_ != nullptr) {
+      if (absl::Status status = xorb_bucket_->Delete(xorb_prefix_ + hash); !status.ok()) return status;
+    }
   }
   return report;
 }

@@ -8,8 +8,10 @@
 // so hf_xet can download it through the CAS. Commits never depend on this store: they name sha256
 // blobs, which exist only complete and verified.
 //
-// On disk under <data_dir>/xet/: xet.sqlite3 (xorbs, chunks, files, file_repositories),
-// xorbs/<aa>/<xorb hash>, token_secret.
+// Tables (xorbs, chunks, files, file_xorbs, file_repositories) in <data_dir>/xet/xet.sqlite3 by
+// default, or in the registry's PostgreSQL database (then the CAS token secret is kept there too,
+// so every replica accepts the tokens any of them issued); on disk under <data_dir>/xet/:
+// xorbs/<aa>/<xorb hash> and, with SQLite, token_secret.
 //
 //   auto store = XetStore::Open(data_dir, blobs);
 //   absl::StatusOr<bool> inserted = (*store)->PutXorb(hash, body);         // verified
@@ -40,10 +42,10 @@
 #include <absl/time/time.h>
 
 #include "services/registry/blob_store.h"
+#include "services/registry/s3_client.h"
+#include "services/registry/sql_database.h"
 #include "services/registry/xet_format.h"
 #include "services/registry/xet_hash.h"
-
-struct sqlite3;
 
 namespace flotilla::registry {
 
@@ -82,7 +84,13 @@ struct XetGarbageReport {
 
 class XetStore {
  public:
-  static absl::StatusOr<std::unique_ptr<XetStore>> Open(const std::string& data_directory, BlobStore& blobs);
+  // `database`: where the tables live; nullptr opens <data_dir>/xet/xet.sqlite3. `xorb_bucket`:
+  // with shared (S3) blob storage, xorbs are also written to <xorb_prefix><hash> in that bucket
+  // and fetched from it into the local xorbs/ folder by a replica that lacks them; it must
+  // outlive the store.
+  static absl::StatusOr<std::unique_ptr<XetStore>> Open(const std::string& data_directory, BlobStore& blobs,
+                                                        std::shared_ptr<SqlDatabase> database = nullptr,
+                                                        S3Client* xorb_bucket = nullptr, std::string xorb_prefix = "");
   ~XetStore();
 
   // Verifies and stores a xorb; false when it was already stored (not an error).
@@ -123,6 +131,9 @@ class XetStore {
   bool Granted(const XetHash& file_hash, const std::string& repository);
 
   std::string XorbPath(const XetHash& hash) const;
+  // XorbPath, after fetching the xorb from the shared bucket when this replica has no copy yet.
+  // NOT_FOUND when no store holds it.
+  absl::StatusOr<std::string> LocalXorbPath(const XetHash& hash);
 
   // CAS tokens: HMAC-SHA256 under a secret kept in the data directory (so tokens survive a restart).
   std::string IssueToken(const std::string& repository, bool write, int64_t expires_unix_seconds) const;
@@ -147,6 +158,7 @@ class XetStore {
     std::vector<uint32_t> packed_ends;
     std::vector<uint32_t> unpacked_ends;
     uint64_t data_bytes = 0;
+    uint64_t file_bytes = 0;  // the serialized xorb's size
   };
   struct FileRecord {
     std::string sha256;
@@ -154,7 +166,7 @@ class XetStore {
     std::vector<XetReconstructionTerm> terms;
   };
 
-  XetStore(std::string root, BlobStore& blobs, sqlite3* database, std::string secret);
+  XetStore(std::string root, BlobStore& blobs, std::shared_ptr<SqlDatabase> database, std::string secret);
   absl::StatusOr<XorbRecord> LoadXorb(const XetHash& hash);
   absl::StatusOr<FileRecord> LoadFile(const XetHash& hash);
   absl::Status WriteXorbFile(const XetHash& hash, absl::string_view serialized);
@@ -165,13 +177,13 @@ class XetStore {
   // Decodes the chunks of `terms` in order, calling `consume` with each chunk's bytes.
   absl::Status ForEachChunk(const std::vector<XetReconstructionTerm>& terms,
                             const std::function<absl::Status(absl::string_view)>& consume);
-  absl::Status Execute(const std::string& sql);
 
   std::string root_;
   BlobStore& blobs_;
-  sqlite3* database_;
+  std::shared_ptr<SqlDatabase> database_;  // thread-safe itself
+  S3Client* xorb_bucket_ = nullptr;        // shared copies of the xorbs, or none
+  std::string xorb_prefix_;
   std::string secret_;
-  std::mutex database_mutex_;    // one statement at a time on database_
   std::mutex xetify_mutex_;      // one blob gets its Xet view at a time
   std::shared_mutex gc_mutex_;   // uploads shared, garbage collection exclusive
 

@@ -1,9 +1,11 @@
 // The Xet CAS store and object formats: verified xorbs and shards, reconstructions with ranges,
-// the blob view, tokens, dedup shards and garbage collection, on a temporary data directory.
+// the blob view, tokens, dedup shards and garbage collection, on a temporary data directory, with
+// the tables in SQLite and in PostgreSQL.
 #include "services/registry/xet_store.h"
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <random>
@@ -14,6 +16,7 @@
 #include <gtest/gtest.h>
 
 #include "services/registry/blob_store.h"
+#include "services/registry/postgres_test_server.h"
 #include "services/registry/xet_chunker.h"
 #include "services/registry/xet_format.h"
 #include "services/registry/xet_hash.h"
@@ -107,15 +110,24 @@ std::string MakeShard(const TestXorb& xorb, bool describe_xorb = true) {
   return shard;
 }
 
-class XetStoreTest : public ::testing::Test {
+// Each test runs on both table backends: SQLite (xet.sqlite3) and a real PostgreSQL server.
+class XetStoreTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    directory_ = std::filesystem::temp_directory_path() /
-                 ("xet_store_test_" + std::to_string(getpid()) + "_" +
-                  ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::string test_name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    std::replace(test_name.begin(), test_name.end(), '/', '_');
+    directory_ = std::filesystem::temp_directory_path() / ("xet_store_test_" + std::to_string(getpid()) + "_" + test_name);
     std::filesystem::remove_all(directory_);
+    std::shared_ptr<SqlDatabase> database;
+    if (GetParam() == "postgres") {
+      std::optional<std::string> url = PostgresTestServer::NewDatabase();
+      if (!url) GTEST_SKIP() << PostgresTestServer::unavailable_reason();
+      database = *OpenSqlDatabase(*url);
+    }
     blobs_ = *LocalBlobStore::Open(directory_.string());
-    store_ = *XetStore::Open(directory_.string(), *blobs_);
+    auto store = XetStore::Open(directory_.string(), *blobs_, database);
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = *std::move(store);
   }
   void TearDown() override {
     store_.reset();
@@ -128,7 +140,7 @@ class XetStoreTest : public ::testing::Test {
   std::unique_ptr<XetStore> store_;
 };
 
-TEST_F(XetStoreTest, XorbIsVerifiedAndStoredOnce) {
+TEST_P(XetStoreTest, XorbIsVerifiedAndStoredOnce) {
   TestXorb xorb = MakeXorb({RandomBytes(1000, 1), RandomBytes(3000, 2)});
   EXPECT_EQ(*store_->PutXorb(xorb.hash, xorb.serialized), true);
   EXPECT_EQ(*store_->PutXorb(xorb.hash, xorb.serialized), false);
@@ -143,7 +155,7 @@ TEST_F(XetStoreTest, XorbIsVerifiedAndStoredOnce) {
   EXPECT_FALSE(std::filesystem::exists(store_->XorbPath(other.hash)));
 }
 
-TEST_F(XetStoreTest, ShardBecomesBlobAndReconstructsRanges) {
+TEST_P(XetStoreTest, ShardBecomesBlobAndReconstructsRanges) {
   TestXorb xorb = MakeXorb({RandomBytes(1000, 4), RandomBytes(2000, 5), RandomBytes(3000, 6)});
   ASSERT_TRUE(store_->PutXorb(xorb.hash, xorb.serialized).ok());
   absl::StatusOr<int> registered = store_->PutShard(MakeShard(xorb), "acme/model");
@@ -174,7 +186,7 @@ TEST_F(XetStoreTest, ShardBecomesBlobAndReconstructsRanges) {
   EXPECT_EQ(store_->Reconstruct(file_hash, std::make_pair(6000, 7000)).status().code(), absl::StatusCode::kOutOfRange);
 }
 
-TEST_F(XetStoreTest, BadShardsRecordNothing) {
+TEST_P(XetStoreTest, BadShardsRecordNothing) {
   TestXorb xorb = MakeXorb({RandomBytes(1000, 7)});
   const std::string shard = MakeShard(xorb);
   // The xorb was never uploaded.
@@ -192,7 +204,7 @@ TEST_F(XetStoreTest, BadShardsRecordNothing) {
   EXPECT_TRUE(store_->PutShard(shard, "acme/model").ok());
 }
 
-TEST_F(XetStoreTest, PushedBlobGetsXetViewMatchingChunker) {
+TEST_P(XetStoreTest, PushedBlobGetsXetViewMatchingChunker) {
   const std::string data = RandomBytes(700 * 1024, 8);
   const std::string sha256 = Sha256OfString(data);
   auto upload = blobs_->BeginUpload(sha256, data.size(), 0);
@@ -214,7 +226,7 @@ TEST_F(XetStoreTest, PushedBlobGetsXetViewMatchingChunker) {
   EXPECT_EQ(total, data.size());
 }
 
-TEST_F(XetStoreTest, TokensAreScopedSignedAndExpire) {
+TEST_P(XetStoreTest, TokensAreScopedSignedAndExpire) {
   const int64_t later = absl::ToUnixSeconds(absl::Now()) + 60;
   std::string token = store_->IssueToken("acme/model", true, later);
   absl::StatusOr<XetTokenClaims> claims = store_->CheckToken("Bearer " + token);
@@ -232,7 +244,7 @@ TEST_F(XetStoreTest, TokensAreScopedSignedAndExpire) {
   EXPECT_FALSE(store_->CheckFetch(xorb.hash, later + 1, store_->SignFetch(xorb.hash, later)));
 }
 
-TEST_F(XetStoreTest, DedupShardDescribesTheXorbWithKeyedHashes) {
+TEST_P(XetStoreTest, DedupShardDescribesTheXorbWithKeyedHashes) {
   TestXorb xorb = MakeXorb({RandomBytes(1000, 10), RandomBytes(1000, 11)});
   ASSERT_TRUE(store_->PutXorb(xorb.hash, xorb.serialized).ok());
   EXPECT_EQ(store_->DedupShard(XetChunkHash("absent")).status().code(), absl::StatusCode::kNotFound);
@@ -248,7 +260,7 @@ TEST_F(XetStoreTest, DedupShardDescribesTheXorbWithKeyedHashes) {
   EXPECT_EQ(parsed->xorbs[0].chunks[1].chunk_hash, XetKeyedChunkHash(key, XetChunkHash(xorb.chunks[1])));
 }
 
-TEST_F(XetStoreTest, GarbageCollectionSparesReferencedAndRecentFiles) {
+TEST_P(XetStoreTest, GarbageCollectionSparesReferencedAndRecentFiles) {
   TestXorb xorb = MakeXorb({RandomBytes(1000, 12)});
   ASSERT_TRUE(store_->PutXorb(xorb.hash, xorb.serialized).ok());
   ASSERT_TRUE(store_->PutShard(MakeShard(xorb), "acme/model").ok());
@@ -262,6 +274,9 @@ TEST_F(XetStoreTest, GarbageCollectionSparesReferencedAndRecentFiles) {
   EXPECT_EQ(report.deleted_xorbs, 1);
   EXPECT_FALSE(std::filesystem::exists(store_->XorbPath(xorb.hash)));
 }
+
+INSTANTIATE_TEST_SUITE_P(Backends, XetStoreTest, ::testing::Values("sqlite", "postgres"),
+                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
 
 }  // namespace
 }  // namespace flotilla::registry

@@ -262,3 +262,29 @@ def test_client_apis_are_served_over_tls_from_secrets(render):
                                                       "secretName": "models-example-com-tls"}]
     assert ingresses["flotilla-registry"]["rules"][0]["http"]["paths"][0]["backend"]["service"] == {
         "name": "flotilla-registry", "port": {"name": "http"}}
+
+
+def test_registry_replicas_share_postgresql_and_s3_through_secrets(render):
+    """examples/registry-replicas.yaml: three registry pods, the database URL and the S3 keys from
+    Secrets (never in the manifests), the flags the registry reads them with."""
+    statefulsets = {o["metadata"]["name"]: o for o in render("examples/registry-replicas.yaml")
+                    if o["kind"] == "StatefulSet"}
+    registry = statefulsets["flotilla-registry"]["spec"]
+    assert registry["replicas"] == 3 and registry["podManagementPolicy"] == "Parallel"
+    container = registry["template"]["spec"]["containers"][0]
+    assert "--metadata_url=$(FLOTILLA_METADATA_URL)" in container["args"]
+    assert "--blob_url=s3://flotilla-models/registry" in container["args"]
+    assert "--s3_endpoint=https://s3.eu-west-1.amazonaws.com" in container["args"]
+    assert "--s3_region=eu-west-1" in container["args"]
+    secrets = {item["name"]: item["valueFrom"]["secretKeyRef"] for item in container["env"]}
+    assert secrets == {
+        "FLOTILLA_METADATA_URL": {"name": "registry-db", "key": "url"},
+        "PGPASSWORD": {"name": "registry-db", "key": "password", "optional": True},
+        "AWS_ACCESS_KEY_ID": {"name": "registry-s3", "key": "access-key-id"},
+        "AWS_SECRET_ACCESS_KEY": {"name": "registry-s3", "key": "secret-access-key"},
+    }
+    # The default stays one pod on SQLite and local disk, with no secret to read.
+    default = next(o for o in render(None) if o["kind"] == "StatefulSet" and o["metadata"]["name"] == "flotilla-registry")
+    default_container = default["spec"]["template"]["spec"]["containers"][0]
+    assert default["spec"]["replicas"] == 1 and "env" not in default_container
+    assert not [argument for argument in default_container["args"] if "metadata_url" in argument or "blob_url" in argument]

@@ -15,7 +15,19 @@ import grpc
 import pytest
 
 from conftest import binary
-from registry_fixtures import push_json, registry, run_cli  # noqa: F401
+from registry_fixtures import metadata_args, postgres_server, push_json, registry_on_each_backend, run_cli  # noqa: F401
+
+
+@pytest.fixture
+def registry(registry_on_each_backend):
+    """Every test of this module runs on both metadata backends (SQLite and PostgreSQL)."""
+    return registry_on_each_backend
+
+
+@pytest.fixture
+def sqlite_registry(start_service):
+    """For the tests of blob streaming, which the metadata backend does not touch (keeps CI short)."""
+    return start_service("registry")
 
 CHUNK = 1 << 20
 
@@ -110,8 +122,8 @@ def test_cli_round_trip_dedup_tags_and_gc(registry, tmp_path):
     assert dry["deleted_blobs"] == 0 and dry["kept_blobs"] == 2  # within the grace period
 
 
-def test_gc_deletes_unreferenced_blobs(start_service, stubs, tmp_path):
-    registry_process = start_service("registry", "--gc_grace_seconds=0")
+def test_gc_deletes_unreferenced_blobs(start_service, stubs, tmp_path, metadata_args):
+    registry_process = start_service("registry", "--gc_grace_seconds=0", *metadata_args)
     stub = stubs.registry_pb2_grpc.RegistryServiceStub(registry_process.channel())
     make_repository(stub, stubs, "acme/gc", {"kept.bin": b"kept"})
     upload(stub, stubs, "acme/gc", b"orphan bytes")
@@ -189,12 +201,12 @@ def test_truncated_upload_resumes_from_offset(registry, stubs):
     assert b"".join(c.data for c in chunks) == data[3 * CHUNK:]
 
 
-def test_client_killed_mid_push_leaves_no_commit_and_resumes(registry, tmp_path):
+def test_client_killed_mid_push_leaves_no_commit_and_resumes(sqlite_registry, tmp_path):
     source = tmp_path / "big"
     source.mkdir()
     (source / "weights.bin").write_bytes(os.urandom(256 * CHUNK))
-    uploads = registry.data_dir / "uploads"
-    command = [str(binary("flotilla")), "push", str(source), "acme/killed", "--registry", registry.grpc_address]
+    uploads = sqlite_registry.data_dir / "uploads"
+    command = [str(binary("flotilla")), "push", str(source), "acme/killed", "--registry", sqlite_registry.grpc_address]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -204,12 +216,12 @@ def test_client_killed_mid_push_leaves_no_commit_and_resumes(registry, tmp_path)
         time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    log = run_cli(registry, "log", "acme/killed", check=False)
+    log = run_cli(sqlite_registry, "log", "acme/killed", check=False)
     assert log.returncode == 3 and "no commit yet" in log.stderr
-    resumed = push_json(registry, source, "acme/killed")
+    resumed = push_json(sqlite_registry, source, "acme/killed")
     assert resumed["skipped_bytes"] > 0, resumed
     assert resumed["uploaded_bytes"] + resumed["skipped_bytes"] == 256 * CHUNK
-    run_cli(registry, "pull", "acme/killed", str(tmp_path / "out"))
+    run_cli(sqlite_registry, "pull", "acme/killed", str(tmp_path / "out"))
     assert (tmp_path / "out" / "weights.bin").read_bytes() == (source / "weights.bin").read_bytes()
 
 
@@ -242,8 +254,8 @@ def test_racing_pushes_one_wins_other_aborted(registry, stubs):
     assert commit_id == winners[0].commit_id and len(files) == 1
 
 
-def test_registry_sigkilled_mid_push_keeps_previous_tree(start_service, stubs):
-    registry_process = start_service("registry")
+def test_registry_sigkilled_mid_push_keeps_previous_tree(start_service, stubs, metadata_args):
+    registry_process = start_service("registry", *metadata_args)
     stub = stubs.registry_pb2_grpc.RegistryServiceStub(registry_process.channel())
     before = make_repository(stub, stubs, "acme/crash", {"config.json": b"{}"})
     data = os.urandom(64 * CHUNK)
@@ -267,7 +279,7 @@ def test_registry_sigkilled_mid_push_keeps_previous_tree(start_service, stubs):
     registry_process.process.send_signal(signal.SIGKILL)
     registry_process.process.wait()
     # Restarted (same data dir) with partial uploads considered stale at once: cleaned up.
-    restarted = start_service("registry", "--stale_partial_seconds=0")
+    restarted = start_service("registry", "--stale_partial_seconds=0", *metadata_args)
     stub = stubs.registry_pb2_grpc.RegistryServiceStub(restarted.channel())
     assert list_files(stub, stubs, "acme/crash") == (before.commit_id, {"config.json": sha256_of(b"{}")})
     assert not list((restarted.data_dir / "uploads").glob("*"))
@@ -356,7 +368,7 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def test_large_file_streams_in_bounded_memory(registry, tmp_path):
+def test_large_file_streams_in_bounded_memory(sqlite_registry, tmp_path):
     size = 320 * CHUNK
     source = tmp_path / "large"
     source.mkdir()
@@ -369,14 +381,14 @@ def test_large_file_streams_in_bounded_memory(registry, tmp_path):
 
     def sample():
         while not stop.is_set():
-            peak[0] = max(peak[0], _rss_kib(registry.process.pid))
+            peak[0] = max(peak[0], _rss_kib(sqlite_registry.process.pid))
             time.sleep(0.02)
 
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:
-        pushed = push_json(registry, source, "acme/large")
-        run_cli(registry, "pull", "acme/large", str(tmp_path / "out"))
+        pushed = push_json(sqlite_registry, source, "acme/large")
+        run_cli(sqlite_registry, "pull", "acme/large", str(tmp_path / "out"))
     finally:
         stop.set()
         sampler.join()

@@ -18,7 +18,8 @@ import pytest
 
 import xet_objects
 from conftest import launch_service
-from registry_fixtures import client_environment, push_json, registry, run_cli, run_python, tiny_model_dir  # noqa: F401
+from registry_fixtures import (client_environment, metadata_args, postgres_server, push_json, registry,  # noqa: F401
+                               registry_on_each_backend, run_cli, run_python, tiny_model_dir)
 
 
 def http(method: str, url: str, headers: dict | None = None, body: bytes | None = None):
@@ -75,7 +76,8 @@ def model_folder(tiny_model_dir, tmp_path) -> Path:
     return folder
 
 
-def test_upload_and_download_through_xet_round_trip(registry, model_folder, tmp_path):
+def test_upload_and_download_through_xet_round_trip(registry_on_each_backend, model_folder, tmp_path):
+    registry = registry_on_each_backend  # the Xet tables in SQLite and in PostgreSQL
     environment = client_environment(registry, tmp_path / "hf_home")
     result = run_python(f"""
         from huggingface_hub import HfApi, CommitOperationAdd, CommitOperationDelete
@@ -165,7 +167,8 @@ def test_transformers_push_to_hub_and_from_pretrained(registry, tiny_model_dir, 
     assert xorb_files(registry)
 
 
-def test_bad_objects_are_refused_and_nothing_is_stored(registry):
+def test_bad_objects_are_refused_and_nothing_is_stored(registry_on_each_backend):
+    registry = registry_on_each_backend
     create_repository(registry, "acme/target")
     token = cas_token(registry, "acme/target")
     cas, auth = token["casUrl"], {"Authorization": f"Bearer {token['accessToken']}"}
