@@ -639,7 +639,7 @@ class HashPipeline {
   }
 
  private:
-  static constexpr int64_t kQueueBytes = 32 << 20;
+  static constexpr int64_t kQueueBytes = 16 << 20;
   struct Piece {
     std::vector<grpc::Slice> slices;  // keeps the bytes `spans` point into alive
     std::vector<iovec> spans;
