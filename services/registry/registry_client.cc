@@ -773,7 +773,11 @@ absl::Status DownloadOne(grpc::ChannelInterface& channel, const std::string& tok
       return local_error;
     }
     grpc::Status finished = reader->Finish();
-    close(descriptor);
+    // The lock is held until the rename: a process waiting for it then finds the file complete.
+    struct CloseAtEnd {
+      int descriptor;
+      ~CloseAtEnd() { close(descriptor); }
+    } close_at_end{descriptor};
     if (!finished.ok()) {
       last_error = FromGrpcStatus(finished);
       if (!Retryable(last_error) || stop.load()) return last_error;
