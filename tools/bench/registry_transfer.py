@@ -9,6 +9,15 @@ threads from Flotilla's Hub API next to the same files served by `python -m http
 - `snapshot_download` from Flotilla (http.server cannot answer its API calls): http_get plus the
   repo listing, a HEAD per file and the cache layout, against http_get from http.server.
 
+First, issue #14's comparisons, each contender interleaved with its baseline in the same run
+(alternating which goes first), --runs repetitions, the load average printed beside each pair:
+
+- `flotilla pull` (verified: sha256 of every byte) against `curl -o` fetching the same file from
+  `python -m http.server`, one large file; and a sharded checkpoint (--shards files of the same
+  total) pulled with its files in parallel against `curl -Z` (parallel) fetching the same files;
+- `flotilla push` (client sha256, chunked upload, server sha256 and fsync) against
+  `dd conv=fsync` writing the same file (each push into a fresh registry, so nothing dedups).
+
 Two rows are ceilings, not contenders: sha256 of the file on one core (the push hashes every byte
 on the client and again on the server, before the commit exists) and the plainest loopback TCP
 copy (sendfile, recv, write; no framing, no hash, no fsync), which bounds any network pull.
@@ -101,6 +110,11 @@ def timed(function):
     return time.perf_counter() - start, result
 
 
+def start_registry_in(build: Path, folder: Path) -> tuple[subprocess.Popen, dict]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return start_registry(build, folder)
+
+
 def start_registry(build: Path, work: Path) -> tuple[subprocess.Popen, dict]:
     ready = work / "registry.ready"
     process = subprocess.Popen([str(build / "bin" / "flotilla-registry"), "--grpc_listen=127.0.0.1:0",
@@ -163,6 +177,127 @@ def raw_loopback_copy(source: Path, target: Path) -> None:
         sender.join()
 
 
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def interleaved(runs: int, contenders: dict, prepare) -> dict:
+    """Runs each contender once per round, alternating which goes first, each after prepare() and a
+    sync; returns {name: [(seconds, load average at the end), ...]}."""
+    results = {name: [] for name in contenders}
+    names = list(contenders)
+    for round_index in range(runs):
+        for name in (names if round_index % 2 == 0 else names[::-1]):
+            prepare(name)
+            os.sync()
+            seconds, _ = timed(contenders[name])
+            results[name].append((seconds, os.getloadavg()[0]))
+    return results
+
+
+def print_pairs(title: str, size_mib: float, results: dict, contender: str, baseline: str) -> tuple[float, float, float]:
+    """Prints every round's pair (MiB/s and load); returns the median rates and the median of the
+    per-round ratios contender / baseline."""
+    print(f"\n{title}: {size_mib:.0f} MiB, {len(results[contender])} rounds")
+    print(f"{'round':>5} {contender + ' MiB/s':>22} {baseline + ' MiB/s':>24} {'ratio':>7} {'load (1 min)':>13}")
+    ratios = []
+    for index, ((seconds, load), (base_seconds, base_load)) in enumerate(zip(results[contender], results[baseline])):
+        ratios.append(base_seconds / seconds)
+        print(f"{index + 1:>5} {size_mib / seconds:>22.0f} {size_mib / base_seconds:>24.0f} {ratios[-1]:>7.2f} "
+              f"{max(load, base_load):>13.1f}")
+    contender_rate = median([size_mib / seconds for seconds, _ in results[contender]])
+    baseline_rate = median([size_mib / seconds for seconds, _ in results[baseline]])
+    print(f"median {contender_rate:>21.0f} {baseline_rate:>24.0f} {median(ratios):>7.2f}")
+    return contender_rate, baseline_rate, median(ratios)
+
+
+def start_static_server(directory: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                                "--directory", str(directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return process, url
+        except OSError:
+            time.sleep(0.05)
+    sys.exit("python -m http.server did not start")
+
+
+def versus_curl_and_dd(build: Path, work: Path, size_mib: int, shards: int, runs: int) -> list[tuple]:
+    """Issue #14's targets: pull vs curl (one file, and `shards` files), push vs dd conv=fsync."""
+    size = size_mib * MIB
+    source = work / "versus"
+    source.mkdir()
+    big = source / "model.safetensors"
+    write_random_file(big, size)
+    sharded = work / "versus_sharded"
+    sharded.mkdir()
+    shard_names = [f"model-{index + 1:05d}-of-{shards:05d}.safetensors" for index in range(shards)]
+    for name in shard_names:
+        write_random_file(sharded / name, size // shards)
+    summary = []
+
+    # Push vs dd conv=fsync: every push into a fresh registry, so nothing is already stored.
+    registries = []
+
+    def prepare_push(name: str) -> None:
+        (work / "dd.bin").unlink(missing_ok=True)
+        if name == "flotilla push":
+            registries.append(start_registry_in(build, work / f"push-{len(registries)}"))
+
+    def push() -> None:
+        process, ready = registries[-1]
+        cli(build, "push", str(source), "bench/large", "--registry", ready["grpc_address"])
+        process.terminate()
+        process.wait()
+        shutil.rmtree(work / f"push-{len(registries) - 1}", ignore_errors=True)
+
+    results = interleaved(runs, {
+        "flotilla push": push,
+        "dd conv=fsync": lambda: subprocess.run(["dd", f"if={big}", f"of={work / 'dd.bin'}", "bs=4M", "conv=fsync",
+                                                 "status=none"], check=True),
+    }, prepare_push)
+    (work / "dd.bin").unlink(missing_ok=True)
+    summary.append(("flotilla push (hashed, chunked, fsynced) vs dd conv=fsync", size_mib,
+                    *print_pairs("push vs dd conv=fsync", size_mib, results, "flotilla push", "dd conv=fsync")))
+
+    # Pull vs curl from python -m http.server, one file and then the shards.
+    registry, ready = start_registry_in(build, work / "pull-registry")
+    try:
+        cli(build, "push", str(source), "bench/large", "--registry", ready["grpc_address"])
+        cli(build, "push", str(sharded), "bench/sharded", "--registry", ready["grpc_address"])
+        for title, folder, repository, names in [
+                ("pull vs curl, one file", source, "bench/large", ["model.safetensors"]),
+                (f"pull vs curl, {shards} shards", sharded, "bench/sharded", shard_names)]:
+            static, url = start_static_server(folder)
+            try:
+                curl = ["curl", "--silent", "--no-progress-meter", "--fail"] + (["-Z"] if len(names) > 1 else [])
+                for name in names:
+                    curl += ["-o", str(work / "fetched" / name), f"{url}/{name}"]
+                results = interleaved(runs, {
+                    "flotilla pull": lambda: cli(build, "pull", repository, str(work / "fetched"), "--registry",
+                                                 ready["grpc_address"]),
+                    "curl": lambda: subprocess.run(curl, check=True, stdout=subprocess.DEVNULL),
+                }, lambda name: (shutil.rmtree(work / "fetched", ignore_errors=True), (work / "fetched").mkdir()))
+                summary.append((f"flotilla pull (verified) vs curl from http.server, {title.split(', ')[1]}",
+                                size_mib, *print_pairs(title, size_mib, results, "flotilla pull", "curl")))
+            finally:
+                static.terminate()
+                static.wait()
+    finally:
+        registry.terminate()
+        registry.wait()
+        shutil.rmtree(work / "fetched", ignore_errors=True)
+        shutil.rmtree(source, ignore_errors=True)
+        shutil.rmtree(sharded, ignore_errors=True)
+    return summary
+
+
 def fetch_all(base_url: str, names: list[str], target: Path, workers: int = 8) -> None:
     def fetch(name: str) -> None:
         with urllib.request.urlopen(f"{base_url}/{name}") as response, open(target / name, "wb") as file:
@@ -209,13 +344,26 @@ def main() -> None:
     parser.add_argument("--snapshot-mib", type=int, default=1024, help="total size of the snapshot repo")
     parser.add_argument("--build-dir", type=Path, default=REPOSITORY / "build")
     parser.add_argument("--work-dir", type=Path, default=None, help="scratch folder (default: a temp dir)")
-    parser.add_argument("--runs", type=int, default=3, help="runs of each snapshot row (the fastest counts)")
+    parser.add_argument("--runs", type=int, default=3, help="rounds of each interleaved comparison, and runs of "
+                        "each snapshot row (the fastest counts)")
+    parser.add_argument("--shards", type=int, default=4, help="files of the sharded pull (same total size)")
+    parser.add_argument("--only-versus", action="store_true",
+                        help="only pull vs curl and push vs dd (issue #14's targets), not the other rows")
     arguments = parser.parse_args()
     build = arguments.build_dir.resolve()
     work = Path(tempfile.mkdtemp(prefix="registry_bench_", dir=arguments.work_dir))
     rows = []
     registry_cpu = 0.0
     try:
+        versus = versus_curl_and_dd(build, work, arguments.size_mib, arguments.shards, arguments.runs)
+        load = os.getloadavg()
+        print(f"\nload average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min) on {os.cpu_count()} CPUs")
+        print("\n| comparison (same run, interleaved) | MiB | contender MiB/s (median) | baseline MiB/s (median) "
+              "| median ratio |\n| --- | ---: | ---: | ---: | ---: |")
+        for name, mib, contender_rate, baseline_rate, ratio in versus:
+            print(f"| {name} | {mib} | {contender_rate:.0f} | {baseline_rate:.0f} | {ratio:.2f}× |")
+        if arguments.only_versus:
+            return
         size = arguments.size_mib * MIB
         source = work / "source"
         source.mkdir()
