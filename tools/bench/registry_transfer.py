@@ -18,6 +18,10 @@ First, issue #14's comparisons, each contender interleaved with its baseline in 
 - `flotilla push` (client sha256, chunked upload, server sha256 and fsync) against
   `dd conv=fsync` writing the same file (each push into a fresh registry, so nothing dedups).
 
+Beside each round: the CPU seconds per GiB of the client and of the server (user + sys). On a
+shared machine the seconds swing with the load; the CPU per GiB does not, and says which
+contender would win when the cores are busy.
+
 Two rows are ceilings, not contenders: sha256 of the file on one core (the push hashes every byte
 on the client and again on the server, before the commit exists) and the plainest loopback TCP
 copy (sendfile, recv, write; no framing, no hash, no fsync), which bounds any network pull.
@@ -34,6 +38,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -183,34 +188,60 @@ def median(values: list[float]) -> float:
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def with_server_cpu(pid_of, operation):
+    """operation, returning the CPU seconds the server process (pid_of()) spent meanwhile."""
+    def run() -> float:
+        pid = pid_of()
+        before = cpu_seconds(pid)
+        operation()
+        return cpu_seconds(pid) - before
+    return run
+
+
 def interleaved(runs: int, contenders: dict, prepare) -> dict:
     """Runs each contender once per round, alternating which goes first, each after prepare() and a
-    sync; returns {name: [(seconds, load average at the end), ...]}."""
+    sync; returns {name: [(seconds, load average at the end, client CPU s, server CPU s), ...]}.
+    A contender returns its server's CPU seconds (see with_server_cpu); the client's are those of
+    the child processes it ran."""
     results = {name: [] for name in contenders}
     names = list(contenders)
     for round_index in range(runs):
         for name in (names if round_index % 2 == 0 else names[::-1]):
             prepare(name)
             os.sync()
-            seconds, _ = timed(contenders[name])
-            results[name].append((seconds, os.getloadavg()[0]))
+            client_before = children_cpu_seconds()
+            seconds, server_cpu = timed(contenders[name])
+            results[name].append((seconds, os.getloadavg()[0], children_cpu_seconds() - client_before,
+                                  server_cpu or 0.0))
     return results
 
 
-def print_pairs(title: str, size_mib: float, results: dict, contender: str, baseline: str) -> tuple[float, float, float]:
-    """Prints every round's pair (MiB/s and load); returns the median rates and the median of the
-    per-round ratios contender / baseline."""
-    print(f"\n{title}: {size_mib:.0f} MiB, {len(results[contender])} rounds")
-    print(f"{'round':>5} {contender + ' MiB/s':>22} {baseline + ' MiB/s':>24} {'ratio':>7} {'load (1 min)':>13}")
+def print_pairs(title: str, size_mib: float, results: dict, contender: str, baseline: str) -> tuple:
+    """Prints every round's pair (MiB/s, CPU seconds per GiB of client and server, load); returns
+    the median rates, the median of the per-round ratios contender / baseline, and the median CPU
+    seconds per GiB (client + server) of each."""
+    print(f"\n{title}: {size_mib:.0f} MiB, {len(results[contender])} rounds; CPU = client + server seconds per GiB")
+    print(f"{'round':>5} {contender + ' MiB/s':>22} {'CPU':>11} {baseline + ' MiB/s':>24} {'CPU':>11} {'ratio':>7} "
+          f"{'load (1 min)':>13}")
     ratios = []
-    for index, ((seconds, load), (base_seconds, base_load)) in enumerate(zip(results[contender], results[baseline])):
-        ratios.append(base_seconds / seconds)
-        print(f"{index + 1:>5} {size_mib / seconds:>22.0f} {size_mib / base_seconds:>24.0f} {ratios[-1]:>7.2f} "
-              f"{max(load, base_load):>13.1f}")
-    contender_rate = median([size_mib / seconds for seconds, _ in results[contender]])
-    baseline_rate = median([size_mib / seconds for seconds, _ in results[baseline]])
-    print(f"median {contender_rate:>21.0f} {baseline_rate:>24.0f} {median(ratios):>7.2f}")
-    return contender_rate, baseline_rate, median(ratios)
+    per_gib = size_mib / 1024
+    for index, (mine, theirs) in enumerate(zip(results[contender], results[baseline])):
+        ratios.append(theirs[0] / mine[0])
+        print(f"{index + 1:>5} {size_mib / mine[0]:>22.0f} {mine[2] / per_gib:>5.2f}+{mine[3] / per_gib:<5.2f} "
+              f"{size_mib / theirs[0]:>24.0f} {theirs[2] / per_gib:>5.2f}+{theirs[3] / per_gib:<5.2f} "
+              f"{ratios[-1]:>7.2f} {max(mine[1], theirs[1]):>13.1f}")
+    contender_rate = median([size_mib / run[0] for run in results[contender]])
+    baseline_rate = median([size_mib / run[0] for run in results[baseline]])
+    contender_cpu = median([(run[2] + run[3]) / per_gib for run in results[contender]])
+    baseline_cpu = median([(run[2] + run[3]) / per_gib for run in results[baseline]])
+    print(f"median {contender_rate:>21.0f} {contender_cpu:>11.2f} {baseline_rate:>24.0f} {baseline_cpu:>11.2f} "
+          f"{median(ratios):>7.2f}")
+    return contender_rate, baseline_rate, median(ratios), contender_cpu, baseline_cpu
 
 
 def start_static_server(directory: Path) -> tuple[subprocess.Popen, str]:
@@ -250,12 +281,14 @@ def versus_curl_and_dd(build: Path, work: Path, size_mib: int, shards: int, runs
         if name == "flotilla push":
             registries.append(start_registry_in(build, work / f"push-{len(registries)}"))
 
-    def push() -> None:
+    def push() -> float:
         process, ready = registries[-1]
         cli(build, "push", str(source), "bench/large", "--registry", ready["grpc_address"])
+        server_cpu = cpu_seconds(process.pid)
         process.terminate()
         process.wait()
         shutil.rmtree(work / f"push-{len(registries) - 1}", ignore_errors=True)
+        return server_cpu
 
     results = interleaved(runs, {
         "flotilla push": push,
@@ -280,9 +313,10 @@ def versus_curl_and_dd(build: Path, work: Path, size_mib: int, shards: int, runs
                 for name in names:
                     curl += ["-o", str(work / "fetched" / name), f"{url}/{name}"]
                 results = interleaved(runs, {
-                    "flotilla pull": lambda: cli(build, "pull", repository, str(work / "fetched"), "--registry",
-                                                 ready["grpc_address"]),
-                    "curl": lambda: subprocess.run(curl, check=True, stdout=subprocess.DEVNULL),
+                    "flotilla pull": with_server_cpu(lambda: registry.pid, lambda: cli(
+                        build, "pull", repository, str(work / "fetched"), "--registry", ready["grpc_address"])),
+                    "curl": with_server_cpu(lambda: static.pid, lambda: subprocess.run(
+                        curl, check=True, stdout=subprocess.DEVNULL)),
                 }, lambda name: (shutil.rmtree(work / "fetched", ignore_errors=True), (work / "fetched").mkdir()))
                 summary.append((f"flotilla pull (verified) vs curl from http.server, {title.split(', ')[1]}",
                                 size_mib, *print_pairs(title, size_mib, results, "flotilla pull", "curl")))
@@ -358,10 +392,12 @@ def main() -> None:
         versus = versus_curl_and_dd(build, work, arguments.size_mib, arguments.shards, arguments.runs)
         load = os.getloadavg()
         print(f"\nload average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min) on {os.cpu_count()} CPUs")
-        print("\n| comparison (same run, interleaved) | MiB | contender MiB/s (median) | baseline MiB/s (median) "
-              "| median ratio |\n| --- | ---: | ---: | ---: | ---: |")
-        for name, mib, contender_rate, baseline_rate, ratio in versus:
-            print(f"| {name} | {mib} | {contender_rate:.0f} | {baseline_rate:.0f} | {ratio:.2f}× |")
+        print("\n| comparison (same run, interleaved) | MiB | contender MiB/s | baseline MiB/s | ratio "
+              "| CPU s/GiB contender | CPU s/GiB baseline |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for name, mib, contender_rate, baseline_rate, ratio, contender_cpu, baseline_cpu in versus:
+            print(f"| {name} | {mib} | {contender_rate:.0f} | {baseline_rate:.0f} | {ratio:.2f}× | {contender_cpu:.2f} "
+                  f"| {baseline_cpu:.2f} |")
+        print("(medians over the rounds; CPU = client + server user+sys seconds per GiB)")
         if arguments.only_versus:
             return
         size = arguments.size_mib * MIB
