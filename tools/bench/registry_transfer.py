@@ -217,7 +217,7 @@ def interleaved(runs: int, contenders: dict, prepare) -> dict:
             client_before = children_cpu_seconds()
             seconds, server_cpu = timed(contenders[name])
             results[name].append((seconds, os.getloadavg()[0], children_cpu_seconds() - client_before,
-                                  server_cpu or 0.0))
+                                  server_cpu if isinstance(server_cpu, float) else 0.0))
     return results
 
 
@@ -283,8 +283,9 @@ def versus_curl_and_dd(build: Path, work: Path, size_mib: int, shards: int, runs
 
     def push() -> float:
         process, ready = registries[-1]
+        started = cpu_seconds(process.pid)  # its start-up is not the push's
         cli(build, "push", str(source), "bench/large", "--registry", ready["grpc_address"])
-        server_cpu = cpu_seconds(process.pid)
+        server_cpu = cpu_seconds(process.pid) - started
         process.terminate()
         process.wait()
         shutil.rmtree(work / f"push-{len(registries) - 1}", ignore_errors=True)
