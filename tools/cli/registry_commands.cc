@@ -190,7 +190,9 @@ void KeepLargeBuffersInTheHeap() {
 void Pull(const RegistryFlags& flags, const std::string& reference_text, const std::string& directory,
           int parallel_files) {
   Reference(reference_text);
-  if (parallel_files < 1) Fail(absl::InvalidArgumentError(absl::StrCat("pull: --parallel must be at least 1, got ", parallel_files)));
+  if (parallel_files < 1) {
+    Fail(absl::InvalidArgumentError(absl::StrCat("pull: --parallel must be at least 1, got ", parallel_files)));
+  }
   KeepLargeBuffersInTheHeap();
   registry::RegistryClient client(Address(flags), Connection(flags));
   client.set_max_parallel_files(parallel_files);
