@@ -276,8 +276,16 @@ def versus_curl_and_dd(build: Path, work: Path, size_mib: int, shards: int, runs
     # Push vs dd conv=fsync: every push into a fresh registry, so nothing is already stored.
     registries = []
 
+    def stop_last_registry() -> None:
+        # Outside the timed call: a child reaped there would add its CPU to the client's.
+        if registries and registries[-1][0].poll() is None:
+            registries[-1][0].terminate()
+            registries[-1][0].wait()
+            shutil.rmtree(work / f"push-{len(registries) - 1}", ignore_errors=True)
+
     def prepare_push(name: str) -> None:
         (work / "dd.bin").unlink(missing_ok=True)
+        stop_last_registry()
         if name == "flotilla push":
             registries.append(start_registry_in(build, work / f"push-{len(registries)}"))
 
@@ -285,17 +293,14 @@ def versus_curl_and_dd(build: Path, work: Path, size_mib: int, shards: int, runs
         process, ready = registries[-1]
         started = cpu_seconds(process.pid)  # its start-up is not the push's
         cli(build, "push", str(source), "bench/large", "--registry", ready["grpc_address"])
-        server_cpu = cpu_seconds(process.pid) - started
-        process.terminate()
-        process.wait()
-        shutil.rmtree(work / f"push-{len(registries) - 1}", ignore_errors=True)
-        return server_cpu
+        return cpu_seconds(process.pid) - started
 
     results = interleaved(runs, {
         "flotilla push": push,
         "dd conv=fsync": lambda: subprocess.run(["dd", f"if={big}", f"of={work / 'dd.bin'}", "bs=4M", "conv=fsync",
                                                  "status=none"], check=True),
     }, prepare_push)
+    stop_last_registry()
     (work / "dd.bin").unlink(missing_ok=True)
     summary.append(("flotilla push (hashed, chunked, fsynced) vs dd conv=fsync", size_mib,
                     *print_pairs("push vs dd conv=fsync", size_mib, results, "flotilla push", "dd conv=fsync")))
