@@ -1,7 +1,8 @@
 // BLAKE3, written from its specification (https://github.com/BLAKE3-team/BLAKE3-specs): the plain
 // hash, the keyed hash and key derivation, with 32-byte output. The Xet protocol hashes every chunk,
 // Merkle node and file with BLAKE3 keyed by a per-purpose key (see xet_hash.h); Debian 12 packages
-// no BLAKE3 library, so it lives here. Portable C++ (one chunk at a time, no SIMD).
+// no BLAKE3 library, so it lives here. Portable C++, and eight chunks at once with AVX2 where the
+// CPU has it (Note [BLAKE3 with AVX2] in blake3.cc); both give the same bytes.
 //
 //   Blake3Hasher hasher = Blake3Hasher::Keyed(key);
 //   hasher.Update(data);
@@ -62,6 +63,10 @@ class Blake3Hasher {
   uint32_t stack_[54][8];
   int stack_size_ = 0;
 };
+
+// Allows (the default) or forbids the AVX2 path, for tests and benchmarks that compare it with the
+// portable one; returns whether the AVX2 path is now in use (false on CPUs without AVX2).
+bool Blake3AllowSimd(bool allowed);
 
 // One-shot helpers.
 Blake3Digest Blake3(absl::string_view data);

@@ -1,9 +1,13 @@
 #include "services/registry/registry_client.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
+
+#include <climits>
 
 #include <algorithm>
 #include <atomic>
@@ -20,6 +24,8 @@
 
 #include <absl/strings/str_cat.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/impl/rpc_method.h>
+#include <grpcpp/support/sync_stream.h>
 
 #include "flotilla/v1/registry.grpc.pb.h"
 #include "services/common/status.h"
@@ -485,123 +491,224 @@ absl::StatusOr<PushResult> RegistryClient::PushFolder(const std::string& folder,
 
 namespace {
 
-// Writes and hashes the chunks of one download on a second thread, so that receiving the next
-// chunk (gRPC read and parse, on the caller's thread) overlaps with pwrite and sha256 of the
-// previous ones. Chunk buffers are recycled: Push swaps a spent buffer (with its capacity) back
-// into the caller's message, so the parse of the next message allocates nothing.
-// Not thread-safe: one thread calls Push and Close.
-class WriteHashPipeline {
- public:
-  WriteHashPipeline(int descriptor, int64_t offset, Sha256& hasher, std::string path)
-      : descriptor_(descriptor), offset_(offset), hasher_(hasher), path_(std::move(path)),
-        thread_([this] { Run(); }) {}
-  ~WriteHashPipeline() { Close().IgnoreError(); }
+// Note [Raw download]: DownloadFile's responses are read as raw ByteBuffers, not parsed into a
+// DownloadFileResponse: parsing would copy every MiB out of gRPC's receive slices into a fresh
+// std::string (a memcpy and, for each new buffer, page faults). Instead the wire format is walked
+// across the slices (they are reference counted, not copied), the data field's pieces are written
+// with pwritev straight from them, and the slices travel to the hashing thread. This is the
+// method the generated stub would call, with ByteBuffer as the response type.
+constexpr char kDownloadFileMethod[] = "/flotilla.v1.RegistryService/DownloadFile";
 
-  // Hands `chunk` over (leaving a recycled buffer in its place). False when writing failed: stop
-  // receiving, Close says why.
-  bool Push(std::string& chunk) {
-    std::unique_lock lock(mutex_);
-    // Bounded: a slow disk makes the receiver wait (and gRPC flow control slow the sender).
-    space_.wait(lock, [&] { return queued_bytes_ < kQueueBytes || !error_.ok(); });
-    if (!error_.ok()) return false;
-    queued_bytes_ += static_cast<int64_t>(chunk.size());
-    std::string spare;
-    if (!spare_.empty()) {
-      spare = std::move(spare_.back());
-      spare_.pop_back();
+// Reads protobuf wire format across a message's slices without joining them.
+class SliceCursor {
+ public:
+  explicit SliceCursor(const std::vector<grpc::Slice>& slices) : slices_(slices) {}
+
+  bool AtEnd() {
+    SkipEmpty();
+    return index_ == slices_.size();
+  }
+
+  bool ReadVarint(uint64_t* value) {
+    *value = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      SkipEmpty();
+      if (index_ == slices_.size()) return false;
+      const uint8_t byte = slices_[index_].begin()[position_++];
+      *value |= static_cast<uint64_t>(byte & 0x7f) << shift;
+      if ((byte & 0x80) == 0) return true;
     }
-    queue_.push_back(std::move(chunk));
-    chunk = std::move(spare);
-    work_.notify_one();
+    return false;
+  }
+
+  // Moves over `length` bytes, appending where they lie to `spans` when it is not null.
+  bool Take(uint64_t length, std::vector<iovec>* spans) {
+    while (length > 0) {
+      SkipEmpty();
+      if (index_ == slices_.size()) return false;
+      const size_t piece = static_cast<size_t>(std::min<uint64_t>(slices_[index_].size() - position_, length));
+      if (spans != nullptr) {
+        spans->push_back({const_cast<uint8_t*>(slices_[index_].begin() + position_), piece});
+      }
+      position_ += piece;
+      length -= piece;
+    }
     return true;
   }
 
-  // Waits until every chunk is written and hashed; the write error if there was one. Idempotent.
-  absl::Status Close() {
+ private:
+  void SkipEmpty() {
+    while (index_ < slices_.size() && position_ == slices_[index_].size()) {
+      ++index_;
+      position_ = 0;
+    }
+  }
+
+  const std::vector<grpc::Slice>& slices_;
+  size_t index_ = 0;
+  size_t position_ = 0;
+};
+
+// Where the data field (3) of one serialized DownloadFileResponse lies in `slices`; the other
+// fields (the first message's entry and commit id) are skipped: the caller has them from ListFiles.
+absl::StatusOr<std::vector<iovec>> DataSpans(const std::vector<grpc::Slice>& slices, const std::string& path) {
+  std::vector<iovec> spans;
+  SliceCursor cursor(slices);
+  bool seen_data = false;
+  auto malformed = [&](absl::string_view what) {
+    return absl::InternalError(absl::StrCat("pull ", path, ": a DownloadFile message is malformed: ", what));
+  };
+  while (!cursor.AtEnd()) {
+    uint64_t tag = 0;
+    if (!cursor.ReadVarint(&tag)) return malformed("truncated tag");
+    const uint64_t field = tag >> 3;
+    uint64_t length = 0;
+    switch (tag & 7) {
+      case 0:
+        if (!cursor.ReadVarint(&length)) return malformed("truncated varint");
+        break;
+      case 1:
+        if (!cursor.Take(8, nullptr)) return malformed("truncated fixed64");
+        break;
+      case 5:
+        if (!cursor.Take(4, nullptr)) return malformed("truncated fixed32");
+        break;
+      case 2:
+        if (!cursor.ReadVarint(&length)) return malformed("truncated length");
+        // A repeated data field would replace the first (proto3 bytes); the registry never sends one.
+        if (field == 3 && seen_data) return malformed("two data fields");
+        if (!cursor.Take(length, field == 3 ? &spans : nullptr)) {
+          return malformed(absl::StrCat("field ", field, " announces ", length, " bytes past the message's end"));
+        }
+        seen_data = seen_data || field == 3;
+        break;
+      default:
+        return malformed(absl::StrCat("wire type ", tag & 7));
+    }
+  }
+  return spans;
+}
+
+// Writes all of `spans` at `offset`, continuing after short writes.
+absl::Status WriteSpans(int descriptor, std::vector<iovec> spans, int64_t offset, const std::string& path) {
+  size_t first = 0;
+  while (first < spans.size()) {
+    const int count = static_cast<int>(std::min<size_t>(spans.size() - first, IOV_MAX));
+    ssize_t written = pwritev(descriptor, spans.data() + first, count, offset);
+    if (written < 0 && errno == EINTR) continue;
+    if (written < 0) return ErrnoError("write", path);
+    offset += written;
+    for (size_t left = static_cast<size_t>(written); left > 0 && first < spans.size();) {
+      const size_t used = std::min(left, spans[first].iov_len);
+      spans[first].iov_base = static_cast<char*>(spans[first].iov_base) + used;
+      spans[first].iov_len -= used;
+      left -= used;
+      if (spans[first].iov_len == 0) ++first;
+    }
+    while (first < spans.size() && spans[first].iov_len == 0) ++first;
+  }
+  return absl::OkStatus();
+}
+
+// Hashes a download's bytes on a second thread, in order, while the calling thread receives and
+// writes the next messages: receiving + pwrite on one core and sha256 on the other take about the
+// same time per MiB, so neither waits for the other long. The received slices (reference counted)
+// are handed over, not copied. Bounded by kQueueBytes: a slow hasher makes the receiver wait, and
+// gRPC's flow control the sender. Not thread-safe: one thread calls Push and Finish.
+class HashPipeline {
+ public:
+  explicit HashPipeline(Sha256& hasher) : hasher_(hasher), thread_([this] { Run(); }) {}
+  ~HashPipeline() { Finish(); }
+
+  void Push(std::vector<grpc::Slice> slices, std::vector<iovec> spans, int64_t bytes) {
+    std::unique_lock lock(mutex_);
+    space_.wait(lock, [&] { return queued_bytes_ < kQueueBytes; });
+    queued_bytes_ += bytes;
+    queue_.push_back({std::move(slices), std::move(spans), bytes});
+    work_.notify_one();
+  }
+
+  // Waits until every byte pushed is hashed. Idempotent.
+  void Finish() {
     {
       std::lock_guard lock(mutex_);
       closed_ = true;
       work_.notify_one();
     }
     if (thread_.joinable()) thread_.join();
-    std::lock_guard lock(mutex_);
-    return error_;
   }
-
-  // The file offset after the last byte written (valid after Close).
-  int64_t offset() const { return offset_; }
 
  private:
   static constexpr int64_t kQueueBytes = 16 << 20;
+  struct Piece {
+    std::vector<grpc::Slice> slices;  // keeps the bytes `spans` point into alive
+    std::vector<iovec> spans;
+    int64_t bytes = 0;
+  };
 
   void Run() {
     std::unique_lock lock(mutex_);
     while (true) {
       work_.wait(lock, [&] { return !queue_.empty() || closed_; });
       if (queue_.empty()) return;
-      std::string chunk = std::move(queue_.front());
+      Piece piece = std::move(queue_.front());
       queue_.pop_front();
       lock.unlock();
-      absl::Status status = WriteAndHash(chunk);
-      lock.lock();
-      queued_bytes_ -= static_cast<int64_t>(chunk.size());
-      spare_.push_back(std::move(chunk));
-      if (!status.ok()) {
-        error_ = status;
-        queue_.clear();
-        space_.notify_all();
-        return;
+      for (const iovec& span : piece.spans) {
+        hasher_.Update(absl::string_view(static_cast<const char*>(span.iov_base), span.iov_len));
       }
+      piece.slices.clear();
+      lock.lock();
+      queued_bytes_ -= piece.bytes;
       space_.notify_one();
     }
   }
 
-  absl::Status WriteAndHash(const std::string& chunk) {
-    const char* cursor = chunk.data();
-    size_t left = chunk.size();
-    while (left > 0) {
-      ssize_t written = pwrite(descriptor_, cursor, left, offset_);
-      if (written < 0 && errno == EINTR) continue;
-      if (written < 0) return ErrnoError("write", path_);
-      cursor += written;
-      left -= written;
-      offset_ += written;
-    }
-    hasher_.Update(chunk);
-    return absl::OkStatus();
-  }
-
-  const int descriptor_;
-  int64_t offset_;  // owned by the thread until Close joins it
   Sha256& hasher_;
-  const std::string path_;
   std::mutex mutex_;
-  std::condition_variable work_;   // a chunk was queued, or Close was called
-  std::condition_variable space_;  // a chunk was written, or writing failed
-  std::deque<std::string> queue_;  // guarded by mutex_
-  std::vector<std::string> spare_;  // guarded by mutex_
-  int64_t queued_bytes_ = 0;        // guarded by mutex_
-  bool closed_ = false;             // guarded by mutex_
-  absl::Status error_;              // guarded by mutex_
-  std::thread thread_;              // last: starts after the members it uses
+  std::condition_variable work_;   // a piece was queued, or Finish was called
+  std::condition_variable space_;  // a piece was hashed
+  std::deque<Piece> queue_;        // guarded by mutex_
+  int64_t queued_bytes_ = 0;       // guarded by mutex_
+  bool closed_ = false;            // guarded by mutex_
+  std::thread thread_;             // last: starts after the members it uses
 };
 
 // Downloads one file into `final_path` via `final_path`.incomplete, resuming and verifying.
-absl::Status DownloadOne(RegistryService::Stub& stub, const std::string& token, const ModelReference& pinned,
-                         const FileEntry& entry, const std::string& final_path, TransferProgress& progress,
-                         const std::function<void(const TransferProgress&)>& report, int64_t* downloaded) {
+// `received(bytes)` is called after each message is written; `stop` set by another worker's
+// failure ends the download early (the partial file stays, for the next pull to resume).
+// Note [Atomic pull]: the final path appears only by rename after the sha256 of every byte matched,
+// so a reader never sees a half-written file; a killed pull leaves <file>.incomplete, whose bytes
+// the next pull re-hashes and continues. The partial file is locked (flock) while written, so two
+// processes pulling the same file into the same cache wait for each other instead of interleaving.
+absl::Status DownloadOne(grpc::ChannelInterface& channel, const std::string& token, const ModelReference& pinned,
+                         const FileEntry& entry, const std::string& final_path,
+                         const std::function<void(int64_t)>& received, const std::atomic<bool>& stop) {
   const std::string partial = final_path + ".incomplete";
   std::error_code error;
   fs::create_directories(fs::path(final_path).parent_path(), error);
+  const grpc::internal::RpcMethod method(kDownloadFileMethod, grpc::internal::RpcMethod::SERVER_STREAMING);
   absl::Status last_error;
   for (int attempt = 0; attempt < kAttempts; ++attempt) {
     int descriptor = open(partial.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (descriptor < 0) return ErrnoError("open", partial);
+    while (flock(descriptor, LOCK_EX) != 0 && errno == EINTR) {
+    }
+    // Another process may have completed the file while this one waited for the lock.
     struct stat status;
+    struct stat final_status;
+    if (stat(final_path.c_str(), &final_status) == 0 && final_status.st_size == entry.size()) {
+      if (fstat(descriptor, &status) == 0 && status.st_ino != final_status.st_ino) unlink(partial.c_str());
+      close(descriptor);
+      return absl::OkStatus();
+    }
     fstat(descriptor, &status);
     int64_t offset = status.st_size;
     if (offset > entry.size()) {
-      ftruncate(descriptor, 0);
+      if (ftruncate(descriptor, 0) != 0) {
+        close(descriptor);
+        return ErrnoError("truncate", partial);
+      }
       offset = 0;
     }
     Sha256 hasher;
@@ -614,39 +721,66 @@ absl::Status DownloadOne(RegistryService::Stub& stub, const std::string& token, 
         at += got;
       }
     }
+    posix_fadvise(descriptor, offset, 0, POSIX_FADV_SEQUENTIAL);
     grpc::ClientContext context;
     Authorize(context, token);
     DownloadFileRequest request;
     *request.mutable_reference() = pinned;
     request.set_path(entry.path());
     request.set_offset(offset);
-    std::unique_ptr<grpc::ClientReader<DownloadFileResponse>> reader = stub.DownloadFile(&context, request);
-    DownloadFileResponse response;
-    absl::Status write_error;
+    std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader(
+        grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(&channel, method, &context, request));
+    grpc::ByteBuffer message;
+    absl::Status local_error;
     {
-      WriteHashPipeline pipeline(descriptor, offset, hasher, partial);
-      while (reader->Read(&response)) {
-        const int64_t length = static_cast<int64_t>(response.data().size());
+      HashPipeline pipeline(hasher);
+      while (reader->Read(&message)) {
+        std::vector<grpc::Slice> slices;
+        if (!message.Dump(&slices).ok()) {
+          local_error = absl::InternalError(absl::StrCat("pull ", entry.path(), ": unreadable DownloadFile message"));
+          break;
+        }
+        message.Clear();
+        absl::StatusOr<std::vector<iovec>> spans = DataSpans(slices, entry.path());
+        if (!spans.ok()) {
+          local_error = spans.status();
+          break;
+        }
+        int64_t length = 0;
+        for (const iovec& span : *spans) length += static_cast<int64_t>(span.iov_len);
         if (length == 0) continue;
-        if (!pipeline.Push(*response.mutable_data())) break;
-        *downloaded += length;
-        progress.done_bytes += length;
-        if (report) report(progress);
+        if (offset + length > entry.size()) {
+          local_error = absl::DataLossError(absl::StrCat("pull ", entry.path(), ": the registry sent more than the ",
+                                                         entry.size(), " bytes it lists"));
+          break;
+        }
+        if (local_error = WriteSpans(descriptor, *spans, offset, partial); !local_error.ok()) break;
+        offset += length;
+        pipeline.Push(std::move(slices), *std::move(spans), length);
+        received(length);
+        if (stop.load(std::memory_order_relaxed)) {
+          local_error = absl::CancelledError(absl::StrCat("pull ", entry.path(), ": stopped (another file failed)"));
+          break;
+        }
       }
-      write_error = pipeline.Close();
-      offset = pipeline.offset();
+      pipeline.Finish();
     }
-    if (!write_error.ok()) {
+    if (!local_error.ok()) {
       context.TryCancel();
       reader->Finish();
       close(descriptor);
-      return write_error;
+      if (absl::IsDataLoss(local_error)) unlink(partial.c_str());
+      return local_error;
     }
     grpc::Status finished = reader->Finish();
-    close(descriptor);
+    // The lock is held until the rename: a process waiting for it then finds the file complete.
+    struct CloseAtEnd {
+      int descriptor;
+      ~CloseAtEnd() { close(descriptor); }
+    } close_at_end{descriptor};
     if (!finished.ok()) {
       last_error = FromGrpcStatus(finished);
-      if (!Retryable(last_error)) return last_error;
+      if (!Retryable(last_error) || stop.load()) return last_error;
       continue;  // resume from what arrived
     }
     if (offset != entry.size()) {
@@ -697,6 +831,7 @@ absl::StatusOr<PullResult> RegistryClient::PullToDirectory(const std::string& re
   pinned.set_revision(listing.commit_id());
   TransferProgress progress;
   for (const FileEntry& entry : listing.files()) progress.total_bytes += entry.size();
+  std::vector<const FileEntry*> to_fetch;
   for (const FileEntry& entry : listing.files()) {
     if (absl::Status status = ValidateRepositoryPath(entry.path()); !status.ok()) {
       return absl::DataLossError(absl::StrCat("pull: the registry listed an unsafe path: ", status.message()));
@@ -708,13 +843,46 @@ absl::StatusOr<PullResult> RegistryClient::PullToDirectory(const std::string& re
       progress.done_bytes += entry.size();
       continue;
     }
-    progress.path = entry.path();
-    if (absl::Status status = DownloadOne(*stub, token_, pinned, entry, final_path, progress, progress_,
-                                          &result.downloaded_bytes);
-        !status.ok()) {
-      return status;
-    }
+    to_fetch.push_back(&entry);
   }
+  // Note [Parallel pull]: the files of a sharded checkpoint download at once, up to
+  // max_parallel_files_ streams on the one channel (HTTP/2 multiplexes them), largest first so
+  // the last to finish is a small one. Each stream receives and writes on its worker thread and
+  // hashes on a second one, so the workers spread the copies and sha256 over the cores. The
+  // first failure stops the others (their partial files stay, resumable) and is the one returned.
+  std::stable_sort(to_fetch.begin(), to_fetch.end(),
+                   [](const FileEntry* left, const FileEntry* right) { return left->size() > right->size(); });
+  std::mutex progress_mutex;
+  std::atomic<bool> stop{false};
+  std::atomic<size_t> next{0};
+  absl::Status first_error;  // guarded by progress_mutex
+  auto drain = [&] {
+    for (size_t index = next++; index < to_fetch.size() && !stop.load(); index = next++) {
+      const FileEntry& entry = *to_fetch[index];
+      const std::string final_path = (fs::path(directory) / entry.path()).string();
+      absl::Status status = DownloadOne(
+          *channel_, token_, pinned, entry, final_path,
+          [&](int64_t bytes) {
+            std::lock_guard lock(progress_mutex);
+            result.downloaded_bytes += bytes;
+            progress.done_bytes += bytes;
+            progress.path = entry.path();
+            if (progress_) progress_(progress);
+          },
+          stop);
+      if (!status.ok()) {
+        std::lock_guard lock(progress_mutex);
+        if (!stop.exchange(true)) first_error = status;
+        return;
+      }
+    }
+  };
+  const size_t workers = std::min<size_t>(to_fetch.size(), static_cast<size_t>(std::max(1, max_parallel_files_)));
+  std::vector<std::thread> threads;
+  for (size_t worker = 1; worker < workers; ++worker) threads.emplace_back(drain);
+  drain();
+  for (std::thread& thread : threads) thread.join();
+  if (!first_error.ok()) return first_error;
   std::error_code error;
   fs::create_directories(directory, error);
   return result;

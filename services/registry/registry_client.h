@@ -8,8 +8,9 @@
 //   absl::StatusOr<PushResult> pushed = client.PushFolder("./llama", "acme", "llama", {.message = "v1"});
 //
 // Pulls are resumable (a file's bytes so far are kept as <file>.incomplete and continued) and
-// verified (sha256 of every file before it is renamed into place); a file already complete in the
-// cache is not fetched again. Pushes skip blobs the registry has and resume partial uploads.
+// verified (sha256 of every file before it is renamed into place, so no half-written file is ever
+// visible under its name); a file already complete in the cache is not fetched again; the files of
+// a sharded checkpoint download in parallel (up to 4 at once by default). Pushes skip blobs the registry has and resume partial uploads.
 // One RegistryClient may be used from several threads; each call is independent.
 #pragma once
 
@@ -73,8 +74,13 @@ class RegistryClient {
   RegistryClient(const std::string& address, const ConnectionOptions& options);
   RegistryClient(std::shared_ptr<grpc::Channel> channel, std::string token);
 
-  // Called after every chunk from the calling thread (for progress bars).
+  // Called after every chunk (for progress bars). A pull calls it from its download threads, one
+  // call at a time (under a lock), so it needs no locking of its own but must not block for long.
   void set_progress(std::function<void(const TransferProgress&)> progress) { progress_ = std::move(progress); }
+
+  // How many files a pull downloads at once (Note [Parallel pull] in registry_client.cc); 1 pulls
+  // one file after another. Set before pulling.
+  void set_max_parallel_files(int files) { max_parallel_files_ = files; }
 
   // Pushes every regular file under `folder` (except .git/) as one commit on options.branch.
   absl::StatusOr<PushResult> PushFolder(const std::string& folder, const std::string& namespace_name,
@@ -99,6 +105,7 @@ class RegistryClient {
   std::shared_ptr<grpc::Channel> channel_;
   std::string token_;
   std::function<void(const TransferProgress&)> progress_;
+  int max_parallel_files_ = 4;
 };
 
 }  // namespace flotilla::registry

@@ -10,11 +10,13 @@
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
 #include "services/registry/auth.h"
+#include "services/registry/blob_store.h"
 #include "services/registry/registry.h"
 #include "services/registry/registry_service.h"
 
@@ -167,6 +169,103 @@ TEST_F(RegistryClientTest, PullWritesAndHashesOnASecondThreadAndResumesAfterAWri
   auto continued = client.PullToDirectory("acme/big", odd.string());
   ASSERT_TRUE(continued.ok()) << continued.status();
   EXPECT_EQ(ReadFile(odd / "model.safetensors"), weights);
+}
+
+
+// A sharded checkpoint: its files download at once. While a pull runs, every file being fetched
+// has its <file>.incomplete open; a pull one file at a time never shows two of them.
+TEST_F(RegistryClientTest, ShardedCheckpointPullsItsFilesInParallelAndVerifiesEach) {
+  const fs::path source = root_ + "/source";
+  std::vector<std::string> shards;
+  for (int index = 0; index < 4; ++index) {
+    std::string bytes = DistinctBytes((6 << 20) + index * 1000);
+    bytes[0] = static_cast<char>(index);  // four different blobs
+    shards.push_back(bytes);
+    WriteFile(source / ("model-0000" + std::to_string(index + 1) + "-of-00004.safetensors"), bytes);
+  }
+  WriteFile(source / "config.json", "{}");
+  RegistryClient client(address_);
+  ASSERT_TRUE(client.PushFolder(source.string(), "acme", "sharded").ok());
+
+  const fs::path parallel = root_ + "/parallel";
+  fs::create_directories(parallel);
+  int most = 0;
+  {
+    size_t seen = 0;
+    client.set_progress([&](const TransferProgress&) {
+      size_t partial = 0;
+      for (const auto& item : fs::recursive_directory_iterator(parallel)) partial += item.path().extension() == ".incomplete";
+      seen = std::max(seen, partial);
+    });
+    auto pulled = client.PullToDirectory("acme/sharded", parallel.string());
+    ASSERT_TRUE(pulled.ok()) << pulled.status();
+    EXPECT_EQ(pulled->files, 5);
+    most = static_cast<int>(seen);
+  }
+  EXPECT_GE(most, 2) << "the shards were fetched one after another";
+  for (int index = 0; index < 4; ++index) {
+    EXPECT_EQ(ReadFile(parallel / ("model-0000" + std::to_string(index + 1) + "-of-00004.safetensors")), shards[index]);
+  }
+  for (const auto& item : fs::recursive_directory_iterator(parallel)) EXPECT_NE(item.path().extension(), ".incomplete");
+
+  // One at a time when asked.
+  const fs::path serial = root_ + "/serial";
+  fs::create_directories(serial);
+  client.set_max_parallel_files(1);
+  size_t seen = 0;
+  client.set_progress([&](const TransferProgress&) {
+    size_t partial = 0;
+    for (const auto& item : fs::recursive_directory_iterator(serial)) partial += item.path().extension() == ".incomplete";
+    seen = std::max(seen, partial);
+  });
+  ASSERT_TRUE(client.PullToDirectory("acme/sharded", serial.string()).ok());
+  EXPECT_EQ(seen, 1u);
+
+  // Two pulls of the same revision into the same folder at once (two workers sharing a cache):
+  // each file is written by one of them at a time (flock), both succeed, the bytes are right.
+  const fs::path shared = root_ + "/shared";
+  client.set_max_parallel_files(4);
+  client.set_progress(nullptr);
+  absl::Status first;
+  absl::Status second;
+  std::thread other([&] { first = client.PullToDirectory("acme/sharded", shared.string()).status(); });
+  second = client.PullToDirectory("acme/sharded", shared.string()).status();
+  other.join();
+  EXPECT_TRUE(first.ok()) << first;
+  EXPECT_TRUE(second.ok()) << second;
+  for (int index = 0; index < 4; ++index) {
+    EXPECT_EQ(ReadFile(shared / ("model-0000" + std::to_string(index + 1) + "-of-00004.safetensors")), shards[index]);
+  }
+  for (const auto& item : fs::recursive_directory_iterator(shared)) EXPECT_NE(item.path().extension(), ".incomplete");
+}
+
+// A byte flipped in the registry's stored blob (disk corruption): the pull fails with DATA_LOSS,
+// the file never appears under its name and the partial file is removed; the other shards of a
+// parallel pull stay correct or absent, never half-written.
+TEST_F(RegistryClientTest, CorruptedByteInTheStoredBlobIsDetectedAndNothingAppears) {
+  const fs::path source = root_ + "/source";
+  const std::string good = DistinctBytes(5 << 20);
+  std::string bad = DistinctBytes(7 << 20);
+  bad[0] = 'x';
+  WriteFile(source / "good.safetensors", good);
+  WriteFile(source / "bad.safetensors", bad);
+  RegistryClient client(address_);
+  ASSERT_TRUE(client.PushFolder(source.string(), "acme", "rot").ok());
+  const std::string blob = registry_->blobs().LocalPath(Sha256OfString(bad));
+  ASSERT_TRUE(fs::exists(blob)) << blob;
+  fs::permissions(blob, fs::perms::owner_write, fs::perm_options::add);
+  {
+    std::fstream stream(blob, std::ios::in | std::ios::out | std::ios::binary);
+    stream.seekp(3 << 20);
+    stream.put(static_cast<char>(bad[3 << 20] ^ 0x01));
+  }
+  const fs::path target = root_ + "/target";
+  auto pulled = client.PullToDirectory("acme/rot", target.string());
+  ASSERT_EQ(pulled.status().code(), absl::StatusCode::kDataLoss) << pulled.status();
+  EXPECT_NE(pulled.status().message().find("bad.safetensors"), std::string::npos) << pulled.status();
+  EXPECT_FALSE(fs::exists(target / "bad.safetensors"));
+  EXPECT_FALSE(fs::exists(target / "bad.safetensors.incomplete"));
+  if (fs::exists(target / "good.safetensors")) EXPECT_EQ(ReadFile(target / "good.safetensors"), good);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <memory>
@@ -25,7 +26,6 @@ namespace {
 
 using namespace flotilla::v1;
 
-constexpr int64_t kChunkBytes = 1 << 20;
 
 std::string AuthorizationOf(const grpc::CallbackServerContext* context) {
   const auto& metadata = context->client_metadata();
@@ -476,33 +476,63 @@ grpc::ServerReadReactor<UploadBlobRequest>* RegistryGrpcService::UploadBlob(grpc
   return new UploadReactor(*this, context, response);
 }
 
-// A slice of [offset, offset + length) of a blob file, as a read-only mapping of just that window:
-// gRPC sends it to the socket without a copy in user space, and unmapping it when gRPC releases
-// the slice keeps the process's resident memory at the messages in flight (a mapping of the
-// whole blob would count every page sent in its RSS). Blobs are immutable and garbage collection
-// only unlinks them, so the window stays valid until it is unmapped.
-absl::StatusOr<grpc::Slice> MappedSlice(int descriptor, int64_t offset, int64_t length) {
-  struct Window {
-    void* address;
-    size_t length;
-  };
-  static const int64_t page = sysconf(_SC_PAGESIZE);
-  const int64_t start = offset - offset % page;
-  const size_t window_length = static_cast<size_t>(offset + length - start);
-  void* address = mmap(nullptr, window_length, PROT_READ, MAP_SHARED, descriptor, start);
-  if (address == MAP_FAILED) return absl::InternalError(absl::StrCat("mmap: ", std::strerror(errno)));
-  madvise(address, window_length, MADV_SEQUENTIAL);
-  auto* window = new Window{address, window_length};
-  return grpc::Slice(static_cast<char*>(address) + (offset - start), static_cast<size_t>(length),
-                     [](void* user_data) {
-                       auto* window = static_cast<Window*>(user_data);
-                       munmap(window->address, window->length);
-                       delete window;
-                     },
-                     window);
-}
+// Note [Download messages]: DownloadFile sends 128 KiB per message, cut from 8 MiB read-only
+// mappings of the blob. The client writes and hashes a message as soon as it has arrived whole, so
+// a small message is still in the CPU's caches when it is written to the page cache and hashed; a
+// 1 MiB message has mostly left them by then, and on a busy machine the client spent about twice
+// the CPU per GiB (pulls of 512 MiB, 6 rounds interleaved, three runs: client CPU medians 1.88,
+// 2.47, 3.48 s/GiB with 1 MiB messages against 0.97, 1.17, 1.15 with 128 KiB; the registry's
+// 0.36 against 0.57). Smaller messages cost the registry more per GiB (64 KiB: 0.79 s, and no
+// gain for the client). The slices of one mapping share it: mapping 8 MiB at a time keeps mmap
+// and munmap out of the per-message cost, and unmapping each window once gRPC has released its
+// last slice keeps the process's resident memory near the bytes in flight (a mapping of the whole
+// blob would count every page sent in its RSS). Blobs are immutable and garbage collection only
+// unlinks them, so a window stays valid until it is unmapped.
+constexpr int64_t kDownloadMessageBytes = 128 << 10;
+constexpr int64_t kDownloadWindowBytes = 8 << 20;
 
-// Server-streaming download of one file, 1 MiB per message, from an offset. Each message is the
+// A read-only mapping of part of a blob file, shared by the slices cut from it and by its
+// DownloadReactor; unmapped when the last of them lets go. Thread-safe reference count (gRPC
+// releases slices on its own threads).
+class MappedWindow {
+ public:
+  // Maps the pages holding [offset, offset + length).
+  static absl::StatusOr<MappedWindow*> Map(int descriptor, int64_t offset, int64_t length) {
+    static const int64_t page = sysconf(_SC_PAGESIZE);
+    const int64_t start = offset - offset % page;
+    const size_t window_length = static_cast<size_t>(offset + length - start);
+    void* address = mmap(nullptr, window_length, PROT_READ, MAP_SHARED, descriptor, start);
+    if (address == MAP_FAILED) return absl::InternalError(absl::StrCat("mmap: ", std::strerror(errno)));
+    madvise(address, window_length, MADV_SEQUENTIAL);
+    return new MappedWindow(address, window_length, start);
+  }
+
+  int64_t end() const { return start_ + static_cast<int64_t>(length_); }
+
+  // [offset, offset + length), which must lie inside the window, as a slice holding a reference.
+  grpc::Slice Slice(int64_t offset, int64_t length) {
+    references_.fetch_add(1, std::memory_order_relaxed);
+    return grpc::Slice(static_cast<char*>(address_) + (offset - start_), static_cast<size_t>(length),
+                       [](void* window) { static_cast<MappedWindow*>(window)->Release(); }, this);
+  }
+
+  void Release() {
+    if (references_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      munmap(address_, length_);
+      delete this;
+    }
+  }
+
+ private:
+  MappedWindow(void* address, size_t length, int64_t start) : address_(address), length_(length), start_(start) {}
+
+  void* const address_;
+  const size_t length_;
+  const int64_t start_;  // the file offset of address_
+  std::atomic<int> references_{1};
+};
+
+// Server-streaming download of one file, 128 KiB per message (Note [Download messages]), from an offset. Each message is the
 // DownloadFileResponse wire format written by hand: the first one's entry and commit_id
 // (serialized by protobuf), then field 3 (data) as a tag, a length and a slice of the mapped blob.
 class DownloadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
@@ -525,6 +555,7 @@ class DownloadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
   }
   void OnDone() override { delete this; }
   ~DownloadReactor() override {
+    if (window_ != nullptr) window_->Release();
     if (descriptor_ >= 0) close(descriptor_);
   }
 
@@ -575,7 +606,7 @@ class DownloadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
 
   void WriteNext() {
     if (sent_header_ && offset_ >= entry_.size) return Finish(grpc::Status::OK);
-    const int64_t length = std::min(kChunkBytes, entry_.size - offset_);
+    const int64_t length = std::min(kDownloadMessageBytes, entry_.size - offset_);
     // Field 3 (bytes), wire type 2: tag, varint length, then the bytes.
     std::string prefix = sent_header_ ? std::string() : std::move(header_);
     prefix.push_back(static_cast<char>((3 << 3) | 2));
@@ -589,12 +620,18 @@ class DownloadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
     grpc::Slice slices[2] = {grpc::Slice(prefix), grpc::Slice()};
     size_t slice_count = 1;
     if (length > 0) {
-      auto data = MappedSlice(descriptor_, offset_, length);
-      if (!data.ok()) {
-        return Finish(grpc::Status(grpc::StatusCode::INTERNAL, absl::StrCat("download of ", entry_.path, ": blob ",
-                                                                            entry_.sha256, ": ", data.status().message())));
+      if (window_ == nullptr || offset_ + length > window_->end()) {
+        if (window_ != nullptr) window_->Release();
+        window_ = nullptr;
+        auto mapped = MappedWindow::Map(descriptor_, offset_, std::min(kDownloadWindowBytes, entry_.size - offset_));
+        if (!mapped.ok()) {
+          return Finish(grpc::Status(grpc::StatusCode::INTERNAL, absl::StrCat("download of ", entry_.path, ": blob ",
+                                                                              entry_.sha256, ": ",
+                                                                              mapped.status().message())));
+        }
+        window_ = *mapped;
       }
-      slices[slice_count++] = *std::move(data);
+      slices[slice_count++] = window_->Slice(offset_, length);
     }
     message_ = grpc::ByteBuffer(slices, slice_count);
     offset_ += length;
@@ -606,6 +643,7 @@ class DownloadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
   RegistryGrpcService& service_;
   prometheus::Counter& bytes_counter_;
   int descriptor_ = -1;
+  MappedWindow* window_ = nullptr;  // the mapping the next messages are cut from (one reference held)
   grpc::ByteBuffer message_;
   std::string header_;  // the first message's entry and commit_id, serialized
   TreeEntry entry_;

@@ -9,6 +9,19 @@ threads from Flotilla's Hub API next to the same files served by `python -m http
 - `snapshot_download` from Flotilla (http.server cannot answer its API calls): http_get plus the
   repo listing, a HEAD per file and the cache layout, against http_get from http.server.
 
+First, issue #14's comparisons, each contender interleaved with its baseline in the same run
+(alternating which goes first), --runs repetitions, the load average printed beside each pair:
+
+- `flotilla pull` (verified: sha256 of every byte) against `curl -o` fetching the same file from
+  `python -m http.server`, one large file; and a sharded checkpoint (--shards files of the same
+  total) pulled with its files in parallel against `curl -Z` (parallel) fetching the same files;
+- `flotilla push` (client sha256, chunked upload, server sha256 and fsync) against
+  `dd conv=fsync` writing the same file (each push into a fresh registry, so nothing dedups).
+
+Beside each round: the CPU seconds per GiB of the client and of the server (user + sys). On a
+shared machine the seconds swing with the load; the CPU per GiB does not, and says which
+contender would win when the cores are busy.
+
 Two rows are ceilings, not contenders: sha256 of the file on one core (the push hashes every byte
 on the client and again on the server, before the commit exists) and the plainest loopback TCP
 copy (sendfile, recv, write; no framing, no hash, no fsync), which bounds any network pull.
@@ -25,6 +38,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -101,6 +115,11 @@ def timed(function):
     return time.perf_counter() - start, result
 
 
+def start_registry_in(build: Path, folder: Path) -> tuple[subprocess.Popen, dict]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return start_registry(build, folder)
+
+
 def start_registry(build: Path, work: Path) -> tuple[subprocess.Popen, dict]:
     ready = work / "registry.ready"
     process = subprocess.Popen([str(build / "bin" / "flotilla-registry"), "--grpc_listen=127.0.0.1:0",
@@ -163,6 +182,162 @@ def raw_loopback_copy(source: Path, target: Path) -> None:
         sender.join()
 
 
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def with_server_cpu(pid_of, operation):
+    """operation, returning the CPU seconds the server process (pid_of()) spent meanwhile."""
+    def run() -> float:
+        pid = pid_of()
+        before = cpu_seconds(pid)
+        operation()
+        return cpu_seconds(pid) - before
+    return run
+
+
+def interleaved(runs: int, contenders: dict, prepare) -> dict:
+    """Runs each contender once per round, alternating which goes first, each after prepare() and a
+    sync; returns {name: [(seconds, load average at the end, client CPU s, server CPU s), ...]}.
+    A contender returns its server's CPU seconds (see with_server_cpu); the client's are those of
+    the child processes it ran."""
+    results = {name: [] for name in contenders}
+    names = list(contenders)
+    for round_index in range(runs):
+        for name in (names if round_index % 2 == 0 else names[::-1]):
+            prepare(name)
+            os.sync()
+            client_before = children_cpu_seconds()
+            seconds, server_cpu = timed(contenders[name])
+            results[name].append((seconds, os.getloadavg()[0], children_cpu_seconds() - client_before,
+                                  server_cpu if isinstance(server_cpu, float) else 0.0))
+    return results
+
+
+def print_pairs(title: str, size_mib: float, results: dict, contender: str, baseline: str) -> tuple:
+    """Prints every round's pair (MiB/s, CPU seconds per GiB of client and server, load); returns
+    the median rates, the median of the per-round ratios contender / baseline, and the median CPU
+    seconds per GiB (client + server) of each."""
+    print(f"\n{title}: {size_mib:.0f} MiB, {len(results[contender])} rounds; CPU = client + server seconds per GiB")
+    print(f"{'round':>5} {contender + ' MiB/s':>22} {'CPU':>11} {baseline + ' MiB/s':>24} {'CPU':>11} {'ratio':>7} "
+          f"{'load (1 min)':>13}")
+    ratios = []
+    per_gib = size_mib / 1024
+    for index, (mine, theirs) in enumerate(zip(results[contender], results[baseline])):
+        ratios.append(theirs[0] / mine[0])
+        print(f"{index + 1:>5} {size_mib / mine[0]:>22.0f} {mine[2] / per_gib:>5.2f}+{mine[3] / per_gib:<5.2f} "
+              f"{size_mib / theirs[0]:>24.0f} {theirs[2] / per_gib:>5.2f}+{theirs[3] / per_gib:<5.2f} "
+              f"{ratios[-1]:>7.2f} {max(mine[1], theirs[1]):>13.1f}")
+    contender_rate = median([size_mib / run[0] for run in results[contender]])
+    baseline_rate = median([size_mib / run[0] for run in results[baseline]])
+    contender_cpu = median([(run[2] + run[3]) / per_gib for run in results[contender]])
+    baseline_cpu = median([(run[2] + run[3]) / per_gib for run in results[baseline]])
+    print(f"median {contender_rate:>21.0f} {contender_cpu:>11.2f} {baseline_rate:>24.0f} {baseline_cpu:>11.2f} "
+          f"{median(ratios):>7.2f}")
+    return contender_rate, baseline_rate, median(ratios), contender_cpu, baseline_cpu
+
+
+def start_static_server(directory: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                                "--directory", str(directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return process, url
+        except OSError:
+            time.sleep(0.05)
+    sys.exit("python -m http.server did not start")
+
+
+def versus_curl_and_dd(build: Path, work: Path, size_mib: int, shards: int, runs: int) -> list[tuple]:
+    """Issue #14's targets: pull vs curl (one file, and `shards` files), push vs dd conv=fsync."""
+    size = size_mib * MIB
+    source = work / "versus"
+    source.mkdir()
+    big = source / "model.safetensors"
+    write_random_file(big, size)
+    sharded = work / "versus_sharded"
+    sharded.mkdir()
+    shard_names = [f"model-{index + 1:05d}-of-{shards:05d}.safetensors" for index in range(shards)]
+    for name in shard_names:
+        write_random_file(sharded / name, size // shards)
+    summary = []
+
+    # Push vs dd conv=fsync: every push into a fresh registry, so nothing is already stored.
+    registries = []
+
+    def stop_last_registry() -> None:
+        # Outside the timed call: a child reaped there would add its CPU to the client's.
+        if registries and registries[-1][0].poll() is None:
+            registries[-1][0].terminate()
+            registries[-1][0].wait()
+            shutil.rmtree(work / f"push-{len(registries) - 1}", ignore_errors=True)
+
+    def prepare_push(name: str) -> None:
+        (work / "dd.bin").unlink(missing_ok=True)
+        stop_last_registry()
+        if name == "flotilla push":
+            registries.append(start_registry_in(build, work / f"push-{len(registries)}"))
+
+    def push() -> float:
+        process, ready = registries[-1]
+        started = cpu_seconds(process.pid)  # its start-up is not the push's
+        cli(build, "push", str(source), "bench/large", "--registry", ready["grpc_address"])
+        return cpu_seconds(process.pid) - started
+
+    results = interleaved(runs, {
+        "flotilla push": push,
+        "dd conv=fsync": lambda: subprocess.run(["dd", f"if={big}", f"of={work / 'dd.bin'}", "bs=4M", "conv=fsync",
+                                                 "status=none"], check=True),
+    }, prepare_push)
+    stop_last_registry()
+    (work / "dd.bin").unlink(missing_ok=True)
+    summary.append(("flotilla push (hashed, chunked, fsynced) vs dd conv=fsync", size_mib,
+                    *print_pairs("push vs dd conv=fsync", size_mib, results, "flotilla push", "dd conv=fsync")))
+
+    # Pull vs curl from python -m http.server, one file and then the shards.
+    registry, ready = start_registry_in(build, work / "pull-registry")
+    try:
+        cli(build, "push", str(source), "bench/large", "--registry", ready["grpc_address"])
+        cli(build, "push", str(sharded), "bench/sharded", "--registry", ready["grpc_address"])
+        for title, folder, repository, names in [
+                ("pull vs curl, one file", source, "bench/large", ["model.safetensors"]),
+                (f"pull vs curl, {shards} shards", sharded, "bench/sharded", shard_names)]:
+            static, url = start_static_server(folder)
+            try:
+                curl = ["curl", "--silent", "--no-progress-meter", "--fail"] + (["-Z"] if len(names) > 1 else [])
+                for name in names:
+                    curl += ["-o", str(work / "fetched" / name), f"{url}/{name}"]
+                results = interleaved(runs, {
+                    "flotilla pull": with_server_cpu(lambda: registry.pid, lambda: cli(
+                        build, "pull", repository, str(work / "fetched"), "--registry", ready["grpc_address"])),
+                    "curl": with_server_cpu(lambda: static.pid, lambda: subprocess.run(
+                        curl, check=True, stdout=subprocess.DEVNULL)),
+                }, lambda name: (shutil.rmtree(work / "fetched", ignore_errors=True), (work / "fetched").mkdir()))
+                summary.append((f"flotilla pull (verified) vs curl from http.server, {title.split(', ')[1]}",
+                                size_mib, *print_pairs(title, size_mib, results, "flotilla pull", "curl")))
+            finally:
+                static.terminate()
+                static.wait()
+    finally:
+        registry.terminate()
+        registry.wait()
+        shutil.rmtree(work / "fetched", ignore_errors=True)
+        shutil.rmtree(source, ignore_errors=True)
+        shutil.rmtree(sharded, ignore_errors=True)
+    return summary
+
+
 def fetch_all(base_url: str, names: list[str], target: Path, workers: int = 8) -> None:
     def fetch(name: str) -> None:
         with urllib.request.urlopen(f"{base_url}/{name}") as response, open(target / name, "wb") as file:
@@ -209,13 +384,28 @@ def main() -> None:
     parser.add_argument("--snapshot-mib", type=int, default=1024, help="total size of the snapshot repo")
     parser.add_argument("--build-dir", type=Path, default=REPOSITORY / "build")
     parser.add_argument("--work-dir", type=Path, default=None, help="scratch folder (default: a temp dir)")
-    parser.add_argument("--runs", type=int, default=3, help="runs of each snapshot row (the fastest counts)")
+    parser.add_argument("--runs", type=int, default=3, help="rounds of each interleaved comparison, and runs of "
+                        "each snapshot row (the fastest counts)")
+    parser.add_argument("--shards", type=int, default=4, help="files of the sharded pull (same total size)")
+    parser.add_argument("--only-versus", action="store_true",
+                        help="only pull vs curl and push vs dd (issue #14's targets), not the other rows")
     arguments = parser.parse_args()
     build = arguments.build_dir.resolve()
     work = Path(tempfile.mkdtemp(prefix="registry_bench_", dir=arguments.work_dir))
     rows = []
     registry_cpu = 0.0
     try:
+        versus = versus_curl_and_dd(build, work, arguments.size_mib, arguments.shards, arguments.runs)
+        load = os.getloadavg()
+        print(f"\nload average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min) on {os.cpu_count()} CPUs")
+        print("\n| comparison (same run, interleaved) | MiB | contender MiB/s | baseline MiB/s | ratio "
+              "| CPU s/GiB contender | CPU s/GiB baseline |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for name, mib, contender_rate, baseline_rate, ratio, contender_cpu, baseline_cpu in versus:
+            print(f"| {name} | {mib} | {contender_rate:.0f} | {baseline_rate:.0f} | {ratio:.2f}× | {contender_cpu:.2f} "
+                  f"| {baseline_cpu:.2f} |")
+        print("(medians over the rounds; CPU = client + server user+sys seconds per GiB)")
+        if arguments.only_versus:
+            return
         size = arguments.size_mib * MIB
         source = work / "source"
         source.mkdir()

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -84,9 +85,17 @@ def make_checkpoint(folder: Path, size_mib: int, changed_tensor: int | None) -> 
     """)], check=True)
 
 
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--runs", type=int, default=3,
+                        help="rounds, each against a fresh registry (so nothing dedups across rounds); medians count")
     parser.add_argument("--build-dir", type=Path, default=Path(os.environ.get("FLOTILLA_BUILD_DIR", REPOSITORY / "build")))
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="registry_xet_") as temporary:
@@ -97,60 +106,92 @@ def main() -> None:
         make_checkpoint(base, arguments.size_mib, None)
         make_checkpoint(tuned, arguments.size_mib, changed_tensor=1)
         size = (base / "model.safetensors").stat().st_size
-        registry, url = start_registry(arguments.build_dir, root / "data")
-        try:
-            def upload(repository: str, folder: Path) -> str:
-                return f"""
-                    from huggingface_hub import HfApi
-                    api = HfApi()
-                    api.create_repo("{repository}", exist_ok=True)
-                    api.upload_folder(folder_path="{folder}", repo_id="{repository}")
-                """
 
-            def download(repository: str, expected: Path) -> str:
-                return f"""
-                    from huggingface_hub import hf_hub_download
-                    path = hf_hub_download("{repository}", "model.safetensors")
-                    with open(path, "rb") as got, open("{expected}/model.safetensors", "rb") as want:
-                        while True:
-                            a, b = got.read(1 << 24), want.read(1 << 24)
-                            assert a == b, "download differs"
-                            if not a:
-                                break
-                """
+        def upload(repository: str, folder: Path) -> str:
+            return f"""
+                from huggingface_hub import HfApi
+                api = HfApi()
+                api.create_repo("{repository}", exist_ok=True)
+                api.upload_folder(folder_path="{folder}", repo_id="{repository}")
+            """
 
-            rows = []
-            http_upload = run_step(upload("bench/lfs", base), url, root / "home_http_up", xet=False)
-            sent_before, stored_before = metric(url, "flotilla_registry_bytes_received_total"), stored_xorb_bytes(root / "data")
-            xet_upload = run_step(upload("bench/xet", base), url, root / "home_xet_up", xet=True)
-            xet_sent = metric(url, "flotilla_registry_bytes_received_total") - sent_before
-            xet_stored = stored_xorb_bytes(root / "data") - stored_before
-            http_download = run_step(download("bench/lfs", base), url, root / "home_http_down", xet=False)
-            xet_download = run_step(download("bench/xet", base), url, root / "home_xet_down", xet=True)
-            sent_before, stored_before = metric(url, "flotilla_registry_bytes_received_total"), stored_xorb_bytes(root / "data")
-            reupload = run_step(upload("bench/xet", tuned), url, root / "home_xet_tuned", xet=True)
-            re_sent = metric(url, "flotilla_registry_bytes_received_total") - sent_before
-            re_stored = stored_xorb_bytes(root / "data") - stored_before
-            verify = run_step(download("bench/xet", tuned), url, root / "home_xet_verify", xet=True)
-        finally:
-            registry.terminate()
-            registry.wait()
+        def download(repository: str, expected: Path) -> str:
+            return f"""
+                from huggingface_hub import hf_hub_download
+                path = hf_hub_download("{repository}", "model.safetensors")
+                with open(path, "rb") as got, open("{expected}/model.safetensors", "rb") as want:
+                    while True:
+                        a, b = got.read(1 << 24), want.read(1 << 24)
+                        assert a == b, "download differs"
+                        if not a:
+                            break
+            """
+
+        steps = ["http_upload", "xet_upload", "http_download", "xet_download", "reupload", "verify"]
+        seconds = {step: [] for step in steps}
+        loads = {step: [] for step in steps}
+        sent_stored = {"xet_upload": [], "reupload": []}
+        for round_index in range(arguments.runs):
+            home = root / f"homes{round_index}"
+            data = root / f"data{round_index}"
+            registry, url = start_registry(arguments.build_dir, data)
+
+            def step(name: str, code: str, xet: bool) -> None:
+                seconds[name].append(run_step(code, url, home / name, xet=xet))
+                loads[name].append(os.getloadavg()[0])
+
+            try:
+                # The LFS upload goes first: the other order would find the blob stored (one store).
+                step("http_upload", upload("bench/lfs", base), xet=False)
+                sent_before, stored_before = metric(url, "flotilla_registry_bytes_received_total"), stored_xorb_bytes(data)
+                step("xet_upload", upload("bench/xet", base), xet=True)
+                sent_stored["xet_upload"].append((metric(url, "flotilla_registry_bytes_received_total") - sent_before,
+                                                  stored_xorb_bytes(data) - stored_before))
+                # Downloads alternate which goes first.
+                order = [("http_download", "bench/lfs", False), ("xet_download", "bench/xet", True)]
+                for name, repository, xet in (order if round_index % 2 == 0 else order[::-1]):
+                    step(name, download(repository, base), xet=xet)
+                sent_before, stored_before = metric(url, "flotilla_registry_bytes_received_total"), stored_xorb_bytes(data)
+                step("reupload", upload("bench/xet", tuned), xet=True)
+                sent_stored["reupload"].append((metric(url, "flotilla_registry_bytes_received_total") - sent_before,
+                                                stored_xorb_bytes(data) - stored_before))
+                step("verify", download("bench/xet", tuned), xet=True)
+            finally:
+                registry.terminate()
+                registry.wait()
+                shutil.rmtree(data, ignore_errors=True)
+                shutil.rmtree(home, ignore_errors=True)
         mib = size / MIB
+        tensors = max(1, arguments.size_mib // TENSOR_MIB)
+        print(f"\ncheckpoint: {mib:.0f} MiB safetensors, {tensors} tensors; {arguments.runs} rounds, each against a "
+              f"fresh registry; every round's seconds (load average, 1 min):")
+        for name in steps:
+            print(f"  {name}: " + ", ".join(f"{value:.2f} s ({load:.1f})" for value, load in zip(seconds[name], loads[name])))
+        best = {name: median(values) for name, values in seconds.items()}
+
+        def bytes_note(name: str) -> str:
+            sent = median([value for value, _ in sent_stored[name]])
+            stored = median([value for _, value in sent_stored[name]])
+            return f"sent {sent / MIB:.1f} MiB, stored {stored / MIB:.1f} MiB"
+
         rows = [
-            ("upload, HF_HUB_DISABLE_XET=1 (LFS)", http_upload, "", "reference"),
-            ("upload through hf_xet", xet_upload, f"sent {xet_sent / MIB:.1f} MiB, stored {xet_stored / MIB:.1f} MiB",
-             f"{http_upload / xet_upload:.2f}x"),
-            ("download, HF_HUB_DISABLE_XET=1 (/resolve/)", http_download, "", "reference"),
-            ("download through hf_xet", xet_download, "", f"{http_download / xet_download:.2f}x"),
-            (f"re-upload, 1 of {max(1, arguments.size_mib // TENSOR_MIB)} tensors ({TENSOR_MIB} MiB) changed, empty HF_HOME",
-             reupload, f"sent {re_sent / MIB:.1f} MiB, stored {re_stored / MIB:.1f} MiB", f"{http_upload / reupload:.2f}x"),
-            ("download of the changed checkpoint through hf_xet", verify, "", f"{http_download / verify:.2f}x"),
+            ("upload, HF_HUB_DISABLE_XET=1 (LFS)", best["http_upload"], "", "reference"),
+            ("upload through hf_xet", best["xet_upload"], bytes_note("xet_upload"),
+             f"{best['http_upload'] / best['xet_upload']:.2f}x"),
+            ("download, HF_HUB_DISABLE_XET=1 (/resolve/)", best["http_download"], "", "reference"),
+            ("download through hf_xet", best["xet_download"], "", f"{best['http_download'] / best['xet_download']:.2f}x"),
+            (f"re-upload, 1 of {tensors} tensors ({TENSOR_MIB} MiB) changed, empty HF_HOME", best["reupload"],
+             bytes_note("reupload"), f"{best['http_upload'] / best['reupload']:.2f}x"),
+            ("download of the changed checkpoint through hf_xet", best["verify"], "",
+             f"{best['http_download'] / best['verify']:.2f}x"),
         ]
-        print(f"\ncheckpoint: {mib:.0f} MiB safetensors, {max(1, arguments.size_mib // TENSOR_MIB)} tensors\n")
+        load = os.getloadavg()
+        print(f"\nmedians of {arguments.runs} rounds; load average at the end {load[0]:.1f} / {load[1]:.1f} / "
+              f"{load[2]:.1f} (1/5/15 min) on {os.cpu_count()} CPUs\n")
         print("| step | seconds | MiB/s | bytes | x HF_HUB_DISABLE_XET=1 |")
         print("| --- | ---: | ---: | --- | --- |")
-        for name, seconds, note, ratio in rows:
-            print(f"| {name} | {seconds:.2f} | {mib / seconds:.0f} | {note} | {ratio} |")
+        for name, value, note, ratio in rows:
+            print(f"| {name} | {value:.2f} | {mib / value:.0f} | {note} | {ratio} |")
 
 
 if __name__ == "__main__":

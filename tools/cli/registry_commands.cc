@@ -3,6 +3,7 @@
 // The registry's address is --registry host:port, else $FLOTILLA_REGISTRY, else the running local
 // mesh's (see mesh.h). The token is --token, else $FLOTILLA_TOKEN. --json prints one JSON document
 // for scripts; a progress bar appears only when stdout is a terminal.
+#include <malloc.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -176,9 +177,25 @@ void Push(const RegistryFlags& flags, const std::string& folder, const std::stri
   }
 }
 
-void Pull(const RegistryFlags& flags, const std::string& reference_text, const std::string& directory) {
+// A pull receives about a GiB a second into gRPC's buffers of up to a few MiB each. glibc hands
+// buffers that large out as fresh mmaps (and gives the heap's top back to the kernel as they are
+// freed), so every received page would be faulted in and zeroed again: with these limits the
+// freed buffers are reused instead. Measured on a 256 MiB pull: 26,699 page faults and 469 ms of
+// CPU before, 13,232 and 354 ms after (curl fetching the same file: 340 ms).
+void KeepLargeBuffersInTheHeap() {
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
+}
+
+void Pull(const RegistryFlags& flags, const std::string& reference_text, const std::string& directory,
+          int parallel_files) {
   Reference(reference_text);
+  if (parallel_files < 1) {
+    Fail(absl::InvalidArgumentError(absl::StrCat("pull: --parallel must be at least 1, got ", parallel_files)));
+  }
+  KeepLargeBuffersInTheHeap();
   registry::RegistryClient client(Address(flags), Connection(flags));
+  client.set_max_parallel_files(parallel_files);
   ProgressBar bar(!flags.as_json);
   client.set_progress([&](const registry::TransferProgress& progress) { bar.Update(progress); });
   absl::StatusOr<registry::PullResult> result = client.PullToDirectory(reference_text, directory);
@@ -428,8 +445,10 @@ void AddRegistryCommands(CLI::App& app) {
     CLI::App* pull = app.add_subcommand("pull", "Download a revision into a folder (resumable, verified)");
     pull->add_option("reference", *reference, "namespace/name[@revision]")->required();
     pull->add_option("directory", *directory, "Where to put the files")->required();
+    auto parallel_files = std::make_shared<int>(4);
+    pull->add_option("--parallel", *parallel_files, "How many files to download at once (default 4)");
     AddRegistryFlags(pull, flags);
-    pull->callback([=] { Pull(*flags, *reference, *directory); });
+    pull->callback([=] { Pull(*flags, *reference, *directory, *parallel_files); });
   }
   {
     auto flags = std::make_shared<RegistryFlags>();
