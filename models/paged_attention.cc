@@ -53,6 +53,13 @@ std::optional<int64_t> JsonInt(const nlohmann::json& json, std::initializer_list
 
 // One sequence's new tokens against its whole (gathered) context, with sdpa, or eager's math when
 // softcapping (sdpa has none). Writes [query_length, heads, head_dim] into `output` at its tokens.
+// Note [Long prompt chunks go to sdpa]: the builtin kernel computes each query token on its own —
+// right for decode, where a token reads its keys once, but a prompt chunk of many tokens re-reads
+// the same keys per token and does its products as dot products. From this many query tokens a
+// sequence's chunk is gathered and run through sdpa (ATen's flash attention, tiled as GEMMs)
+// instead; the kernel keeps the decode tokens and short chunks of the same step.
+constexpr int64_t kMinimumQueryLengthForSdpa = 32;
+
 void ChunkAttention(const at::Tensor& query, const at::Tensor& key_pool, const at::Tensor& value_pool,
                     const PagedKVCache::Step& step, size_t sequence_index, const AttentionArguments& arguments,
                     at::Tensor& output) {
@@ -315,9 +322,10 @@ std::pair<at::Tensor, at::Tensor> PagedAttentionForward(const at::Tensor& query,
               " x ", head_dim, " do not fit key/value heads ", key.size(2), " x ", key.size(3));
 
   at::Tensor output = at::empty({1, num_tokens, num_heads, head_dim}, query.options());
-  // PagedAttention=builtin (the default): every token of every sequence, decode and prompt chunks
-  // alike, in one kernel call that reads the blocks in place (kernels::PagedAttention). eager, or a
-  // device the kernel does not run on: each sequence's context gathered, then sdpa.
+  // PagedAttention=builtin (the default): the decode tokens and short prompt chunks of every
+  // sequence in one kernel call that reads the blocks in place (kernels::PagedAttention), long
+  // chunks through sdpa (Note [Long prompt chunks go to sdpa]). eager, or a device the kernel does
+  // not run on: each sequence's context gathered, then sdpa.
   const bool builtin = CurrentLayerKernels().builtin_paged_attention && query.device().is_cpu();
   CountKernelForward(KernelLayer::kPagedAttention, builtin);
   if (!builtin) {
@@ -330,6 +338,10 @@ std::pair<at::Tensor, at::Tensor> PagedAttentionForward(const at::Tensor& query,
   tokens.reserve(static_cast<size_t>(num_tokens));
   for (size_t index = 0; index < step.batch.sequences.size(); ++index) {
     const PagedSequence& sequence = step.batch.sequences[index];
+    if (sequence.query_length >= kMinimumQueryLengthForSdpa) {
+      ChunkAttention(query, key, value, step, index, arguments, output);
+      continue;
+    }
     const int64_t first_position = sequence.context_length - sequence.query_length;
     for (int64_t offset = 0; offset < sequence.query_length; ++offset) {
       const int64_t position = first_position + offset;
@@ -338,6 +350,7 @@ std::pair<at::Tensor, at::Tensor> PagedAttentionForward(const at::Tensor& query,
       tokens.push_back({step.query_starts[index] + offset, position, first_key, sequence.block_table.data()});
     }
   }
+  if (tokens.empty()) return {output, at::Tensor()};
   const at::Tensor query_tokens = query[0].transpose(0, 1).contiguous();  // [T, heads, head_dim]
   at::Tensor output_tokens = output[0];  // contiguous [T, heads, head_dim]
   kernels::cpu::PagedAttention(query_tokens, key.contiguous(), value.contiguous(), output_tokens, tokens,

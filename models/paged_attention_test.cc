@@ -198,12 +198,13 @@ struct ScriptSequence {
 };
 
 // (sequence, new tokens) per step: a prompt split in two chunks (A), sequences joining (C, sharing
-// A's first full block) and leaving (B), windows exceeded by every long context.
+// A's first full block) and leaving (B), windows exceeded by every long context, and a chunk long
+// enough to go through sdpa after a past of 20 (D; Note [Long prompt chunks go to sdpa]).
 const std::vector<std::vector<std::pair<int, int64_t>>> kScript = {
-    {{0, 5}, {1, 6}},
-    {{0, 4}, {1, 1}},
-    {{0, 1}, {1, 1}, {2, 11}},
-    {{2, 1}, {0, 1}, {1, 1}},
+    {{0, 5}, {1, 6}, {3, 20}},
+    {{0, 4}, {1, 1}, {3, 32}},
+    {{0, 1}, {1, 1}, {2, 11}, {3, 1}},
+    {{2, 1}, {0, 1}, {1, 1}, {3, 1}},
     {{2, 1}, {0, 1}},
     {{0, 1}, {2, 1}},
     {{2, 1}},
@@ -213,18 +214,18 @@ const std::vector<std::vector<std::pair<int, int64_t>>> kScript = {
 void RunScript(PreTrainedModel& model, const std::string& implementation) {
   const auto spec = KVCacheSpecFromConfig(model.config());
   ASSERT_TRUE(spec.ok()) << spec.status();
-  PagedKVCache cache(*spec, /*num_blocks=*/32, kBlockSize, at::kFloat, at::kCPU);
+  PagedKVCache cache(*spec, /*num_blocks=*/48, kBlockSize, at::kFloat, at::kCPU);
   cache.SetAttentionImplementation(implementation);
 
   std::mt19937 random(7);
   std::uniform_int_distribution<int64_t> token(3, kVocab - 1);
-  std::vector<int64_t> free_blocks(32);
-  for (int64_t block = 0; block < 32; ++block) free_blocks[block] = block;
+  std::vector<int64_t> free_blocks(48);
+  for (int64_t block = 0; block < 48; ++block) free_blocks[block] = block;
   std::shuffle(free_blocks.begin(), free_blocks.end(), random);  // blocks never contiguous
 
-  std::vector<ScriptSequence> sequences(3);
+  std::vector<ScriptSequence> sequences(4);
   for (auto& sequence : sequences) {
-    for (int i = 0; i < 20; ++i) sequence.tokens.push_back(token(random));
+    for (int i = 0; i < 60; ++i) sequence.tokens.push_back(token(random));
     sequence.reference_cache = std::make_unique<DynamicCache>();
   }
   // C's prompt starts with A's first block; the paged run reuses that block's K/V (prefix caching).
