@@ -89,10 +89,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   int64_t threads = 0, prompt_length = 512, decode_steps = 32;
-  std::string kernels, dtype = "float32";
+  std::string kernels, dtype = "float32", only;
   for (int i = 2; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--kernels")) kernels = argv[i + 1];
     if (!std::strcmp(argv[i], "--dtype")) dtype = argv[i + 1];
+    // --only decode1: just the batch-1 decode loop (for a profiler).
+    if (!std::strcmp(argv[i], "--only")) only = argv[i + 1];
     if (!std::strcmp(argv[i], "--threads")) threads = std::stoll(argv[i + 1]);
     if (!std::strcmp(argv[i], "--prompt-length")) prompt_length = std::stoll(argv[i + 1]);
     if (!std::strcmp(argv[i], "--decode-steps")) decode_steps = std::stoll(argv[i + 1]);
@@ -123,6 +125,11 @@ int main(int argc, char** argv) {
 
   nlohmann::json result = {{"threads", at::get_num_threads()}, {"load_seconds", load_seconds},
                            {"peak_rss_after_load_bytes", rss_after_load}, {"weight_bytes", weight_bytes}};
+  if (only == "decode1") {
+    result["decode_batch1_tokens_per_second"] = DecodeTokensPerSecond(**model, 1, prompt_length, decode_steps);
+    std::printf("%s\n", result.dump().c_str());
+    return 0;
+  }
   {
     c10::InferenceMode inference_mode;
     ForwardInputs inputs;
