@@ -262,6 +262,27 @@ TEST(SkinnyLinearTest, AGroupMatchesEachLinearAlone) {
   EXPECT_THROW(cpu::SkinnyLinearGroup(at::ones({1, 64}), {at::ones({128, 64}), at::ones({128, 32})}, {}), c10::Error);
 }
 
+// Prefill-sized products through oneDNN: what at::linear computes, within float32 summation order.
+TEST(PrefillLinearTest, MatchesLinearForPrefillSizedInputs) {
+  if (!cpu::PrefillLinearApplies(at::ones({4, 64}), at::ones({32, 64}))) GTEST_SKIP() << "no oneDNN in this libtorch";
+  for (const int64_t rows : {1, 3, 128, 300}) {
+    for (const bool with_bias : {false, true}) {
+      SCOPED_TRACE(testing::Message() << "rows " << rows << " bias " << with_bias);
+      at::manual_seed(10);
+      const at::Tensor input = at::randn({1, rows, 576}).add(0.1);
+      const at::Tensor weight = at::randn({1536, 576}).mul(0.05);
+      const at::Tensor bias = with_bias ? at::randn({1536}) : at::Tensor();
+      const at::Tensor actual = cpu::PrefillLinear(input, weight, bias);
+      const at::Tensor expected = at::linear(input, weight, bias);
+      ASSERT_EQ(actual.sizes(), expected.sizes());
+      ExpectWithinKernelTolerance(actual, expected);
+    }
+  }
+  EXPECT_FALSE(cpu::PrefillLinearApplies(at::ones({4, 64}, at::kBFloat16), at::ones({32, 64}, at::kBFloat16)));
+  EXPECT_FALSE(cpu::PrefillLinearApplies(at::ones({4, 64}), at::ones({64, 32}).t()));
+  EXPECT_THROW(cpu::PrefillLinear(at::ones({4, 64}), at::ones({32, 48}), at::Tensor()), c10::Error);
+}
+
 TEST(PagedAttentionKernelTest, RejectsATokenBeyondTheQueries) {
   const std::vector<int64_t> table = {0};
   at::Tensor output = at::empty({1, 2, 4});

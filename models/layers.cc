@@ -83,6 +83,11 @@ static at::Tensor LocalLinear(const at::Tensor& input, const at::Tensor& weight,
     CountKernelForward(KernelLayer::kLinear, /*kernel_ran=*/true);
     return kernels::cpu::SkinnyLinear(input, weight, bias);
   }
+  // --kernels Linear=builtin: larger float32 products through oneDNN's AVX-512 GEMM.
+  if (CurrentLayerKernels().builtin_skinny_linear && kernels::cpu::PrefillLinearApplies(input, weight)) {
+    CountKernelForward(KernelLayer::kLinear, /*kernel_ran=*/true);
+    return kernels::cpu::PrefillLinear(input, weight, bias);
+  }
   CountKernelForward(KernelLayer::kLinear, /*kernel_ran=*/false);
   if (UseSkinnyPath(input, weight)) return SkinnyLinear(input, weight, bias);
   return at::linear(input, weight, bias);
