@@ -106,6 +106,11 @@ def llama_cpp_numbers(llama_bench: Path, gguf: Path, threads: int, prompt_length
     return result
 
 
+# The worker's default --kernels (services/worker/worker_main.cc).
+DEFAULT_KERNELS = "RMSNorm=builtin,SiluAndMul=builtin,RotaryEmbedding=builtin,PagedAttention=builtin,Linear=builtin"
+EAGER_KERNELS = "RMSNorm=eager,SiluAndMul=eager,RotaryEmbedding=eager,PagedAttention=eager,Linear=eager"
+
+
 def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -124,9 +129,9 @@ def main() -> None:
     arguments.add_argument("--prompt-length", type=int, default=128)
     arguments.add_argument("--decode-steps", type=int, default=64)
     arguments.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of every contender")
-    arguments.add_argument("--kernels", default="",
-                           help="Flotilla's kernel mapping (models/kernelize.h; empty: the default), e.g. "
-                                "RMSNorm=eager,SiluAndMul=eager,RotaryEmbedding=eager,Linear=eager")
+    arguments.add_argument("--kernels", default=DEFAULT_KERNELS,
+                           help="Flotilla's kernel mapping (models/kernelize.h; default: the worker's, every builtin "
+                                "kernel); the flotilla_eager column always runs with every layer eager")
     arguments.add_argument("--checkpoint", type=Path, help="a float32 SmolLM2 safetensors folder (default: the "
                                                            "tests' fixture, converted once)")
     arguments.add_argument("--llama-bench", type=Path, help="llama.cpp's llama-bench binary (optional contender)")
@@ -150,7 +155,10 @@ def main() -> None:
                                                        options.prompt_length, options.decode_steps, options.kernels),
                   "flotilla_bf16": lambda: flotilla_numbers(options.build_dir, checkpoint, options.threads,
                                                             options.prompt_length, options.decode_steps,
-                                                            options.kernels, "bfloat16")}
+                                                            options.kernels, "bfloat16"),
+                  "flotilla_eager": lambda: flotilla_numbers(options.build_dir, checkpoint, options.threads,
+                                                             options.prompt_length, options.decode_steps,
+                                                             EAGER_KERNELS)}
     if with_llama:
         contenders["llama_cpp"] = lambda: llama_cpp_numbers(options.llama_bench, options.gguf, options.threads,
                                                             options.prompt_length, options.decode_steps)
@@ -170,7 +178,7 @@ def main() -> None:
               f"{measured['load_average_after']}: " + ", ".join(
                   f"{name} decode {measured[name].get('decode_batch1_tokens_per_second', 0):.1f} / prefill "
                   f"{measured[name].get('prefill_tokens_per_second', 0):.0f}" for name in contenders), flush=True)
-    report = {"threads": options.threads, "kernels": options.kernels or "(default)", "rounds": rounds,
+    report = {"threads": options.threads, "kernels": options.kernels, "rounds": rounds,
               "weight_bytes": rounds[0]["flotilla"]["weight_bytes"]}
     print(json.dumps(report, indent=2))
     print_table(report, list(contenders))
