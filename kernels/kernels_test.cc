@@ -224,6 +224,65 @@ TEST(SkinnyLinearTest, MatchesLinearForDecodeSizedInputs) {
   EXPECT_FALSE(cpu::SkinnyLinearApplies(at::ones({1, 64}), at::ones({64, 128}).t()));
 }
 
+// The sibling projections' one-pass product (q/k/v, gate/up): each output equals its own linear,
+// across in_features that leave a masked tail (100), output counts that are not a multiple of the
+// 4-output tile (66), and a thread slice that spans two weights.
+TEST(SkinnyLinearTest, AGroupMatchesEachLinearAlone) {
+  for (const at::ScalarType type : {at::kFloat, at::kBFloat16}) {
+    for (const int64_t rows : {1, 2}) {
+      for (const int64_t in_features : {int64_t{576}, int64_t{100}}) {
+        SCOPED_TRACE(testing::Message() << c10::toString(type) << " rows " << rows << " in " << in_features);
+        at::manual_seed(9);
+        const at::Tensor input = at::randn({rows, 1, in_features}).add(0.1).to(type);
+        const std::vector<at::Tensor> weights = {at::randn({576, in_features}).mul(0.05).to(type),
+                                                 at::randn({66, in_features}).mul(0.05).to(type),
+                                                 at::randn({192, in_features}).mul(0.05).to(type)};
+        const std::vector<at::Tensor> biases = {at::randn({576}).to(type), at::randn({66}).to(type),
+                                                at::randn({192}).to(type)};
+        const std::vector<at::Tensor> outputs = cpu::SkinnyLinearGroup(input, weights, biases);
+        ASSERT_EQ(outputs.size(), 3u);
+        for (size_t member = 0; member < weights.size(); ++member) {
+          const at::Tensor expected = at::linear(input, weights[member], biases[member]);
+          ASSERT_EQ(outputs[member].sizes(), expected.sizes());
+          EXPECT_EQ(outputs[member].scalar_type(), type);
+          ExpectWithinKernelTolerance(outputs[member], expected);
+        }
+        // Without biases, and one thread: the same sums.
+        at::set_num_threads(1);
+        const std::vector<at::Tensor> one_thread = cpu::SkinnyLinearGroup(input, weights, {});
+        at::set_num_threads(2);
+        const std::vector<at::Tensor> two_threads = cpu::SkinnyLinearGroup(input, weights, {});
+        for (size_t member = 0; member < weights.size(); ++member) {
+          EXPECT_TRUE(at::equal(one_thread[member], two_threads[member]));
+          ExpectWithinKernelTolerance(two_threads[member], at::linear(input, weights[member]));
+        }
+      }
+    }
+  }
+  EXPECT_THROW(cpu::SkinnyLinearGroup(at::ones({1, 64}), {at::ones({128, 64}), at::ones({128, 32})}, {}), c10::Error);
+}
+
+// Prefill-sized products through oneDNN: what at::linear computes, within float32 summation order.
+TEST(PrefillLinearTest, MatchesLinearForPrefillSizedInputs) {
+  if (!cpu::PrefillLinearApplies(at::ones({4, 64}), at::ones({32, 64}))) GTEST_SKIP() << "no oneDNN in this libtorch";
+  for (const int64_t rows : {1, 3, 128, 300}) {
+    for (const bool with_bias : {false, true}) {
+      SCOPED_TRACE(testing::Message() << "rows " << rows << " bias " << with_bias);
+      at::manual_seed(10);
+      const at::Tensor input = at::randn({1, rows, 576}).add(0.1);
+      const at::Tensor weight = at::randn({1536, 576}).mul(0.05);
+      const at::Tensor bias = with_bias ? at::randn({1536}) : at::Tensor();
+      const at::Tensor actual = cpu::PrefillLinear(input, weight, bias);
+      const at::Tensor expected = at::linear(input, weight, bias);
+      ASSERT_EQ(actual.sizes(), expected.sizes());
+      ExpectWithinKernelTolerance(actual, expected);
+    }
+  }
+  EXPECT_FALSE(cpu::PrefillLinearApplies(at::ones({4, 64}, at::kBFloat16), at::ones({32, 64}, at::kBFloat16)));
+  EXPECT_FALSE(cpu::PrefillLinearApplies(at::ones({4, 64}), at::ones({64, 32}).t()));
+  EXPECT_THROW(cpu::PrefillLinear(at::ones({4, 64}), at::ones({32, 48}), at::Tensor()), c10::Error);
+}
+
 TEST(PagedAttentionKernelTest, RejectsATokenBeyondTheQueries) {
   const std::vector<int64_t> table = {0};
   at::Tensor output = at::empty({1, 2, 4});

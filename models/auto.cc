@@ -410,6 +410,7 @@ absl::StatusOr<std::shared_ptr<PreTrainedModel>> FromPretrained(const std::strin
   }
   absl::Status loaded = LoadWeights(*model, *folder, options);
   if (!loaded.ok()) return loaded;
+  GroupSiblingProjections(*model);  // decode-time fusion of q/k/v and gate/up (layers.h)
   model->eval();
   return model;
 }

@@ -19,9 +19,9 @@
 //   PagedAttention   the `paged` attention backend (paged_attention.cc): `builtin` reads the blocks
 //                    in place for decode and prefill (kernels::PagedAttention); `eager` gathers each
 //                    sequence's context and runs sdpa
-//   Linear           every models::Linear (layers.h, not a mark in the model files): `builtin` runs
-//                    decode-sized products (<= 2 rows, float32 or bfloat16) with
-//                    kernels::cpu::SkinnyLinear instead of MKL; larger ones stay at::linear
+//   Linear           every models::Linear (layers.h, not a mark in the model files): `builtin` runs decode-
+//                    sized products (<= 2 rows, float32 or bfloat16; q/k/v, gate/up siblings in one pass) with
+//                    kernels::cpu::SkinnyLinear(Group), larger float32 ones through oneDNN (cpu::PrefillLinear)
 // Values: `eager`, `builtin` (kernels/cpu), or a kernel repository reference namespace/name[@revision]
 // (a hub kernel, loaded through kernels/abi; see kernels/hub/hub_kernel.h). A layer falls back to
 // its eager forward for inputs its kernel does not take (a CUDA tensor for a CPU kernel, mixed

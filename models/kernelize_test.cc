@@ -12,6 +12,7 @@
 
 #include "models/auto.h"
 #include "models/generation.h"
+#include "models/layers.h"
 #include "models/modeling_utils.h"
 #include "services/common/metrics.h"
 
@@ -86,6 +87,7 @@ std::shared_ptr<PreTrainedModel> TinyModel(const nlohmann::json& config, at::Sca
     if (item.key().find("norm") != std::string::npos) item.value().uniform_(0.5, 1.5);
   }
   (*model)->to(dtype);
+  GroupSiblingProjections(**model);  // as FromPretrained does: q/k/v and gate/up in one pass
   return *model;
 }
 

@@ -1,6 +1,7 @@
 #include "models/layers.h"
 
 #include <algorithm>
+#include <string>
 #include <vector>
 
 #include <ATen/Parallel.h>
@@ -82,15 +83,101 @@ static at::Tensor LocalLinear(const at::Tensor& input, const at::Tensor& weight,
     CountKernelForward(KernelLayer::kLinear, /*kernel_ran=*/true);
     return kernels::cpu::SkinnyLinear(input, weight, bias);
   }
+  // --kernels Linear=builtin: larger float32 products through oneDNN's AVX-512 GEMM.
+  if (CurrentLayerKernels().builtin_skinny_linear && kernels::cpu::PrefillLinearApplies(input, weight)) {
+    CountKernelForward(KernelLayer::kLinear, /*kernel_ran=*/true);
+    return kernels::cpu::PrefillLinear(input, weight, bias);
+  }
   CountKernelForward(KernelLayer::kLinear, /*kernel_ran=*/false);
   if (UseSkinnyPath(input, weight)) return SkinnyLinear(input, weight, bias);
   return at::linear(input, weight, bias);
 }
 
+namespace {
+
+// The sibling outputs computed but not yet asked for, on this thread (Note [Sibling projections]).
+struct PendingSiblingOutputs {
+  const SiblingProjections* group = nullptr;
+  at::Tensor input;  // held, so its TensorImpl cannot be reused by another tensor meanwhile
+  std::vector<at::Tensor> outputs;
+};
+thread_local PendingSiblingOutputs pending_sibling_outputs;
+
+// This layer's output through its sibling group, or undefined when the group does not apply.
+at::Tensor SiblingOutput(const LinearImpl& layer, const at::Tensor& input) {
+  const SiblingProjections* group = layer.siblings.get();
+  if (layer.sibling_index >= group->members.size() || group->members[layer.sibling_index] != &layer) return {};
+  PendingSiblingOutputs& pending = pending_sibling_outputs;
+  if (pending.group == group && pending.input.unsafeGetTensorImpl() == input.unsafeGetTensorImpl() &&
+      pending.outputs[layer.sibling_index].defined()) {
+    at::Tensor output = std::move(pending.outputs[layer.sibling_index]);
+    pending.outputs[layer.sibling_index] = at::Tensor();
+    if (std::none_of(pending.outputs.begin(), pending.outputs.end(), [](const at::Tensor& t) { return t.defined(); })) {
+      pending = PendingSiblingOutputs();
+    }
+    CountKernelForward(KernelLayer::kLinear, /*kernel_ran=*/true);
+    return output;
+  }
+  if (!CurrentLayerKernels().builtin_skinny_linear) return {};
+  std::vector<at::Tensor> weights, biases;
+  for (const LinearImpl* member : group->members) {
+    if (member->tensor_parallel || !kernels::cpu::SkinnyLinearApplies(input, member->weight)) return {};
+    weights.push_back(member->weight);
+    biases.push_back(member->bias);
+  }
+  pending = PendingSiblingOutputs();
+  std::vector<at::Tensor> outputs = kernels::cpu::SkinnyLinearGroup(input, weights, biases);
+  at::Tensor output = std::move(outputs[layer.sibling_index]);
+  outputs[layer.sibling_index] = at::Tensor();
+  pending.group = group;
+  pending.input = input;
+  pending.outputs = std::move(outputs);
+  CountKernelForward(KernelLayer::kLinear, /*kernel_ran=*/true);
+  return output;
+}
+
+}  // namespace
+
 at::Tensor LinearImpl::forward(const at::Tensor& input) {
   DebugScope debug(this, {{"input", input}});
   if (tensor_parallel) return debug.Output(tensor_parallel->Project(input, weight, bias, LocalLinear));
+  if (siblings) {
+    at::Tensor output = SiblingOutput(*this, input);
+    if (output.defined()) return debug.Output(output);
+  }
   return debug.Output(LocalLinear(input, weight, bias));
+}
+
+int GroupSiblingProjections(torch::nn::Module& model) {
+  static const std::vector<std::vector<std::string>> kSiblingNames = {{"q_proj", "k_proj", "v_proj"},
+                                                                       {"gate_proj", "up_proj"}};
+  int groups = 0;
+  for (const auto& module : model.modules(/*include_self=*/true)) {
+    const auto children = module->named_children();
+    for (const std::vector<std::string>& names : kSiblingNames) {
+      std::vector<LinearImpl*> members;
+      for (const std::string& name : names) {
+        const auto* child = children.find(name);
+        auto* linear = child == nullptr ? nullptr : dynamic_cast<LinearImpl*>(child->get());
+        if (linear == nullptr || linear->tensor_parallel || !linear->weight.defined()) break;
+        const LinearImpl* first = members.empty() ? linear : members.front();
+        if (linear->weight.dim() != 2 || linear->weight.size(1) != first->weight.size(1) ||
+            linear->weight.scalar_type() != first->weight.scalar_type() || linear->has_bias != first->has_bias) {
+          break;
+        }
+        members.push_back(linear);
+      }
+      if (members.size() != names.size()) continue;
+      auto group = std::make_shared<SiblingProjections>();
+      group->members = members;
+      for (size_t index = 0; index < members.size(); ++index) {
+        members[index]->siblings = group;
+        members[index]->sibling_index = index;
+      }
+      ++groups;
+    }
+  }
+  return groups;
 }
 
 EmbeddingImpl::EmbeddingImpl(int64_t num_embeddings, int64_t embedding_dim)

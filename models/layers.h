@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <torch/nn/cloneable.h>
@@ -24,6 +25,21 @@
 namespace flotilla::models {
 
 class TensorParallelLayer;
+class LinearImpl;
+
+// Note [Sibling projections]: q_proj, k_proj and v_proj (and gate_proj, up_proj) of one module
+// read the same input. A decode step is bound by reading weights and by the per-call fork/join of
+// the intra-op threads, so running the siblings as one product (one parallel pass over all their
+// weight rows) saves two of every three thread hand-offs without copying or reordering a weight.
+// The model file is unchanged: the first sibling called computes every sibling's output and keeps
+// the others' for this thread; a sibling called next with the same input tensor (the same
+// TensorImpl: model files never modify a projection's input in place between the siblings) takes
+// its output from there. Any other call order or input computes normally. Set at load by
+// GroupSiblingProjections; only with --kernels Linear=builtin, decode-sized inputs, and no tensor
+// parallelism (a sharded sibling computes alone, its collective unchanged).
+struct SiblingProjections {
+  std::vector<LinearImpl*> members;  // owned by the model, which owns this group through them
+};
 
 class LinearImpl : public torch::nn::Cloneable<LinearImpl> {
  public:
@@ -37,8 +53,16 @@ class LinearImpl : public torch::nn::Cloneable<LinearImpl> {
   at::Tensor weight;  // [out_features, in_features]
   at::Tensor bias;    // [out_features], undefined without bias
   std::shared_ptr<const TensorParallelLayer> tensor_parallel;  // set by the loader when sharded
+  // Set by GroupSiblingProjections (Note [Sibling projections]); this layer is members[sibling_index].
+  std::shared_ptr<const SiblingProjections> siblings;
+  size_t sibling_index = 0;
 };
 TORCH_MODULE(Linear);
+
+// Groups every module's q_proj/k_proj/v_proj and gate_proj/up_proj children that are unsharded
+// Linear layers with one input size, dtype and bias setting (Note [Sibling projections]). Returns
+// the number of groups. Called by the loader after the weights are in place.
+int GroupSiblingProjections(torch::nn::Module& model);
 
 class EmbeddingImpl : public torch::nn::Cloneable<EmbeddingImpl> {
  public:

@@ -29,5 +29,15 @@ void PagedAttention(const at::Tensor& query_tokens, const at::Tensor& key_pool, 
 // a float32-accumulating GEMM rounds. Parallel over output features.
 bool SkinnyLinearApplies(const at::Tensor& input, const at::Tensor& weight);
 at::Tensor SkinnyLinear(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias);
+// Several such products of one input in one parallel pass (the sibling projections q/k/v or
+// gate/up: models/layers.h), each output exactly what SkinnyLinear would return for its weight.
+// `biases` is empty or one (possibly undefined) bias per weight.
+// Prefill-sized float32 linear (any row count) through oneDNN's AVX-512 GEMM rather than ATen's
+// MKL sgemm, which runs AVX2 kernels on AMD CPUs (Note [Prefill linear through oneDNN]). Applies
+// when oneDNN is in this libtorch.
+bool PrefillLinearApplies(const at::Tensor& input, const at::Tensor& weight);
+at::Tensor PrefillLinear(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias);
+std::vector<at::Tensor> SkinnyLinearGroup(const at::Tensor& input, const std::vector<at::Tensor>& weights,
+                                          const std::vector<at::Tensor>& biases);
 
 }  // namespace flotilla::kernels::cpu

@@ -73,9 +73,11 @@ ABSL_FLAG(std::string, tp_plan, "",
           "a JSON file holding a tensor-parallel plan that overrides the model's (base_model_tp_plan's format; "
           "\"lm_head\" names the head)");
 
-ABSL_FLAG(std::string, kernels, "",
+// Default: every builtin CPU kernel (greedy outputs unchanged: models/kernelize_test.cc).
+ABSL_FLAG(std::string, kernels, "RMSNorm=builtin,SiluAndMul=builtin,RotaryEmbedding=builtin,PagedAttention=builtin,Linear=builtin",
           "kernel mapping Name=eager|builtin|namespace/name[@revision],... for RMSNorm, SiluAndMul, RotaryEmbedding, "
-          "PagedAttention (models/kernelize.h); a hub kernel that cannot load leaves its layer eager");
+          "PagedAttention, Linear (models/kernelize.h; a name left out of a given mapping is eager, PagedAttention "
+          "builtin); a hub kernel that cannot load leaves its layer eager");
 
 ABSL_DECLARE_FLAG(std::string, data_dir);
 

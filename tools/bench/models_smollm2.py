@@ -1,12 +1,20 @@
 #!/usr/bin/env python3
-"""SmolLM2-135M-Instruct in float32 on CPU: Flotilla vs transformers (eager and sdpa), same machine,
-same run, same thread count.
+"""SmolLM2-135M-Instruct on CPU: Flotilla vs transformers (eager and sdpa) and, when given, llama.cpp's
+llama-bench on the same model as an F32 GGUF; same machine, same run, same thread count.
 
-    python tools/bench/models_smollm2.py [--threads N] [--build-dir build]
+    python tools/bench/models_smollm2.py [--threads N] [--build-dir build] [--rounds 3]
+        [--llama-bench PATH --gguf SMOLLM2-F32.gguf] [--checkpoint FOLDER] [--skip-transformers]
 
-Reports load time, prefill tokens/s (512-token prompt), decode tokens/s at batch 1 and 8, peak RSS
-after load, a memory-bandwidth copy benchmark and the batch-1 decode bound (bandwidth / weight
-bytes). The checkpoint is the one tests/fixtures/models/make_smollm2.py converts (once).
+Reports load time, prefill tokens/s (--prompt-length, default 128), decode tokens/s at batch 1 and
+8 (--decode-steps, default 64), peak RSS after load, a memory-bandwidth copy benchmark and the
+batch-1 decode bound (bandwidth / weight bytes), plus the read-bandwidth probe models_bench runs in
+the same process (2 intra-op threads summing a 1 GiB buffer: what batch-1 decode can at best
+stream). The machine is shared, so the contenders run interleaved for --rounds rounds (Flotilla
+float32 with --kernels, Flotilla bfloat16, llama.cpp, transformers), each round printing the load
+average; the final table gives each contender's median and range over the rounds. llama.cpp is
+optional (skipped without --llama-bench, or when the path does not exist); this script never
+builds it. The checkpoint is the one tests/fixtures/models/make_smollm2.py converts (once), or
+--checkpoint.
 """
 from __future__ import annotations
 
@@ -75,80 +83,137 @@ print(json.dumps(result))
 
 
 def flotilla_numbers(build_dir: Path, checkpoint: Path, threads: int, prompt_length: int, steps: int,
-                     kernels: str = "") -> dict:
+                     kernels: str = "", dtype: str = "float32") -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     output = subprocess.run([str(build_dir / "bin" / "models_bench"), str(checkpoint), "--threads", str(threads),
-                             "--prompt-length", str(prompt_length), "--decode-steps", str(steps), "--kernels", kernels],
+                             "--prompt-length", str(prompt_length), "--decode-steps", str(steps), "--kernels", kernels,
+                             "--dtype", dtype],
                             capture_output=True, text=True, env=env, check=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
+def llama_cpp_numbers(llama_bench: Path, gguf: Path, threads: int, prompt_length: int, steps: int) -> dict:
+    """llama-bench's own prefill (pp) and batch-1 generation (tg) rates, one repetition per round."""
+    output = subprocess.run([str(llama_bench), "-m", str(gguf), "-t", str(threads), "-p", str(prompt_length),
+                             "-n", str(steps), "-r", "1", "-o", "json"], capture_output=True, text=True,
+                            check=True).stdout
+    result = {}
+    for row in json.loads(output):
+        if row["n_prompt"] > 0 and row["n_gen"] == 0:
+            result["prefill_tokens_per_second"] = row["avg_ts"]
+        elif row["n_gen"] > 0 and row["n_prompt"] == 0:
+            result["decode_batch1_tokens_per_second"] = row["avg_ts"]
+    return result
+
+
+# The worker's default --kernels (services/worker/worker_main.cc).
+DEFAULT_KERNELS = "RMSNorm=builtin,SiluAndMul=builtin,RotaryEmbedding=builtin,PagedAttention=builtin,Linear=builtin"
+EAGER_KERNELS = "RMSNorm=eager,SiluAndMul=eager,RotaryEmbedding=eager,PagedAttention=eager,Linear=eager"
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
 def main() -> None:
     arguments = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    arguments.add_argument("--threads", type=int, default=os.cpu_count())
-    arguments.add_argument("--build-dir", type=Path, default=REPOSITORY / "build")
-    arguments.add_argument("--prompt-length", type=int, default=512)
-    arguments.add_argument("--decode-steps", type=int, default=32)
-    arguments.add_argument("--kernels", default="",
-                           help="Flotilla's kernel mapping (models/kernelize.h), e.g. "
-                                "RMSNorm=builtin,SiluAndMul=builtin,RotaryEmbedding=builtin,Linear=builtin")
+    arguments.add_argument("--threads", type=int, default=2)
+    arguments.add_argument("--build-dir", type=Path, default=Path(os.environ.get("FLOTILLA_BUILD_DIR",
+                                                                                 REPOSITORY / "build")))
+    arguments.add_argument("--prompt-length", type=int, default=128)
+    arguments.add_argument("--decode-steps", type=int, default=64)
+    arguments.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of every contender")
+    arguments.add_argument("--kernels", default=DEFAULT_KERNELS,
+                           help="Flotilla's kernel mapping (models/kernelize.h; default: the worker's, every builtin "
+                                "kernel); the flotilla_eager column always runs with every layer eager")
+    arguments.add_argument("--checkpoint", type=Path, help="a float32 SmolLM2 safetensors folder (default: the "
+                                                           "tests' fixture, converted once)")
+    arguments.add_argument("--llama-bench", type=Path, help="llama.cpp's llama-bench binary (optional contender)")
+    arguments.add_argument("--gguf", type=Path, help="the same model as an F32 GGUF, for --llama-bench")
+    arguments.add_argument("--skip-transformers", action="store_true")
     options = arguments.parse_args()
-    subprocess.run([sys.executable, str(REPOSITORY / "tests" / "fixtures" / "models" / "make_smollm2.py"),
-                    str(CHECKPOINT_ROOT)], check=True, stdout=subprocess.DEVNULL)
-    checkpoint = CHECKPOINT_ROOT / "checkpoint"
+    if options.checkpoint:
+        checkpoint = options.checkpoint
+    else:
+        subprocess.run([sys.executable, str(REPOSITORY / "tests" / "fixtures" / "models" / "make_smollm2.py"),
+                        str(CHECKPOINT_ROOT)], check=True, stdout=subprocess.DEVNULL)
+        checkpoint = CHECKPOINT_ROOT / "checkpoint"
+    with_llama = bool(options.llama_bench and options.gguf and options.llama_bench.exists() and options.gguf.exists())
+    if options.llama_bench and not with_llama:
+        print(f"llama.cpp skipped: {options.llama_bench} or {options.gguf} does not exist", file=sys.stderr)
 
     import torch
 
     torch.set_num_threads(options.threads)
-    bandwidth = copy_bandwidth(torch)
-    report = {"threads": options.threads, "copy_bandwidth_bytes_per_second": bandwidth}
-    report["flotilla"] = flotilla_numbers(options.build_dir, checkpoint, options.threads, options.prompt_length,
-                                          options.decode_steps, options.kernels)
-    report["kernels"] = options.kernels or "(default)"
-    for implementation in ("eager", "sdpa"):
-        report[f"transformers_{implementation}"] = transformers_numbers(
-            checkpoint, implementation, options.threads, options.prompt_length, options.decode_steps)
-    weight_bytes = report["flotilla"]["weight_bytes"]
-    report["batch1_bound_tokens_per_second"] = bandwidth / weight_bytes
-    report["flotilla_batch1_fraction_of_bound"] = (report["flotilla"]["decode_batch1_tokens_per_second"]
-                                                   / report["batch1_bound_tokens_per_second"])
-    best = max((report[f"transformers_{name}"] for name in ("eager", "sdpa")),
-               key=lambda numbers: numbers["decode_batch1_tokens_per_second"])
-    report["speedups"] = {
-        "load": min(report[f"transformers_{n}"]["load_seconds"] for n in ("eager", "sdpa")) / report["flotilla"]["load_seconds"],
-        "decode_batch1_vs_best": report["flotilla"]["decode_batch1_tokens_per_second"] / best["decode_batch1_tokens_per_second"],
-        "decode_batch8_vs_best": report["flotilla"]["decode_batch8_tokens_per_second"] / max(
-            report[f"transformers_{n}"]["decode_batch8_tokens_per_second"] for n in ("eager", "sdpa")),
-        "prefill_vs_best": report["flotilla"]["prefill_tokens_per_second"] / max(
-            report[f"transformers_{n}"]["prefill_tokens_per_second"] for n in ("eager", "sdpa")),
-        "rss_after_load_over_weights": report["flotilla"]["peak_rss_after_load_bytes"] / weight_bytes,
-        "peak_rss_end_over_weights": report["flotilla"]["peak_rss_end_bytes"] / weight_bytes,
-    }
+    contenders = {"flotilla": lambda: flotilla_numbers(options.build_dir, checkpoint, options.threads,
+                                                       options.prompt_length, options.decode_steps, options.kernels),
+                  "flotilla_bf16": lambda: flotilla_numbers(options.build_dir, checkpoint, options.threads,
+                                                            options.prompt_length, options.decode_steps,
+                                                            options.kernels, "bfloat16"),
+                  "flotilla_eager": lambda: flotilla_numbers(options.build_dir, checkpoint, options.threads,
+                                                             options.prompt_length, options.decode_steps,
+                                                             EAGER_KERNELS)}
+    if with_llama:
+        contenders["llama_cpp"] = lambda: llama_cpp_numbers(options.llama_bench, options.gguf, options.threads,
+                                                            options.prompt_length, options.decode_steps)
+    if not options.skip_transformers:
+        for implementation in ("eager", "sdpa"):
+            contenders[f"transformers_{implementation}"] = (
+                lambda implementation=implementation: transformers_numbers(
+                    checkpoint, implementation, options.threads, options.prompt_length, options.decode_steps))
+    rounds: list[dict] = []
+    for round_index in range(options.rounds):
+        measured = {"load_average_before": load_average(), "copy_bandwidth_bytes_per_second": copy_bandwidth(torch)}
+        for name, run in contenders.items():
+            measured[name] = run()
+        measured["load_average_after"] = load_average()
+        rounds.append(measured)
+        print(f"round {round_index + 1}: load average {measured['load_average_before']} -> "
+              f"{measured['load_average_after']}: " + ", ".join(
+                  f"{name} decode {measured[name].get('decode_batch1_tokens_per_second', 0):.1f} / prefill "
+                  f"{measured[name].get('prefill_tokens_per_second', 0):.0f}" for name in contenders), flush=True)
+    report = {"threads": options.threads, "kernels": options.kernels, "rounds": rounds,
+              "weight_bytes": rounds[0]["flotilla"]["weight_bytes"]}
     print(json.dumps(report, indent=2))
-    print_table(report)
+    print_table(report, list(contenders))
 
 
-def print_table(report: dict) -> None:
-    """One row per measurement: Flotilla next to transformers eager and sdpa, and Flotilla's ratio
-    to the better of the two (higher is better for Flotilla in every row)."""
-    flotilla, eager, sdpa = report["flotilla"], report["transformers_eager"], report["transformers_sdpa"]
-    print(f"\nSmolLM2-135M float32, {report['threads']} threads; copy bandwidth "
-          f"{report['copy_bandwidth_bytes_per_second'] / 1e9:.1f} GB/s, weights {flotilla['weight_bytes'] / 1e6:.0f} MB, "
-          f"batch-1 bound {report['batch1_bound_tokens_per_second']:.1f} tokens/s; read bandwidth "
-          f"{flotilla['read_bandwidth_bytes_per_second'] / 1e9:.1f} GB/s, batch-1 read bound "
-          f"{flotilla['batch1_read_bound_tokens_per_second']:.1f} tokens/s; kernels {report['kernels']}")
-    print(f"{'measurement':<30} {'flotilla':>10} {'tf eager':>10} {'tf sdpa':>10} {'flotilla vs best':>17}")
-    rows = [("load seconds (lower wins)", "load_seconds", False),
-            ("prefill 512 tokens/s", "prefill_tokens_per_second", True),
-            ("decode batch 1 tokens/s", "decode_batch1_tokens_per_second", True),
-            ("decode batch 8 tokens/s", "decode_batch8_tokens_per_second", True),
-            ("RSS after load MB (lower wins)", "peak_rss_after_load_bytes", False)]
-    for label, key, higher_is_better in rows:
-        scale = 1e-6 if key.endswith("bytes") else 1.0
-        ours, theirs = flotilla[key] * scale, (eager[key] * scale, sdpa[key] * scale)
-        ratio = ours / max(theirs) if higher_is_better else min(theirs) / ours
-        print(f"{label:<30} {ours:>10.2f} {theirs[0]:>10.2f} {theirs[1]:>10.2f} {ratio:>16.2f}x")
-    print(f"{'decode batch 1, share of bound':<30} {report['flotilla_batch1_fraction_of_bound']:>10.0%}")
+def print_table(report: dict, contenders: list[str]) -> None:
+    """One row per measurement, one column per contender: the median over the rounds [min-max]."""
+    rounds = report["rounds"]
+    weight_mb = report["weight_bytes"] / 1e6
+    reads = [r["flotilla"]["read_bandwidth_bytes_per_second"] for r in rounds]
+    copies = [r["copy_bandwidth_bytes_per_second"] for r in rounds]
+    print(f"\nSmolLM2-135M, {report['threads']} threads, {len(rounds)} interleaved rounds; float32 weights "
+          f"{weight_mb:.0f} MB; read probe {median(reads) / 1e9:.1f} GB/s [{min(reads) / 1e9:.1f}-"
+          f"{max(reads) / 1e9:.1f}] = batch-1 bound {median(reads) / report['weight_bytes']:.0f} tokens/s; copy "
+          f"{median(copies) / 1e9:.1f} GB/s; Flotilla kernels {report['kernels']}; load averages "
+          + ", ".join(f"{r['load_average_before']} -> {r['load_average_after']}" for r in rounds))
+    rows = [("prefill tokens/s", "prefill_tokens_per_second"),
+            ("decode batch 1 tokens/s", "decode_batch1_tokens_per_second"),
+            ("decode batch 8 tokens/s", "decode_batch8_tokens_per_second"),
+            ("load seconds", "load_seconds"),
+            ("RSS after load MB", "peak_rss_after_load_bytes")]
+    print("| measurement | " + " | ".join(contenders) + " |")
+    print("| --- |" + " ---: |" * len(contenders))
+    for label, key in rows:
+        cells = []
+        for name in contenders:
+            values = [r[name][key] * (1e-6 if key.endswith("bytes") else 1.0) for r in rounds if key in r[name]]
+            cells.append(f"{median(values):.1f} [{min(values):.1f}-{max(values):.1f}]" if values else "-")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    if "llama_cpp" in contenders:
+        for key, label in (("decode_batch1_tokens_per_second", "decode batch 1"),
+                           ("prefill_tokens_per_second", "prefill")):
+            ratios = [r["flotilla"][key] / r["llama_cpp"][key] for r in rounds]
+            print(f"Flotilla float32 / llama.cpp F32, {label}, per round: "
+                  + ", ".join(f"{ratio:.2f}x" for ratio in ratios) + f" (median {median(ratios):.2f}x)")
 
 
 if __name__ == "__main__":
