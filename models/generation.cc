@@ -8,21 +8,6 @@
 
 namespace flotilla::models {
 
-void ReadGenerationConfig(const std::string& folder, GenerationOptions& options) {
-  const auto path = std::filesystem::path(folder) / "generation_config.json";
-  if (!std::filesystem::exists(path)) return;
-  auto json = ReadJsonFile(path.string());
-  if (!json.ok() || !json->is_object()) return;
-  if (!options.eos_token_id && json->contains("eos_token_id")) {
-    const auto& eos = (*json)["eos_token_id"];
-    if (eos.is_number_integer()) options.eos_token_id = std::vector<int64_t>{eos.get<int64_t>()};
-    if (eos.is_array()) options.eos_token_id = eos.get<std::vector<int64_t>>();
-  }
-  if (!options.pad_token_id && json->contains("pad_token_id") && (*json)["pad_token_id"].is_number_integer()) {
-    options.pad_token_id = (*json)["pad_token_id"].get<int64_t>();
-  }
-}
-
 absl::StatusOr<at::Tensor> GenerateGreedy(PreTrainedModel& model, const at::Tensor& prompt_ids,
                                           const std::optional<at::Tensor>& attention_mask_in,
                                           const GenerationOptions& options) {

@@ -33,7 +33,4 @@ absl::StatusOr<at::Tensor> GenerateGreedy(PreTrainedModel& model, const at::Tens
                                           const std::optional<at::Tensor>& attention_mask,
                                           const GenerationOptions& options);
 
-// Reads generation_config.json's eos_token_id / pad_token_id when the folder has one.
-void ReadGenerationConfig(const std::string& folder, GenerationOptions& options);
-
 }  // namespace flotilla::models

@@ -12,12 +12,12 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
-#include <optional>
-#include <string_view>
 #include <filesystem>
+#include <fstream>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <absl/flags/declare.h>
@@ -28,12 +28,12 @@
 #include <absl/strings/str_split.h>
 #include <torch/version.h>
 
-#include "models/auto.h"
 #include "kernels/hub/hub_kernel.h"
-#include "models/generation.h"
+#include "models/auto.h"
 #include "models/kernelize.h"
 #include "services/common/logging.h"
 #include "services/common/server.h"
+#include "services/preprocess/tokenizer/tokenizer_settings.h"
 #include "services/registry/names.h"
 #include "services/registry/registry_client.h"
 #include "services/worker/device.h"
@@ -395,10 +395,13 @@ absl::StatusOr<ServiceBundle> CreateWorker(const ServerOptions& options) {
     }
     info.set_kv_cache_blocks(static_cast<int32_t>((*runner)->num_blocks()));
     info.set_kv_block_size(static_cast<int32_t>((*runner)->block_size()));
-    models::GenerationOptions generation;
-    models::ReadGenerationConfig(*folder, generation);
+    // The stop ids: generation_config.json's, else config.json's (the gateway's reader).
+    absl::StatusOr<tokenizer::GenerationDefaults> generation = tokenizer::LoadGenerationDefaults(*folder);
+    if (!generation.ok()) return generation.status();
     std::vector<int32_t> eos_token_ids;
-    for (int64_t id : generation.eos_token_id.value_or(config.eos_token_id)) eos_token_ids.push_back(static_cast<int32_t>(id));
+    for (int64_t id : generation->eos_token_ids.empty() ? config.eos_token_id : generation->eos_token_ids) {
+      eos_token_ids.push_back(static_cast<int32_t>(id));
+    }
     worker::EngineOptions engine_options{.max_num_batched_tokens = absl::GetFlag(FLAGS_max_num_batched_tokens),
                                          .max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs),
                                          .max_model_len = static_cast<int>(max_model_len),

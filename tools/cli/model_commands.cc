@@ -357,7 +357,12 @@ void RunGenerate(const ModelFlags& flags, const PromptFlags& prompt, int64_t max
   auto model = Load(flags, folder);
   models::GenerationOptions options;
   options.max_new_tokens = max_new_tokens;
-  models::ReadGenerationConfig(folder, options);
+  // generation_config.json's stop and pad ids (else config.json's), read as transformers'
+  // GenerationConfig does: the one reader the gateway uses too.
+  absl::StatusOr<tokenizer::GenerationDefaults> defaults = tokenizer::LoadGenerationDefaults(folder);
+  if (!defaults.ok()) throw CommandFailed(1, absl::StrCat("generate(", flags.model, "): ", defaults.status().message()));
+  if (!defaults->eos_token_ids.empty()) options.eos_token_id = defaults->eos_token_ids;
+  if (defaults->pad_token_id.has_value()) options.pad_token_id = defaults->pad_token_id;
   if (no_eos) options.eos_token_id = std::vector<int64_t>{};
   auto [prompt_ids, attention_mask] = Pad(rows, PadId(*model), PaddingSide::kLeft);
   absl::StatusOr<at::Tensor> generated;
