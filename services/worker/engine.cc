@@ -4,6 +4,7 @@
 #include <chrono>
 #include <utility>
 
+#include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
@@ -176,6 +177,9 @@ void Engine::FinishRequest(const std::shared_ptr<Sequence>& sequence, const std:
 }
 
 void Engine::Loop() {
+  // Serving never differentiates: every op of every step skips autograd's dispatch and version
+  // counters (serving_overhead.py, SmolLM2 batch 1: median gap between tokens 21.5 -> 20.0 ms).
+  c10::InferenceMode inference_mode;
   while (true) {
     std::vector<std::shared_ptr<Sequence>> added;
     std::vector<std::string> aborted;

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <fstream>
 
+#include <c10/core/InferenceMode.h>
 #include <prometheus/gauge.h>
 #include <utility>
 
@@ -184,6 +185,7 @@ void ModelRunner::Shutdown() {
 
 absl::Status ModelRunner::FollowSteps() {
   if (!group_ || group_->rank() == 0) return absl::FailedPreconditionError("FollowSteps runs on ranks 1..N-1 of a group");
+  c10::InferenceMode inference_mode;  // as rank 0's engine thread
   try {
     while (true) {
       at::Tensor header = at::empty({2}, at::kLong);

@@ -3,6 +3,7 @@
 #include <thread>
 
 #include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_join.h>
 #include <prometheus/counter.h>
@@ -143,6 +144,7 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Forward(grpc::CallbackServerContext
   }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   std::thread([served = served_, request, response, reactor] {
+    c10::InferenceMode inference_mode;
     absl::Status status;
     try {
       absl::StatusOr<at::Tensor> input_ids = TensorFromProto(request->input_ids());
@@ -327,6 +329,7 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::Embed(grpc::CallbackServerContext* 
   if (request->inputs().empty()) return RejectUnary(context, ToGrpcStatus(absl::InvalidArgumentError("Embed: no inputs")));
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   std::thread([served = served_, request, response, reactor] {
+    c10::InferenceMode inference_mode;
     absl::Status status;
     try {
       // One padded batch, right-padded with an attention mask (pad id 0 is masked out).
