@@ -3,7 +3,6 @@
 #include <dlfcn.h>
 
 #include <filesystem>
-#include <mutex>
 
 #include <ATen/Context.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
@@ -20,9 +19,8 @@ constexpr char kCudaLibrary[] = "libflotilla_models_nccl.so";
 }  // namespace
 
 absl::Status LoadCudaSupport() {
-  static std::once_flag once;
-  static absl::Status* status = nullptr;
-  std::call_once(once, [] {
+  // Loaded once per process; later calls return the first answer.
+  static const absl::Status loaded = [] {
     std::error_code error;
     const std::filesystem::path executable = std::filesystem::read_symlink("/proc/self/exe", error);
     std::string tried;
@@ -35,15 +33,12 @@ absl::Status LoadCudaSupport() {
       if (handle == nullptr) tried = absl::StrCat(beside.string(), ": ", dlerror(), "; ");
     }
     if (handle == nullptr) handle = dlopen(kCudaLibrary, RTLD_NOW | RTLD_GLOBAL);
-    if (handle == nullptr) {
-      status = new absl::Status(absl::FailedPreconditionError(absl::StrCat(
-          "--device cuda: cannot load CUDA support (", tried, kCudaLibrary, ": ", dlerror(),
-          "); this flotilla-worker was built without the CUDA toolkit, or LibTorch's CUDA libraries are not installed")));
-      return;
-    }
-    status = new absl::Status();
-  });
-  return *status;
+    if (handle != nullptr) return absl::OkStatus();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--device cuda: cannot load CUDA support (", tried, kCudaLibrary, ": ", dlerror(),
+        "); this flotilla-worker was built without the CUDA toolkit, or LibTorch's CUDA libraries are not installed"));
+  }();
+  return loaded;
 }
 
 absl::StatusOr<WorkerDevice> PrepareDevice(const std::string& name, int rank, int world_size) {
