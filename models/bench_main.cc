@@ -1,5 +1,5 @@
 // models_bench MODEL_DIR [--threads N] [--prompt-length 512] [--decode-steps 32] [--kernels MAPPING]
-// [--dtype float32|bfloat16]: load time,
+// [--dtype float32|bfloat16] [--attention sdpa|paged|eager] [--only decode1|decode1-paged]: load time,
 // prefill tokens/s, decode tokens/s at batch 1 and 8, peak RSS after load, as one JSON line.
 // tools/bench/models_smollm2.py runs it beside transformers.
 #include <sys/resource.h>
@@ -18,6 +18,7 @@
 
 #include "models/auto.h"
 #include "models/kernelize.h"
+#include "models/paged_attention.h"
 
 namespace {
 
@@ -58,6 +59,40 @@ double DecodeTokensPerSecond(PreTrainedModel& model, int64_t batch, int64_t prom
   return static_cast<double>(batch * steps) / Seconds(start);
 }
 
+// The worker's batch-1 decode: one sequence in a packed row with its position ids, keys and values
+// in a paged pool read through its block table, the logits of its last token (ModelRunner::Forward).
+double PagedDecodeTokensPerSecond(PreTrainedModel& model, int64_t prompt_length, int64_t steps) {
+  using flotilla::models::PagedKVCache;
+  c10::InferenceMode inference_mode;
+  const int64_t block_size = 16;
+  const auto spec = flotilla::models::KVCacheSpecFromConfig(model.config());
+  TORCH_CHECK(spec.ok(), std::string(spec.status().message()));
+  const at::ScalarType dtype = model.parameters().front().scalar_type();
+  PagedKVCache cache(*spec, PagedKVCache::NumBlocksFor(int64_t{1} << 30, *spec, block_size, dtype), block_size, dtype,
+                     at::kCPU);
+  cache.SetAttentionImplementation(model.attention_implementation());
+  flotilla::models::PagedBatch batch;
+  batch.sequences.resize(1);
+  flotilla::models::PagedSequence& sequence = batch.sequences[0];
+  for (int64_t block = 0; block * block_size < prompt_length + steps + 1; ++block) sequence.block_table.push_back(block);
+  const auto forward = [&](const at::Tensor& input_ids, int64_t start) {
+    const int64_t length = input_ids.size(1);
+    sequence.query_length = length;
+    sequence.context_length = start + length;
+    ForwardInputs inputs;
+    inputs.input_ids = input_ids;
+    inputs.position_ids = at::arange(start, start + length, at::kLong).view({1, length});
+    inputs.past_key_values = &cache;
+    inputs.logits_indices = at::tensor(std::vector<int64_t>{length - 1}, at::kLong);
+    flotilla::models::ScopedPagedBatch scope(cache, batch);
+    return model.Forward(inputs).logits.reshape({1, -1}).argmax(-1).view({1, 1});
+  };
+  at::Tensor next = forward(at::randint(3, 1000, {1, prompt_length}, at::kLong), 0);
+  auto start = std::chrono::steady_clock::now();
+  for (int64_t step = 0; step < steps; ++step) next = forward(next, prompt_length + step);
+  return static_cast<double>(steps) / Seconds(start);
+}
+
 // Bytes per second the intra-op threads read from a buffer far larger than the caches (a plain
 // sum over 64-bit words, one contiguous slice per thread): what batch-1 decode, which reads every
 // weight once per token, can at best stream.
@@ -90,10 +125,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   int64_t threads = 0, prompt_length = 512, decode_steps = 32;
-  std::string kernels, dtype = "float32", only;
+  std::string kernels, dtype = "float32", only, attention;
   for (int i = 2; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--kernels")) kernels = argv[i + 1];
     if (!std::strcmp(argv[i], "--dtype")) dtype = argv[i + 1];
+    if (!std::strcmp(argv[i], "--attention")) attention = argv[i + 1];
     // --only decode1: just the batch-1 decode loop (for a profiler).
     if (!std::strcmp(argv[i], "--only")) only = argv[i + 1];
     if (!std::strcmp(argv[i], "--threads")) threads = std::stoll(argv[i + 1]);
@@ -111,6 +147,7 @@ int main(int argc, char** argv) {
   flotilla::models::InstallLayerKernels(*layer_kernels);
   flotilla::models::LoadOptions load_options;
   load_options.dtype = dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
+  load_options.attn_implementation = attention;
   auto model = flotilla::models::FromPretrained(argv[1], load_options);
   if (!model.ok()) {
     std::fprintf(stderr, "%s\n", std::string(model.status().message()).c_str());
@@ -128,6 +165,16 @@ int main(int argc, char** argv) {
                            {"peak_rss_after_load_bytes", rss_after_load}, {"weight_bytes", weight_bytes}};
   if (only == "decode1") {
     result["decode_batch1_tokens_per_second"] = DecodeTokensPerSecond(**model, 1, prompt_length, decode_steps);
+    std::printf("%s\n", result.dump().c_str());
+    return 0;
+  }
+  // --only decode1-paged: the same loop through the worker's paged cache and packed inputs.
+  if (only == "decode1-paged") {
+    // (the paged attention function runs only inside a paged batch)
+    if (attention != "paged") {
+      result["decode_batch1_tokens_per_second"] = DecodeTokensPerSecond(**model, 1, prompt_length, decode_steps);
+    }
+    result["paged_decode_batch1_tokens_per_second"] = PagedDecodeTokensPerSecond(**model, prompt_length, decode_steps);
     std::printf("%s\n", result.dump().c_str());
     return 0;
   }

@@ -12,12 +12,14 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include <absl/flags/declare.h>
@@ -479,11 +481,35 @@ std::optional<int> RankArgument(int argc, char** argv) {
   return std::nullopt;
 }
 
+// Note [One OpenMP team per worker]
+// libgomp lets a team's idle threads spin between parallel regions only while the process has no
+// more OpenMP threads than CPUs; past that it parks them on a futex after a few hundred spins, and
+// every one of a decode step's ~700 ATen ops pays for waking them. Each thread that starts a
+// parallel region keeps its own team for its whole life, and the engine's thread owns one; if the
+// main thread kept the team it made while loading, a 2-core machine would be past that line for
+// good (SmolLM2 batch-1 decode through the gateway: ~10,000 context switches a second and 19.5–21.6 ms
+// per token, against ~500 and 14.0–15.5 ms with the engine's team alone). So rank 0 loads on a thread
+// that exits afterwards, taking its team with it; Forward and Embed run on short-lived threads for the
+// same reason. Followers load and follow on their main thread: one team.
+absl::StatusOr<flotilla::ServiceBundle> CreateWorkerOnPassingThread(const flotilla::ServerOptions& options) {
+  std::optional<absl::StatusOr<flotilla::ServiceBundle>> bundle;
+  std::exception_ptr failure;
+  std::thread([&] {
+    try {
+      bundle.emplace(flotilla::CreateWorker(options));
+    } catch (...) {
+      failure = std::current_exception();  // rethrown on the main thread, as if the load ran there
+    }
+  }).join();
+  if (failure) std::rethrow_exception(failure);
+  return *std::move(bundle);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const std::optional<int> rank = RankArgument(argc, argv);
   if (!rank.has_value()) return flotilla::RunAgent(argc, argv);
   if (*rank > 0) return flotilla::RunFollower(argc, argv);
-  return flotilla::ServiceMain(argc, argv, "worker", flotilla::CreateWorker);
+  return flotilla::ServiceMain(argc, argv, "worker", CreateWorkerOnPassingThread);
 }
