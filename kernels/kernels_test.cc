@@ -1,7 +1,6 @@
 // Every kernel against the eager reference (the formula the model files use), on CPU here and on
 // CUDA where a device is present — the way llama.cpp's test-backend-ops compares backends.
 #include "kernels/kernels.h"
-#include "kernels/cpu/cpu_kernels.h"
 
 #include <algorithm>
 #include <utility>
@@ -9,6 +8,8 @@
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+
+#include "kernels/cpu/cpu_kernels.h"
 
 namespace flotilla::kernels {
 namespace {
@@ -106,6 +107,28 @@ TEST_P(KernelTest, CpuFusedAddRmsNormMatchesTheDecoderLayersAddThenNorm) {
   const at::Tensor actual = FusedAddRmsNorm(hidden_states, residual, weight, 1e-5);
   EXPECT_TRUE(at::equal(residual, expected_residual)) << "the residual add rounds as the eager add";
   ExpectWithinKernelTolerance(actual, expected);
+}
+
+// The out-of-place form the decoder layers call (UseKernelForward::AddAndForward): the layer's
+// input, which output_hidden_states may hold, must come back untouched.
+TEST_P(KernelTest, CpuAddRmsNormReturnsTheNormAndTheSumAndLeavesTheResidual) {
+  const auto& [type, shape] = GetParam();
+  at::manual_seed(14);
+  const at::Tensor hidden_states = at::randn(shape).mul(2).add(0.25).to(type);
+  const at::Tensor residual = at::randn(shape).mul(3).add(-0.5).to(type);
+  const at::Tensor residual_before = residual.clone();
+  const at::Tensor weight = at::randn({shape.back()}).add(1).to(type);
+  const auto [normalized, sum] = cpu::AddRmsNorm(hidden_states, residual, weight, 1e-5);
+  EXPECT_TRUE(at::equal(residual, residual_before)) << "the residual is read, not written";
+  EXPECT_TRUE(at::equal(sum, residual_before + hidden_states)) << "the sum rounds as the eager add";
+  ExpectWithinKernelTolerance(normalized, EagerRmsNorm(residual_before + hidden_states, weight, 1e-5));
+  // A strided residual (a view) reads the same values.
+  if (hidden_states.numel() > 0 && hidden_states.dim() >= 2) {
+    const at::Tensor transposed = residual_before.transpose(0, 1).contiguous().transpose(0, 1);
+    const auto [normalized_from_view, sum_from_view] = cpu::AddRmsNorm(hidden_states, transposed, weight, 1e-5);
+    EXPECT_TRUE(at::equal(sum_from_view, sum));
+    EXPECT_TRUE(at::equal(normalized_from_view, normalized));
+  }
 }
 
 TEST_P(KernelTest, CpuSiluAndMulOfTwoProjectionsMatchesEager) {

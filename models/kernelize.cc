@@ -110,6 +110,8 @@ void UseBuiltinKernel(KernelLayer layer, LayerKernels& kernels) {
       kernels.rms_norm = [](const at::Tensor& hidden_states, const at::Tensor& weight, double epsilon) {
         return kernels::cpu::RmsNorm(hidden_states, weight, epsilon);
       };
+      kernels.add_rms_norm = [](const at::Tensor& hidden_states, const at::Tensor& residual, const at::Tensor& weight,
+                                double epsilon) { return kernels::cpu::AddRmsNorm(hidden_states, residual, weight, epsilon); };
       break;
     case KernelLayer::kSiluAndMul:
       kernels.silu_and_mul = [](const at::Tensor& gate, const at::Tensor& up) { return kernels::cpu::SiluAndMul(gate, up); };
@@ -141,7 +143,10 @@ absl::StatusOr<LayerKernels> ResolveLayerKernels(const std::string& mapping, con
       UseBuiltinKernel(layer, kernels);
     } else if (value == "eager") {
       kernels.sources[index] = "eager";
-      if (layer == KernelLayer::kRmsNorm) kernels.rms_norm = nullptr;
+      if (layer == KernelLayer::kRmsNorm) {
+        kernels.rms_norm = nullptr;
+        kernels.add_rms_norm = nullptr;
+      }
       if (layer == KernelLayer::kSiluAndMul) kernels.silu_and_mul = nullptr;
       if (layer == KernelLayer::kRotaryEmbedding) kernels.rotary_embedding = nullptr;
       if (layer == KernelLayer::kPagedAttention) kernels.builtin_paged_attention = false;

@@ -59,6 +59,9 @@ const char* KernelLayerName(KernelLayer layer);
 struct LayerKernels {
   using RmsNormFunction = std::function<at::Tensor(const at::Tensor& hidden_states, const at::Tensor& weight,
                                                    double epsilon)>;
+  // {RmsNorm(residual + hidden_states), residual + hidden_states} in one pass; residual unchanged.
+  using AddRmsNormFunction = std::function<std::pair<at::Tensor, at::Tensor>(
+      const at::Tensor& hidden_states, const at::Tensor& residual, const at::Tensor& weight, double epsilon)>;
   using SiluAndMulFunction = std::function<at::Tensor(const at::Tensor& gate, const at::Tensor& up)>;
   using RotaryFunction =
       std::function<void(at::Tensor& query, at::Tensor& key, const at::Tensor& cos, const at::Tensor& sin)>;
@@ -66,6 +69,7 @@ struct LayerKernels {
   // Per layer: "eager", "builtin", or "namespace/name@<commit id>" for a hub kernel.
   std::array<std::string, kNumKernelLayers> sources = {"eager", "eager", "eager", "builtin", "eager"};
   RmsNormFunction rms_norm;
+  AddRmsNormFunction add_rms_norm;  // builtin only (the ABI has no entry point): else the add, then rms_norm
   SiluAndMulFunction silu_and_mul;
   RotaryFunction rotary_embedding;
   bool builtin_paged_attention = true;
@@ -117,6 +121,26 @@ class UseKernelForward<Eager, KernelLayer::kRmsNorm> : public Eager {
     if (!runs) return Eager::forward(hidden_states);
     DebugScope debug(this, {{"hidden_states", hidden_states}});
     return debug.Output(kernels.rms_norm(hidden_states, this->weight, this->variance_epsilon));
+  }
+
+  // A decoder layer's "residual + hidden_states, then this norm": returns {the normalised sum, the
+  // sum} (the next residual). Eager, and with a kernel that has no fused form, the add is the
+  // layer's own `residual + hidden_states`; the builtin kernel adds and normalises in one pass
+  // (kernels::cpu::AddRmsNorm), with the same rounding.
+  std::pair<at::Tensor, at::Tensor> AddAndForward(const at::Tensor& hidden_states, const at::Tensor& residual) {
+    const LayerKernels& kernels = CurrentLayerKernels();
+    const bool fused = kernels.add_rms_norm && hidden_states.device().is_cpu() &&
+                       residual.scalar_type() == hidden_states.scalar_type() &&
+                       this->weight.scalar_type() == hidden_states.scalar_type() &&
+                       this->weight.device() == hidden_states.device() && residual.sizes() == hidden_states.sizes();
+    if (!fused) {
+      at::Tensor sum = residual + hidden_states;
+      return {forward(sum), sum};
+    }
+    CountKernelForward(KernelLayer::kRmsNorm, true);
+    DebugScope debug(this, {{"hidden_states", hidden_states}, {"residual", residual}});
+    auto [normalized, sum] = kernels.add_rms_norm(hidden_states, residual, this->weight, this->variance_epsilon);
+    return {debug.Output(normalized), sum};
   }
 };
 

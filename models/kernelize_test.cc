@@ -64,6 +64,45 @@ TEST_F(KernelizeTest, AHubReferenceThatFailsToLoadKeepsTheEagerForward) {
   EXPECT_EQ(kernels->source(KernelLayer::kPagedAttention), "builtin");  // the default
 }
 
+// An RMSNorm with the model files' eager formula, marked replaceable as they mark theirs.
+class TestRmsNormImpl : public torch::nn::Module {
+ public:
+  explicit TestRmsNormImpl(int64_t hidden_size) : weight(at::rand({hidden_size}).add(0.5)) {}
+  at::Tensor forward(const at::Tensor& hidden_states) {
+    at::Tensor values = hidden_states.to(at::kFloat);
+    values = values * at::rsqrt(values.pow(2).mean(-1, /*keepdim=*/true) + variance_epsilon);
+    return weight * values.to(hidden_states.scalar_type());
+  }
+  at::Tensor weight;
+  double variance_epsilon = 1e-5;
+};
+using TestRmsNorm = UseKernelForward<TestRmsNormImpl, KernelLayer::kRmsNorm>;
+
+// A decoder layer's `residual + x`, then the norm: eager is exactly those two ops; the builtin
+// kernel fuses them with the same sum and the norm within its tolerance, and never writes the
+// residual (the layer's input).
+TEST_F(KernelizeTest, AddAndForwardIsTheAddThenTheNormWithOrWithoutTheFusedKernel) {
+  at::manual_seed(21);
+  TestRmsNorm norm(576);
+  const at::Tensor hidden_states = at::randn({1, 3, 576});
+  const at::Tensor residual = at::randn({1, 3, 576}).mul(2);
+  const at::Tensor residual_before = residual.clone();
+  const at::Tensor expected_sum = residual + hidden_states;
+  const at::Tensor expected = norm.TestRmsNormImpl::forward(expected_sum);
+
+  InstallLayerKernels(*ResolveLayerKernels("RMSNorm=eager"));
+  auto [eager_normalized, eager_sum] = norm.AddAndForward(hidden_states, residual);
+  EXPECT_TRUE(at::equal(eager_sum, expected_sum));
+  EXPECT_TRUE(at::equal(eager_normalized, expected));
+
+  InstallLayerKernels(*ResolveLayerKernels("RMSNorm=builtin"));
+  ASSERT_TRUE(CurrentLayerKernels().add_rms_norm);
+  auto [fused_normalized, fused_sum] = norm.AddAndForward(hidden_states, residual);
+  EXPECT_TRUE(at::equal(fused_sum, expected_sum)) << "the sum rounds as the eager add";
+  EXPECT_LE((fused_normalized - expected).abs().max().item<double>(), 1e-6 * expected.abs().max().item<double>());
+  EXPECT_TRUE(at::equal(residual, residual_before)) << "the layer's input is never written";
+}
+
 nlohmann::json TinyConfig(const std::string& model_type, const std::string& architecture, nlohmann::json overrides) {
   nlohmann::json config = {{"model_type", model_type},      {"architectures", {architecture}},
                            {"vocab_size", 96},              {"hidden_size", 64},

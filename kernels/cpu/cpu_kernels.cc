@@ -200,33 +200,52 @@ at::Tensor RmsNorm(const at::Tensor& hidden_states, const at::Tensor& weight, do
   return output;
 }
 
-at::Tensor FusedAddRmsNorm(const at::Tensor& hidden_states, at::Tensor& residual, const at::Tensor& weight,
-                           double epsilon) {
-  TORCH_CHECK(hidden_states.dim() >= 1, "FusedAddRmsNorm: hidden_states must have at least one dimension");
+namespace {
+
+// residual_out = residual + hidden_states (rounded, as the eager add), returns RmsNorm of it;
+// residual_out may be residual itself (the in-place form).
+at::Tensor AddRmsNormInto(const char* name, const at::Tensor& hidden_states, const at::Tensor& residual,
+                          at::Tensor& residual_out, const at::Tensor& weight, double epsilon) {
+  TORCH_CHECK(hidden_states.dim() >= 1, name, ": hidden_states must have at least one dimension");
   TORCH_CHECK(residual.sizes() == hidden_states.sizes() && residual.scalar_type() == hidden_states.scalar_type(),
-              "FusedAddRmsNorm: residual ", residual.sizes(), " ", residual.scalar_type(),
-              " must match hidden_states ", hidden_states.sizes(), " ", hidden_states.scalar_type());
-  TORCH_CHECK(residual.is_contiguous(), "FusedAddRmsNorm: residual is written in place and must be contiguous");
+              name, ": residual ", residual.sizes(), " ", residual.scalar_type(), " must match hidden_states ",
+              hidden_states.sizes(), " ", hidden_states.scalar_type());
+  TORCH_CHECK(residual_out.is_contiguous(), name, ": the sum is written in place and must be contiguous");
   const int64_t hidden_size = hidden_states.size(-1);
-  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == hidden_size, "FusedAddRmsNorm: weight must be [", hidden_size,
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == hidden_size, name, ": weight must be [", hidden_size,
               "] but is ", weight.sizes());
-  TORCH_CHECK(weight.scalar_type() == hidden_states.scalar_type(), "FusedAddRmsNorm: weight dtype ",
-              weight.scalar_type(), " differs from hidden_states dtype ", hidden_states.scalar_type());
+  TORCH_CHECK(weight.scalar_type() == hidden_states.scalar_type(), name, ": weight dtype ", weight.scalar_type(),
+              " differs from hidden_states dtype ", hidden_states.scalar_type());
   const at::Tensor input = hidden_states.contiguous();
+  const at::Tensor residual_in = residual.contiguous();  // residual_out itself when that is residual
   const at::Tensor weight_contiguous = weight.contiguous();
   at::Tensor output = at::empty_like(input);
   const int64_t rows = hidden_size == 0 ? 0 : input.numel() / hidden_size;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "FusedAddRmsNorm", [&] {
-    scalar_t* residual_data = residual.mutable_data_ptr<scalar_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "AddRmsNorm", [&] {
+    scalar_t* residual_out_data = residual_out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(hidden_size, 1)),
                      [&](int64_t begin, int64_t end) {
-                       RmsNormRows<scalar_t>(input.const_data_ptr<scalar_t>(), residual_data, residual_data,
-                                             weight_contiguous.const_data_ptr<scalar_t>(),
+                       RmsNormRows<scalar_t>(input.const_data_ptr<scalar_t>(), residual_in.const_data_ptr<scalar_t>(),
+                                             residual_out_data, weight_contiguous.const_data_ptr<scalar_t>(),
                                              output.mutable_data_ptr<scalar_t>(), begin, end, hidden_size,
                                              static_cast<float>(epsilon));
                      });
   });
   return output;
+}
+
+}  // namespace
+
+at::Tensor FusedAddRmsNorm(const at::Tensor& hidden_states, at::Tensor& residual, const at::Tensor& weight,
+                           double epsilon) {
+  return AddRmsNormInto("FusedAddRmsNorm", hidden_states, residual, residual, weight, epsilon);
+}
+
+std::pair<at::Tensor, at::Tensor> AddRmsNorm(const at::Tensor& hidden_states, const at::Tensor& residual,
+                                             const at::Tensor& weight, double epsilon) {
+  at::Tensor sum = at::empty(hidden_states.sizes(), hidden_states.options());
+  at::Tensor normalized = AddRmsNormInto("AddRmsNorm", hidden_states, residual, sum, weight, epsilon);
+  return {std::move(normalized), std::move(sum)};
 }
 
 at::Tensor SiluAndMul(const at::Tensor& gate_and_up) {

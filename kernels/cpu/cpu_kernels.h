@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include <ATen/Tensor.h>
@@ -15,6 +16,10 @@ namespace flotilla::kernels::cpu {
 at::Tensor RmsNorm(const at::Tensor& hidden_states, const at::Tensor& weight, double epsilon);
 at::Tensor FusedAddRmsNorm(const at::Tensor& hidden_states, at::Tensor& residual, const at::Tensor& weight,
                            double epsilon);
+// The out-of-place form: returns {RmsNorm(residual + hidden_states), residual + hidden_states},
+// leaving residual as it was (a decoder layer's input may be held elsewhere: output_hidden_states).
+std::pair<at::Tensor, at::Tensor> AddRmsNorm(const at::Tensor& hidden_states, const at::Tensor& residual,
+                                             const at::Tensor& weight, double epsilon);
 at::Tensor SiluAndMul(const at::Tensor& gate_and_up);
 at::Tensor SiluAndMul(const at::Tensor& gate, const at::Tensor& up);
 void RotaryEmbeddingInPlace(at::Tensor& query, at::Tensor& key, const at::Tensor& cos, const at::Tensor& sin);

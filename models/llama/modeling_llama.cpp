@@ -14,6 +14,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -275,11 +276,9 @@ class LlamaDecoderLayerImpl : public torch::nn::Module {
     auto [attn_output, weights] =
         self_attn->forward(hidden_states, position_embeddings, attention_mask, past_key_values, output_attentions);
     if (attn_weights != nullptr) *attn_weights = weights;
-    hidden_states = residual + attn_output;
-
-    // Fully Connected
-    residual = hidden_states;
-    hidden_states = post_attention_layernorm->forward(hidden_states);
+    // Fully Connected: residual = residual + attn_output, normalised for the MLP (eager: the add,
+    // then the norm's forward; a builtin "RMSNorm" kernel does both in one pass).
+    std::tie(hidden_states, residual) = post_attention_layernorm->AddAndForward(attn_output, residual);
     hidden_states = mlp->forward(hidden_states);
     hidden_states = residual + hidden_states;
     return debug.Output(hidden_states);
