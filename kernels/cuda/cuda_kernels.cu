@@ -129,7 +129,8 @@ __global__ void RotaryInPlaceKernel(T* query, T* key, const T* cos, const T* sin
 // row is read from the pool once per block, wherever its block table puts it. Keys are walked in
 // tiles of kKeysPerTile:
 //   1. scores: a warp per key (its row held in registers, kPagedAttentionMaxHeadDim / 32 elements
-//      per lane), a warp-shuffle sum per query head; scaled, tanh-capped when asked;
+//      per lane; a warp's keys of the tile loaded together), a warp-shuffle sum per query head;
+//      scaled, tanh-capped when asked;
 //   2. online softmax (float32): per query head the running maximum and sum, and the factor that
 //      rescales what was accumulated before this tile;
 //   3. values: a thread per (query head, element), accumulating weight * value in float32.
@@ -139,6 +140,7 @@ __global__ void RotaryInPlaceKernel(T* query, T* key, const T* cos, const T* sin
 constexpr int kPagedThreads = 128;
 constexpr int kPagedWarps = kPagedThreads / 32;
 constexpr int kKeysPerTile = 32;
+constexpr int kKeysPerWarp = kKeysPerTile / kPagedWarps;
 constexpr int kMaxElementsPerLane = static_cast<int>(kPagedAttentionMaxHeadDim / 32);
 constexpr int64_t kPlanRecordWidth = 4;  // token, position, first_key, block table offset
 
@@ -195,27 +197,43 @@ __global__ void __launch_bounds__(kPagedThreads)
 
   for (int64_t tile_begin = split_begin; tile_begin < split_end; tile_begin += kKeysPerTile) {
     const int tile_keys = static_cast<int>(split_end - tile_begin < kKeysPerTile ? split_end - tile_begin : kKeysPerTile);
-    // 1. Scores, a warp per key.
-    for (int key_index = warp; key_index < tile_keys; key_index += kPagedWarps) {
-      const int64_t key_position = tile_begin + key_index;
-      const int64_t slot =
-          block_table[key_position / shape.block_size] * shape.block_size + key_position % shape.block_size;
-      const int64_t row_offset = (slot * shape.num_key_value_heads + key_value_head) * head_dim;
-      if (lane == 0) tile_rows[key_index] = row_offset;
-      const T* key = key_pool + row_offset;
-      float key_values[kMaxElementsPerLane];
+    // 1. Scores, a warp per key: the warp's keys of this tile (kKeysPerWarp at most) are located
+    // through the block table, then loaded, all before the first product, so that their memory
+    // latencies overlap instead of following one another.
+    int64_t row_offsets[kKeysPerWarp];
+#pragma unroll
+    for (int step = 0; step < kKeysPerWarp; ++step) {
+      const int key_index = warp + step * kPagedWarps;
+      row_offsets[step] = 0;
+      if (key_index < tile_keys) {
+        const int64_t key_position = tile_begin + key_index;
+        const int64_t slot =
+            block_table[key_position / shape.block_size] * shape.block_size + key_position % shape.block_size;
+        row_offsets[step] = (slot * shape.num_key_value_heads + key_value_head) * head_dim;
+        if (lane == 0) tile_rows[key_index] = row_offsets[step];
+      }
+    }
+    float key_values[kKeysPerWarp][kMaxElementsPerLane];
+#pragma unroll
+    for (int step = 0; step < kKeysPerWarp; ++step) {
+      const bool present = warp + step * kPagedWarps < tile_keys;
 #pragma unroll
       for (int element = 0; element < kMaxElementsPerLane; ++element) {
         const int64_t d = lane + element * 32;
-        key_values[element] = d < head_dim ? ToFloat(key[d]) : 0.f;
+        key_values[step][element] = present && d < head_dim ? ToFloat(key_pool[row_offsets[step] + d]) : 0.f;
       }
+    }
+#pragma unroll
+    for (int step = 0; step < kKeysPerWarp; ++step) {
+      const int key_index = warp + step * kPagedWarps;
+      if (key_index >= tile_keys) break;  // warp-uniform: every lane leaves together
       for (int64_t group = 0; group < groups; ++group) {
         const float* query_row = queries + group * head_dim;
         float dot = 0.f;
 #pragma unroll
         for (int element = 0; element < kMaxElementsPerLane; ++element) {
           const int64_t d = lane + element * 32;
-          if (d < head_dim) dot += query_row[d] * key_values[element];
+          if (d < head_dim) dot += query_row[d] * key_values[step][element];
         }
         dot = WarpSum(dot);
         if (lane == 0) {
@@ -258,6 +276,7 @@ __global__ void __launch_bounds__(kPagedThreads)
       const int64_t d = i % head_dim;
       const float* group_weights = weights + group * kKeysPerTile;
       float accumulator = accumulators[i] * rescales[group];
+#pragma unroll 8
       for (int key_index = 0; key_index < tile_keys; ++key_index) {
         accumulator += group_weights[key_index] * ToFloat(value_pool[tile_rows[key_index] + d]);
       }
