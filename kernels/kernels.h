@@ -87,9 +87,14 @@ struct PagedAttentionPlan {
 
 //   const PagedAttentionPlan plan = PlanPagedAttention(tokens, key_pool.size(1), key_pool.device());
 //   for (each layer) PagedAttentionFromPlan(query_tokens, key_pools[layer], value_pools[layer], output, plan, ...);
+// Refuses (c10::Error) a token with a negative row, first_key outside [0, position], no block
+// table, or a negative block id. The tokens' block tables are read here and not kept.
 PagedAttentionPlan PlanPagedAttention(const std::vector<PagedAttentionToken>& tokens, int64_t block_size,
                                       at::Device device);
 
+// PagedAttention over a plan's tokens. The plan must be on the queries' device and made for the
+// pools' block size; one that reads a query row or a block beyond the tensors is refused before
+// any kernel runs. The CUDA kernel takes head_dim up to 256.
 void PagedAttentionFromPlan(const at::Tensor& query_tokens, const at::Tensor& key_pool,
                             const at::Tensor& value_pool, at::Tensor& output_tokens, const PagedAttentionPlan& plan,
                             double scaling, std::optional<double> softcap);

@@ -44,14 +44,14 @@ run_into() {
   local file=$1
   shift
   echo "== $*"
-  "$@" > "$file" 2>&1
+  "$@" > "$file"
   local code=$?
   cat "$file"
   echo "== exit $code: $*"
   if [[ $code -ne 0 && $status -eq 0 ]]; then status=$code; fi
   return $code
 }
-run_into "$scratch/kernels.md" "$build_dir/bin/kernels_cuda_bench"
+run_into "$scratch/kernels.md" "$python" "$repository/tools/bench/kernels_cuda.py" --build-dir "$build_dir"
 kernels_status=$?
 run_into "$scratch/images.log" env FLOTILLA_BUILD_DIR="$build_dir" "$python" -m pytest \
   "$repository/tests/image/test_image_processors_cuda.py" -v -rs -s -p no:cacheprovider
@@ -65,7 +65,7 @@ if [[ $kernels_status -eq 0 ]] && grep -q '^| ' "$scratch/kernels.md"; then
     echo "- commit: $(git -C "$repository" rev-parse --short HEAD 2>/dev/null || echo unknown)," \
       "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
-    echo "## CUDA kernels (\`build/bin/kernels_cuda_bench\`)"
+    echo "## CUDA kernels (\`tools/bench/kernels_cuda.py\`: \`build/bin/kernels_cuda_bench\`)"
     echo
     cat "$scratch/kernels.md"
     if grep -q '^| image processor' "$scratch/images.log"; then
