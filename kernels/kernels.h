@@ -6,7 +6,8 @@
 //   flotilla::kernels::RotaryEmbeddingInPlace(query_states, key_states, cos, sin);
 //
 // Dispatch is by the input's device: CUDA tensors go to kernels/cuda (built when a CUDA toolkit is
-// found), everything else to kernels/cpu. Each function computes exactly what the eager module in
+// found, reached through the table it registers: kernels/cuda_kernel_table.h), everything else to
+// kernels/cpu. Each function computes exactly what the eager module in
 // the model file computes (see the comments), in float32 internally, rounding to the storage dtype
 // where the eager ops round. Stated tolerance against the eager ops: float32 within 1e-6 of the
 // largest output magnitude (only the summation order differs); bfloat16 / float16 within one
@@ -62,12 +63,45 @@ struct PagedAttentionToken {
 // alike, with no gather: query_tokens / output_tokens [T, heads, head_dim] contiguous, key_pool /
 // value_pool [num_blocks, block_size, kv_heads, head_dim] contiguous (grouped-query attention by
 // heads / kv_heads). Scores scaled by `scaling`, tanh-capped by `softcap` when set, exact softmax in
-// float32, weighted values accumulated in float32 (eager's float32 softmax). CPU only for now.
+// float32, weighted values accumulated in float32 (eager's float32 softmax). On CUDA tensors this
+// packs `tokens` and copies them to the device first (PlanPagedAttention); a caller running many
+// layers over one step plans once and calls PagedAttentionFromPlan.
 void PagedAttention(const at::Tensor& query_tokens, const at::Tensor& key_pool, const at::Tensor& value_pool,
                     at::Tensor& output_tokens, const std::vector<PagedAttentionToken>& tokens, double scaling,
                     std::optional<double> softcap);
 
-// True when this build carries the CUDA kernels (a CUDA toolkit was found at configure time).
+// A step's PagedAttentionTokens packed into one int64 tensor on the pools' device, so that every
+// layer of the step reads the same token description with no further host-to-device copy:
+//   [num_tokens x (token, position, first_key, offset of its block table)], then each distinct block
+//   table once (tokens of one sequence share it), as long as the furthest position read from it.
+// On CUDA the packing happens in pinned host memory and reaches the device with one asynchronous
+// copy on the current stream.
+struct PagedAttentionPlan {
+  at::Tensor packed;           // int64, on the device the attention runs on
+  int64_t num_tokens = 0;
+  int64_t block_size = 0;
+  int64_t max_keys = 0;        // the widest window: sizes the CUDA kernel's split over the context
+  int64_t max_token_row = -1;  // checked against query_tokens' rows at each call
+  int64_t max_block = -1;      // checked against the pools' blocks at each call
+};
+
+//   const PagedAttentionPlan plan = PlanPagedAttention(tokens, key_pool.size(1), key_pool.device());
+//   for (each layer) PagedAttentionFromPlan(query_tokens, key_pools[layer], value_pools[layer], output, plan, ...);
+// Refuses (c10::Error) a token with a negative row, first_key outside [0, position], no block
+// table, or a negative block id. The tokens' block tables are read here and not kept.
+PagedAttentionPlan PlanPagedAttention(const std::vector<PagedAttentionToken>& tokens, int64_t block_size,
+                                      at::Device device);
+
+// PagedAttention over a plan's tokens. The plan must be on the queries' device and made for the
+// pools' block size; one that reads a query row or a block beyond the tensors is refused before
+// any kernel runs. The CUDA kernel takes head_dim up to 256.
+void PagedAttentionFromPlan(const at::Tensor& query_tokens, const at::Tensor& key_pool,
+                            const at::Tensor& value_pool, at::Tensor& output_tokens, const PagedAttentionPlan& plan,
+                            double scaling, std::optional<double> softcap);
+
+// True when the CUDA kernels are in this process: kernels/cuda registers them when it is linked in
+// (kernels_test) or loaded (lib/libflotilla_models_nccl.so, which a worker on --device cuda
+// dlopens). Builds without a CUDA toolkit never have them.
 bool HasCudaKernels();
 
 }  // namespace flotilla::kernels

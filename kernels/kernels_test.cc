@@ -3,6 +3,11 @@
 #include "kernels/kernels.h"
 
 #include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <optional>
+#include <random>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -311,6 +316,210 @@ TEST(PagedAttentionKernelTest, RejectsATokenBeyondTheQueries) {
   at::Tensor output = at::empty({1, 2, 4});
   EXPECT_THROW(PagedAttention(at::ones({1, 2, 4}), at::ones({1, 4, 1, 4}), at::ones({1, 4, 1, 4}), output,
                               {{3, 0, 0, table.data()}}, 1.0, std::nullopt),
+               c10::Error);
+}
+
+// A paged attention problem with random, non-zero inputs: each sequence's (query_length,
+// context_length), its blocks scattered over the pool, its new tokens packed in order.
+struct PagedCase {
+  std::string name;
+  int64_t heads, kv_heads, head_dim, block_size;
+  std::vector<std::pair<int64_t, int64_t>> sequences;  // (query_length, context_length)
+  std::optional<int64_t> sliding_window;
+  std::optional<double> softcap;
+};
+
+struct PagedProblem {
+  at::Tensor query_tokens, key_pool, value_pool;
+  std::vector<std::vector<int64_t>> block_tables;
+  std::vector<PagedAttentionToken> tokens;
+  double scaling = 1.0;
+};
+
+PagedProblem MakePagedProblem(const PagedCase& paged_case, at::ScalarType type, uint64_t seed) {
+  at::manual_seed(static_cast<int64_t>(seed));
+  PagedProblem problem;
+  int64_t num_blocks = 3;  // spare blocks nobody reads
+  int64_t num_tokens = 0;
+  for (const auto& [query_length, context_length] : paged_case.sequences) {
+    num_blocks += (context_length + paged_case.block_size - 1) / paged_case.block_size;
+    num_tokens += query_length;
+  }
+  std::vector<int64_t> blocks(static_cast<size_t>(num_blocks));
+  std::iota(blocks.begin(), blocks.end(), 0);
+  std::shuffle(blocks.begin(), blocks.end(), std::mt19937(static_cast<uint32_t>(seed)));
+  size_t next_block = 0;
+  problem.block_tables.reserve(paged_case.sequences.size());  // tokens point into these tables
+  int64_t row = 0;
+  for (const auto& [query_length, context_length] : paged_case.sequences) {
+    std::vector<int64_t>& table = problem.block_tables.emplace_back();
+    for (int64_t block = 0; block * paged_case.block_size < context_length; ++block) table.push_back(blocks[next_block++]);
+    for (int64_t position = context_length - query_length; position < context_length; ++position) {
+      const int64_t first_key =
+          paged_case.sliding_window ? std::max<int64_t>(0, position - *paged_case.sliding_window + 1) : 0;
+      problem.tokens.push_back({row++, position, first_key, table.data()});
+    }
+  }
+  const std::vector<int64_t> pool_shape = {num_blocks, paged_case.block_size, paged_case.kv_heads, paged_case.head_dim};
+  // Softcapped cases get larger scores, so that the cap bites.
+  const double query_scale = paged_case.softcap ? 6.0 : 1.0;
+  problem.query_tokens = at::randn({num_tokens, paged_case.heads, paged_case.head_dim}).mul(query_scale).add(0.2).to(type);
+  problem.key_pool = at::randn(pool_shape).add(0.1).to(type);
+  problem.value_pool = at::randn(pool_shape).add(-0.1).to(type);
+  problem.scaling = 1.0 / std::sqrt(static_cast<double>(paged_case.head_dim));
+  return problem;
+}
+
+// The reference in float64: each token's keys and values gathered from the pools, scores, the
+// softcap, softmax and the weighted sum, all in double, from the same (rounded) inputs.
+at::Tensor Float64PagedAttention(const PagedProblem& problem, std::optional<double> softcap) {
+  const int64_t block_size = problem.key_pool.size(1);
+  const int64_t groups = problem.query_tokens.size(1) / problem.key_pool.size(2);
+  at::Tensor output = at::zeros(problem.query_tokens.sizes(), at::kDouble);
+  const at::Tensor keys_flat = problem.key_pool.flatten(0, 1).to(at::kDouble);
+  const at::Tensor values_flat = problem.value_pool.flatten(0, 1).to(at::kDouble);
+  for (const PagedAttentionToken& token : problem.tokens) {
+    std::vector<int64_t> slots;
+    for (int64_t position = token.first_key; position <= token.position; ++position) {
+      slots.push_back(token.block_table[position / block_size] * block_size + position % block_size);
+    }
+    const at::Tensor index = at::tensor(slots, at::kLong);
+    const at::Tensor keys = keys_flat.index_select(0, index).permute({1, 0, 2}).repeat_interleave(groups, 0);
+    const at::Tensor values = values_flat.index_select(0, index).permute({1, 0, 2}).repeat_interleave(groups, 0);
+    const at::Tensor query = problem.query_tokens[token.token].to(at::kDouble).unsqueeze(1);  // [heads, 1, head_dim]
+    at::Tensor scores = at::matmul(query, keys.transpose(1, 2)) * problem.scaling;
+    if (softcap) scores = at::tanh(scores / *softcap) * *softcap;
+    output[token.token].copy_(at::matmul(at::softmax(scores, -1), values).squeeze(1));
+  }
+  return output;
+}
+
+// Within the kernel's stated tolerance of the float64 reference, relative to its largest magnitude:
+// float32 1e-5 (float32 sums over up to a few thousand keys), bfloat16 / float16 one rounding.
+void ExpectNearFloat64(const at::Tensor& actual, const at::Tensor& reference) {
+  ASSERT_EQ(actual.sizes(), reference.sizes());
+  if (reference.numel() == 0) return;
+  const double scale = std::max(reference.abs().max().item<double>(), 1e-30);
+  const double relative = (actual.to(at::kDouble) - reference).abs().max().item<double>() / scale;
+  const at::ScalarType type = actual.scalar_type();
+  const double bound = type == at::kFloat ? 1e-5 : (type == at::kBFloat16 ? 1.0 / 128 : 1.0 / 1024);
+  EXPECT_LE(relative, bound) << c10::toString(type);
+}
+
+// Every row of the queries has a token; the CUDA matrix (below) runs the same cases.
+std::vector<PagedCase> PagedCases() {
+  return {
+      {"empty batch", 4, 2, 32, 16, {}, std::nullopt, std::nullopt},
+      {"one token", 4, 4, 64, 16, {{1, 1}}, std::nullopt, std::nullopt},
+      {"decode, grouped-query", 8, 2, 128, 16, {{1, 37}, {1, 300}, {1, 16}}, std::nullopt, std::nullopt},
+      {"ragged decode and chunks", 6, 2, 64, 8, {{1, 50}, {5, 9}, {7, 7}, {1, 1}, {3, 120}}, std::nullopt,
+       std::nullopt},
+      {"sliding window", 4, 1, 80, 16, {{1, 200}, {6, 70}, {1, 3}}, int64_t{24}, std::nullopt},
+      {"softcap", 8, 4, 64, 16, {{1, 90}, {4, 40}}, std::nullopt, 5.0},
+      {"long context (split)", 16, 2, 128, 16, {{1, 3000}, {2, 1500}}, std::nullopt, std::nullopt},
+      {"window, softcap, head_dim 256", 8, 4, 256, 32, {{1, 700}, {3, 33}}, int64_t{512}, 30.0},
+  };
+}
+
+// Runs here: the CPU kernel, straight and through a plan, against the float64 reference over the
+// matrix the CUDA test below uses — so a CUDA failure there is the kernel's, not the reference's.
+TEST(PagedAttentionKernelTest, CpuMatchesAFloat64ReferenceAcrossDtypesWindowsAndSoftcaps) {
+  for (const PagedCase& paged_case : PagedCases()) {
+    for (const at::ScalarType type : {at::kFloat, at::kBFloat16, at::kHalf}) {
+      SCOPED_TRACE(testing::Message() << paged_case.name << " " << c10::toString(type));
+      const PagedProblem problem = MakePagedProblem(paged_case, type, 11);
+      at::Tensor output = at::zeros_like(problem.query_tokens);
+      PagedAttention(problem.query_tokens, problem.key_pool, problem.value_pool, output, problem.tokens,
+                     problem.scaling, paged_case.softcap);
+      ExpectNearFloat64(output, Float64PagedAttention(problem, paged_case.softcap));
+      const PagedAttentionPlan plan = PlanPagedAttention(problem.tokens, paged_case.block_size, at::kCPU);
+      at::Tensor planned = at::zeros_like(problem.query_tokens);
+      PagedAttentionFromPlan(problem.query_tokens, problem.key_pool, problem.value_pool, planned, plan,
+                             problem.scaling, paged_case.softcap);
+      EXPECT_TRUE(at::equal(planned, output));
+    }
+  }
+}
+
+// The plan packs each sequence's block table once, only as far as its tokens read, and a call
+// whose queries or pools are smaller than the plan reads is refused before any kernel runs.
+TEST(PagedAttentionKernelTest, APlanPacksEachBlockTableOnceAndIsCheckedAgainstItsTensors) {
+  const std::vector<int64_t> table_a = {4, 1, 6, 0}, table_b = {2, 3};
+  // Sequence A: three prompt tokens at positions 4..6 (blocks 0 and 1 of 4); B one token at 2.
+  const std::vector<PagedAttentionToken> tokens = {
+      {0, 4, 0, table_a.data()}, {1, 5, 0, table_a.data()}, {2, 6, 3, table_a.data()}, {3, 2, 0, table_b.data()}};
+  const PagedAttentionPlan plan = PlanPagedAttention(tokens, 4, at::kCPU);
+  EXPECT_EQ(plan.num_tokens, 4);
+  EXPECT_EQ(plan.max_keys, 6);
+  EXPECT_EQ(plan.max_token_row, 3);
+  EXPECT_EQ(plan.max_block, 4);  // block 6 of table A is past every token's position
+  const std::vector<int64_t> expected = {0, 4, 0, 16, 1, 5, 0, 16, 2, 6, 3, 16, 3, 2, 0, 18, 4, 1, 2};
+  EXPECT_TRUE(at::equal(plan.packed, at::tensor(expected, at::kLong))) << plan.packed;
+
+  const at::Tensor pool = at::randn({5, 4, 1, 8});
+  at::Tensor output = at::empty({4, 2, 8});
+  try {
+    at::Tensor too_few = at::empty({3, 2, 8});
+    PagedAttentionFromPlan(at::randn({3, 2, 8}), pool, pool, too_few, plan, 1.0, std::nullopt);
+    FAIL() << "expected an error";
+  } catch (const c10::Error& error) {
+    EXPECT_NE(std::string(error.what_without_backtrace()).find("reads query row 3"), std::string::npos);
+  }
+  EXPECT_THROW(PagedAttentionFromPlan(at::randn({4, 2, 8}), pool.narrow(0, 0, 4).contiguous(),
+                                      pool.narrow(0, 0, 4).contiguous(), output, plan, 1.0, std::nullopt),
+               c10::Error);
+  EXPECT_THROW(PagedAttentionFromPlan(at::randn({4, 2, 8}), at::randn({5, 8, 1, 8}), at::randn({5, 8, 1, 8}), output,
+                                      plan, 1.0, std::nullopt),
+               c10::Error);  // another block size
+  const std::vector<int64_t> negative = {-1};
+  EXPECT_THROW(PlanPagedAttention({{0, 0, 0, negative.data()}}, 4, at::kCPU), c10::Error);
+  EXPECT_THROW(PlanPagedAttention({{0, 2, 3, table_b.data()}}, 4, at::kCPU), c10::Error);  // first key > position
+}
+
+// kernels/cuda registers its table when its objects are linked in (no GPU needed to see it): a
+// CUDA build whose registration the linker dropped would silently lose every CUDA kernel.
+TEST(KernelDispatchTest, CudaKernelsAreRegisteredExactlyWhenBuilt) {
+  EXPECT_EQ(HasCudaKernels(), FLOTILLA_TEST_EXPECTS_CUDA_KERNELS == 1);
+}
+
+// Where a GPU is: the CUDA paged attention against the CPU kernel and the float64 reference, for
+// every case and dtype, through the token list and through a device plan reused by two "layers".
+TEST(CudaKernelTest, PagedAttentionMatchesTheCpuKernelAndAFloat64Reference) {
+  if (!HasCudaKernels() || !at::hasCUDA()) {
+    GTEST_SKIP() << "no CUDA device here: the CUDA kernels are compiled and linked, and run where a GPU is";
+  }
+  for (const PagedCase& paged_case : PagedCases()) {
+    for (const at::ScalarType type : {at::kFloat, at::kBFloat16, at::kHalf}) {
+      SCOPED_TRACE(testing::Message() << paged_case.name << " " << c10::toString(type));
+      const PagedProblem problem = MakePagedProblem(paged_case, type, 12);
+      at::Tensor cpu_output = at::zeros_like(problem.query_tokens);
+      PagedAttention(problem.query_tokens, problem.key_pool, problem.value_pool, cpu_output, problem.tokens,
+                     problem.scaling, paged_case.softcap);
+      const at::Tensor query_cuda = problem.query_tokens.cuda();
+      const at::Tensor key_pool_cuda = problem.key_pool.cuda();
+      const at::Tensor value_pool_cuda = problem.value_pool.cuda();
+      at::Tensor cuda_output = at::zeros_like(query_cuda);
+      PagedAttention(query_cuda, key_pool_cuda, value_pool_cuda, cuda_output, problem.tokens, problem.scaling,
+                     paged_case.softcap);
+      const at::Tensor reference = Float64PagedAttention(problem, paged_case.softcap);
+      ExpectNearFloat64(cuda_output.cpu(), reference);
+      ExpectWithinKernelTolerance(cuda_output.cpu(), cpu_output);
+
+      const PagedAttentionPlan plan = PlanPagedAttention(problem.tokens, paged_case.block_size, query_cuda.device());
+      ASSERT_TRUE(plan.packed.is_cuda());
+      for (int layer = 0; layer < 2; ++layer) {
+        at::Tensor planned = at::zeros_like(query_cuda);
+        PagedAttentionFromPlan(query_cuda, key_pool_cuda, value_pool_cuda, planned, plan, problem.scaling,
+                               paged_case.softcap);
+        EXPECT_TRUE(at::equal(planned, cuda_output));
+      }
+    }
+  }
+  // Mixed devices are refused with the devices named.
+  const std::vector<int64_t> table = {0};
+  at::Tensor output = at::empty({1, 2, 8}, at::kCUDA);
+  EXPECT_THROW(PagedAttention(at::randn({1, 2, 8}, at::kCUDA), at::randn({1, 4, 1, 8}), at::randn({1, 4, 1, 8}),
+                              output, {{0, 0, 0, table.data()}}, 1.0, std::nullopt),
                c10::Error);
 }
 

@@ -9,7 +9,7 @@
 #include <ATen/Parallel.h>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/kernels.h"
 #include "models/kernelize.h"
 
 namespace flotilla::models {
@@ -59,6 +59,9 @@ std::optional<int64_t> JsonInt(const nlohmann::json& json, std::initializer_list
 // sequence's chunk is gathered and run through sdpa (ATen's flash attention, tiled as GEMMs)
 // instead; the kernel keeps the decode tokens and short chunks of the same step.
 constexpr int64_t kMinimumQueryLengthForSdpa = 32;
+// The CUDA kernel keeps a key row in registers (kernels/cuda/cuda_kernels.h:
+// kPagedAttentionMaxHeadDim); wider heads take the gather path.
+constexpr int64_t kMaximumCudaKernelHeadDim = 256;
 
 void ChunkAttention(const at::Tensor& query, const at::Tensor& key_pool, const at::Tensor& value_pool,
                     const PagedKVCache::Step& step, size_t sequence_index, const AttentionArguments& arguments,
@@ -323,10 +326,14 @@ std::pair<at::Tensor, at::Tensor> PagedAttentionForward(const at::Tensor& query,
 
   at::Tensor output = at::empty({1, num_tokens, num_heads, head_dim}, query.options());
   // PagedAttention=builtin (the default): the decode tokens and short prompt chunks of every
-  // sequence in one kernel call that reads the blocks in place (kernels::PagedAttention), long
-  // chunks through sdpa (Note [Long prompt chunks go to sdpa]). eager, or a device the kernel does
-  // not run on: each sequence's context gathered, then sdpa.
-  const bool builtin = CurrentLayerKernels().builtin_paged_attention && query.device().is_cpu();
+  // sequence in one kernel call that reads the blocks in place (kernels::PagedAttention: the CPU
+  // kernel, or the CUDA one where kernels/cuda is loaded), long chunks through sdpa (Note [Long
+  // prompt chunks go to sdpa]). eager, or a device the kernel does not run on: each sequence's
+  // context gathered, then sdpa.
+  const bool kernel_runs_here =
+      query.device().is_cpu() ||
+      (query.device().is_cuda() && kernels::HasCudaKernels() && head_dim <= kMaximumCudaKernelHeadDim);
+  const bool builtin = CurrentLayerKernels().builtin_paged_attention && kernel_runs_here;
   CountKernelForward(KernelLayer::kPagedAttention, builtin);
   if (!builtin) {
     for (size_t index = 0; index < step.batch.sequences.size(); ++index) {
@@ -353,8 +360,21 @@ std::pair<at::Tensor, at::Tensor> PagedAttentionForward(const at::Tensor& query,
   if (tokens.empty()) return {output, at::Tensor()};
   const at::Tensor query_tokens = query[0].transpose(0, 1).contiguous();  // [T, heads, head_dim]
   at::Tensor output_tokens = output[0];  // contiguous [T, heads, head_dim]
-  kernels::cpu::PagedAttention(query_tokens, key.contiguous(), value.contiguous(), output_tokens, tokens,
-                               arguments.scaling, arguments.softcap);
+  if (query.device().is_cpu()) {
+    kernels::PagedAttention(query_tokens, key.contiguous(), value.contiguous(), output_tokens, tokens,
+                            arguments.scaling, arguments.softcap);
+    return {output, at::Tensor()};
+  }
+  // On a GPU the tokens reach the device once per step (and sliding window), not once per layer.
+  const int64_t window_key = arguments.sliding_window.value_or(-1);
+  auto plan = step.device_plans.find(window_key);
+  if (plan == step.device_plans.end()) {
+    plan = step.device_plans
+               .emplace(window_key, kernels::PlanPagedAttention(tokens, cache->block_size(), query.device()))
+               .first;
+  }
+  kernels::PagedAttentionFromPlan(query_tokens, key.contiguous(), value.contiguous(), output_tokens, plan->second,
+                                  arguments.scaling, arguments.softcap);
   return {output, at::Tensor()};
 }
 

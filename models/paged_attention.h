@@ -40,6 +40,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <utility>
@@ -48,6 +49,7 @@
 #include <ATen/ATen.h>
 
 #include "absl/status/statusor.h"
+#include "kernels/kernels.h"
 #include "models/attention.h"
 #include "models/cache.h"
 #include "models/config.h"
@@ -123,6 +125,9 @@ class PagedKVCache : public KVCache {
     at::Tensor token_position;          // [T] position of each new token in its sequence
     at::Tensor context_sequence;        // [sum(context)] sequence index of each packed key
     at::Tensor context_position;        // [sum(context)] position of each packed key
+    // The `paged` backend's token description on a GPU, packed and copied once per step and reused
+    // by every layer; keyed by sliding window (-1: none), as layers may differ in it.
+    mutable std::map<int64_t, kernels::PagedAttentionPlan> device_plans;
   };
   const Step* current_step() const { return step_ ? &*step_ : nullptr; }
 

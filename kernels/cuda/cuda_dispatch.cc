@@ -1,10 +1,14 @@
 #include "kernels/cuda/cuda_dispatch.h"
 
+#include <algorithm>
+
 #include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda_kernel_table.h"
 
 namespace flotilla::kernels::cuda {
 namespace {
@@ -118,5 +122,102 @@ void RotaryEmbeddingInPlace(at::Tensor& query, at::Tensor& key, const at::Tensor
                                   c10::cuda::getCurrentCUDAStream().stream()),
               "RotaryEmbeddingInPlace");
 }
+
+void PagedAttention(const at::Tensor& query_tokens, const at::Tensor& key_pool, const at::Tensor& value_pool,
+                    at::Tensor& output_tokens, const PagedAttentionPlan& plan, double scaling,
+                    std::optional<double> softcap) {
+  TORCH_CHECK(query_tokens.dim() == 3 && query_tokens.is_contiguous() && output_tokens.sizes() == query_tokens.sizes() &&
+                  output_tokens.is_contiguous(),
+              "PagedAttention: query_tokens and output_tokens must be contiguous [T, heads, head_dim] but are ",
+              query_tokens.sizes(), " and ", output_tokens.sizes());
+  TORCH_CHECK(key_pool.dim() == 4 && key_pool.is_contiguous() && value_pool.sizes() == key_pool.sizes() &&
+                  value_pool.is_contiguous(),
+              "PagedAttention: key_pool and value_pool must be contiguous [num_blocks, block_size, kv_heads, head_dim] "
+              "but are ", key_pool.sizes(), " and ", value_pool.sizes());
+  TORCH_CHECK(key_pool.scalar_type() == query_tokens.scalar_type() && value_pool.scalar_type() == query_tokens.scalar_type() &&
+                  output_tokens.scalar_type() == query_tokens.scalar_type(),
+              "PagedAttention: the pools' dtype ", key_pool.scalar_type(), " differs from the queries' ",
+              query_tokens.scalar_type());
+  TORCH_CHECK(key_pool.device() == query_tokens.device() && value_pool.device() == query_tokens.device() &&
+                  output_tokens.device() == query_tokens.device(),
+              "PagedAttention: queries, pools and output must be on one device, but the queries are on ",
+              query_tokens.device(), " and the pools on ", key_pool.device(), " and ", value_pool.device());
+  TORCH_CHECK(key_pool.size(3) == query_tokens.size(2) && key_pool.size(2) > 0 &&
+                  query_tokens.size(1) % key_pool.size(2) == 0,
+              "PagedAttention: query heads ", query_tokens.size(1), " x ", query_tokens.size(2),
+              " do not fit key/value heads ", key_pool.size(2), " x ", key_pool.size(3));
+  TORCH_CHECK(query_tokens.size(2) <= kPagedAttentionMaxHeadDim, "PagedAttention: head_dim ", query_tokens.size(2),
+              " is above the CUDA kernel's ", kPagedAttentionMaxHeadDim);
+  TORCH_CHECK(plan.packed.scalar_type() == at::kLong && plan.packed.is_contiguous() &&
+                  plan.packed.device() == query_tokens.device(),
+              "PagedAttention: the plan must be a contiguous int64 tensor on ", query_tokens.device());
+  TORCH_CHECK(!softcap.has_value() || *softcap > 0, "PagedAttention: softcap must be positive but is ", *softcap);
+  const ElementType type = ElementTypeOf(query_tokens, "PagedAttention");
+  if (plan.num_tokens == 0 || query_tokens.size(2) == 0) return;
+  const c10::cuda::CUDAGuard device_guard(query_tokens.device());
+
+  PagedAttentionShape shape{};
+  shape.num_tokens = plan.num_tokens;
+  shape.num_heads = query_tokens.size(1);
+  shape.num_key_value_heads = key_pool.size(2);
+  shape.head_dim = query_tokens.size(2);
+  shape.block_size = key_pool.size(1);
+  shape.scaling = static_cast<float>(scaling);
+  shape.has_softcap = softcap.has_value();
+  shape.softcap = shape.has_softcap ? static_cast<float>(*softcap) : 1.0f;
+  const int64_t items = shape.num_tokens * shape.num_key_value_heads;
+  TORCH_CHECK(items < (int64_t{1} << 31), "PagedAttention: ", shape.num_tokens, " tokens x ",
+              shape.num_key_value_heads, " key/value heads is more thread blocks than one launch holds");
+
+  // Split the context (Note [CUDA paged attention]) when the tokens alone give fewer than about
+  // four thread blocks per multiprocessor, keeping at least kMinimumKeysPerSplit keys per split so
+  // that the merge stays cheap next to the splits' own reads.
+  constexpr int64_t kMinimumKeysPerSplit = 256;
+  constexpr int64_t kTile = 32;  // the kernel's kKeysPerTile: splits start on tile boundaries
+  const cudaDeviceProp* properties = at::cuda::getCurrentDeviceProperties();
+  const int64_t wanted_blocks = 4 * static_cast<int64_t>(properties->multiProcessorCount);
+  int64_t splits = std::clamp<int64_t>((wanted_blocks + items - 1) / items, 1,
+                                       std::max<int64_t>(1, plan.max_keys / kMinimumKeysPerSplit));
+  splits = std::min<int64_t>(splits, 65535);
+  int64_t keys_per_split = (plan.max_keys + splits - 1) / splits;
+  keys_per_split = std::max<int64_t>(kTile, (keys_per_split + kTile - 1) / kTile * kTile);
+  shape.keys_per_split = keys_per_split;
+  shape.num_splits = (plan.max_keys + keys_per_split - 1) / keys_per_split;
+  if (shape.num_splits < 1) shape.num_splits = 1;
+
+  // The kernel's dynamic shared memory, and its static table of a tile's row offsets.
+  const int64_t shared_bytes = PagedAttentionSharedBytes(shape) + kTile * static_cast<int64_t>(sizeof(int64_t));
+  TORCH_CHECK(shared_bytes <= static_cast<int64_t>(properties->sharedMemPerBlockOptin), "PagedAttention: ",
+              shape.num_heads / shape.num_key_value_heads, " query heads per key/value head x head_dim ",
+              shape.head_dim, " need ", shared_bytes, " bytes of shared memory per block; this GPU has ",
+              properties->sharedMemPerBlockOptin);
+  const int64_t workspace_floats = PagedAttentionWorkspaceFloats(shape);
+  at::Tensor workspace;
+  if (workspace_floats > 0) workspace = at::empty({workspace_floats}, query_tokens.options().dtype(at::kFloat));
+  CheckLaunch(LaunchPagedAttention(type, query_tokens.data_ptr(), key_pool.data_ptr(), value_pool.data_ptr(),
+                                   output_tokens.data_ptr(), plan.packed.const_data_ptr<int64_t>(),
+                                   workspace_floats > 0 ? workspace.mutable_data_ptr<float>() : nullptr, shape,
+                                   c10::cuda::getCurrentCUDAStream().stream()),
+              "PagedAttention");
+}
+
+namespace {
+
+// Dispatch from kernels/kernels.cc (kernels/cuda_kernel_table.h): registered when this file's object
+// is linked into a binary or a loaded library.
+at::Tensor SiluAndMulFused(const at::Tensor& gate_and_up) { return SiluAndMul(gate_and_up); }
+at::Tensor SiluAndMulSplit(const at::Tensor& gate, const at::Tensor& up) { return SiluAndMul(gate, up); }
+
+const CudaKernelTable kCudaKernels{
+    .rms_norm = &RmsNorm,
+    .fused_add_rms_norm = &FusedAddRmsNorm,
+    .silu_and_mul = &SiluAndMulFused,
+    .silu_and_mul_split = &SiluAndMulSplit,
+    .rotary_embedding_in_place = &RotaryEmbeddingInPlace,
+    .paged_attention = &PagedAttention,
+};
+const bool kRegistered = (RegisterCudaKernels(&kCudaKernels), true);
+
+}  // namespace
 
 }  // namespace flotilla::kernels::cuda

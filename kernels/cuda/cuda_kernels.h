@@ -31,4 +31,22 @@ struct RotaryShape {
 cudaError_t LaunchRotaryInPlace(ElementType type, void* query, void* key, const void* cos, const void* sin,
                                 const RotaryShape& shape, cudaStream_t stream);
 
+// Paged attention over a plan (kernels/kernels.h: PagedAttentionPlan, already on the device): one
+// thread block per (token, key/value head, split of the context). With num_splits > 1 each split
+// writes its unnormalised partial result into `workspace` (PagedAttentionWorkspaceFloats floats)
+// and a second kernel merges them; with one split the workspace is not touched (may be null).
+struct PagedAttentionShape {
+  int64_t num_tokens, num_heads, num_key_value_heads, head_dim, block_size;
+  int64_t num_splits, keys_per_split;
+  float scaling, softcap;
+  bool has_softcap;
+};
+constexpr int64_t kPagedAttentionMaxHeadDim = 256;
+int64_t PagedAttentionWorkspaceFloats(const PagedAttentionShape& shape);
+// Dynamic shared memory one thread block needs; above 48 KiB the launcher opts in (sm_80: 163 KiB).
+int64_t PagedAttentionSharedBytes(const PagedAttentionShape& shape);
+cudaError_t LaunchPagedAttention(ElementType type, const void* query, const void* key_pool, const void* value_pool,
+                                 void* output, const int64_t* plan, float* workspace, const PagedAttentionShape& shape,
+                                 cudaStream_t stream);
+
 }  // namespace flotilla::kernels::cuda

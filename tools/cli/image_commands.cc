@@ -1,5 +1,7 @@
 // flotilla process-image: images to pixel_values with a model's preprocessor_config.json, the same
 // tensors transformers' fast image processor computes, written as safetensors.
+#include <dlfcn.h>
+
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -40,6 +42,20 @@ std::string ReadFileBytes(const std::string& path) {
   return std::move(bytes).str();
 }
 
+// The CLI does not link LibTorch's CUDA half (CPU commands should not load it); `--device cuda`
+// loads it, which registers ATen's CUDA hooks, before any tensor is placed on the GPU.
+void LoadCudaFor(const torch::Device& device) {
+  if (!device.is_cuda() || at::hasCUDA()) return;
+  if (dlopen("libtorch_cuda.so", RTLD_NOW | RTLD_GLOBAL) == nullptr) {
+    const char* error = dlerror();
+    throw CommandFailed(1, absl::StrCat("process-image: --device ", device.str(), ": cannot load libtorch_cuda.so (",
+                                        error != nullptr ? error : "unknown error", ")"));
+  }
+  if (!at::hasCUDA()) {
+    throw CommandFailed(1, absl::StrCat("process-image: --device ", device.str(), ": no CUDA device is visible"));
+  }
+}
+
 void RunProcessImage(const ProcessImageOptions& options) {
   const fs::path model(LocalModelFolder(options.model, options.model_source.registry,
                                        options.model_source.data_directory, /*weights=*/false));
@@ -49,6 +65,7 @@ void RunProcessImage(const ProcessImageOptions& options) {
   std::vector<std::string> encoded;
   for (const std::string& path : options.images) encoded.push_back(ReadFileBytes(path));
   torch::Device device(options.device);
+  LoadCudaFor(device);
   image::DecodeOptions decode_options;
   decode_options.max_pixels = options.max_pixels;
 
