@@ -12,6 +12,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/kernels.h"
 #include "services/common/logging.h"
 #include "services/common/metrics.h"
 
@@ -108,17 +109,17 @@ void UseBuiltinKernel(KernelLayer layer, LayerKernels& kernels) {
   switch (layer) {
     case KernelLayer::kRmsNorm:
       kernels.rms_norm = [](const at::Tensor& hidden_states, const at::Tensor& weight, double epsilon) {
-        return kernels::cpu::RmsNorm(hidden_states, weight, epsilon);
+        return kernels::RmsNorm(hidden_states, weight, epsilon);  // CPU or CUDA by the tensor's device
       };
       kernels.add_rms_norm = [](const at::Tensor& hidden_states, const at::Tensor& residual, const at::Tensor& weight,
                                 double epsilon) { return kernels::cpu::AddRmsNorm(hidden_states, residual, weight, epsilon); };
       break;
     case KernelLayer::kSiluAndMul:
-      kernels.silu_and_mul = [](const at::Tensor& gate, const at::Tensor& up) { return kernels::cpu::SiluAndMul(gate, up); };
+      kernels.silu_and_mul = [](const at::Tensor& gate, const at::Tensor& up) { return kernels::SiluAndMul(gate, up); };
       break;
     case KernelLayer::kRotaryEmbedding:
       kernels.rotary_embedding = [](at::Tensor& query, at::Tensor& key, const at::Tensor& cos, const at::Tensor& sin) {
-        kernels::cpu::RotaryEmbeddingInPlace(query, key, cos, sin);
+        kernels::RotaryEmbeddingInPlace(query, key, cos, sin);
       };
       break;
     case KernelLayer::kPagedAttention:
@@ -179,6 +180,11 @@ void InstallLayerKernels(const LayerKernels& kernels) {
 
 const LayerKernels& CurrentLayerKernels() { return Current().load(std::memory_order_acquire)->kernels; }
 
+bool KernelRunsOn(KernelLayer layer, const LayerKernels& kernels, const c10::Device& device) {
+  if (device.is_cpu()) return true;
+  return device.is_cuda() && kernels.source(layer) == "builtin" && kernels::HasCudaKernels();
+}
+
 void CountKernelForward(KernelLayer layer, bool kernel_ran) {
   InstalledKernels* installed = Current().load(std::memory_order_acquire);
   const int index = static_cast<int>(layer);
@@ -189,7 +195,8 @@ std::pair<at::Tensor, at::Tensor> UseKernelRotary::operator()(const at::Tensor& 
                                                               const at::Tensor& cos, const at::Tensor& sin) const {
   const LayerKernels& kernels = CurrentLayerKernels();
   // The kernel rotates whole heads; a partial rotary (cos narrower than the head) stays eager.
-  const bool runs = kernels.rotary_embedding && q.device().is_cpu() && q.dim() == 4 && k.dim() == 4 &&
+  const bool runs = kernels.rotary_embedding && KernelRunsOn(KernelLayer::kRotaryEmbedding, kernels, q.device()) &&
+                    q.dim() == 4 && k.dim() == 4 &&
                     cos.dim() == 3 && cos.size(-1) == q.size(-1) && k.size(-1) == q.size(-1) &&
                     q.scalar_type() == cos.scalar_type() && k.scalar_type() == cos.scalar_type() &&
                     sin.scalar_type() == cos.scalar_type() && q.stride(-1) == 1 && k.stride(-1) == 1;

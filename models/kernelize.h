@@ -22,10 +22,11 @@
 //   Linear           every models::Linear (layers.h, not a mark in the model files): `builtin` runs decode-
 //                    sized products (<= 2 rows, float32 or bfloat16; q/k/v, gate/up siblings in one pass) with
 //                    kernels::cpu::SkinnyLinear(Group), larger float32 ones through oneDNN (cpu::PrefillLinear)
-// Values: `eager`, `builtin` (kernels/cpu), or a kernel repository reference namespace/name[@revision]
-// (a hub kernel, loaded through kernels/abi; see kernels/hub/hub_kernel.h). A layer falls back to
-// its eager forward for inputs its kernel does not take (a CUDA tensor for a CPU kernel, mixed
-// dtypes, a partial rotary), and each call is counted in
+// Values: `eager`, `builtin` (kernels/: CPU, and CUDA where kernels/cuda is loaded), or a kernel
+// repository reference namespace/name[@revision] (a hub kernel, loaded through kernels/abi; see
+// kernels/hub/hub_kernel.h). A layer falls back to its eager forward for inputs its kernel does not
+// take (a CUDA tensor for a hub kernel or without CUDA kernels, mixed dtypes, a partial rotary), and
+// each call is counted in
 // flotilla_kernel_forward_calls_total{layer, source} with the source that actually ran.
 //
 // Default (no mapping, or a name left out): eager, except PagedAttention=builtin. PagedAttention
@@ -99,6 +100,12 @@ void InstallLayerKernels(const LayerKernels& kernels);
 // The installed kernels (the default above until InstallLayerKernels).
 const LayerKernels& CurrentLayerKernels();
 
+// Whether the installed kernel of `layer` takes tensors on `device`: builtin kernels run on CPU, and
+// on CUDA once kernels/cuda has registered itself (a worker on --device cuda loads it:
+// kernels::HasCudaKernels); hub kernels, built for a CPU variant, on CPU only. Elsewhere the eager
+// forward runs.
+bool KernelRunsOn(KernelLayer layer, const LayerKernels& kernels, const c10::Device& device);
+
 // Adds one to flotilla_kernel_forward_calls_total{layer, source}: `kernel_ran` picks the installed
 // source, else "eager".
 void CountKernelForward(KernelLayer layer, bool kernel_ran);
@@ -114,7 +121,7 @@ class UseKernelForward<Eager, KernelLayer::kRmsNorm> : public Eager {
   using Eager::Eager;
   at::Tensor forward(const at::Tensor& hidden_states) {
     const LayerKernels& kernels = CurrentLayerKernels();
-    const bool runs = kernels.rms_norm && hidden_states.device().is_cpu() &&
+    const bool runs = kernels.rms_norm && KernelRunsOn(KernelLayer::kRmsNorm, kernels, hidden_states.device()) &&
                       this->weight.scalar_type() == hidden_states.scalar_type() &&
                       this->weight.device() == hidden_states.device();
     CountKernelForward(KernelLayer::kRmsNorm, runs);
@@ -150,7 +157,7 @@ class UseKernelForward<Eager, KernelLayer::kSiluAndMul> : public Eager {
   using Eager::Eager;
   at::Tensor forward(const at::Tensor& x) {
     const LayerKernels& kernels = CurrentLayerKernels();
-    const bool runs = kernels.silu_and_mul && x.device().is_cpu();
+    const bool runs = kernels.silu_and_mul && KernelRunsOn(KernelLayer::kSiluAndMul, kernels, x.device());
     CountKernelForward(KernelLayer::kSiluAndMul, runs);
     if (!runs) return Eager::forward(x);
     DebugScope debug(this, {{"x", x}});

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include "kernels/kernels.h"
 #include "models/auto.h"
 #include "models/generation.h"
 #include "models/layers.h"
@@ -101,6 +102,18 @@ TEST_F(KernelizeTest, AddAndForwardIsTheAddThenTheNormWithOrWithoutTheFusedKerne
   EXPECT_TRUE(at::equal(fused_sum, expected_sum)) << "the sum rounds as the eager add";
   EXPECT_LE((fused_normalized - expected).abs().max().item<double>(), 1e-6 * expected.abs().max().item<double>());
   EXPECT_TRUE(at::equal(residual, residual_before)) << "the layer's input is never written";
+}
+
+TEST_F(KernelizeTest, BuiltinKernelsTakeCudaTensorsOnlyWhereTheCudaKernelsAreLoaded) {
+  const LayerKernels builtin = *ResolveLayerKernels("RMSNorm=builtin");
+  EXPECT_TRUE(KernelRunsOn(KernelLayer::kRmsNorm, builtin, c10::Device("cpu")));
+  // models_test never loads kernels/cuda: a CUDA tensor takes the eager forward.
+  EXPECT_EQ(KernelRunsOn(KernelLayer::kRmsNorm, builtin, c10::Device("cuda:0")), kernels::HasCudaKernels());
+  EXPECT_FALSE(KernelRunsOn(KernelLayer::kRmsNorm, builtin, c10::Device("meta")));
+  LayerKernels hub = builtin;
+  hub.sources[static_cast<int>(KernelLayer::kRmsNorm)] = "acme/rmsnorm@0123abcd";  // a CPU variant's library
+  EXPECT_TRUE(KernelRunsOn(KernelLayer::kRmsNorm, hub, c10::Device("cpu")));
+  EXPECT_FALSE(KernelRunsOn(KernelLayer::kRmsNorm, hub, c10::Device("cuda:0")));
 }
 
 nlohmann::json TinyConfig(const std::string& model_type, const std::string& architecture, nlohmann::json overrides) {
