@@ -82,10 +82,13 @@ def test_left_padded_batch_generation_matches_transformers(decoder_fixtures, flo
 @pytest.mark.parametrize("case", ["llama_gqa_tied", "llama_mha_untied",
                                   "gpt2_untied_scaled", "phi3_longrope_sliding", "gemma2_mha_untied",
                                   "gemma3_mha_linear_rope_softcap"])
-def test_bfloat16_within_transformers_tolerance(decoder_fixtures, flotilla, tmp_path, case):
+@pytest.mark.parametrize("kernels", ["eager", "builtin"])
+def test_bfloat16_within_transformers_tolerance(decoder_fixtures, flotilla, tmp_path, case, kernels):
+    # "builtin": the worker's default layers (the bfloat16 skinny products, fused norms, rotary).
     reference = expected(decoder_fixtures, case)
+    mapping = ",".join(f"{layer}={kernels}" for layer in ("RMSNorm", "SiluAndMul", "RotaryEmbedding", "Linear"))
     ours = flotilla.forward(decoder_fixtures / case, ids_text(reference["input_ids"][:1]), tmp_path / "bf16.safetensors",
-                            "--dtype", "bfloat16")
+                            "--dtype", "bfloat16", "--kernels", mapping)
     assert ours["logits"].dtype == torch.bfloat16
     # transformers' own bf16 comparisons (tests/test_modeling_common.py) use atol=rtol=1e-2 or looser.
     torch.testing.assert_close(ours["logits"].float(), reference["bf16.logits"], atol=2e-2, rtol=2e-2)

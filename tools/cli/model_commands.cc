@@ -34,6 +34,7 @@
 #include "models/config.h"
 #include "models/debugger.h"
 #include "models/generation.h"
+#include "models/kernelize.h"
 #include "models/pooling.h"
 #include "models/safetensors.h"
 #include "services/preprocess/chat_template/chat_template.h"
@@ -61,6 +62,7 @@ struct ModelFlags {
   std::string master_address = "127.0.0.1";
   int master_port = 29500;
   std::string tp_plan;
+  std::string kernels;  // the worker's --kernels mapping (eager / builtin per layer name); "" = eager
 };
 
 void AddModelFlags(CLI::App* command, ModelFlags& flags) {
@@ -82,6 +84,9 @@ void AddModelFlags(CLI::App* command, ModelFlags& flags) {
   command->add_option("--master-address", flags.master_address, "rank 0's address (as torchrun's MASTER_ADDR)");
   command->add_option("--master-port", flags.master_port, "rank 0's store port (as MASTER_PORT)");
   command->add_option("--tp-plan", flags.tp_plan, "a JSON tensor-parallel plan overriding the model's");
+  command->add_option("--kernels", flags.kernels,
+                      "layer kernels as the worker's flag, e.g. RMSNorm=builtin,SiluAndMul=builtin,"
+                      "RotaryEmbedding=builtin,Linear=builtin (default: eager)");
 }
 
 // The local folder of flags.model: itself when it is a folder, else the registry reference pulled
@@ -190,6 +195,12 @@ at::Tensor ReadPixelValues(const VisionFlags& vision, const std::string& folder)
 }
 
 std::shared_ptr<models::PreTrainedModel> Load(const ModelFlags& flags, const std::string& folder) {
+  if (!flags.kernels.empty()) {
+    // The same layers the worker would run, so a comparison with transformers covers them.
+    absl::StatusOr<models::LayerKernels> kernels = models::ResolveLayerKernels(flags.kernels);
+    if (!kernels.ok()) throw CommandFailed(2, absl::StrCat("--kernels: ", kernels.status().message()));
+    models::InstallLayerKernels(*kernels);
+  }
   models::LoadOptions options;
   options.attn_implementation = flags.attention;
   options.architecture = flags.architecture;
