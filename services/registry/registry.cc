@@ -169,7 +169,7 @@ absl::StatusOr<CommitRecord> Registry::CreateCommit(const std::string& namespace
   std::shared_lock lock(garbage_mutex_);
   auto verify_blobs = [&]() -> absl::Status {
     for (const TreeEntry& file : files) {
-      absl::StatusOr<int64_t> size = blobs_->Size(file.sha256);
+      absl::StatusOr<int64_t> size = StoredSize(file.sha256);
       if (!size.ok()) {
         return absl::FailedPreconditionError(absl::StrCat(where, ": file ", file.path, ": blob ", file.sha256,
                                                           " is not in the registry; upload it before committing"));
@@ -205,7 +205,7 @@ absl::StatusOr<KernelManifest> Registry::ReadKernelManifest(const std::vector<Tr
       return absl::InvalidArgumentError(absl::StrCat(kKernelManifestPath, " is ", file.size, " bytes; the limit is ", kMaxManifestBytes));
     }
     std::string text;
-    if (absl::Status read = blobs_->Read(file.sha256, 0, file.size, &text); !read.ok()) return read;
+    if (absl::Status read = ReadStored(file.sha256, 0, file.size, &text); !read.ok()) return read;
     return ParseKernelManifest(text);
   }
   return absl::InvalidArgumentError(absl::StrCat(
@@ -230,9 +230,29 @@ std::vector<std::string> Registry::FindMissingBlobs(const std::vector<std::strin
   std::set<std::string> seen;
   for (const std::string& digest : digests) {
     if (!seen.insert(digest).second) continue;
-    if (!blobs_->Touch(digest).ok()) missing.push_back(digest);
+    if (!blobs_->Touch(digest).ok() && !xet_->FileSize(digest, /*touch=*/true).ok()) missing.push_back(digest);
   }
   return missing;
+}
+
+absl::StatusOr<int64_t> Registry::StoredSize(const std::string& sha256) {
+  absl::StatusOr<int64_t> size = blobs_->Size(sha256);
+  if (size.ok() || !absl::IsNotFound(size.status())) return size;
+  absl::StatusOr<int64_t> chunked = xet_->FileSize(sha256);
+  if (absl::IsNotFound(chunked.status())) return size;
+  return chunked;
+}
+
+absl::Status Registry::ReadStored(const std::string& sha256, int64_t offset, int64_t length, std::string* output) {
+  if (blobs_->Size(sha256).ok()) {
+    std::string buffer;
+    if (absl::Status status = blobs_->Read(sha256, offset, length, &buffer); !status.ok()) return status;
+    output->append(buffer);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::unique_ptr<XetFileReader>> reader = xet_->OpenFile(sha256);
+  if (!reader.ok()) return reader.status();
+  return (*reader)->Read(offset, length, output);
 }
 
 absl::StatusOr<KernelVariant> Registry::FindKernelVariant(const std::string& namespace_name, const std::string& name,
@@ -324,7 +344,7 @@ absl::StatusOr<GarbageReport> Registry::CollectGarbage(bool dry_run) {
 
 double Registry::DedupRatio() {
   absl::StatusOr<int64_t> logical = metadata_->LogicalBytes();
-  int64_t stored = stored_bytes_;
+  int64_t stored = stored_bytes();
   if (!logical.ok() || stored <= 0) return 1.0;
   return static_cast<double>(*logical) / static_cast<double>(stored);
 }
