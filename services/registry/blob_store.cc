@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <system_error>
@@ -86,17 +88,47 @@ absl::StatusOr<std::string> Sha256OfFile(const std::string& path) {
   return hasher.HexDigest();
 }
 
+// Note [Direct upload writes]: a large upload's bytes bypass the page cache. Profiling a 1 GiB
+// `flotilla push` showed half of the registry's CPU in the kernel's copy of each pwrite into the
+// page cache (copy_folio_from_iter_atomic), and that copy's cost swings 3-4x with the machine's
+// memory pressure (the kernel must reclaim page cache to make room): `dd bs=4M conv=fsync` of the
+// same 1 GiB took 0.38-1.45 s of system time in three runs, `dd bs=8M oflag=direct conv=fsync`
+// 0.20-0.28 s (2026-12-07, load 2.4-2.9). So the bytes are gathered in an aligned 8 MiB buffer
+// (a copy of data still in the CPU's cache after its sha256) and written with O_DIRECT, which the
+// device reads by DMA; only the unaligned tail goes through the page cache, and the fsync in
+// Finish has little left to flush. Where O_DIRECT is refused (tmpfs, or a resume at an offset
+// that is not 4 KiB aligned) every write is buffered, as before.
+namespace {
+constexpr size_t kDirectBufferBytes = 8 << 20;
+constexpr int64_t kDirectAlignment = 4096;
+}  // namespace
+
 class LocalBlobUpload final : public BlobUpload {
  public:
   LocalBlobUpload(LocalBlobStore* store, std::string sha256, int64_t size, int descriptor, int64_t offset)
       : store_(store), sha256_(std::move(sha256)), size_(size), descriptor_(descriptor), committed_(offset),
-        written_back_(offset) {}
+        written_back_(offset), flushed_(offset) {
+    constexpr int64_t kDirectMinimumBytes = 16 << 20;  // small blobs gain nothing from it
+    if (size_ - offset >= kDirectMinimumBytes && offset % kDirectAlignment == 0) {
+      direct_descriptor_ = open(store_->PartialPath(sha256_).c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+      void* buffer = nullptr;
+      if (direct_descriptor_ >= 0 && posix_memalign(&buffer, kDirectAlignment, kDirectBufferBytes) == 0) {
+        buffer_ = static_cast<char*>(buffer);
+      } else if (direct_descriptor_ >= 0) {
+        close(direct_descriptor_);
+        direct_descriptor_ = -1;
+      }
+    }
+  }
   ~LocalBlobUpload() override {
     if (descriptor_ >= 0) {
       // An abandoned upload keeps its bytes for resume; make them durable first.
+      FlushBuffer(/*whole=*/true).IgnoreError();
       fdatasync(descriptor_);
       close(descriptor_);
     }
+    if (direct_descriptor_ >= 0) close(direct_descriptor_);
+    free(buffer_);
     store_->EndUpload(sha256_);
   }
 
@@ -112,19 +144,23 @@ class LocalBlobUpload final : public BlobUpload {
       return absl::OutOfRangeError(absl::StrCat("upload of blob ", sha256_, ": data runs past the announced size ",
                                                 size_, " (", committed_, " bytes held, ", data.size(), " more sent)"));
     }
-    const char* cursor = data.data();
-    size_t left = data.size();
-    while (left > 0) {
-      ssize_t written = pwrite(descriptor_, cursor, left, committed_);
-      if (written < 0) {
-        if (errno == EINTR) continue;
-        return ErrnoError("pwrite", store_->PartialPath(sha256_));
-      }
-      cursor += written;
-      left -= written;
-      committed_ += written;
-    }
     hasher_.Update(data);
+    if (buffer_ != nullptr) {
+      // Note [Direct upload writes]: gathered, then written a whole buffer at a time.
+      while (!data.empty()) {
+        const size_t room = kDirectBufferBytes - static_cast<size_t>(committed_ - flushed_);
+        const size_t taken = std::min(room, data.size());
+        std::memcpy(buffer_ + (committed_ - flushed_), data.data(), taken);
+        committed_ += static_cast<int64_t>(taken);
+        data.remove_prefix(taken);
+        if (committed_ - flushed_ == static_cast<int64_t>(kDirectBufferBytes)) {
+          if (absl::Status status = FlushBuffer(/*whole=*/false); !status.ok()) return status;
+        }
+      }
+      return absl::OkStatus();
+    }
+    if (absl::Status status = WriteBuffered(data.data(), data.size(), committed_); !status.ok()) return status;
+    committed_ += static_cast<int64_t>(data.size());
     // Start writeback of each completed 16 MiB as it arrives, so the fsync in Finish has little
     // left to flush: the disk works while the network does, instead of after it.
     constexpr int64_t kWritebackBytes = 16 << 20;
@@ -136,6 +172,7 @@ class LocalBlobUpload final : public BlobUpload {
   }
 
   absl::Status Sync() override {
+    if (absl::Status status = FlushBuffer(/*whole=*/true); !status.ok()) return status;
     if (fdatasync(descriptor_) != 0) return ErrnoError("fdatasync", store_->PartialPath(sha256_));
     return absl::OkStatus();
   }
@@ -154,6 +191,7 @@ class LocalBlobUpload final : public BlobUpload {
       return absl::DataLossError(absl::StrCat("upload of blob ", sha256_, ": the ", size_,
                                               " bytes received hash to sha256 ", actual, "; nothing was stored"));
     }
+    if (absl::Status status = FlushBuffer(/*whole=*/true); !status.ok()) return status;
     if (fsync(descriptor_) != 0) return ErrnoError("fsync", partial);
     close(descriptor_);
     descriptor_ = -1;
@@ -165,6 +203,57 @@ class LocalBlobUpload final : public BlobUpload {
   }
 
  private:
+  absl::Status WriteBuffered(const char* cursor, size_t left, int64_t offset) {
+    while (left > 0) {
+      ssize_t written = pwrite(descriptor_, cursor, left, offset);
+      if (written < 0) {
+        if (errno == EINTR) continue;
+        return ErrnoError("pwrite", store_->PartialPath(sha256_));
+      }
+      cursor += written;
+      left -= static_cast<size_t>(written);
+      offset += written;
+    }
+    return absl::OkStatus();
+  }
+
+  // Writes the gathered bytes [flushed_, committed_): the aligned part with O_DIRECT, and with
+  // `whole` the unaligned rest through the page cache (after which the upload stays buffered:
+  // the next direct write would start unaligned).
+  absl::Status FlushBuffer(bool whole) {
+    if (buffer_ == nullptr) return absl::OkStatus();
+    const int64_t gathered = committed_ - flushed_;
+    const int64_t aligned = gathered - gathered % kDirectAlignment;
+    int64_t done = 0;
+    while (done < aligned) {
+      ssize_t written = pwrite(direct_descriptor_, buffer_ + done, static_cast<size_t>(aligned - done), flushed_ + done);
+      if (written < 0 && errno == EINTR) continue;
+      if (written <= 0 || written % kDirectAlignment != 0) break;  // refused: the rest goes buffered
+      done += written;
+    }
+    const bool direct_refused = done < aligned;
+    if (done < gathered && (whole || direct_refused)) {
+      if (absl::Status status = WriteBuffered(buffer_ + done, static_cast<size_t>(gathered - done), flushed_ + done);
+          !status.ok()) {
+        return status;
+      }
+      done = gathered;
+    }
+    if (done == gathered) {
+      flushed_ = committed_;
+      written_back_ = committed_;
+    } else {
+      // Only for a partial direct write without `whole`: keep the unwritten bytes at the front.
+      std::memmove(buffer_, buffer_ + done, static_cast<size_t>(gathered - done));
+      flushed_ += done;
+    }
+    if (whole || direct_refused) {
+      free(buffer_);
+      buffer_ = nullptr;
+    }
+    return absl::OkStatus();
+  }
+
   LocalBlobStore* store_;
   std::string sha256_;
   int64_t size_;
@@ -172,6 +261,9 @@ class LocalBlobUpload final : public BlobUpload {
   int64_t committed_;
   int64_t written_back_;  // writeback started for [0, written_back_)
   Sha256 hasher_;
+  int direct_descriptor_ = -1;  // the partial opened with O_DIRECT, or -1
+  char* buffer_ = nullptr;      // gathered bytes [flushed_, committed_), aligned; null once buffered
+  int64_t flushed_;             // bytes written to the file
 };
 
 absl::StatusOr<std::unique_ptr<LocalBlobStore>> LocalBlobStore::Open(const std::string& root,
