@@ -66,6 +66,8 @@ absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& 
                     : XetStore::Open(options.data_directory, *registry->blobs_, shared_database);
   if (!xet.ok()) return xet.status();
   registry->xet_ = *std::move(xet);
+  Registry* raw = registry.get();
+  raw->xet_->OnBlobReleased([raw](int64_t size) { raw->stored_bytes_ -= size; });
   int64_t stored = 0;
   if (absl::Status status = registry->blobs_->ForEachBlob([&](const BlobInfo& blob) { stored += blob.size; });
       !status.ok()) {
@@ -244,12 +246,14 @@ absl::StatusOr<int64_t> Registry::StoredSize(const std::string& sha256) {
 }
 
 absl::Status Registry::ReadStored(const std::string& sha256, int64_t offset, int64_t length, std::string* output) {
-  if (blobs_->Size(sha256).ok()) {
-    std::string buffer;
-    if (absl::Status status = blobs_->Read(sha256, offset, length, &buffer); !status.ok()) return status;
+  std::string buffer;
+  absl::Status read = blobs_->Read(sha256, offset, length, &buffer);
+  if (read.ok()) {
     output->append(buffer);
     return absl::OkStatus();
   }
+  // Not a blob (or no longer: its Xet view replaced it): the file stored as chunks.
+  if (!absl::IsNotFound(read)) return read;
   absl::StatusOr<std::unique_ptr<XetFileReader>> reader = xet_->OpenFile(sha256);
   if (!reader.ok()) return reader.status();
   return (*reader)->Read(offset, length, output);

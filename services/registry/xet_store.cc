@@ -883,7 +883,10 @@ absl::StatusOr<XetHash> XetStore::FileHashForBlob(const std::string& sha256, int
   if (std::optional<XetHash> existing = FirstFileHash(database_->Run(kFileBySha256, {sha256, size}))) return *existing;
   std::lock_guard xetify_lock(xetify_mutex_);
   std::shared_lock gc_lock(gc_mutex_);
-  if (std::optional<XetHash> existing = FirstFileHash(database_->Run(kFileBySha256, {sha256, size}))) return *existing;
+  if (std::optional<XetHash> existing = FirstFileHash(database_->Run(kFileBySha256, {sha256, size}))) {
+    if (absl::Status released = ReleaseBlob(sha256, size); !released.ok()) return released;
+    return *existing;
+  }
   FileRecord record;
   record.sha256 = sha256;
   record.size = static_cast<uint64_t>(size);
@@ -940,7 +943,21 @@ absl::StatusOr<XetHash> XetStore::FileHashForBlob(const std::string& sha256, int
   }
   XetHash file_hash = XetFileHash(file_chunks);
   if (absl::Status status = RecordFile(file_hash, record); !status.ok()) return status;
+  if (absl::Status released = ReleaseBlob(sha256, size); !released.ok()) return released;
   return file_hash;
+}
+
+absl::Status XetStore::ReleaseBlob(const std::string& sha256, int64_t size) {
+  // Note [One store, two views]: the xorbs were durable (and, with a bucket, uploaded) before the
+  // file was recorded, so from here every view reads the chunks; a download that opened the blob
+  // keeps its descriptor. A crash before this line leaves both copies, and the next call for the
+  // blob (FindMissingChunks, a HEAD) deletes it.
+  if (size == 0 || !blobs_.Size(sha256).ok()) return absl::OkStatus();  // an empty blob costs nothing
+  if (absl::Status status = blobs_.Delete(sha256); !status.ok()) {
+    return absl::Status(status.code(), absl::StrCat("release blob ", sha256, " (stored as chunks now): ", status.message()));
+  }
+  if (on_blob_released_) on_blob_released_(size);
+  return absl::OkStatus();
 }
 
 std::string XetStore::IssueToken(const std::string& repository, bool write, int64_t expires_unix_seconds) const {

@@ -7,7 +7,8 @@
 // XetFileReader, which reconstructs any byte range from the chunks, so the blob store holds no
 // second copy. A blob that arrived another way (`flotilla push`, LFS) gets its Xet view on first
 // request (FileHashForBlob): it is chunked with the Xet chunker, its chunks written as
-// uncompressed xorbs, and its reconstruction recorded, so hf_xet can download it through the CAS.
+// uncompressed xorbs, and its reconstruction recorded, so hf_xet can download it through the CAS;
+// then the blob is deleted, and the file too is read through its chunks from then on.
 // Commits name sha256s; Registry::StoredSize finds them in the blob store or here, and a Xet file
 // is recorded only once complete and verified.
 //
@@ -181,7 +182,8 @@ class XetStore {
   // hashes keyed by a fresh random key); NOT_FOUND when no stored xorb holds it.
   absl::StatusOr<std::string> DedupShard(const XetHash& chunk_hash);
 
-  // The Xet file hash of a stored blob, creating its Xet view first if it has none (see the Note).
+  // The Xet file hash of a stored blob, creating its Xet view first if it has none, after which the
+  // blob (now a second copy) is deleted (see the Note).
   absl::StatusOr<XetHash> FileHashForBlob(const std::string& sha256, int64_t size);
   // The Xet file hash of a blob that has its Xet view already; nullopt otherwise (nothing is created).
   std::optional<XetHash> ExistingFileHashForBlob(const std::string& sha256, int64_t size);
@@ -191,6 +193,9 @@ class XetStore {
   // Only a repository a file was uploaded to or advertised by may reconstruct it.
   absl::Status Grant(const XetHash& file_hash, const std::string& repository);
   bool Granted(const XetHash& file_hash, const std::string& repository);
+
+  // Called with a blob's size when its Xet view replaced it (for the stored-bytes statistics).
+  void OnBlobReleased(std::function<void(int64_t)> callback) { on_blob_released_ = std::move(callback); }
 
   std::string XorbPath(const XetHash& hash) const;
   // XorbPath, after fetching the xorb from the shared bucket when this replica has no copy yet.
@@ -246,6 +251,9 @@ class XetStore {
   S3Client* xorb_bucket_ = nullptr;        // shared copies of the xorbs, or none
   std::string xorb_prefix_;
   std::string secret_;
+  // Deletes the blob `sha256` once the file is recorded as chunks (nothing when it is gone).
+  absl::Status ReleaseBlob(const std::string& sha256, int64_t size);
+  std::function<void(int64_t)> on_blob_released_;
   std::mutex xetify_mutex_;      // one blob gets its Xet view at a time
   std::shared_mutex gc_mutex_;   // uploads shared, garbage collection exclusive
 

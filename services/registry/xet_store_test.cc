@@ -321,6 +321,11 @@ TEST_P(XetStoreTest, PushedBlobGetsXetViewMatchingChunker) {
   uint64_t total = 0;
   for (const XetReconstructionTerm& term : plan->terms) total += term.unpacked_bytes;
   EXPECT_EQ(total, data.size());
+  // Note [One store, two views]: the view's xorbs replaced the blob; the file reads back from them.
+  EXPECT_EQ(blobs_->Size(sha256).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(*store_->FileSize(sha256), static_cast<int64_t>(data.size()));
+  ExpectReadsBack(*store_, sha256, data, 131072);
+  EXPECT_EQ(*store_->FileHashForBlob(sha256, data.size()), *file_hash);
 }
 
 TEST_P(XetStoreTest, TokensAreScopedSignedAndExpire) {

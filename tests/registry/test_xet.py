@@ -229,6 +229,16 @@ def test_xet_hash_advertised_equals_hf_xet_hash_for_pushed_files(registry, model
     """, client_environment(registry, tmp_path / "hf_home"))
     assert same_bytes(model_folder / "weights.bin", Path(result.stdout.strip().splitlines()[-1]))
     assert metric(registry, "flotilla_registry_pulls_total", 'api="xet"') >= 1
+    # Note [One store, two views]: the view's xorbs replaced the pushed blob (one copy on disk), and
+    # the registry's own client reads the file from them.
+    digest = hashlib.sha256((model_folder / "weights.bin").read_bytes()).hexdigest()
+    assert not list((registry.data_dir / "blobs").rglob(digest))
+    size = (model_folder / "weights.bin").stat().st_size
+    assert size < bytes_on_disk(registry)["xet/xorbs"] < 1.05 * size
+    target = tmp_path / "pulled"
+    run_cli(registry, "pull", "acme/pushed", str(target))
+    for item in model_folder.iterdir():
+        assert same_bytes(item, target / item.name), item.name
 
 
 def test_hf_cli_upload_and_download(registry, model_folder, tmp_path):
