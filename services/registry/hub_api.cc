@@ -345,6 +345,9 @@ class HubHandlers {
           const size_t piece = std::min(length, kPieceBytes);
           const size_t start = offset - offset % page;
           const size_t window_length = offset + piece - start;
+          // The next windows read ahead while this one is sent (a blob just pushed is not in the
+          // page cache: Note [Direct upload writes] in blob_store.cc).
+          posix_fadvise(descriptor, static_cast<off_t>(offset + piece), 2 * kPieceBytes, POSIX_FADV_WILLNEED);
           void* window = mmap(nullptr, window_length, PROT_READ, MAP_SHARED, descriptor, static_cast<off_t>(start));
           if (window == MAP_FAILED) return false;
           madvise(window, window_length, MADV_SEQUENTIAL);

@@ -593,7 +593,10 @@ class DownloadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
       if (absl::IsNotFound(reader.status())) {
         return absl::DataLossError(absl::StrCat("download of ", entry_.path, ": blob ", entry_.sha256, " is missing"));
       }
-      if (!reader.ok()) return absl::Status(reader.status().code(), absl::StrCat("download of ", entry_.path, ": ", reader.status().message()));
+      if (!reader.ok()) {
+        return absl::Status(reader.status().code(),
+                            absl::StrCat("download of ", entry_.path, ": ", reader.status().message()));
+      }
       if ((*reader)->size() != entry_.size) {
         return absl::DataLossError(absl::StrCat("download of ", entry_.path, ": file ", entry_.sha256, " holds ",
                                                 (*reader)->size(), " bytes, expected ", entry_.size));
@@ -649,6 +652,9 @@ class DownloadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
       if (window_ == nullptr || offset_ + length > window_->end()) {
         if (window_ != nullptr) window_->Release();
         window_ = nullptr;
+        // A blob just pushed was written past the page cache (Note [Direct upload writes] in
+        // blob_store.cc): ask for the next windows now, so the disk reads ahead of the sender.
+        posix_fadvise(descriptor_, offset_ + kDownloadWindowBytes, 2 * kDownloadWindowBytes, POSIX_FADV_WILLNEED);
         auto mapped = MappedWindow::Map(descriptor_, offset_, std::min(kDownloadWindowBytes, entry_.size - offset_));
         if (!mapped.ok()) {
           return Finish(grpc::Status(grpc::StatusCode::INTERNAL, absl::StrCat("download of ", entry_.path, ": blob ",
