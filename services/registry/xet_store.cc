@@ -379,10 +379,24 @@ absl::Status XetStore::RecordFile(const XetHash& hash, const FileRecord& file) {
                                      {text, file.sha256, static_cast<int64_t>(file.size), SqlBytes{PackTerms(file.terms)}, now})
                                 .status();
     if (!inserted.ok()) return inserted;
-    for (const XetReconstructionTerm& term : file.terms) {
+    std::set<XetHash> xorbs;
+    for (const XetReconstructionTerm& term : file.terms) xorbs.insert(term.xorb_hash);
+    for (const XetHash& xorb : xorbs) {
+      // Note [Xet garbage collection]: the file's xorbs are its only copy, so each must still be
+      // stored when the file is recorded, and must not be collected after: refreshing its age in
+      // this transaction makes a collection on any replica either delete it first (then this
+      // finds no row, and the shard is refused: upload the xorb again) or see it as young.
+      absl::StatusOr<SqlRows> touched = session.Run("UPDATE xorbs SET created = ? WHERE hash = ? RETURNING hash",
+                                                    {now, XetHashToString(xorb)});
+      if (!touched.ok()) return touched.status();
+      if (touched->empty()) {
+        // The status a shard naming a missing xorb gets (400), as for the checks before.
+        return absl::InvalidArgumentError(absl::StrCat("xorb ", XetHashToString(xorb),
+                                                       " was collected meanwhile; upload it again"));
+      }
       absl::Status uses = session
                               .Run("INSERT INTO file_xorbs(xorb, file) VALUES(?, ?) ON CONFLICT DO NOTHING",
-                                   {XetHashToString(term.xorb_hash), text})
+                                   {XetHashToString(xorb), text})
                               .status();
       if (!uses.ok()) return uses;
     }
@@ -589,11 +603,28 @@ absl::StatusOr<int64_t> XetStore::FileSize(const std::string& sha256, bool touch
   if (rows->empty()) return absl::NotFoundError(absl::StrCat("file ", sha256, " is not stored as chunks"));
   const int64_t size = rows->Int(0, 0);
   if (touch) {
-    absl::Status touched = database_
-                               ->Run("UPDATE files SET created = ? WHERE sha256 = ?",
-                                     {static_cast<int64_t>(absl::ToUnixSeconds(absl::Now())), sha256})
-                               .status();
+    // Note [Xet garbage collection]: the file and its xorbs get younger together, in one
+    // transaction, so a collection either deleted the file first (then it is missing here, and
+    // the push uploads it) or keeps both.
+    const int64_t now = absl::ToUnixSeconds(absl::Now());
+    bool found = false;
+    absl::Status touched = database_->Transaction([&](SqlSession& session) -> absl::Status {
+      absl::StatusOr<SqlRows> files =
+          session.Run("UPDATE files SET created = ? WHERE sha256 = ? RETURNING terms", {now, sha256});
+      if (!files.ok()) return files.status();
+      found = !files->empty();
+      std::set<XetHash> xorbs;
+      for (size_t row = 0; row < files->size(); ++row) {
+        for (const XetReconstructionTerm& term : UnpackTerms(files->Text(row, 0))) xorbs.insert(term.xorb_hash);
+      }
+      for (const XetHash& xorb : xorbs) {
+        absl::Status status = session.Run("UPDATE xorbs SET created = ? WHERE hash = ?", {now, XetHashToString(xorb)}).status();
+        if (!status.ok()) return status;
+      }
+      return absl::OkStatus();
+    });
     if (!touched.ok()) return touched;
+    if (!found) return absl::NotFoundError(absl::StrCat("file ", sha256, " is not stored as chunks"));
   }
   return size;
 }
@@ -1041,14 +1072,30 @@ absl::StatusOr<XetGarbageReport> XetStore::CollectGarbage(const std::set<std::st
   for (const auto& [hash, bytes] : doomed_xorbs) report.freed_bytes += bytes;
   if (dry_run) return report;
   for (const std::string& hash : doomed_files) {
-    for (const char* sql : {"DELETE FROM files WHERE hash = ?", "DELETE FROM file_repositories WHERE file = ?",
-                            "DELETE FROM file_xorbs WHERE file = ?"}) {
+    // Only while still old: a push that found the file stored (FileSize with touch) refreshed it.
+    absl::StatusOr<SqlRows> deleted =
+        database_->Run("DELETE FROM files WHERE hash = ? AND created <= ? RETURNING hash", {hash, cutoff_seconds});
+    if (!deleted.ok()) return deleted.status();
+    if (deleted->empty()) {
+      --report.deleted_files;
+      continue;
+    }
+    for (const char* sql : {"DELETE FROM file_repositories WHERE file = ?", "DELETE FROM file_xorbs WHERE file = ?"}) {
       if (absl::Status status = database_->Run(sql, {hash}).status(); !status.ok()) return status;
     }
   }
   for (const auto& [hash, bytes] : doomed_xorbs) {
-    for (const char* sql : {"DELETE FROM xorbs WHERE hash = ?", "DELETE FROM chunks WHERE xorb = ?"}) {
-      if (absl::Status status = database_->Run(sql, {hash}).status(); !status.ok()) return status;
+    // Only while still old: a file recorded meanwhile (on any replica) refreshed it (RecordFile).
+    absl::StatusOr<SqlRows> deleted =
+        database_->Run("DELETE FROM xorbs WHERE hash = ? AND created <= ? RETURNING hash", {hash, cutoff_seconds});
+    if (!deleted.ok()) return deleted.status();
+    if (deleted->empty()) {
+      --report.deleted_xorbs;
+      report.freed_bytes -= bytes;
+      continue;
+    }
+    if (absl::Status status = database_->Run("DELETE FROM chunks WHERE xorb = ?", {hash}).status(); !status.ok()) {
+      return status;
     }
     absl::StatusOr<XetHash> parsed = XetHashFromString(hash);
     if (parsed.ok()) unlink(XorbPath(*parsed).c_str());

@@ -26,7 +26,11 @@
 // Thread-safe (a XetFileReader is not: one per download). Note [Xet garbage collection]: uploads
 // take a shared lock that CollectGarbage takes exclusively; files unreferenced by any commit and
 // xorbs no remaining file uses are deleted only past the grace period, so a shard uploaded just
-// before its commit (or a xorb just before its shard) survives.
+// before its commit (or a xorb just before its shard) survives. Across replicas, where that lock
+// does not reach and a file's xorbs are its only copy: recording a file refreshes the age of its
+// xorbs in the same transaction (and fails if one is gone), a push finding a file stored
+// refreshes the file and its xorbs together, and collection deletes a file or xorb only with a
+// `created <= cutoff` condition in the DELETE itself, so whichever comes second sees the other.
 #pragma once
 
 #include <condition_variable>

@@ -150,8 +150,12 @@ class XetStoreTest : public ::testing::TestWithParam<std::string> {
     auto store = XetStore::Open(directory_.string(), *blobs_, database);
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = *std::move(store);
+    // A second connection to the same tables, to age rows as time passing would.
+    database_ = database;
+    if (database_ == nullptr) database_ = *OpenSqlDatabase((directory_ / "xet" / "xet.sqlite3").string());
   }
   void TearDown() override {
+    database_.reset();
     store_.reset();
     blobs_.reset();
     std::filesystem::remove_all(directory_);
@@ -160,6 +164,7 @@ class XetStoreTest : public ::testing::TestWithParam<std::string> {
   std::filesystem::path directory_;
   std::unique_ptr<LocalBlobStore> blobs_;
   std::unique_ptr<XetStore> store_;
+  std::shared_ptr<SqlDatabase> database_;
 };
 
 TEST_P(XetStoreTest, XorbIsVerifiedAndStoredOnce) {
@@ -375,6 +380,32 @@ TEST_P(XetStoreTest, GarbageCollectionSparesReferencedAndRecentFiles) {
   EXPECT_EQ(report.deleted_files, 1);
   EXPECT_EQ(report.deleted_xorbs, 1);
   EXPECT_FALSE(std::filesystem::exists(store_->XorbPath(xorb.hash)));
+}
+
+// Note [Xet garbage collection]: a push that finds a file stored refreshes the file and its xorbs
+// together, so a collection that follows keeps both (the xorbs are the file's only copy); without
+// that, both go once old.
+TEST_P(XetStoreTest, AFileFoundByAPushKeepsItsXorbsThroughCollection) {
+  TestXorb xorb = MakeXorb({RandomBytes(3000, 13), RandomBytes(2000, 14)});
+  ASSERT_TRUE(store_->PutXorb(xorb.hash, xorb.serialized).ok());
+  ASSERT_TRUE(store_->PutShard(MakeShard(xorb), "acme/model").ok());
+  const std::string sha256 = Sha256OfString(xorb.chunks[0] + xorb.chunks[1]);
+  auto age_everything = [&] {
+    ASSERT_TRUE(database_->Run("UPDATE files SET created = 0").ok());
+    ASSERT_TRUE(database_->Run("UPDATE xorbs SET created = 0").ok());
+  };
+  age_everything();
+  ASSERT_EQ(*store_->FileSize(sha256, /*touch=*/true), 5000);
+  XetGarbageReport kept = *store_->CollectGarbage({}, absl::Now() - absl::Minutes(1), false);
+  EXPECT_EQ(kept.deleted_files, 0);
+  EXPECT_EQ(kept.deleted_xorbs, 0);
+  ExpectReadsBack(*store_, sha256, xorb.chunks[0] + xorb.chunks[1], 1000);
+  age_everything();
+  XetGarbageReport collected = *store_->CollectGarbage({}, absl::Now() - absl::Minutes(1), false);
+  EXPECT_EQ(collected.deleted_files, 1);
+  EXPECT_EQ(collected.deleted_xorbs, 1);
+  EXPECT_EQ(store_->FileSize(sha256, /*touch=*/true).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->OpenFile(sha256).status().code(), absl::StatusCode::kNotFound);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, XetStoreTest, ::testing::Values("sqlite", "postgres"),
