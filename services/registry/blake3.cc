@@ -255,16 +255,100 @@ __attribute__((target("avx2"))) void CompressEightChunks(const uint8_t* input, c
   }
 }
 
+// Note [BLAKE3 with AVX-512]: the same compression, sixteen chunks (16 KiB) at once in the sixteen
+// lanes of AVX-512 registers, where the CPU has AVX-512F. The rotations are single instructions
+// (vprord) instead of shuffles and shift pairs, and the message words are loaded as two 8×8
+// transposes (LoadTransposed, chunks 0-7 and 8-15) joined into one register. Taken before the
+// eight-lane path for runs of more than sixteen whole chunks; the eight-lane path and the
+// portable code finish the rest. Checked like the AVX2 path against the test vectors and the
+// portable path (SimdAndPortablePathsAgree), with each SIMD level allowed in turn.
+constexpr size_t kWideSimdChunks = 16;
+
+__attribute__((target("avx2,avx512f"))) inline void LoadTransposedSixteen(const uint8_t* start, __m512i words[8]) {
+  __m256i low[8];
+  __m256i high[8];
+  LoadTransposed(start, low);
+  LoadTransposed(start + 8 * kChunkLength, high);
+  for (int word = 0; word < 8; ++word) {
+    words[word] = _mm512_inserti64x4(_mm512_castsi256_si512(low[word]), high[word], 1);
+  }
+}
+
+// The chaining values of the sixteen whole chunks at `input` (chunk counters counter … counter + 15).
+__attribute__((target("avx2,avx512f"))) void CompressSixteenChunks(const uint8_t* input, const uint32_t key_words[8],
+                                                                   uint64_t counter, uint32_t flags,
+                                                                   uint32_t chaining_values[kWideSimdChunks][8]) {
+  __m512i h[8];
+  for (int word = 0; word < 8; ++word) h[word] = _mm512_set1_epi32(static_cast<int>(key_words[word]));
+  uint32_t counter_low[kWideSimdChunks];
+  uint32_t counter_high[kWideSimdChunks];
+  for (size_t lane = 0; lane < kWideSimdChunks; ++lane) {
+    counter_low[lane] = static_cast<uint32_t>(counter + lane);
+    counter_high[lane] = static_cast<uint32_t>((counter + lane) >> 32);
+  }
+  const __m512i counter_low_vector = _mm512_loadu_si512(counter_low);
+  const __m512i counter_high_vector = _mm512_loadu_si512(counter_high);
+  for (size_t block = 0; block < kChunkLength / kBlockLength; ++block) {
+    __m512i message[16];
+    const uint8_t* block_start = input + block * kBlockLength;
+    LoadTransposedSixteen(block_start, message);
+    LoadTransposedSixteen(block_start + 32, message + 8);
+    const uint32_t block_flags = flags | (block == 0 ? kChunkStart : 0) |
+                                 (block == kChunkLength / kBlockLength - 1 ? kChunkEnd : 0);
+    __m512i v[16] = {h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7],
+                     _mm512_set1_epi32(static_cast<int>(kIv[0])), _mm512_set1_epi32(static_cast<int>(kIv[1])),
+                     _mm512_set1_epi32(static_cast<int>(kIv[2])), _mm512_set1_epi32(static_cast<int>(kIv[3])),
+                     counter_low_vector, counter_high_vector,
+                     _mm512_set1_epi32(static_cast<int>(kBlockLength)), _mm512_set1_epi32(static_cast<int>(block_flags))};
+#define FLOTILLA_BLAKE3_G16(a, b, c, d, x, y)                                 \
+  v[a] = _mm512_add_epi32(_mm512_add_epi32(v[a], v[b]), (x));                 \
+  v[d] = _mm512_ror_epi32(_mm512_xor_si512(v[d], v[a]), 16);                  \
+  v[c] = _mm512_add_epi32(v[c], v[d]);                                        \
+  v[b] = _mm512_ror_epi32(_mm512_xor_si512(v[b], v[c]), 12);                  \
+  v[a] = _mm512_add_epi32(_mm512_add_epi32(v[a], v[b]), (y));                 \
+  v[d] = _mm512_ror_epi32(_mm512_xor_si512(v[d], v[a]), 8);                   \
+  v[c] = _mm512_add_epi32(v[c], v[d]);                                        \
+  v[b] = _mm512_ror_epi32(_mm512_xor_si512(v[b], v[c]), 7);
+    for (int round = 0; round < 7; ++round) {
+      const uint8_t* schedule = kMessageSchedule[round];
+      FLOTILLA_BLAKE3_G16(0, 4, 8, 12, message[schedule[0]], message[schedule[1]]);
+      FLOTILLA_BLAKE3_G16(1, 5, 9, 13, message[schedule[2]], message[schedule[3]]);
+      FLOTILLA_BLAKE3_G16(2, 6, 10, 14, message[schedule[4]], message[schedule[5]]);
+      FLOTILLA_BLAKE3_G16(3, 7, 11, 15, message[schedule[6]], message[schedule[7]]);
+      FLOTILLA_BLAKE3_G16(0, 5, 10, 15, message[schedule[8]], message[schedule[9]]);
+      FLOTILLA_BLAKE3_G16(1, 6, 11, 12, message[schedule[10]], message[schedule[11]]);
+      FLOTILLA_BLAKE3_G16(2, 7, 8, 13, message[schedule[12]], message[schedule[13]]);
+      FLOTILLA_BLAKE3_G16(3, 4, 9, 14, message[schedule[14]], message[schedule[15]]);
+    }
+#undef FLOTILLA_BLAKE3_G16
+    for (int word = 0; word < 8; ++word) h[word] = _mm512_xor_si512(v[word], v[word + 8]);
+  }
+  uint32_t words[8][kWideSimdChunks];
+  for (int word = 0; word < 8; ++word) _mm512_storeu_si512(words[word], h[word]);
+  for (size_t lane = 0; lane < kWideSimdChunks; ++lane) {
+    for (int word = 0; word < 8; ++word) chaining_values[lane][word] = words[word][lane];
+  }
+}
+
 std::atomic<bool> simd_allowed{true};
+std::atomic<bool> avx512_allowed{true};
 
 bool HasAvx2() {
   static const bool has_avx2 = __builtin_cpu_supports("avx2");
   return has_avx2 && simd_allowed.load(std::memory_order_relaxed);
 }
+bool HasAvx512() {
+  static const bool has_avx512 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f");
+  return has_avx512 && simd_allowed.load(std::memory_order_relaxed) && avx512_allowed.load(std::memory_order_relaxed);
+}
 #else
+constexpr size_t kWideSimdChunks = 16;
 std::atomic<bool> simd_allowed{true};
+std::atomic<bool> avx512_allowed{true};
 bool HasAvx2() { return false; }
+bool HasAvx512() { return false; }
 void CompressEightChunks(const uint8_t*, const uint32_t*, uint64_t, uint32_t, uint32_t (*)[8]) {}
+void CompressSixteenChunks(const uint8_t*, const uint32_t*, uint64_t, uint32_t, uint32_t (*)[8]) {}
 #endif
 
 }  // namespace
@@ -352,6 +436,18 @@ void Blake3Hasher::PushChunkChainingValue(const uint32_t chaining_value[8], uint
 
 void Blake3Hasher::Update(const uint8_t* data, size_t size) {
   while (size > 0) {
+    // Sixteen whole chunks at a time when more input follows them (Note [BLAKE3 with AVX-512]).
+    if (chunk_.Length() == 0 && size > kWideSimdChunks * kChunkLength && HasAvx512()) {
+      uint32_t chaining_values[kWideSimdChunks][8];
+      CompressSixteenChunks(data, key_words_, chunk_.chunk_counter, flags_, chaining_values);
+      for (size_t lane = 0; lane < kWideSimdChunks; ++lane) {
+        PushChunkChainingValue(chaining_values[lane], chunk_.chunk_counter + lane + 1);
+      }
+      ResetChunk(chunk_.chunk_counter + kWideSimdChunks);
+      data += kWideSimdChunks * kChunkLength;
+      size -= kWideSimdChunks * kChunkLength;
+      continue;
+    }
     // Eight whole chunks at a time when more input follows them (Note [BLAKE3 with AVX2]).
     if (chunk_.Length() == 0 && size > kSimdChunks * kChunkLength && HasAvx2()) {
       uint32_t chaining_values[kSimdChunks][8];
@@ -402,6 +498,11 @@ Blake3Digest Blake3Hasher::Finalize() const {
 bool Blake3AllowSimd(bool allowed) {
   simd_allowed.store(allowed);
   return HasAvx2();
+}
+
+bool Blake3AllowAvx512(bool allowed) {
+  avx512_allowed.store(allowed);
+  return HasAvx512();
 }
 
 Blake3Digest Blake3(absl::string_view data) {

@@ -1,8 +1,9 @@
 // BLAKE3, written from its specification (https://github.com/BLAKE3-team/BLAKE3-specs): the plain
 // hash, the keyed hash and key derivation, with 32-byte output. The Xet protocol hashes every chunk,
 // Merkle node and file with BLAKE3 keyed by a per-purpose key (see xet_hash.h); Debian 12 packages
-// no BLAKE3 library, so it lives here. Portable C++, and eight chunks at once with AVX2 where the
-// CPU has it (Note [BLAKE3 with AVX2] in blake3.cc); both give the same bytes.
+// no BLAKE3 library, so it lives here. Portable C++, eight chunks at once with AVX2 and sixteen with
+// AVX-512 where the CPU has them (Notes [BLAKE3 with AVX2], [BLAKE3 with AVX-512] in blake3.cc);
+// all give the same bytes.
 //
 //   Blake3Hasher hasher = Blake3Hasher::Keyed(key);
 //   hasher.Update(data);
@@ -67,6 +68,9 @@ class Blake3Hasher {
 // Allows (the default) or forbids the AVX2 path, for tests and benchmarks that compare it with the
 // portable one; returns whether the AVX2 path is now in use (false on CPUs without AVX2).
 bool Blake3AllowSimd(bool allowed);
+// Allows (the default) or forbids the sixteen-lane AVX-512 path alone (the AVX2 path stays, if
+// allowed); returns whether the AVX-512 path is now in use (false on CPUs without AVX-512F).
+bool Blake3AllowAvx512(bool allowed);
 
 // One-shot helpers.
 Blake3Digest Blake3(absl::string_view data);

@@ -5,6 +5,10 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <condition_variable>
+#include <thread>
+#include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <system_error>
@@ -86,17 +90,109 @@ absl::StatusOr<std::string> Sha256OfFile(const std::string& path) {
   return hasher.HexDigest();
 }
 
+// Note [Direct upload writes]: a large upload's bytes bypass the page cache. Profiling a 1 GiB
+// `flotilla push` showed half of the registry's CPU in the kernel's copy of each pwrite into the
+// page cache (copy_folio_from_iter_atomic), and that copy's cost swings 3-4x with the machine's
+// memory pressure (the kernel must reclaim page cache to make room): `dd bs=4M conv=fsync` of the
+// same 1 GiB took 0.38-1.45 s of system time in three runs, `dd bs=8M oflag=direct conv=fsync`
+// 0.20-0.28 s (2026-12-07, load 2.4-2.9). So the bytes are gathered in an aligned 8 MiB buffer
+// (a copy of data still in the CPU's cache after its sha256) and written with O_DIRECT, which the
+// device reads by DMA; only the unaligned tail goes through the page cache, and the fsync in
+// Finish has little left to flush. Where O_DIRECT is refused (tmpfs, or a resume at an offset
+// that is not 4 KiB aligned) every write is buffered, as before. Two buffers alternate: a full
+// one is sha256-hashed on a second thread (BufferHasher) while it is written and the other fills,
+// which took a 1 GiB push from 2.18 to 1.64 s (medians of 4 interleaved rounds, load 1.8; the same
+// registry CPU, 0.95 s).
+namespace {
+constexpr size_t kDirectBufferBytes = 8 << 20;
+constexpr int64_t kDirectAlignment = 4096;
+}  // namespace
+
+// Hashes whole direct-write buffers on a second thread (Note [Direct upload writes]): the upload's
+// sha256 was over a third of the registry's CPU during a push, on the thread that also receives
+// and writes; here it overlaps with them. One buffer at a time; Wait returns once it is hashed.
+class BufferHasher {
+ public:
+  explicit BufferHasher(Sha256& hasher) : hasher_(hasher) {}
+  ~BufferHasher() {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    changed_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+  // Hashes `bytes` after everything submitted before; the caller keeps them alive until Wait.
+  void Submit(absl::string_view bytes) {
+    Wait();
+    std::lock_guard lock(mutex_);
+    if (!thread_.joinable()) thread_ = std::thread([this] { Run(); });
+    pending_ = bytes;
+    busy_ = true;
+    changed_.notify_all();
+  }
+  void Wait() {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return !busy_; });
+  }
+
+ private:
+  void Run() {
+    std::unique_lock lock(mutex_);
+    while (true) {
+      changed_.wait(lock, [&] { return busy_ || stopping_; });
+      if (!busy_) return;
+      const absl::string_view bytes = pending_;
+      lock.unlock();
+      hasher_.Update(bytes);
+      lock.lock();
+      busy_ = false;
+      changed_.notify_all();
+    }
+  }
+
+  Sha256& hasher_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  absl::string_view pending_;  // guarded by mutex_
+  bool busy_ = false;          // guarded by mutex_
+  bool stopping_ = false;      // guarded by mutex_
+  std::thread thread_;
+};
+
 class LocalBlobUpload final : public BlobUpload {
  public:
   LocalBlobUpload(LocalBlobStore* store, std::string sha256, int64_t size, int descriptor, int64_t offset)
       : store_(store), sha256_(std::move(sha256)), size_(size), descriptor_(descriptor), committed_(offset),
-        written_back_(offset) {}
+        written_back_(offset), flushed_(offset) {
+    constexpr int64_t kDirectMinimumBytes = 16 << 20;  // small blobs gain nothing from it
+    if (size_ - offset >= kDirectMinimumBytes && offset % kDirectAlignment == 0) {
+      direct_descriptor_ = open(store_->PartialPath(sha256_).c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+      void* first = nullptr;
+      void* second = nullptr;
+      if (direct_descriptor_ >= 0 && posix_memalign(&first, kDirectAlignment, kDirectBufferBytes) == 0 &&
+          posix_memalign(&second, kDirectAlignment, kDirectBufferBytes) == 0) {
+        buffers_[0] = static_cast<char*>(first);
+        buffers_[1] = static_cast<char*>(second);
+        buffer_ = buffers_[0];
+      } else {
+        free(first);
+        if (direct_descriptor_ >= 0) close(direct_descriptor_);
+        direct_descriptor_ = -1;
+      }
+    }
+  }
   ~LocalBlobUpload() override {
     if (descriptor_ >= 0) {
       // An abandoned upload keeps its bytes for resume; make them durable first.
+      FlushBuffer(/*whole=*/true).IgnoreError();
       fdatasync(descriptor_);
       close(descriptor_);
     }
+    background_hasher_.reset();  // joins its thread before the buffers go
+    if (direct_descriptor_ >= 0) close(direct_descriptor_);
+    free(buffers_[0]);
+    free(buffers_[1]);
     store_->EndUpload(sha256_);
   }
 
@@ -112,19 +208,24 @@ class LocalBlobUpload final : public BlobUpload {
       return absl::OutOfRangeError(absl::StrCat("upload of blob ", sha256_, ": data runs past the announced size ",
                                                 size_, " (", committed_, " bytes held, ", data.size(), " more sent)"));
     }
-    const char* cursor = data.data();
-    size_t left = data.size();
-    while (left > 0) {
-      ssize_t written = pwrite(descriptor_, cursor, left, committed_);
-      if (written < 0) {
-        if (errno == EINTR) continue;
-        return ErrnoError("pwrite", store_->PartialPath(sha256_));
+    if (buffer_ != nullptr) {
+      // Note [Direct upload writes]: gathered, then hashed (on the second thread) and written a
+      // whole buffer at a time.
+      while (!data.empty()) {
+        const size_t room = kDirectBufferBytes - static_cast<size_t>(committed_ - flushed_);
+        const size_t taken = std::min(room, data.size());
+        std::memcpy(buffer_ + (committed_ - flushed_), data.data(), taken);
+        committed_ += static_cast<int64_t>(taken);
+        data.remove_prefix(taken);
+        if (committed_ - flushed_ == static_cast<int64_t>(kDirectBufferBytes)) {
+          if (absl::Status status = FlushBuffer(/*whole=*/false); !status.ok()) return status;
+        }
       }
-      cursor += written;
-      left -= written;
-      committed_ += written;
+      return absl::OkStatus();
     }
     hasher_.Update(data);
+    if (absl::Status status = WriteBuffered(data.data(), data.size(), committed_); !status.ok()) return status;
+    committed_ += static_cast<int64_t>(data.size());
     // Start writeback of each completed 16 MiB as it arrives, so the fsync in Finish has little
     // left to flush: the disk works while the network does, instead of after it.
     constexpr int64_t kWritebackBytes = 16 << 20;
@@ -136,6 +237,7 @@ class LocalBlobUpload final : public BlobUpload {
   }
 
   absl::Status Sync() override {
+    if (absl::Status status = FlushBuffer(/*whole=*/true); !status.ok()) return status;
     if (fdatasync(descriptor_) != 0) return ErrnoError("fdatasync", store_->PartialPath(sha256_));
     return absl::OkStatus();
   }
@@ -146,6 +248,7 @@ class LocalBlobUpload final : public BlobUpload {
       return absl::FailedPreconditionError(absl::StrCat("upload of blob ", sha256_, ": ", committed_, " of ", size_,
                                                         " bytes received; resume from offset ", committed_));
     }
+    if (absl::Status status = FlushBuffer(/*whole=*/true); !status.ok()) return status;
     std::string actual = hasher_.HexDigest();
     if (actual != sha256_) {
       close(descriptor_);
@@ -165,6 +268,65 @@ class LocalBlobUpload final : public BlobUpload {
   }
 
  private:
+  absl::Status WriteBuffered(const char* cursor, size_t left, int64_t offset) {
+    while (left > 0) {
+      ssize_t written = pwrite(descriptor_, cursor, left, offset);
+      if (written < 0) {
+        if (errno == EINTR) continue;
+        return ErrnoError("pwrite", store_->PartialPath(sha256_));
+      }
+      cursor += written;
+      left -= static_cast<size_t>(written);
+      offset += written;
+    }
+    return absl::OkStatus();
+  }
+
+  // Writes the gathered bytes [flushed_, committed_), after handing them to the hasher: the
+  // aligned part with O_DIRECT, and with `whole` the unaligned rest through the page cache, after
+  // which the upload stays buffered (the next direct write would start unaligned). A full buffer
+  // is hashed on the second thread while it is written and the other buffer fills; otherwise the
+  // hash is finished here, so every byte received is hashed, once and in order, when this returns.
+  absl::Status FlushBuffer(bool whole) {
+    if (buffer_ == nullptr) return absl::OkStatus();
+    const int64_t gathered = committed_ - flushed_;
+    const absl::string_view bytes(buffer_, static_cast<size_t>(gathered));
+    if (!whole) {
+      if (background_hasher_ == nullptr) background_hasher_ = std::make_unique<BufferHasher>(hasher_);
+      background_hasher_->Submit(bytes);
+    } else {
+      if (background_hasher_ != nullptr) background_hasher_->Wait();
+      hasher_.Update(bytes);
+    }
+    const int64_t aligned = gathered - gathered % kDirectAlignment;
+    int64_t done = 0;
+    while (done < aligned) {
+      ssize_t written = pwrite(direct_descriptor_, buffer_ + done, static_cast<size_t>(aligned - done), flushed_ + done);
+      if (written < 0 && errno == EINTR) continue;
+      if (written <= 0 || written % kDirectAlignment != 0) break;  // refused: the rest goes buffered
+      done += written;
+    }
+    const bool direct_refused = done < aligned;
+    if (done < gathered) {
+      if (absl::Status status = WriteBuffered(buffer_ + done, static_cast<size_t>(gathered - done), flushed_ + done);
+          !status.ok()) {
+        if (background_hasher_ != nullptr) background_hasher_->Wait();
+        return status;
+      }
+    }
+    flushed_ = committed_;
+    written_back_ = committed_;
+    if (whole || direct_refused) {
+      if (background_hasher_ != nullptr) background_hasher_->Wait();
+      buffer_ = nullptr;  // buffered from now on; buffers_ are freed with the upload
+    } else {
+      // Fill the other buffer while this one is hashed; Submit waits for the hash before it.
+      // (That one was submitted a flush ago, and Submit above waited for its hash.)
+      buffer_ = buffer_ == buffers_[0] ? buffers_[1] : buffers_[0];
+    }
+    return absl::OkStatus();
+  }
+
   LocalBlobStore* store_;
   std::string sha256_;
   int64_t size_;
@@ -172,6 +334,11 @@ class LocalBlobUpload final : public BlobUpload {
   int64_t committed_;
   int64_t written_back_;  // writeback started for [0, written_back_)
   Sha256 hasher_;
+  int direct_descriptor_ = -1;  // the partial opened with O_DIRECT, or -1
+  char* buffers_[2] = {nullptr, nullptr};  // aligned, for direct writes
+  char* buffer_ = nullptr;  // the one gathering bytes [flushed_, committed_); null once buffered
+  int64_t flushed_;         // bytes written to the file
+  std::unique_ptr<BufferHasher> background_hasher_;  // hashes full buffers; last, so it stops first
 };
 
 absl::StatusOr<std::unique_ptr<LocalBlobStore>> LocalBlobStore::Open(const std::string& root,

@@ -46,32 +46,39 @@ int main(int argc, char** argv) {
   flotilla::registry::Blake3Key key{};
   volatile uint8_t sink = 0;
   const bool has_simd = flotilla::registry::Blake3AllowSimd(true);
+  const bool has_avx512 = flotilla::registry::Blake3AllowAvx512(true);
+  // SIMD level: 0 portable, 1 AVX2 (eight chunks), 2 AVX-512 (sixteen chunks).
   struct Contender {
     const char* name;
-    bool simd;
+    int simd;
     std::function<void()> run;
   };
   std::vector<Contender> contenders = {
-      {"sha256 (OpenSSL)", false,
+      {"sha256 (OpenSSL)", 0,
        [&] {
          unsigned char digest[EVP_MAX_MD_SIZE];
          unsigned int length = 0;
          EVP_Digest(data.data(), data.size(), digest, &length, EVP_sha256(), nullptr);
          sink = sink ^ digest[0];
        }},
-      {"BLAKE3 keyed, portable", false,
+      {"BLAKE3 keyed, portable", 0,
        [&] { sink = sink ^ flotilla::registry::Blake3Keyed(key, data.data(), data.size())[0]; }},
-      {"BLAKE3 keyed, AVX2", true,
+      {"BLAKE3 keyed, AVX2", 1,
        [&] { sink = sink ^ flotilla::registry::Blake3Keyed(key, data.data(), data.size())[0]; }},
-      {"Xet chunker + chunk hashes, portable BLAKE3", false,
+      {"BLAKE3 keyed, AVX-512", 2,
+       [&] { sink = sink ^ flotilla::registry::Blake3Keyed(key, data.data(), data.size())[0]; }},
+      {"Xet chunker + chunk hashes, portable BLAKE3", 0,
        [&] { sink = sink ^ static_cast<uint8_t>(flotilla::registry::XetChunkHashes(data.data(), data.size()).size()); }},
-      {"Xet chunker + chunk hashes, AVX2 BLAKE3", true,
+      {"Xet chunker + chunk hashes, AVX2 BLAKE3", 1,
+       [&] { sink = sink ^ static_cast<uint8_t>(flotilla::registry::XetChunkHashes(data.data(), data.size()).size()); }},
+      {"Xet chunker + chunk hashes, AVX-512 BLAKE3", 2,
        [&] { sink = sink ^ static_cast<uint8_t>(flotilla::registry::XetChunkHashes(data.data(), data.size()).size()); }},
   };
   for (int round = 0; round < rounds; ++round) {
     for (const Contender& contender : contenders) {
-      if (contender.simd && !has_simd) continue;
-      flotilla::registry::Blake3AllowSimd(contender.simd);
+      if ((contender.simd >= 1 && !has_simd) || (contender.simd == 2 && !has_avx512)) continue;
+      flotilla::registry::Blake3AllowSimd(contender.simd >= 1);
+      flotilla::registry::Blake3AllowAvx512(contender.simd == 2);
       const double seconds = Seconds(contender.run);
       std::printf("{\"round\": %d, \"name\": \"%s\", \"mib\": %zu, \"seconds\": %.6f}\n", round, contender.name, mib,
                   seconds);
@@ -79,5 +86,6 @@ int main(int argc, char** argv) {
     }
   }
   flotilla::registry::Blake3AllowSimd(true);
+  flotilla::registry::Blake3AllowAvx512(true);
   return sink == 255 ? 1 : 0;
 }

@@ -66,6 +66,8 @@ absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(const RegistryOptions& 
                     : XetStore::Open(options.data_directory, *registry->blobs_, shared_database);
   if (!xet.ok()) return xet.status();
   registry->xet_ = *std::move(xet);
+  Registry* raw = registry.get();
+  raw->xet_->OnBlobReleased([raw](int64_t size) { raw->stored_bytes_ -= size; });
   int64_t stored = 0;
   if (absl::Status status = registry->blobs_->ForEachBlob([&](const BlobInfo& blob) { stored += blob.size; });
       !status.ok()) {
@@ -169,7 +171,7 @@ absl::StatusOr<CommitRecord> Registry::CreateCommit(const std::string& namespace
   std::shared_lock lock(garbage_mutex_);
   auto verify_blobs = [&]() -> absl::Status {
     for (const TreeEntry& file : files) {
-      absl::StatusOr<int64_t> size = blobs_->Size(file.sha256);
+      absl::StatusOr<int64_t> size = StoredSize(file.sha256);
       if (!size.ok()) {
         return absl::FailedPreconditionError(absl::StrCat(where, ": file ", file.path, ": blob ", file.sha256,
                                                           " is not in the registry; upload it before committing"));
@@ -205,7 +207,7 @@ absl::StatusOr<KernelManifest> Registry::ReadKernelManifest(const std::vector<Tr
       return absl::InvalidArgumentError(absl::StrCat(kKernelManifestPath, " is ", file.size, " bytes; the limit is ", kMaxManifestBytes));
     }
     std::string text;
-    if (absl::Status read = blobs_->Read(file.sha256, 0, file.size, &text); !read.ok()) return read;
+    if (absl::Status read = ReadStored(file.sha256, 0, file.size, &text); !read.ok()) return read;
     return ParseKernelManifest(text);
   }
   return absl::InvalidArgumentError(absl::StrCat(
@@ -230,9 +232,31 @@ std::vector<std::string> Registry::FindMissingBlobs(const std::vector<std::strin
   std::set<std::string> seen;
   for (const std::string& digest : digests) {
     if (!seen.insert(digest).second) continue;
-    if (!blobs_->Touch(digest).ok()) missing.push_back(digest);
+    if (!blobs_->Touch(digest).ok() && !xet_->FileSize(digest, /*touch=*/true).ok()) missing.push_back(digest);
   }
   return missing;
+}
+
+absl::StatusOr<int64_t> Registry::StoredSize(const std::string& sha256) {
+  absl::StatusOr<int64_t> size = blobs_->Size(sha256);
+  if (size.ok() || !absl::IsNotFound(size.status())) return size;
+  absl::StatusOr<int64_t> chunked = xet_->FileSize(sha256);
+  if (absl::IsNotFound(chunked.status())) return size;
+  return chunked;
+}
+
+absl::Status Registry::ReadStored(const std::string& sha256, int64_t offset, int64_t length, std::string* output) {
+  std::string buffer;
+  absl::Status read = blobs_->Read(sha256, offset, length, &buffer);
+  if (read.ok()) {
+    output->append(buffer);
+    return absl::OkStatus();
+  }
+  // Not a blob (or no longer: its Xet view replaced it): the file stored as chunks.
+  if (!absl::IsNotFound(read)) return read;
+  absl::StatusOr<std::unique_ptr<XetFileReader>> reader = xet_->OpenFile(sha256);
+  if (!reader.ok()) return reader.status();
+  return (*reader)->Read(offset, length, output);
 }
 
 absl::StatusOr<KernelVariant> Registry::FindKernelVariant(const std::string& namespace_name, const std::string& name,
@@ -324,7 +348,7 @@ absl::StatusOr<GarbageReport> Registry::CollectGarbage(bool dry_run) {
 
 double Registry::DedupRatio() {
   absl::StatusOr<int64_t> logical = metadata_->LogicalBytes();
-  int64_t stored = stored_bytes_;
+  int64_t stored = stored_bytes();
   if (!logical.ok() || stored <= 0) return 1.0;
   return static_cast<double>(*logical) / static_cast<double>(stored);
 }

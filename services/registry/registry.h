@@ -94,6 +94,12 @@ class Registry {
   absl::StatusOr<RefRecord> CreateTag(const std::string& namespace_name, const std::string& name,
                                       const std::string& revision, const std::string& tag);
 
+  // The size of the file stored under `sha256`: a blob, or a file stored as Xet chunks (Note [One
+  // store, two views] in xet_store.h); NOT_FOUND when neither holds it.
+  absl::StatusOr<int64_t> StoredSize(const std::string& sha256);
+  // Appends bytes [offset, offset + length) of the file stored under `sha256` (either kind).
+  absl::Status ReadStored(const std::string& sha256, int64_t offset, int64_t length, std::string* output);
+
   // The digests (from `digests`) the store lacks; the present ones are touched (see the Note).
   std::vector<std::string> FindMissingBlobs(const std::vector<std::string>& digests);
   // Called once an upload finished, for the stored-bytes statistics.
@@ -112,7 +118,8 @@ class Registry {
 
   static constexpr int kKernelKind = 3;  // flotilla.v1.RepositoryKind KERNEL
 
-  int64_t stored_bytes() const { return stored_bytes_; }
+  // Bytes on disk: blobs and the Xet store's xorbs.
+  int64_t stored_bytes() { return stored_bytes_ + xet_->stored_bytes(); }
   // Logical bytes (every commit's tree) over stored bytes; 1 when nothing is stored.
   double DedupRatio();
 

@@ -610,6 +610,100 @@ absl::Status WriteSpans(int descriptor, std::vector<iovec> spans, int64_t offset
   return absl::OkStatus();
 }
 
+// Note [Direct pull writes]: a large download's bytes are gathered in an aligned 8 MiB buffer and
+// written with O_DIRECT, as the registry writes uploads (Note [Direct upload writes] in
+// blob_store.cc): a 1 GiB pull spent 1.47 s of its 2.0 s of client CPU in the kernel, most of it
+// copying pwritev's data into freshly allocated page cache, whose cost swings with the machine's
+// memory pressure; a copy into the buffer (from slices still in the CPU's cache) and a DMA cost
+// less. The tail, and any download where O_DIRECT is refused (tmpfs, an unaligned resume offset),
+// is written through the page cache. Flush before the partial file is read, resumed or renamed.
+class PartialFileWriter {
+ public:
+  PartialFileWriter(int descriptor, std::string path, int64_t offset, int64_t size)
+      : descriptor_(descriptor), path_(std::move(path)), offset_(offset) {
+    constexpr int64_t kDirectMinimumBytes = 16 << 20;
+    if (size - offset < kDirectMinimumBytes || offset % kAlignment != 0) return;
+    direct_descriptor_ = open(path_.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+    void* buffer = nullptr;
+    if (direct_descriptor_ >= 0 && posix_memalign(&buffer, kAlignment, kBufferBytes) == 0) {
+      buffer_ = static_cast<char*>(buffer);
+    } else if (direct_descriptor_ >= 0) {
+      close(direct_descriptor_);
+      direct_descriptor_ = -1;
+    }
+  }
+  ~PartialFileWriter() {
+    Flush().IgnoreError();
+    if (direct_descriptor_ >= 0) close(direct_descriptor_);
+  }
+
+  // Appends the bytes of `spans` after those written so far.
+  absl::Status Write(const std::vector<iovec>& spans, int64_t length) {
+    if (buffer_ == nullptr) {
+      if (absl::Status status = WriteSpans(descriptor_, spans, offset_ + gathered_, path_); !status.ok()) return status;
+      offset_ += length;
+      return absl::OkStatus();
+    }
+    for (const iovec& span : spans) {
+      const char* data = static_cast<const char*>(span.iov_base);
+      size_t left = span.iov_len;
+      while (left > 0) {
+        const size_t taken = std::min(left, static_cast<size_t>(kBufferBytes - gathered_));
+        std::memcpy(buffer_ + gathered_, data, taken);
+        gathered_ += static_cast<int64_t>(taken);
+        data += taken;
+        left -= taken;
+        if (gathered_ == kBufferBytes) {
+          if (absl::Status status = WriteGathered(); !status.ok()) return status;
+        }
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // Writes what is gathered (the unaligned rest through the page cache); later writes are buffered.
+  absl::Status Flush() {
+    if (buffer_ == nullptr) return absl::OkStatus();
+    absl::Status status = WriteGathered();
+    free(buffer_);
+    buffer_ = nullptr;
+    return status;
+  }
+
+ private:
+  static constexpr int64_t kAlignment = 4096;
+  static constexpr int64_t kBufferBytes = 8 << 20;
+
+  absl::Status WriteGathered() {
+    int64_t done = 0;
+    const int64_t aligned = gathered_ - gathered_ % kAlignment;
+    while (done < aligned) {
+      ssize_t written = pwrite(direct_descriptor_, buffer_ + done, static_cast<size_t>(aligned - done), offset_ + done);
+      if (written < 0 && errno == EINTR) continue;
+      if (written <= 0 || written % kAlignment != 0) break;  // refused: the rest goes through the page cache
+      done += written;
+    }
+    if (done < gathered_) {
+      std::vector<iovec> rest = {{buffer_ + done, static_cast<size_t>(gathered_ - done)}};
+      if (absl::Status status = WriteSpans(descriptor_, rest, offset_ + done, path_); !status.ok()) return status;
+    }
+    offset_ += gathered_;
+    gathered_ = 0;
+    if (done < aligned) {  // O_DIRECT refused: buffered from now on
+      free(buffer_);
+      buffer_ = nullptr;
+    }
+    return absl::OkStatus();
+  }
+
+  const int descriptor_;
+  const std::string path_;
+  int64_t offset_;  // bytes in the file
+  int direct_descriptor_ = -1;
+  char* buffer_ = nullptr;  // aligned; bytes [offset_, offset_ + gathered_) of the file; null when buffered
+  int64_t gathered_ = 0;
+};
+
 // Hashes a download's bytes on a second thread, in order, while the calling thread receives and
 // writes the next messages: receiving + pwrite on one core and sha256 on the other take about the
 // same time per MiB, so neither waits for the other long. The received slices (reference counted)
@@ -733,6 +827,7 @@ absl::Status DownloadOne(grpc::ChannelInterface& channel, const std::string& tok
     grpc::ByteBuffer message;
     absl::Status local_error;
     {
+      PartialFileWriter writer(descriptor, partial, offset, entry.size());
       HashPipeline pipeline(hasher);
       while (reader->Read(&message)) {
         std::vector<grpc::Slice> slices;
@@ -754,7 +849,7 @@ absl::Status DownloadOne(grpc::ChannelInterface& channel, const std::string& tok
                                                          entry.size(), " bytes it lists"));
           break;
         }
-        if (local_error = WriteSpans(descriptor, *spans, offset, partial); !local_error.ok()) break;
+        if (local_error = writer.Write(*spans, length); !local_error.ok()) break;
         offset += length;
         pipeline.Push(std::move(slices), *std::move(spans), length);
         received(length);
@@ -764,6 +859,8 @@ absl::Status DownloadOne(grpc::ChannelInterface& channel, const std::string& tok
         }
       }
       pipeline.Finish();
+      // Every byte received is in the file before it is resumed from, hashed again or renamed.
+      if (absl::Status flushed = writer.Flush(); !flushed.ok() && local_error.ok()) local_error = flushed;
     }
     if (!local_error.ok()) {
       context.TryCancel();

@@ -159,7 +159,9 @@ TEST_F(RegistryClientTest, PullWritesAndHashesOnASecondThreadAndResumesAfterAWri
   EXPECT_EQ(ReadFile(target / "model.safetensors"), weights);
   EXPECT_FALSE(fs::exists(target / "model.safetensors.incomplete"));
 
-  // From scratch, and from an offset inside a message.
+  // From scratch, and from an offset inside a message. (Note [Direct pull writes]: the pull from
+  // 8 MiB and the one from scratch write through O_DIRECT, the one from an unaligned offset through
+  // the page cache, and the disk-full pull above fell back to it when the direct write was refused.)
   const fs::path fresh = root_ + "/fresh";
   auto whole = client.PullToDirectory("acme/big", fresh.string());
   ASSERT_TRUE(whole.ok()) << whole.status();

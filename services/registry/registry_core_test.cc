@@ -101,6 +101,57 @@ TEST(BlobStoreTest, MismatchedDigestStoresNothing) {
   EXPECT_EQ((*store)->PartialSize(claimed), 0);
 }
 
+// Note [Direct upload writes]: a large upload gathered into aligned buffers and written with
+// O_DIRECT (the unaligned tail buffered) reads back byte for byte, also when it is abandoned at an
+// unaligned offset and resumed (then buffered) from a restarted store.
+TEST(BlobStoreTest, LargeUploadsWrittenDirectlyReadBackAndResume) {
+  const std::string root = TempDirectory();
+  std::string data(40 * 1024 * 1024 + 4321, '\0');
+  uint64_t state = 88172645463325252ull;
+  for (char& byte : data) {
+    state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+    byte = static_cast<char>(state);
+  }
+  const std::string digest = Sha256OfString(data);
+  const size_t interrupted_at = 21 * 1024 * 1024 + 999;  // past two whole 8 MiB buffers
+  {
+    auto store = LocalBlobStore::Open(root);
+    auto upload = (*store)->BeginUpload(digest, data.size(), 0);
+    ASSERT_TRUE(upload.ok()) << upload.status();
+    for (size_t offset = 0; offset < interrupted_at;) {
+      const size_t piece = std::min<size_t>(1000003, interrupted_at - offset);  // odd sizes
+      ASSERT_TRUE((*upload)->Append(absl::string_view(data).substr(offset, piece)).ok());
+      offset += piece;
+    }
+    // Abandoned, as when the client disconnects: every byte received is kept for resume.
+  }
+  auto store = LocalBlobStore::Open(root);
+  ASSERT_EQ((*store)->PartialSize(digest), static_cast<int64_t>(interrupted_at));
+  auto resumed = (*store)->BeginUpload(digest, data.size(), interrupted_at);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  ASSERT_TRUE((*resumed)->Append(absl::string_view(data).substr(interrupted_at)).ok());
+  ASSERT_TRUE((*resumed)->Finish().ok());
+  resumed->reset();
+  std::string read;
+  ASSERT_TRUE((*store)->Read(digest, 0, data.size(), &read).ok());
+  EXPECT_TRUE(read == data);
+
+  // One upload start to finish, in 1 MiB messages (as `flotilla push` sends them).
+  const std::string other = data.substr(7);
+  const std::string other_digest = Sha256OfString(other);
+  auto upload = (*store)->BeginUpload(other_digest, other.size(), 0);
+  ASSERT_TRUE(upload.ok());
+  for (size_t offset = 0; offset < other.size(); offset += 1 << 20) {
+    ASSERT_TRUE((*upload)->Append(absl::string_view(other).substr(offset, 1 << 20)).ok());
+  }
+  ASSERT_TRUE((*upload)->Finish().ok());
+  upload->reset();
+  read.clear();
+  ASSERT_TRUE((*store)->Read(other_digest, 0, other.size(), &read).ok());
+  EXPECT_TRUE(read == other);
+  EXPECT_EQ(Sha256OfFile((*store)->BlobPath(other_digest)).value(), other_digest);
+}
+
 TEST(BlobStoreTest, ChunkPastAnnouncedSize) {
   auto store = LocalBlobStore::Open(TempDirectory());
   auto upload = (*store)->BeginUpload(Sha256OfString("abc"), 3, 0);

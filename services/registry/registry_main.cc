@@ -1,6 +1,8 @@
 // The registry service binary: RegistryService over gRPC, and the Hugging Face Hub HTTP API on the
 // HTTP side port. State lives under --data_dir: blobs/, uploads/, metadata.sqlite3 and xet/; with
 // --metadata_url the metadata and Xet tables live in PostgreSQL instead, shared by every replica.
+#include <malloc.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <initializer_list>
@@ -148,5 +150,12 @@ absl::StatusOr<ServiceBundle> MakeRegistryBundle(const ServerOptions& options) {
 }  // namespace flotilla::registry
 
 int main(int argc, char** argv) {
+  // A push arrives at about a GiB a second into gRPC's receive buffers of a few MiB each. glibc
+  // hands buffers that large out as fresh mmaps (and trims the heap as they are freed), so every
+  // received page was faulted in, zeroed and unmapped again: page faults and unmap_page_range were
+  // a tenth of the registry's CPU in a 1 GiB push (perf). Below these limits freed buffers are
+  // reused (the CLI does the same for pulls: KeepLargeBuffersInTheHeap in registry_commands.cc).
+  mallopt(M_MMAP_THRESHOLD, 8 << 20);
+  mallopt(M_TRIM_THRESHOLD, 64 << 20);
   return flotilla::ServiceMain(argc, argv, "registry", flotilla::registry::MakeRegistryBundle);
 }

@@ -588,7 +588,21 @@ class DownloadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
     offset_ = request->offset();
     descriptor_ = open(service_.registry_.blobs().LocalPath(entry_.sha256).c_str(), O_RDONLY | O_CLOEXEC);
     if (descriptor_ < 0) {
-      return absl::DataLossError(absl::StrCat("download of ", entry_.path, ": blob ", entry_.sha256, " is missing"));
+      // Stored as Xet chunks (Note [One store, two views] in xet_store.h): read through a reconstruction.
+      absl::StatusOr<std::unique_ptr<XetFileReader>> reader = service_.registry_.xet().OpenFile(entry_.sha256);
+      if (absl::IsNotFound(reader.status())) {
+        return absl::DataLossError(absl::StrCat("download of ", entry_.path, ": blob ", entry_.sha256, " is missing"));
+      }
+      if (!reader.ok()) {
+        return absl::Status(reader.status().code(),
+                            absl::StrCat("download of ", entry_.path, ": ", reader.status().message()));
+      }
+      if ((*reader)->size() != entry_.size) {
+        return absl::DataLossError(absl::StrCat("download of ", entry_.path, ": file ", entry_.sha256, " holds ",
+                                                (*reader)->size(), " bytes, expected ", entry_.size));
+      }
+      chunked_ = *std::move(reader);
+      return WriteHeader(*commit);
     }
     // A short blob would fault (SIGBUS) when a window past its end is read: refuse it here.
     struct stat status;
@@ -597,9 +611,13 @@ class DownloadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
                                               status.st_size, " bytes, expected ", entry_.size));
     }
     posix_fadvise(descriptor_, offset_, 0, POSIX_FADV_SEQUENTIAL);
+    return WriteHeader(*commit);
+  }
+
+  absl::Status WriteHeader(const CommitRecord& commit) {
     DownloadFileResponse header;
     ToProto(entry_, header.mutable_entry());
-    header.set_commit_id(commit->commit_id);
+    header.set_commit_id(commit.commit_id);
     header_ = header.SerializeAsString();
     return absl::OkStatus();
   }
@@ -619,10 +637,24 @@ class DownloadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
     }
     grpc::Slice slices[2] = {grpc::Slice(prefix), grpc::Slice()};
     size_t slice_count = 1;
-    if (length > 0) {
+    if (length > 0 && chunked_ != nullptr) {
+      // Reconstructed bytes go into a buffer the slice owns (one copy out of the reader's window).
+      auto* buffer = new std::string();
+      buffer->reserve(static_cast<size_t>(length));
+      if (absl::Status status = chunked_->Read(offset_, length, buffer); !status.ok()) {
+        delete buffer;
+        return Finish(grpc::Status(grpc::StatusCode::DATA_LOSS,
+                                   absl::StrCat("download of ", entry_.path, ": ", status.message())));
+      }
+      slices[slice_count++] = grpc::Slice(buffer->data(), buffer->size(),
+                                          [](void* owned) { delete static_cast<std::string*>(owned); }, buffer);
+    } else if (length > 0) {
       if (window_ == nullptr || offset_ + length > window_->end()) {
         if (window_ != nullptr) window_->Release();
         window_ = nullptr;
+        // A blob just pushed was written past the page cache (Note [Direct upload writes] in
+        // blob_store.cc): ask for the next windows now, so the disk reads ahead of the sender.
+        posix_fadvise(descriptor_, offset_ + kDownloadWindowBytes, 2 * kDownloadWindowBytes, POSIX_FADV_WILLNEED);
         auto mapped = MappedWindow::Map(descriptor_, offset_, std::min(kDownloadWindowBytes, entry_.size - offset_));
         if (!mapped.ok()) {
           return Finish(grpc::Status(grpc::StatusCode::INTERNAL, absl::StrCat("download of ", entry_.path, ": blob ",
@@ -644,6 +676,7 @@ class DownloadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
   prometheus::Counter& bytes_counter_;
   int descriptor_ = -1;
   MappedWindow* window_ = nullptr;  // the mapping the next messages are cut from (one reference held)
+  std::unique_ptr<XetFileReader> chunked_;  // instead of descriptor_, for a file stored as Xet chunks
   grpc::ByteBuffer message_;
   std::string header_;  // the first message's entry and commit_id, serialized
   TreeEntry entry_;

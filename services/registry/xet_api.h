@@ -5,10 +5,10 @@
 // | --- | --- |
 // | `GET /api/models/{ns}/{name}/xet-{read,write}-token/{rev}` | a CAS token for one repository (JSON and `X-Xet-*` headers), granted by the registry's own tokens and scopes |
 // | `POST /cas/v1/xorbs/{prefix}/{hash}` | a xorb: every chunk and the xorb hash verified (400 otherwise) |
-// | `POST /cas/v1/shards` | a shard: each file checked against the stored xorbs, then stored as an ordinary blob |
+// | `POST /cas/v1/shards` | a shard: each file checked against the stored xorbs (its sha256 against the bytes they reconstruct), then recorded as its chunks (Note [One store, two views] in xet_store.h) |
 // | `GET /cas/v1/reconstructions/{file hash}` (+ `Range`) | the terms of a file and signed xorb range URLs |
 // | `GET /cas/v1/fetch/{xorb hash}?expires=&signature=` (+ `Range`) | xorb bytes |
-// | `GET /cas/v1/chunks/{prefix}/{chunk hash}` | global dedup: 404 (not offered yet; the client then uploads) |
+// | `GET /cas/v1/chunks/{prefix}/{chunk hash}` | global dedup: a shard describing the xorb that holds the chunk (keyed hashes); 404 when none does |
 //
 // /v2/ routes are absent on purpose: hf_xet falls back to /v1/ on 404.
 //

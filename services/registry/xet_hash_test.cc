@@ -76,8 +76,9 @@ TEST(Blake3Test, MatchesReferenceForAllModesAndTreeShapes) {
   }
 }
 
-// The AVX2 path (eight chunks at once, Note [BLAKE3 with AVX2]) and the portable one give the
-// same bytes for every mode, at sizes around the eight-chunk batches, one-shot or incremental.
+// The AVX-512 path (sixteen chunks at once, Note [BLAKE3 with AVX-512]), the AVX2 path (eight,
+// Note [BLAKE3 with AVX2]) and the portable one give the same bytes for every mode, at sizes
+// around the sixteen- and eight-chunk batches, one-shot or incremental.
 TEST(Blake3Test, SimdAndPortablePathsAgree) {
   std::string input(1 << 20, '\0');
   uint64_t state = 12345;
@@ -87,24 +88,46 @@ TEST(Blake3Test, SimdAndPortablePathsAgree) {
   }
   Blake3Key key;
   for (size_t i = 0; i < key.size(); ++i) key[i] = static_cast<uint8_t>(3 * i + 1);
-  for (size_t length : {size_t{8192}, size_t{8193}, size_t{9216}, size_t{16385}, size_t{65536 + 7},
-                        size_t{(1 << 20) - 1}, size_t{1 << 20}}) {
+  for (size_t length : {size_t{8192}, size_t{8193}, size_t{9216}, size_t{16384}, size_t{16385}, size_t{25 * 1024 + 1},
+                        size_t{65536 + 7}, size_t{(1 << 20) - 1}, size_t{1 << 20}}) {
     const absl::string_view data(input.data(), length);
     Blake3AllowSimd(false);
     const std::string plain = Hex(Blake3(data));
     const std::string keyed = Hex(Blake3Keyed(key, data));
     const std::string derived = Hex(Blake3DeriveKey("flotilla test context", data));
     Blake3AllowSimd(true);
-    EXPECT_EQ(Hex(Blake3(data)), plain) << "length " << length;
-    EXPECT_EQ(Hex(Blake3Keyed(key, data)), keyed) << "length " << length;
-    EXPECT_EQ(Hex(Blake3DeriveKey("flotilla test context", data)), derived) << "length " << length;
-    // Pieces that start mid-chunk, then long runs: the batches begin at other counters.
-    Blake3Hasher hasher = Blake3Hasher::Keyed(key);
-    hasher.Update(data.substr(0, 1500));
-    hasher.Update(data.substr(1500, 548));
-    hasher.Update(data.substr(2048));
-    EXPECT_EQ(Hex(hasher.Finalize()), keyed) << "length " << length;
+    for (bool avx512 : {false, true}) {
+      const bool wide = Blake3AllowAvx512(avx512);
+      EXPECT_EQ(Hex(Blake3(data)), plain) << "length " << length << " AVX-512 " << wide;
+      EXPECT_EQ(Hex(Blake3Keyed(key, data)), keyed) << "length " << length << " AVX-512 " << wide;
+      EXPECT_EQ(Hex(Blake3DeriveKey("flotilla test context", data)), derived) << "length " << length << " AVX-512 " << wide;
+      // Pieces that start mid-chunk, then long runs: the batches begin at other counters.
+      Blake3Hasher hasher = Blake3Hasher::Keyed(key);
+      hasher.Update(data.substr(0, 1500));
+      hasher.Update(data.substr(1500, 548));
+      hasher.Update(data.substr(2048));
+      EXPECT_EQ(Hex(hasher.Finalize()), keyed) << "length " << length << " AVX-512 " << wide;
+    }
   }
+  Blake3AllowAvx512(true);
+}
+
+// The published vectors again with each SIMD level allowed in turn (the 16 KiB and longer inputs
+// reach the wide paths).
+TEST(Blake3Test, EverySimdLevelMatchesTheReference) {
+  Blake3Key key;
+  const std::string key_text = "whats the Elvish word for friend";
+  std::copy(key_text.begin(), key_text.end(), key.begin());
+  for (bool avx512 : {false, true}) {
+    Blake3AllowAvx512(avx512);
+    for (const Blake3Vector& vector : kBlake3Vectors) {
+      std::string input(vector.input_length, '\0');
+      for (size_t i = 0; i < input.size(); ++i) input[i] = static_cast<char>(i % 251);
+      EXPECT_EQ(Hex(Blake3(input)), vector.hash) << "length " << vector.input_length << " AVX-512 " << avx512;
+      EXPECT_EQ(Hex(Blake3Keyed(key, input)), vector.keyed_hash) << "length " << vector.input_length;
+    }
+  }
+  Blake3AllowAvx512(true);
 }
 
 TEST(Blake3Test, IncrementalUpdatesEqualOneShot) {

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -378,10 +379,24 @@ absl::Status XetStore::RecordFile(const XetHash& hash, const FileRecord& file) {
                                      {text, file.sha256, static_cast<int64_t>(file.size), SqlBytes{PackTerms(file.terms)}, now})
                                 .status();
     if (!inserted.ok()) return inserted;
-    for (const XetReconstructionTerm& term : file.terms) {
+    std::set<XetHash> xorbs;
+    for (const XetReconstructionTerm& term : file.terms) xorbs.insert(term.xorb_hash);
+    for (const XetHash& xorb : xorbs) {
+      // Note [Xet garbage collection]: the file's xorbs are its only copy, so each must still be
+      // stored when the file is recorded, and must not be collected after: refreshing its age in
+      // this transaction makes a collection on any replica either delete it first (then this
+      // finds no row, and the shard is refused: upload the xorb again) or see it as young.
+      absl::StatusOr<SqlRows> touched = session.Run("UPDATE xorbs SET created = ? WHERE hash = ? RETURNING hash",
+                                                    {now, XetHashToString(xorb)});
+      if (!touched.ok()) return touched.status();
+      if (touched->empty()) {
+        // The status a shard naming a missing xorb gets (400), as for the checks before.
+        return absl::InvalidArgumentError(absl::StrCat("xorb ", XetHashToString(xorb),
+                                                       " was collected meanwhile; upload it again"));
+      }
       absl::Status uses = session
                               .Run("INSERT INTO file_xorbs(xorb, file) VALUES(?, ?) ON CONFLICT DO NOTHING",
-                                   {XetHashToString(term.xorb_hash), text})
+                                   {XetHashToString(xorb), text})
                               .status();
       if (!uses.ok()) return uses;
     }
@@ -406,48 +421,212 @@ bool XetStore::Granted(const XetHash& file_hash, const std::string& repository) 
   return rows.ok() && !rows->empty();
 }
 
-absl::Status XetStore::ForEachChunk(const std::vector<XetReconstructionTerm>& terms,
-                                    const std::function<absl::Status(absl::string_view)>& consume) {
-  std::string buffer;
-  for (const XetReconstructionTerm& term : terms) {
-    absl::StatusOr<XorbRecord> xorb = LoadXorb(term.xorb_hash);
-    if (!xorb.ok()) return xorb.status();
-    const uint64_t begin = term.chunk_begin == 0 ? 0 : xorb->packed_ends[term.chunk_begin - 1];
-    const uint64_t end = xorb->packed_ends[term.chunk_end - 1];
-    absl::StatusOr<std::string> local = LocalXorbPath(term.xorb_hash);
-    if (!local.ok()) return absl::DataLossError(absl::StrCat("xorb ", XetHashToString(term.xorb_hash), ": ", local.status().message()));
-    const std::string& path = *local;
-    int descriptor = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (descriptor < 0) return absl::DataLossError(absl::StrCat("xorb file ", path, " is missing"));
-    buffer.resize(end - begin);
-    ssize_t got = pread(descriptor, buffer.data(), buffer.size(), static_cast<off_t>(begin));
-    close(descriptor);
-    if (got != static_cast<ssize_t>(buffer.size())) {
-      return absl::DataLossError(absl::StrCat("xorb file ", path, ": short read at ", begin));
+// Note [Reading a Xet file]: a file stored as chunks is read back by decoding windows of whole
+// chunks (up to kWindowBytes of file bytes, one term at a time). A window of chunks stored without
+// compression, whose sizes show it (packed size = 8-byte header + unpacked size), is read by one
+// preadv that puts each header into a scratch buffer and each payload straight into the window:
+// one copy from the page cache, as a read of a blob would be. The headers are then checked, and a
+// window whose headers say otherwise (or that holds compressed chunks) is read whole and decoded.
+namespace {
+constexpr size_t kWindowBytes = 4 << 20;
+constexpr size_t kWindowChunks = 512;  // two iovecs per chunk within IOV_MAX (1024)
+constexpr size_t kChunkHeaderBytes = 8;
+
+uint32_t ReadUint24(const uint8_t* bytes) { return bytes[0] | (bytes[1] << 8) | (bytes[2] << 16); }
+}  // namespace
+
+XetFileReader::~XetFileReader() {
+  for (const std::unique_ptr<Xorb>& xorb : xorbs_) {
+    if (xorb->descriptor >= 0) close(xorb->descriptor);
+  }
+}
+
+absl::Status XetFileReader::Fill(int64_t offset) {
+  auto term = std::upper_bound(terms_.begin(), terms_.end(), offset,
+                               [](int64_t value, const Term& candidate) { return value < candidate.file_offset; });
+  --term;  // terms_[0].file_offset is 0 and offset >= 0
+  const Xorb& xorb = *term->xorb;
+  auto unpacked_start = [&](uint32_t chunk) -> uint64_t { return chunk == 0 ? 0 : xorb.unpacked_ends[chunk - 1]; };
+  auto packed_start = [&](uint32_t chunk) -> uint64_t { return chunk == 0 ? 0 : xorb.packed_ends[chunk - 1]; };
+  const uint64_t term_base = unpacked_start(term->chunk_begin);
+  const uint64_t target = term_base + static_cast<uint64_t>(offset - term->file_offset);
+  const uint32_t first = static_cast<uint32_t>(
+      std::upper_bound(xorb.unpacked_ends.begin() + term->chunk_begin, xorb.unpacked_ends.begin() + term->chunk_end, target) -
+      xorb.unpacked_ends.begin());
+  uint32_t last = first;  // exclusive
+  uint64_t decoded = 0;
+  bool uncompressed = true;
+  while (last < term->chunk_end && last - first < kWindowChunks) {
+    const uint64_t chunk_bytes = xorb.unpacked_ends[last] - unpacked_start(last);
+    if (last > first && decoded + chunk_bytes > kWindowBytes) break;
+    uncompressed = uncompressed && xorb.packed_ends[last] - packed_start(last) == chunk_bytes + kChunkHeaderBytes;
+    decoded += chunk_bytes;
+    ++last;
+  }
+  const uint64_t packed_begin = packed_start(first);
+  const uint64_t packed_bytes = xorb.packed_ends[last - 1] - packed_begin;
+  auto short_read = [&](ssize_t got) {
+    return absl::DataLossError(absl::StrCat("read ", what_, ": xorb file ", xorb.path, ": expected ", packed_bytes,
+                                            " bytes at ", packed_begin, ", read ", got,
+                                            got < 0 ? absl::StrCat(" (", std::strerror(errno), ")") : ""));
+  };
+  window_begin_ = term->file_offset + static_cast<int64_t>(unpacked_start(first) - term_base);
+  if (uncompressed) {
+    window_.resize(decoded);
+    headers_.resize(kChunkHeaderBytes * (last - first));
+    std::vector<iovec> pieces;
+    pieces.reserve(2 * (last - first));
+    size_t window_offset = 0;
+    for (uint32_t chunk = first; chunk < last; ++chunk) {
+      const size_t chunk_bytes = xorb.unpacked_ends[chunk] - unpacked_start(chunk);
+      pieces.push_back({headers_.data() + kChunkHeaderBytes * (chunk - first), kChunkHeaderBytes});
+      pieces.push_back({window_.data() + window_offset, chunk_bytes});
+      window_offset += chunk_bytes;
     }
-    size_t offset = 0;
-    while (offset < buffer.size()) {
-      size_t consumed = 0;
-      absl::StatusOr<std::string> chunk = DecodeXorbChunk(absl::string_view(buffer).substr(offset), &consumed);
-      if (!chunk.ok()) return chunk.status();
-      if (absl::Status status = consume(*chunk); !status.ok()) return status;
-      offset += consumed;
+    ssize_t got = preadv(xorb.descriptor, pieces.data(), static_cast<int>(pieces.size()), static_cast<off_t>(packed_begin));
+    if (got != static_cast<ssize_t>(packed_bytes)) return short_read(got);
+    for (uint32_t chunk = first; chunk < last && uncompressed; ++chunk) {
+      const auto* header = reinterpret_cast<const uint8_t*>(headers_.data() + kChunkHeaderBytes * (chunk - first));
+      const uint32_t chunk_bytes = xorb.unpacked_ends[chunk] - static_cast<uint32_t>(unpacked_start(chunk));
+      uncompressed = header[0] == 0 && header[4] == 0 && ReadUint24(header + 1) == chunk_bytes &&
+                     ReadUint24(header + 5) == chunk_bytes;
     }
+    if (uncompressed) return absl::OkStatus();
+  }
+  packed_.resize(packed_bytes);
+  ssize_t got = pread(xorb.descriptor, packed_.data(), packed_bytes, static_cast<off_t>(packed_begin));
+  if (got != static_cast<ssize_t>(packed_bytes)) return short_read(got);
+  window_.clear();
+  size_t position = 0;
+  for (uint32_t chunk = first; chunk < last; ++chunk) {
+    size_t consumed = 0;
+    absl::StatusOr<std::string> bytes = DecodeXorbChunk(absl::string_view(packed_).substr(position), &consumed);
+    if (!bytes.ok()) {
+      return absl::DataLossError(absl::StrCat("read ", what_, ": xorb file ", xorb.path, " chunk ", chunk, ": ",
+                                              bytes.status().message()));
+    }
+    window_.append(*bytes);
+    position += consumed;
+  }
+  if (window_.size() != decoded) {
+    return absl::DataLossError(absl::StrCat("read ", what_, ": xorb file ", xorb.path, ": chunks ", first, "..", last,
+                                            " decode to ", window_.size(), " bytes, expected ", decoded));
   }
   return absl::OkStatus();
 }
 
-absl::Status XetStore::MaterializeBlob(const FileRecord& file, const std::string& what) {
-  if (blobs_.Size(file.sha256).ok()) return blobs_.Touch(file.sha256);
-  absl::StatusOr<std::unique_ptr<BlobUpload>> upload = blobs_.BeginUpload(file.sha256, static_cast<int64_t>(file.size), 0);
-  if (absl::IsAlreadyExists(upload.status())) return absl::OkStatus();
-  if (!upload.ok()) return upload.status();
-  absl::Status appended = ForEachChunk(file.terms, [&](absl::string_view bytes) { return (*upload)->Append(bytes); });
-  if (!appended.ok()) return appended;
-  if (absl::Status finished = (*upload)->Finish(); !finished.ok()) {
-    return absl::DataLossError(absl::StrCat(what, ": ", finished.message()));
+absl::StatusOr<absl::string_view> XetFileReader::ReadAt(int64_t offset, int64_t max_length) {
+  if (offset < 0 || offset >= size_) {
+    return absl::OutOfRangeError(absl::StrCat("read ", what_, ": offset ", offset, " outside its ", size_, " bytes"));
+  }
+  if (offset < window_begin_ || offset >= window_begin_ + static_cast<int64_t>(window_.size())) {
+    if (absl::Status status = Fill(offset); !status.ok()) {
+      window_.clear();
+      return status;
+    }
+  }
+  const int64_t available = window_begin_ + static_cast<int64_t>(window_.size()) - offset;
+  return absl::string_view(window_).substr(static_cast<size_t>(offset - window_begin_),
+                                           static_cast<size_t>(std::min(available, max_length)));
+}
+
+absl::Status XetFileReader::Read(int64_t offset, int64_t length, std::string* output) {
+  while (length > 0) {
+    absl::StatusOr<absl::string_view> piece = ReadAt(offset, length);
+    if (!piece.ok()) return piece.status();
+    output->append(piece->data(), piece->size());
+    offset += static_cast<int64_t>(piece->size());
+    length -= static_cast<int64_t>(piece->size());
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<XetFileReader>> XetStore::OpenTerms(const std::vector<XetReconstructionTerm>& terms,
+                                                                   const std::string& what) {
+  auto reader = std::unique_ptr<XetFileReader>(new XetFileReader());
+  reader->what_ = what;
+  std::map<XetHash, XetFileReader::Xorb*> opened;
+  for (const XetReconstructionTerm& stored : terms) {
+    XetFileReader::Xorb*& xorb = opened[stored.xorb_hash];
+    if (xorb == nullptr) {
+      absl::StatusOr<XorbRecord> record = LoadXorb(stored.xorb_hash);
+      if (!record.ok()) return absl::DataLossError(absl::StrCat("read ", what, ": ", record.status().message()));
+      absl::StatusOr<std::string> path = LocalXorbPath(stored.xorb_hash);
+      if (!path.ok()) return absl::DataLossError(absl::StrCat("read ", what, ": ", path.status().message()));
+      auto owned = std::make_unique<XetFileReader::Xorb>();
+      owned->path = *path;
+      owned->descriptor = open(path->c_str(), O_RDONLY | O_CLOEXEC);
+      if (owned->descriptor < 0) {
+        return absl::DataLossError(absl::StrCat("read ", what, ": open xorb file ", *path, ": ", std::strerror(errno)));
+      }
+      posix_fadvise(owned->descriptor, 0, 0, POSIX_FADV_SEQUENTIAL);
+      owned->packed_ends = std::move(record->packed_ends);
+      owned->unpacked_ends = std::move(record->unpacked_ends);
+      xorb = owned.get();
+      reader->xorbs_.push_back(std::move(owned));
+    }
+    if (stored.chunk_begin >= stored.chunk_end || stored.chunk_end > xorb->unpacked_ends.size()) {
+      return absl::DataLossError(absl::StrCat("read ", what, ": a term names chunks [", stored.chunk_begin, ", ",
+                                              stored.chunk_end, ") of xorb ", XetHashToString(stored.xorb_hash),
+                                              ", which holds ", xorb->unpacked_ends.size()));
+    }
+    reader->terms_.push_back({xorb, stored.chunk_begin, stored.chunk_end, reader->size_});
+    reader->size_ += static_cast<int64_t>(stored.unpacked_bytes);
+  }
+  return reader;
+}
+
+absl::StatusOr<std::string> XetStore::Sha256OfTerms(const std::vector<XetReconstructionTerm>& terms,
+                                                    const std::string& what) {
+  absl::StatusOr<std::unique_ptr<XetFileReader>> reader = OpenTerms(terms, what);
+  if (!reader.ok()) return reader.status();
+  Sha256 hasher;
+  for (int64_t offset = 0; offset < (*reader)->size();) {
+    absl::StatusOr<absl::string_view> piece = (*reader)->ReadAt(offset, int64_t{1} << 30);
+    if (!piece.ok()) return piece.status();
+    hasher.Update(*piece);
+    offset += static_cast<int64_t>(piece->size());
+  }
+  return hasher.HexDigest();
+}
+
+absl::StatusOr<std::unique_ptr<XetFileReader>> XetStore::OpenFile(const std::string& sha256) {
+  absl::StatusOr<SqlRows> rows = database_->Run("SELECT terms FROM files WHERE sha256 = ? LIMIT 1", {sha256});
+  if (!rows.ok()) return rows.status();
+  if (rows->empty()) return absl::NotFoundError(absl::StrCat("file ", sha256, " is not stored as chunks"));
+  return OpenTerms(UnpackTerms(rows->Text(0, 0)), absl::StrCat("file ", sha256));
+}
+
+absl::StatusOr<int64_t> XetStore::FileSize(const std::string& sha256, bool touch) {
+  absl::StatusOr<SqlRows> rows = database_->Run("SELECT size FROM files WHERE sha256 = ? LIMIT 1", {sha256});
+  if (!rows.ok()) return rows.status();
+  if (rows->empty()) return absl::NotFoundError(absl::StrCat("file ", sha256, " is not stored as chunks"));
+  const int64_t size = rows->Int(0, 0);
+  if (touch) {
+    // Note [Xet garbage collection]: the file and its xorbs get younger together, in one
+    // transaction, so a collection either deleted the file first (then it is missing here, and
+    // the push uploads it) or keeps both.
+    const int64_t now = absl::ToUnixSeconds(absl::Now());
+    bool found = false;
+    absl::Status touched = database_->Transaction([&](SqlSession& session) -> absl::Status {
+      absl::StatusOr<SqlRows> files =
+          session.Run("UPDATE files SET created = ? WHERE sha256 = ? RETURNING terms", {now, sha256});
+      if (!files.ok()) return files.status();
+      found = !files->empty();
+      std::set<XetHash> xorbs;
+      for (size_t row = 0; row < files->size(); ++row) {
+        for (const XetReconstructionTerm& term : UnpackTerms(files->Text(row, 0))) xorbs.insert(term.xorb_hash);
+      }
+      for (const XetHash& xorb : xorbs) {
+        absl::Status status = session.Run("UPDATE xorbs SET created = ? WHERE hash = ?", {now, XetHashToString(xorb)}).status();
+        if (!status.ok()) return status;
+      }
+      return absl::OkStatus();
+    });
+    if (!touched.ok()) return touched;
+    if (!found) return absl::NotFoundError(absl::StrCat("file ", sha256, " is not stored as chunks"));
+  }
+  return size;
 }
 
 std::vector<size_t> XetStore::MissingChunks(const std::vector<XetHash>& chunk_hashes) {
@@ -504,7 +683,12 @@ absl::Status XetStore::CreateBlobFromChunks(const std::string& sha256, int64_t s
     return absl::InvalidArgumentError(absl::StrCat("create blob ", sha256, ": expected ", size,
                                                    " bytes but the chunks hold ", record.size));
   }
-  if (absl::Status status = MaterializeBlob(record, absl::StrCat("create blob ", sha256)); !status.ok()) return status;
+  // Note [One store, two views]: the chunks are the file; no blob is written.
+  absl::StatusOr<std::string> actual = Sha256OfTerms(record.terms, absl::StrCat("create blob ", sha256));
+  if (!actual.ok()) return actual.status();
+  if (*actual != sha256) {
+    return absl::DataLossError(absl::StrCat("create blob ", sha256, ": the chunks' ", size, " bytes hash to ", *actual));
+  }
   return RecordFile(XetFileHash(leaves), record);
 }
 
@@ -580,29 +764,24 @@ absl::StatusOr<int> XetStore::PutShard(absl::string_view serialized, const std::
       return absl::InvalidArgumentError(absl::StrCat("shard: file ", file_text, ": its terms reconstruct file ",
                                                      XetHashToString(computed)));
     }
-    if (file.sha256) {
-      record.sha256 = *file.sha256;
+    // The sha256 is what commits and every other view name the file by: check it against the
+    // bytes unless this very file (same Xet file hash, so the same bytes) was checked before.
+    const std::string what = absl::StrCat("shard: file ", file_text);
+    absl::StatusOr<FileRecord> known = LoadFile(file.file_hash);
+    if (known.ok() && known->size == record.size && (!file.sha256 || *file.sha256 == known->sha256)) {
+      record.sha256 = known->sha256;
     } else {
-      Sha256 hasher;
-      if (absl::Status status = ForEachChunk(record.terms, [&](absl::string_view bytes) {
-            hasher.Update(bytes);
-            return absl::OkStatus();
-          });
-          !status.ok()) {
-        return status;
+      absl::StatusOr<std::string> actual = Sha256OfTerms(record.terms, what);
+      if (!actual.ok()) return actual.status();
+      if (file.sha256 && *file.sha256 != *actual) {
+        return absl::InvalidArgumentError(absl::StrCat(what, ": the shard gives sha256 ", *file.sha256,
+                                                       " but its bytes hash to ", *actual));
       }
-      record.sha256 = hasher.HexDigest();
+      record.sha256 = *actual;
     }
     files.push_back(std::move(record));
   }
-  // Note [One store, two views]: each file becomes an ordinary blob (sha256 verified by Finish).
-  for (size_t index = 0; index < files.size(); ++index) {
-    if (absl::Status status =
-            MaterializeBlob(files[index], absl::StrCat("shard: file ", XetHashToString(shard->files[index].file_hash)));
-        !status.ok()) {
-      return status;
-    }
-  }
+  // Note [One store, two views]: each file is recorded as its chunks, once all were checked.
   for (size_t index = 0; index < files.size(); ++index) {
     if (absl::Status status = RecordFile(shard->files[index].file_hash, files[index]); !status.ok()) return status;
     if (absl::Status status = Grant(shard->files[index].file_hash, repository); !status.ok()) return status;
@@ -735,7 +914,10 @@ absl::StatusOr<XetHash> XetStore::FileHashForBlob(const std::string& sha256, int
   if (std::optional<XetHash> existing = FirstFileHash(database_->Run(kFileBySha256, {sha256, size}))) return *existing;
   std::lock_guard xetify_lock(xetify_mutex_);
   std::shared_lock gc_lock(gc_mutex_);
-  if (std::optional<XetHash> existing = FirstFileHash(database_->Run(kFileBySha256, {sha256, size}))) return *existing;
+  if (std::optional<XetHash> existing = FirstFileHash(database_->Run(kFileBySha256, {sha256, size}))) {
+    if (absl::Status released = ReleaseBlob(sha256, size); !released.ok()) return released;
+    return *existing;
+  }
   FileRecord record;
   record.sha256 = sha256;
   record.size = static_cast<uint64_t>(size);
@@ -792,7 +974,21 @@ absl::StatusOr<XetHash> XetStore::FileHashForBlob(const std::string& sha256, int
   }
   XetHash file_hash = XetFileHash(file_chunks);
   if (absl::Status status = RecordFile(file_hash, record); !status.ok()) return status;
+  if (absl::Status released = ReleaseBlob(sha256, size); !released.ok()) return released;
   return file_hash;
+}
+
+absl::Status XetStore::ReleaseBlob(const std::string& sha256, int64_t size) {
+  // Note [One store, two views]: the xorbs were durable (and, with a bucket, uploaded) before the
+  // file was recorded, so from here every view reads the chunks; a download that opened the blob
+  // keeps its descriptor. A crash before this line leaves both copies, and the next call for the
+  // blob (FindMissingChunks, a HEAD) deletes it.
+  if (size == 0 || !blobs_.Size(sha256).ok()) return absl::OkStatus();  // an empty blob costs nothing
+  if (absl::Status status = blobs_.Delete(sha256); !status.ok()) {
+    return absl::Status(status.code(), absl::StrCat("release blob ", sha256, " (stored as chunks now): ", status.message()));
+  }
+  if (on_blob_released_) on_blob_released_(size);
+  return absl::OkStatus();
 }
 
 std::string XetStore::IssueToken(const std::string& repository, bool write, int64_t expires_unix_seconds) const {
@@ -876,14 +1072,30 @@ absl::StatusOr<XetGarbageReport> XetStore::CollectGarbage(const std::set<std::st
   for (const auto& [hash, bytes] : doomed_xorbs) report.freed_bytes += bytes;
   if (dry_run) return report;
   for (const std::string& hash : doomed_files) {
-    for (const char* sql : {"DELETE FROM files WHERE hash = ?", "DELETE FROM file_repositories WHERE file = ?",
-                            "DELETE FROM file_xorbs WHERE file = ?"}) {
+    // Only while still old: a push that found the file stored (FileSize with touch) refreshed it.
+    absl::StatusOr<SqlRows> deleted =
+        database_->Run("DELETE FROM files WHERE hash = ? AND created <= ? RETURNING hash", {hash, cutoff_seconds});
+    if (!deleted.ok()) return deleted.status();
+    if (deleted->empty()) {
+      --report.deleted_files;
+      continue;
+    }
+    for (const char* sql : {"DELETE FROM file_repositories WHERE file = ?", "DELETE FROM file_xorbs WHERE file = ?"}) {
       if (absl::Status status = database_->Run(sql, {hash}).status(); !status.ok()) return status;
     }
   }
   for (const auto& [hash, bytes] : doomed_xorbs) {
-    for (const char* sql : {"DELETE FROM xorbs WHERE hash = ?", "DELETE FROM chunks WHERE xorb = ?"}) {
-      if (absl::Status status = database_->Run(sql, {hash}).status(); !status.ok()) return status;
+    // Only while still old: a file recorded meanwhile (on any replica) refreshed it (RecordFile).
+    absl::StatusOr<SqlRows> deleted =
+        database_->Run("DELETE FROM xorbs WHERE hash = ? AND created <= ? RETURNING hash", {hash, cutoff_seconds});
+    if (!deleted.ok()) return deleted.status();
+    if (deleted->empty()) {
+      --report.deleted_xorbs;
+      report.freed_bytes -= bytes;
+      continue;
+    }
+    if (absl::Status status = database_->Run("DELETE FROM chunks WHERE xorb = ?", {hash}).status(); !status.ok()) {
+      return status;
     }
     absl::StatusOr<XetHash> parsed = XetHashFromString(hash);
     if (parsed.ok()) unlink(XorbPath(*parsed).c_str());

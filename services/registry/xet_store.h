@@ -1,12 +1,16 @@
 // The registry's Xet CAS: xorbs, the files they reconstruct, the chunk index, and the short-lived
 // CAS tokens (https://huggingface.co/docs/xet; routes in hub_api.cc). Note [One store, two views]:
-// a file that arrives through Xet (shard upload) is verified against the stored xorbs and then
-// written, whole and sha256-checked, into the ordinary BlobStore, so every other path (commits,
-// /resolve/, gRPC, `flotilla pull`, the worker) sees an ordinary blob. A blob that arrived another
-// way (`flotilla push`, LFS) gets its Xet view on first request (FileHashForBlob): it is chunked
-// with the Xet chunker, its chunks written as uncompressed xorbs, and its reconstruction recorded,
-// so hf_xet can download it through the CAS. Commits never depend on this store: they name sha256
-// blobs, which exist only complete and verified.
+// a file that arrives through Xet (shard upload) or as chunks (a chunked `flotilla push`) is
+// stored once, as its xorbs' chunks. Its shard's terms are verified against the stored xorbs and
+// its sha256 against the bytes they reconstruct before the file is recorded; from then on every
+// other path (commits, /resolve/, gRPC, `flotilla pull`, the worker) reads it by sha256 through a
+// XetFileReader, which reconstructs any byte range from the chunks, so the blob store holds no
+// second copy. A blob that arrived another way (`flotilla push`, LFS) gets its Xet view on first
+// request (FileHashForBlob): it is chunked with the Xet chunker, its chunks written as
+// uncompressed xorbs, and its reconstruction recorded, so hf_xet can download it through the CAS;
+// then the blob is deleted, and the file too is read through its chunks from then on.
+// Commits name sha256s; Registry::StoredSize finds them in the blob store or here, and a Xet file
+// is recorded only once complete and verified.
 //
 // Tables (xorbs, chunks, files, file_xorbs, file_repositories) in <data_dir>/xet/xet.sqlite3 by
 // default, or in the registry's PostgreSQL database (then the CAS token secret is kept there too,
@@ -15,13 +19,18 @@
 //
 //   auto store = XetStore::Open(data_dir, blobs);
 //   absl::StatusOr<bool> inserted = (*store)->PutXorb(hash, body);         // verified
-//   absl::StatusOr<int> result = (*store)->PutShard(body, "acme/llama");   // files → blobs
+//   absl::StatusOr<int> result = (*store)->PutShard(body, "acme/llama");   // files recorded
 //   absl::StatusOr<XetReconstruction> plan = (*store)->Reconstruct(file_hash, std::nullopt);
+//   auto reader = (*store)->OpenFile(sha256);                              // the bytes, any range
 //
-// Thread-safe. Note [Xet garbage collection]: uploads take a shared lock that CollectGarbage
-// takes exclusively; files unreferenced by any commit and xorbs no remaining file uses are deleted
-// only past the grace period, so a shard uploaded just before its commit (or a xorb just before
-// its shard) survives.
+// Thread-safe (a XetFileReader is not: one per download). Note [Xet garbage collection]: uploads
+// take a shared lock that CollectGarbage takes exclusively; files unreferenced by any commit and
+// xorbs no remaining file uses are deleted only past the grace period, so a shard uploaded just
+// before its commit (or a xorb just before its shard) survives. Across replicas, where that lock
+// does not reach and a file's xorbs are its only copy: recording a file refreshes the age of its
+// xorbs in the same transaction (and fails if one is gone), a push finding a file stored
+// refreshes the file and its xorbs together, and collection deletes a file or xorb only with a
+// `created <= cutoff` condition in the DELETE itself, so whichever comes second sees the other.
 #pragma once
 
 #include <condition_variable>
@@ -76,6 +85,57 @@ struct XetTokenClaims {
   int64_t expires_unix_seconds = 0;
 };
 
+// Reads a stored Xet file's bytes, reconstructed from its xorbs' chunks. Note [Reading a Xet file]
+// (xet_store.cc): it decodes a window of up to 4 MiB of whole chunks at a time; a chunk stored
+// without compression (hf_xet stores incompressible chunks so, and the registry's own xorbs are
+// all so) is read straight into the window, skipping its header, by one preadv per window.
+//
+//   auto reader = store.OpenFile(sha256);
+//   absl::StatusOr<absl::string_view> bytes = (*reader)->ReadAt(offset, 128 << 10);
+//
+// Not thread-safe: one reader per download. Holds the xorb files open, so garbage collection
+// unlinking one meanwhile does not cut a download short.
+class XetFileReader {
+ public:
+  ~XetFileReader();
+  XetFileReader(const XetFileReader&) = delete;
+  XetFileReader& operator=(const XetFileReader&) = delete;
+
+  int64_t size() const { return size_; }
+  // Up to `max_length` bytes from `offset` (at least one while offset < size()), valid until the
+  // next call. OUT_OF_RANGE at or past the end; DATA_LOSS when a xorb is missing or does not decode.
+  absl::StatusOr<absl::string_view> ReadAt(int64_t offset, int64_t max_length);
+  // Appends the bytes [offset, offset + length) to `output`.
+  absl::Status Read(int64_t offset, int64_t length, std::string* output);
+
+ private:
+  friend class XetStore;
+  struct Xorb {
+    std::string path;
+    int descriptor = -1;
+    std::vector<uint32_t> packed_ends;
+    std::vector<uint32_t> unpacked_ends;
+  };
+  struct Term {
+    Xorb* xorb = nullptr;
+    uint32_t chunk_begin = 0;
+    uint32_t chunk_end = 0;
+    int64_t file_offset = 0;  // where the term's bytes start in the file
+  };
+  XetFileReader() = default;
+  // Decodes the window of whole chunks that holds `offset`.
+  absl::Status Fill(int64_t offset);
+
+  std::string what_;  // "file <sha256>", for messages
+  int64_t size_ = 0;
+  std::vector<Term> terms_;
+  std::vector<std::unique_ptr<Xorb>> xorbs_;
+  std::string window_;  // decoded bytes [window_begin_, window_begin_ + window_.size()) of the file
+  int64_t window_begin_ = 0;
+  std::string packed_;   // scratch for compressed chunks
+  std::string headers_;  // scratch for the headers of uncompressed chunks
+};
+
 struct XetGarbageReport {
   int64_t deleted_files = 0;
   int64_t deleted_xorbs = 0;
@@ -98,15 +158,22 @@ class XetStore {
   absl::StatusOr<bool> PutXorb(const XetHash& hash, absl::string_view serialized);
 
   // Verifies every file of an uploaded shard against the stored xorbs (chunk ranges, sizes,
-  // verification hashes, the file hash, sha256) and writes each into the blob store; grants the
-  // files to `repository`. 1 when registered. INVALID_ARGUMENT (nothing recorded) for a malformed
-  // shard, a missing xorb, or any mismatch; DATA_LOSS when the bytes do not match the sha256.
+  // verification hashes, the file hash, and the sha256 of the bytes they reconstruct) and records
+  // it; grants the files to `repository`. 1 when registered. INVALID_ARGUMENT (nothing recorded) for a malformed
+  // shard, a missing xorb, or any mismatch (the sha256 included).
   absl::StatusOr<int> PutShard(absl::string_view serialized, const std::string& repository);
+
+  // The file recorded under `sha256` (a Xet upload or a chunked push), opened for reading; NOT_FOUND
+  // when none is, DATA_LOSS when one of its xorbs is gone.
+  absl::StatusOr<std::unique_ptr<XetFileReader>> OpenFile(const std::string& sha256);
+  // The size of the file recorded under `sha256`, or NOT_FOUND. `touch` refreshes its age (a push
+  // that found it stored will commit it soon: garbage collection's grace period must cover it).
+  absl::StatusOr<int64_t> FileSize(const std::string& sha256, bool touch = false);
 
   // Indices of the chunks no stored xorb holds (for `flotilla push`'s chunk-level dedup).
   std::vector<size_t> MissingChunks(const std::vector<XetHash>& chunk_hashes);
-  // Assembles the blob `sha256` of `size` bytes from stored chunks, in order, and records its Xet
-  // view. FAILED_PRECONDITION naming a chunk no xorb holds; INVALID_ARGUMENT when the chunks'
+  // Records the file `sha256` of `size` bytes as the stored chunks, in order (no bytes are copied:
+  // see the Note), after checking their bytes hash to `sha256`. FAILED_PRECONDITION naming a chunk no xorb holds; INVALID_ARGUMENT when the chunks'
   // sizes do not add up to `size`; DATA_LOSS when their bytes do not hash to `sha256`.
   absl::Status CreateBlobFromChunks(const std::string& sha256, int64_t size, const std::vector<XetHash>& chunk_hashes);
 
@@ -119,7 +186,8 @@ class XetStore {
   // hashes keyed by a fresh random key); NOT_FOUND when no stored xorb holds it.
   absl::StatusOr<std::string> DedupShard(const XetHash& chunk_hash);
 
-  // The Xet file hash of a stored blob, creating its Xet view first if it has none (see the Note).
+  // The Xet file hash of a stored blob, creating its Xet view first if it has none, after which the
+  // blob (now a second copy) is deleted (see the Note).
   absl::StatusOr<XetHash> FileHashForBlob(const std::string& sha256, int64_t size);
   // The Xet file hash of a blob that has its Xet view already; nullopt otherwise (nothing is created).
   std::optional<XetHash> ExistingFileHashForBlob(const std::string& sha256, int64_t size);
@@ -129,6 +197,9 @@ class XetStore {
   // Only a repository a file was uploaded to or advertised by may reconstruct it.
   absl::Status Grant(const XetHash& file_hash, const std::string& repository);
   bool Granted(const XetHash& file_hash, const std::string& repository);
+
+  // Called with a blob's size when its Xet view replaced it (for the stored-bytes statistics).
+  void OnBlobReleased(std::function<void(int64_t)> callback) { on_blob_released_ = std::move(callback); }
 
   std::string XorbPath(const XetHash& hash) const;
   // XorbPath, after fetching the xorb from the shared bucket when this replica has no copy yet.
@@ -172,11 +243,11 @@ class XetStore {
   absl::Status WriteXorbFile(const XetHash& hash, absl::string_view serialized);
   absl::Status RecordXorb(const XetHash& hash, const ParsedXorb& xorb);
   absl::Status RecordFile(const XetHash& hash, const FileRecord& file);
-  // Writes a verified file's bytes into the blob store (nothing when the blob exists).
-  absl::Status MaterializeBlob(const FileRecord& file, const std::string& what);
-  // Decodes the chunks of `terms` in order, calling `consume` with each chunk's bytes.
-  absl::Status ForEachChunk(const std::vector<XetReconstructionTerm>& terms,
-                            const std::function<absl::Status(absl::string_view)>& consume);
+  // A reader over `terms` (file bytes in order); `what` names the file in messages.
+  absl::StatusOr<std::unique_ptr<XetFileReader>> OpenTerms(const std::vector<XetReconstructionTerm>& terms,
+                                                           const std::string& what);
+  // The sha256 of the bytes `terms` reconstruct.
+  absl::StatusOr<std::string> Sha256OfTerms(const std::vector<XetReconstructionTerm>& terms, const std::string& what);
 
   std::string root_;
   BlobStore& blobs_;
@@ -184,6 +255,9 @@ class XetStore {
   S3Client* xorb_bucket_ = nullptr;        // shared copies of the xorbs, or none
   std::string xorb_prefix_;
   std::string secret_;
+  // Deletes the blob `sha256` once the file is recorded as chunks (nothing when it is gone).
+  absl::Status ReleaseBlob(const std::string& sha256, int64_t size);
+  std::function<void(int64_t)> on_blob_released_;
   std::mutex xetify_mutex_;      // one blob gets its Xet view at a time
   std::shared_mutex gc_mutex_;   // uploads shared, garbage collection exclusive
 

@@ -14,6 +14,7 @@
 
 #include <absl/time/clock.h>
 #include <gtest/gtest.h>
+#include <lz4frame.h>
 
 #include "services/registry/blob_store.h"
 #include "services/registry/postgres_test_server.h"
@@ -57,8 +58,29 @@ TestXorb MakeXorb(const std::vector<std::string>& chunks) {
   return xorb;
 }
 
-// An upload shard with one file made of all chunks of `xorb`, with verification and sha256.
-std::string MakeShard(const TestXorb& xorb, bool describe_xorb = true) {
+// A xorb whose chunks are LZ4 frames (compression type 1), as hf_xet stores compressible chunks.
+TestXorb MakeCompressedXorb(const std::vector<std::string>& chunks) {
+  TestXorb xorb;
+  xorb.chunks = chunks;
+  std::vector<XetHashAndSize> leaves;
+  for (const std::string& chunk : chunks) {
+    std::string frame(LZ4F_compressFrameBound(chunk.size(), nullptr), '\0');
+    frame.resize(LZ4F_compressFrame(frame.data(), frame.size(), chunk.data(), chunk.size(), nullptr));
+    const uint32_t packed = static_cast<uint32_t>(frame.size());
+    const uint32_t unpacked = static_cast<uint32_t>(chunk.size());
+    const char header[8] = {0, static_cast<char>(packed), static_cast<char>(packed >> 8), static_cast<char>(packed >> 16),
+                            1, static_cast<char>(unpacked), static_cast<char>(unpacked >> 8), static_cast<char>(unpacked >> 16)};
+    xorb.serialized.append(header, sizeof(header));
+    xorb.serialized += frame;
+    leaves.push_back({XetChunkHash(chunk), chunk.size()});
+  }
+  xorb.hash = XetXorbHash(leaves);
+  return xorb;
+}
+
+// An upload shard with one file made of all chunks of `xorb`, with verification and sha256
+// (`claimed_sha256` instead of the bytes' own when given).
+std::string MakeShard(const TestXorb& xorb, bool describe_xorb = true, const std::string& claimed_sha256 = "") {
   std::string shard = "HFRepoMetaData";
   shard.push_back('\0');
   const uint8_t magic[17] = {0x55, 0x69, 0x67, 0x45, 0x6a, 0x7b, 0x81, 0x57, 0x83,
@@ -85,7 +107,7 @@ std::string MakeShard(const TestXorb& xorb, bool describe_xorb = true) {
   AppendUint32(&shard, static_cast<uint32_t>(xorb.chunks.size()));
   AppendHash(&shard, XetVerificationHash(chunk_hashes, 0, chunk_hashes.size()));
   shard.append(16, '\0');
-  absl::StatusOr<XetHash> sha256 = XetHashFromString(Sha256OfString(data));
+  absl::StatusOr<XetHash> sha256 = XetHashFromString(claimed_sha256.empty() ? Sha256OfString(data) : claimed_sha256);
   AppendHash(&shard, *sha256);  // hash-string order, as hf_xet writes it
   shard.append(16, '\0');
   shard.append(32, '\xff');
@@ -128,8 +150,12 @@ class XetStoreTest : public ::testing::TestWithParam<std::string> {
     auto store = XetStore::Open(directory_.string(), *blobs_, database);
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = *std::move(store);
+    // A second connection to the same tables, to age rows as time passing would.
+    database_ = database;
+    if (database_ == nullptr) database_ = *OpenSqlDatabase((directory_ / "xet" / "xet.sqlite3").string());
   }
   void TearDown() override {
+    database_.reset();
     store_.reset();
     blobs_.reset();
     std::filesystem::remove_all(directory_);
@@ -138,6 +164,7 @@ class XetStoreTest : public ::testing::TestWithParam<std::string> {
   std::filesystem::path directory_;
   std::unique_ptr<LocalBlobStore> blobs_;
   std::unique_ptr<XetStore> store_;
+  std::shared_ptr<SqlDatabase> database_;
 };
 
 TEST_P(XetStoreTest, XorbIsVerifiedAndStoredOnce) {
@@ -155,14 +182,39 @@ TEST_P(XetStoreTest, XorbIsVerifiedAndStoredOnce) {
   EXPECT_FALSE(std::filesystem::exists(store_->XorbPath(other.hash)));
 }
 
-TEST_P(XetStoreTest, ShardBecomesBlobAndReconstructsRanges) {
+// Every byte range of `data`, read through a reader of the file `sha256`, in pieces of `step`.
+void ExpectReadsBack(XetStore& store, const std::string& sha256, const std::string& data, int64_t step) {
+  absl::StatusOr<std::unique_ptr<XetFileReader>> reader = store.OpenFile(sha256);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  ASSERT_EQ((*reader)->size(), static_cast<int64_t>(data.size()));
+  std::string whole;
+  for (int64_t offset = 0; offset < static_cast<int64_t>(data.size()); offset += step) {
+    ASSERT_TRUE((*reader)->Read(offset, std::min<int64_t>(step, data.size() - offset), &whole).ok());
+  }
+  EXPECT_TRUE(whole == data);
+  // Backwards and across chunk and window boundaries, as Range requests and resumed pulls read.
+  std::mt19937 generator(7);
+  for (int round = 0; round < 50; ++round) {
+    const int64_t offset = generator() % data.size();
+    const int64_t length = 1 + generator() % std::min<int64_t>(data.size() - offset, 300000);
+    std::string piece;
+    ASSERT_TRUE((*reader)->Read(offset, length, &piece).ok());
+    ASSERT_TRUE(piece == data.substr(offset, length)) << "bytes " << offset << "+" << length;
+  }
+  EXPECT_EQ((*reader)->ReadAt(data.size(), 1).status().code(), absl::StatusCode::kOutOfRange);
+}
+
+TEST_P(XetStoreTest, ShardIsStoredOnceAsChunksAndReconstructsRanges) {
   TestXorb xorb = MakeXorb({RandomBytes(1000, 4), RandomBytes(2000, 5), RandomBytes(3000, 6)});
   ASSERT_TRUE(store_->PutXorb(xorb.hash, xorb.serialized).ok());
   absl::StatusOr<int> registered = store_->PutShard(MakeShard(xorb), "acme/model");
   ASSERT_TRUE(registered.ok()) << registered.status();
   const std::string data = xorb.chunks[0] + xorb.chunks[1] + xorb.chunks[2];
   const std::string sha256 = Sha256OfString(data);
-  EXPECT_EQ(*blobs_->Size(sha256), static_cast<int64_t>(data.size()));
+  // Note [One store, two views]: the xorb is the only copy; the file reads back from it.
+  EXPECT_EQ(blobs_->Size(sha256).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(*store_->FileSize(sha256), static_cast<int64_t>(data.size()));
+  ExpectReadsBack(*store_, sha256, data, 999);
 
   std::vector<XetHashAndSize> leaves;
   for (const std::string& chunk : xorb.chunks) leaves.push_back({XetChunkHash(chunk), chunk.size()});
@@ -200,8 +252,58 @@ TEST_P(XetStoreTest, BadShardsRecordNothing) {
   std::string bad_verification = shard;
   bad_verification[48 + 48 + 48] ^= 1;  // first byte of the verification entry
   EXPECT_EQ(store_->PutShard(bad_verification, "acme/model").status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(blobs_->Size(Sha256OfString(xorb.chunks[0])).status().code(), absl::StatusCode::kNotFound);
+  // A sha256 its bytes do not have.
+  const std::string lying = MakeShard(xorb, true, Sha256OfString("something else"));
+  absl::StatusOr<int> refused = store_->PutShard(lying, "acme/model");
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("hash to"), std::string::npos) << refused.status();
+  EXPECT_EQ(store_->FileSize(Sha256OfString(xorb.chunks[0])).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->FileSize(Sha256OfString("something else")).status().code(), absl::StatusCode::kNotFound);
   EXPECT_TRUE(store_->PutShard(shard, "acme/model").ok());
+  EXPECT_EQ(*store_->FileSize(Sha256OfString(xorb.chunks[0])), 1000);
+}
+
+TEST_P(XetStoreTest, CompressedChunksReadBackThroughTheDecoder) {
+  std::vector<std::string> chunks;
+  for (int index = 0; index < 6; ++index) {
+    std::string text;
+    while (text.size() < 50000 + 1000 * index) text += "layer " + std::to_string(text.size() % 977) + " weights; ";
+    chunks.push_back(text);
+  }
+  TestXorb xorb = MakeCompressedXorb(chunks);
+  ASSERT_LT(xorb.serialized.size(), 300000u);  // compressed indeed
+  ASSERT_TRUE(store_->PutXorb(xorb.hash, xorb.serialized).ok());
+  ASSERT_TRUE(store_->PutShard(MakeShard(xorb), "acme/model").ok());
+  std::string data;
+  for (const std::string& chunk : chunks) data += chunk;
+  ExpectReadsBack(*store_, Sha256OfString(data), data, 65536);
+}
+
+TEST_P(XetStoreTest, ChunksAssembleIntoAFileAcrossXorbsWithoutACopy) {
+  // Two xorbs of 128 KiB chunks (the largest there are), 5 MiB in all: more than one 4 MiB window.
+  std::vector<std::string> first_chunks, second_chunks;
+  for (uint32_t index = 0; index < 24; ++index) first_chunks.push_back(RandomBytes(128 * 1024, 100 + index));
+  for (uint32_t index = 0; index < 16; ++index) second_chunks.push_back(RandomBytes(128 * 1024 - index, 200 + index));
+  TestXorb first = MakeXorb(first_chunks), second = MakeXorb(second_chunks);
+  ASSERT_TRUE(store_->PutXorb(first.hash, first.serialized).ok());
+  ASSERT_TRUE(store_->PutXorb(second.hash, second.serialized).ok());
+  std::string data;
+  std::vector<XetHash> hashes;
+  for (const auto* chunks : {&second_chunks, &first_chunks}) {
+    for (const std::string& chunk : *chunks) {
+      data += chunk;
+      hashes.push_back(XetChunkHash(chunk));
+    }
+  }
+  const std::string sha256 = Sha256OfString(data);
+  absl::Status wrong = store_->CreateBlobFromChunks(Sha256OfString("other"), data.size(), hashes);
+  EXPECT_EQ(wrong.code(), absl::StatusCode::kDataLoss) << wrong;
+  EXPECT_EQ(store_->FileSize(Sha256OfString("other")).status().code(), absl::StatusCode::kNotFound);
+  absl::Status created = store_->CreateBlobFromChunks(sha256, data.size(), hashes);
+  ASSERT_TRUE(created.ok()) << created;
+  EXPECT_EQ(blobs_->Size(sha256).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->stored_bytes(), static_cast<int64_t>(first.serialized.size() + second.serialized.size()));
+  ExpectReadsBack(*store_, sha256, data, 128 * 1024);
 }
 
 TEST_P(XetStoreTest, PushedBlobGetsXetViewMatchingChunker) {
@@ -224,6 +326,11 @@ TEST_P(XetStoreTest, PushedBlobGetsXetViewMatchingChunker) {
   uint64_t total = 0;
   for (const XetReconstructionTerm& term : plan->terms) total += term.unpacked_bytes;
   EXPECT_EQ(total, data.size());
+  // Note [One store, two views]: the view's xorbs replaced the blob; the file reads back from them.
+  EXPECT_EQ(blobs_->Size(sha256).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(*store_->FileSize(sha256), static_cast<int64_t>(data.size()));
+  ExpectReadsBack(*store_, sha256, data, 131072);
+  EXPECT_EQ(*store_->FileHashForBlob(sha256, data.size()), *file_hash);
 }
 
 TEST_P(XetStoreTest, TokensAreScopedSignedAndExpire) {
@@ -273,6 +380,32 @@ TEST_P(XetStoreTest, GarbageCollectionSparesReferencedAndRecentFiles) {
   EXPECT_EQ(report.deleted_files, 1);
   EXPECT_EQ(report.deleted_xorbs, 1);
   EXPECT_FALSE(std::filesystem::exists(store_->XorbPath(xorb.hash)));
+}
+
+// Note [Xet garbage collection]: a push that finds a file stored refreshes the file and its xorbs
+// together, so a collection that follows keeps both (the xorbs are the file's only copy); without
+// that, both go once old.
+TEST_P(XetStoreTest, AFileFoundByAPushKeepsItsXorbsThroughCollection) {
+  TestXorb xorb = MakeXorb({RandomBytes(3000, 13), RandomBytes(2000, 14)});
+  ASSERT_TRUE(store_->PutXorb(xorb.hash, xorb.serialized).ok());
+  ASSERT_TRUE(store_->PutShard(MakeShard(xorb), "acme/model").ok());
+  const std::string sha256 = Sha256OfString(xorb.chunks[0] + xorb.chunks[1]);
+  auto age_everything = [&] {
+    ASSERT_TRUE(database_->Run("UPDATE files SET created = 0").ok());
+    ASSERT_TRUE(database_->Run("UPDATE xorbs SET created = 0").ok());
+  };
+  age_everything();
+  ASSERT_EQ(*store_->FileSize(sha256, /*touch=*/true), 5000);
+  XetGarbageReport kept = *store_->CollectGarbage({}, absl::Now() - absl::Minutes(1), false);
+  EXPECT_EQ(kept.deleted_files, 0);
+  EXPECT_EQ(kept.deleted_xorbs, 0);
+  ExpectReadsBack(*store_, sha256, xorb.chunks[0] + xorb.chunks[1], 1000);
+  age_everything();
+  XetGarbageReport collected = *store_->CollectGarbage({}, absl::Now() - absl::Minutes(1), false);
+  EXPECT_EQ(collected.deleted_files, 1);
+  EXPECT_EQ(collected.deleted_xorbs, 1);
+  EXPECT_EQ(store_->FileSize(sha256, /*touch=*/true).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->OpenFile(sha256).status().code(), absl::StatusCode::kNotFound);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, XetStoreTest, ::testing::Values("sqlite", "postgres"),

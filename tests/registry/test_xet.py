@@ -118,6 +118,98 @@ def test_upload_and_download_through_xet_round_trip(registry_on_each_backend, mo
     assert same_bytes(model_folder / "weights.bin", target / "extra" / "copy.bin")
 
 
+def bytes_on_disk(registry_process) -> dict[str, int]:
+    """Bytes of file content under the registry's blobs/ and xet/xorbs/ (databases and partial uploads apart)."""
+    return {folder: sum(p.stat().st_size for p in (registry_process.data_dir / folder).rglob("*") if p.is_file())
+            for folder in ("blobs", "xet/xorbs")}
+
+
+def cas_range(registry_process, repository: str, file_hash: str, first: int, last: int) -> bytes:
+    """Bytes [first, last] of a file through the CAS as hf_xet reads them: the reconstruction API with
+    Range, then each fetch URL with its url_range. Decodes uncompressed chunks only (8-byte header,
+    type 0), which is what random bytes are stored as."""
+    token = cas_token(registry_process, repository, "read")
+    status, _, body = http("GET", f"{token['casUrl']}/v1/reconstructions/{file_hash}",
+                           {"Authorization": f"Bearer {token['accessToken']}", "Range": f"bytes={first}-{last}"})
+    assert status == 200, body
+    plan = json.loads(body)
+    out = bytearray()
+    for term in plan["terms"]:
+        fetch = next(f for f in plan["fetch_info"][term["hash"]]
+                     if f["range"]["start"] <= term["range"]["start"] and term["range"]["end"] <= f["range"]["end"])
+        status, _, data = http("GET", fetch["url"], {"Range": f"bytes={fetch['url_range']['start']}-{fetch['url_range']['end']}"})
+        assert status == 206
+        chunks, position = [], 0
+        while position < len(data):
+            size, scheme = int.from_bytes(data[position + 1:position + 4], "little"), data[position + 4]
+            assert scheme == 0, "random bytes are stored uncompressed"
+            chunks.append(data[position + 8:position + 8 + size])
+            position += 8 + size
+        skip = term["range"]["start"] - fetch["range"]["start"]
+        out += b"".join(chunks[skip:skip + term["range"]["end"] - term["range"]["start"]])
+    offset = plan["offset_into_first_range"]
+    return bytes(out[offset:offset + last - first + 1])
+
+
+def test_xet_upload_is_stored_once_and_every_view_returns_its_bytes(registry_on_each_backend, stubs, tmp_path):
+    """Note [One store, two views]: a file uploaded through hf_xet is kept once, as its xorbs' chunks,
+    and /resolve/ (whole and Range), gRPC DownloadFile (from offsets), `flotilla pull`, hf_xet's own
+    download and the CAS reconstruction with Range all return its bytes. Random bytes (stored
+    uncompressed) then text hf_xet compresses, so both ways of reading chunks are exercised."""
+    registry = registry_on_each_backend
+    text = b"".join(b"layer %d: attention weights, mlp weights, norms; " % (i % 1000) for i in range(120000))
+    payload = os.urandom(12 * 1024 * 1024 + 777) + text[:5 * 1024 * 1024]
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(payload)
+    before = bytes_on_disk(registry)
+    run_python(f"""
+        from huggingface_hub import HfApi
+        api = HfApi()
+        api.create_repo("acme/once")
+        api.upload_file(path_or_fileobj="{folder}/model.safetensors", path_in_repo="model.safetensors", repo_id="acme/once")
+    """, client_environment(registry, tmp_path / "hf_home"))
+    after = bytes_on_disk(registry)
+    stored = {folder: after[folder] - before[folder] for folder in after}
+    print(f"stored once: {len(payload)} bytes uploaded, on disk {stored}")
+    assert stored["blobs"] == 0, "no whole-file copy beside the xorbs"
+    # The random 12 MiB stay as they are; the text compresses: about one copy, never two.
+    assert 12 * 1024 * 1024 < stored["xet/xorbs"] < 1.05 * len(payload)
+
+    url = registry.http_url("/acme/once/resolve/main/model.safetensors")
+    status, headers, body = http("GET", url)
+    assert status == 200 and body == payload
+    file_hash = headers.get("X-Xet-Hash") or http("HEAD", url)[1]["X-Xet-Hash"]
+    boundaries = [0, 1, 65535, 65536, 4 * 1024 * 1024 - 3, 12 * 1024 * 1024 + 700, len(payload) - 10]
+    for first in boundaries:
+        for length in (1, 100, 70000, 5 * 1024 * 1024):
+            last = min(first + length, len(payload)) - 1
+            status, _, body = http("GET", url, {"Range": f"bytes={first}-{last}"})
+            assert status == 206 and body == payload[first:last + 1], (first, length)
+    status, _, body = http("GET", url, {"Range": "bytes=-1000"})
+    assert status == 206 and body == payload[-1000:]
+    for first, last in ((0, 99), (65000, 200000), (5 * 1024 * 1024 + 1, 9 * 1024 * 1024)):
+        assert cas_range(registry, "acme/once", file_hash, first, last) == payload[first:last + 1]
+
+    stub = stubs.registry_pb2_grpc.RegistryServiceStub(registry.channel())
+    for offset in (0, 1, 131071, 12 * 1024 * 1024, len(payload) - 1, len(payload)):
+        chunks = stub.DownloadFile(stubs.registry_pb2.DownloadFileRequest(
+            reference=stubs.common_pb2.ModelReference(namespace="acme", name="once"), path="model.safetensors",
+            offset=offset))
+        assert b"".join(c.data for c in chunks) == payload[offset:], offset
+    target = tmp_path / "pulled"
+    run_cli(registry, "pull", "acme/once", str(target))  # verifies the sha256 itself
+    assert (target / "model.safetensors").read_bytes() == payload
+    result = run_python("""
+        from huggingface_hub import hf_hub_download
+        print(hf_hub_download("acme/once", "model.safetensors"))
+    """, client_environment(registry, tmp_path / "reader"))
+    assert Path(result.stdout.strip().splitlines()[-1]).read_bytes() == payload
+    # A push of the same bytes finds them stored and sends nothing.
+    pushed = push_json(registry, folder, "acme/again")
+    assert pushed["uploaded_bytes"] == 0, pushed
+
+
 def test_xet_hash_advertised_equals_hf_xet_hash_for_pushed_files(registry, model_folder, tmp_path):
     push_json(registry, model_folder, "acme/pushed")
     # The first HEAD is answered over plain HTTP and starts building the file's Xet view.
@@ -137,6 +229,16 @@ def test_xet_hash_advertised_equals_hf_xet_hash_for_pushed_files(registry, model
     """, client_environment(registry, tmp_path / "hf_home"))
     assert same_bytes(model_folder / "weights.bin", Path(result.stdout.strip().splitlines()[-1]))
     assert metric(registry, "flotilla_registry_pulls_total", 'api="xet"') >= 1
+    # Note [One store, two views]: the view's xorbs replaced the pushed blob (one copy on disk), and
+    # the registry's own client reads the file from them.
+    digest = hashlib.sha256((model_folder / "weights.bin").read_bytes()).hexdigest()
+    assert not list((registry.data_dir / "blobs").rglob(digest))
+    size = (model_folder / "weights.bin").stat().st_size
+    assert size < bytes_on_disk(registry)["xet/xorbs"] < 1.05 * size
+    target = tmp_path / "pulled"
+    run_cli(registry, "pull", "acme/pushed", str(target))
+    for item in model_folder.iterdir():
+        assert same_bytes(item, target / item.name), item.name
 
 
 def test_hf_cli_upload_and_download(registry, model_folder, tmp_path):
@@ -221,7 +323,8 @@ def test_bad_objects_are_refused_and_nothing_is_stored(registry_on_each_backend)
 
     status, _, answer = http("POST", f"{cas}/v1/shards", auth, good_shard)
     assert status == 200 and json.loads(answer)["result"] == 1
-    assert list((registry.data_dir / "blobs").rglob(hashlib.sha256(data).hexdigest()))
+    # Recorded as its chunks (Note [One store, two views]): no whole-file blob beside the xorb.
+    assert not list((registry.data_dir / "blobs").rglob(hashlib.sha256(data).hexdigest()))
 
     # Reconstruction: this repository's token, with a Range; another repository's token is refused.
     file_name = xet_objects.hash_string(xet_objects.file_hash(chunks))
@@ -271,8 +374,9 @@ def test_reupload_with_one_tensor_changed_sends_and_stores_about_that_tensor(reg
             body = urllib.request.urlopen("{registry.http_url('/metrics')}").read().decode()
             match = re.search(r'^flotilla_registry_bytes_received_total\\{{api="xet"\\}} (\\S+)$', body, re.M)
             return float(match.group(1)) if match else 0.0
-        def stored():
-            return sum(p.stat().st_size for p in pathlib.Path("{registry.data_dir}/xet/xorbs").rglob("*") if p.is_file())
+        def stored():  # every copy: blobs and xorbs
+            return sum(p.stat().st_size for folder in ("blobs", "xet/xorbs")
+                       for p in pathlib.Path("{registry.data_dir}", folder).rglob("*") if p.is_file())
         torch.manual_seed(0)
         tensors = {{f"model.layers.{{i}}.mlp.weight": torch.randn(1024, 1024) for i in range(8)}}
         step = STEP

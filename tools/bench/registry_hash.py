@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Registry hash throughput on one core: sha256 (OpenSSL; every push and pull verifies it),
-BLAKE3 keyed (the Xet hashes) portable vs AVX2 (Note [BLAKE3 with AVX2] in
-services/registry/blake3.cc), and the Xet chunker + chunk hashes with either BLAKE3 path. Every
+BLAKE3 keyed (the Xet hashes) portable vs AVX2 vs AVX-512 (Notes [BLAKE3 with AVX2] and [BLAKE3
+with AVX-512] in services/registry/blake3.cc), and the Xet chunker + chunk hashes with each BLAKE3
+path. Every
 round runs each contender once on the same bytes, in turn; the table shows medians and the load
 average beside them.
 
@@ -40,8 +41,9 @@ def main() -> None:
           f"{load_after:.1f} after, on {os.cpu_count()} CPUs\n")
     print("| hash, one core | MiB/s (median) | rounds MiB/s | × portable |\n| --- | ---: | --- | ---: |")
     for name, rate in rates.items():
-        portable = rates.get(name.replace("AVX2", "portable"))
-        ratio = f"{rate / portable:.2f}×" if "AVX2" in name and portable else ""
+        simd = next((level for level in ("AVX-512", "AVX2") if level in name), None)
+        portable = rates.get(name.replace(simd, "portable")) if simd else None
+        ratio = f"{rate / portable:.2f}×" if portable else ""
         every = ", ".join(f"{arguments.mib / value:.0f}" for value in seconds[name])
         print(f"| {name} | {rate:.0f} | {every} | {ratio} |")
 

@@ -266,6 +266,11 @@ def versus_curl_and_dd(build: Path, work: Path, size_mib: int, shards: int, runs
     source.mkdir()
     big = source / "model.safetensors"
     write_random_file(big, size)
+    # A file of other bytes uploaded through hf_xet: stored only as xorbs' chunks (Note [One store,
+    # two views] in xet_store.h), so its pull reads through a reconstruction, not a blob.
+    xet_source = work / "versus_xet"
+    xet_source.mkdir()
+    write_random_file(xet_source / "model.safetensors", size)
     sharded = work / "versus_sharded"
     sharded.mkdir()
     shard_names = [f"model-{index + 1:05d}-of-{shards:05d}.safetensors" for index in range(shards)]
@@ -310,9 +315,12 @@ def versus_curl_and_dd(build: Path, work: Path, size_mib: int, shards: int, runs
     try:
         cli(build, "push", str(source), "bench/large", "--registry", ready["grpc_address"])
         cli(build, "push", str(sharded), "bench/sharded", "--registry", ready["grpc_address"])
+        upload_through_xet(ready["http_address"], xet_source, "bench/xet", work / "hf_home")
         for title, folder, repository, names in [
                 ("pull vs curl, one file", source, "bench/large", ["model.safetensors"]),
-                (f"pull vs curl, {shards} shards", sharded, "bench/sharded", shard_names)]:
+                (f"pull vs curl, {shards} shards", sharded, "bench/sharded", shard_names),
+                ("pull vs curl, one file uploaded through hf_xet (stored as chunks)", xet_source, "bench/xet",
+                 ["model.safetensors"])]:
             static, url = start_static_server(folder)
             try:
                 curl = ["curl", "--silent", "--no-progress-meter", "--fail"] + (["-Z"] if len(names) > 1 else [])
@@ -324,7 +332,7 @@ def versus_curl_and_dd(build: Path, work: Path, size_mib: int, shards: int, runs
                     "curl": with_server_cpu(lambda: static.pid, lambda: subprocess.run(
                         curl, check=True, stdout=subprocess.DEVNULL)),
                 }, lambda name: (shutil.rmtree(work / "fetched", ignore_errors=True), (work / "fetched").mkdir()))
-                summary.append((f"flotilla pull (verified) vs curl from http.server, {title.split(', ')[1]}",
+                summary.append((f"flotilla pull (verified) vs curl from http.server, {title.split(', ', 1)[1]}",
                                 size_mib, *print_pairs(title, size_mib, results, "flotilla pull", "curl")))
             finally:
                 static.terminate()
@@ -335,7 +343,24 @@ def versus_curl_and_dd(build: Path, work: Path, size_mib: int, shards: int, runs
         shutil.rmtree(work / "fetched", ignore_errors=True)
         shutil.rmtree(source, ignore_errors=True)
         shutil.rmtree(sharded, ignore_errors=True)
+        shutil.rmtree(xet_source, ignore_errors=True)
     return summary
+
+
+def upload_through_xet(http_address: str, folder: Path, repository: str, home: Path) -> None:
+    """huggingface_hub's upload_folder in its default environment (hf_xet: xorbs and a shard)."""
+    environment = {**os.environ, "HF_ENDPOINT": f"http://{http_address}", "HF_HOME": str(home),
+                   "HF_HUB_DISABLE_TELEMETRY": "1"}
+    environment.pop("HF_HUB_DISABLE_XET", None)
+    code = textwrap.dedent(f"""
+        from huggingface_hub import HfApi
+        api = HfApi()
+        api.create_repo("{repository}", exist_ok=True)
+        api.upload_folder(folder_path="{folder}", repo_id="{repository}")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"upload through hf_xet failed: {result.stderr[-2000:]}")
 
 
 def fetch_all(base_url: str, names: list[str], target: Path, workers: int = 8) -> None:

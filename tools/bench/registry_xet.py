@@ -51,8 +51,10 @@ def metric(url: str, name: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def stored_xorb_bytes(data_dir: Path) -> int:
-    return sum(p.stat().st_size for p in (data_dir / "xet" / "xorbs").rglob("*") if p.is_file())
+def stored_bytes(data_dir: Path) -> int:
+    """Every copy on disk: blobs and xorbs (a file uploaded through Xet is kept only as xorbs)."""
+    return sum(p.stat().st_size for folder in ("blobs", "xet/xorbs") for p in (data_dir / folder).rglob("*")
+               if p.is_file())
 
 
 def run_step(code: str, url: str, home: Path, xet: bool) -> float:
@@ -70,11 +72,11 @@ def run_step(code: str, url: str, home: Path, xet: bool) -> float:
     return seconds
 
 
-def make_checkpoint(folder: Path, size_mib: int, changed_tensor: int | None) -> None:
+def make_checkpoint(folder: Path, size_mib: int, changed_tensor: int | None, seed: int = 0) -> None:
     subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
         import torch
         from safetensors.torch import save_file
-        generator = torch.Generator().manual_seed(0)
+        generator = torch.Generator().manual_seed({seed})
         count = max(1, {size_mib} // {TENSOR_MIB})
         tensors = {{f"model.layers.{{i}}.weight": torch.randn({TENSOR_MIB} * 1024 * 256, generator=generator)
                    for i in range(count)}}
@@ -100,10 +102,13 @@ def main() -> None:
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="registry_xet_") as temporary:
         root = Path(temporary)
-        base, tuned = root / "base", root / "tuned"
+        base, tuned, other = root / "base", root / "tuned", root / "other"
         base.mkdir()
         tuned.mkdir()
+        other.mkdir()
         make_checkpoint(base, arguments.size_mib, None)
+        # The LFS upload's checkpoint has other bytes, so the Xet upload stores all of its own.
+        make_checkpoint(other, arguments.size_mib, None, seed=1)
         make_checkpoint(tuned, arguments.size_mib, changed_tensor=1)
         size = (base / "model.safetensors").stat().st_size
 
@@ -127,7 +132,7 @@ def main() -> None:
                             break
             """
 
-        steps = ["http_upload", "xet_upload", "http_download", "xet_download", "reupload", "verify"]
+        steps = ["http_upload", "xet_upload", "http_download", "xet_download", "http_download_of_xet", "reupload", "verify"]
         seconds = {step: [] for step in steps}
         loads = {step: [] for step in steps}
         sent_stored = {"xet_upload": [], "reupload": []}
@@ -141,20 +146,22 @@ def main() -> None:
                 loads[name].append(os.getloadavg()[0])
 
             try:
-                # The LFS upload goes first: the other order would find the blob stored (one store).
-                step("http_upload", upload("bench/lfs", base), xet=False)
-                sent_before, stored_before = metric(url, "flotilla_registry_bytes_received_total"), stored_xorb_bytes(data)
+                step("http_upload", upload("bench/lfs", other), xet=False)
+                sent_before, stored_before = metric(url, "flotilla_registry_bytes_received_total"), stored_bytes(data)
                 step("xet_upload", upload("bench/xet", base), xet=True)
                 sent_stored["xet_upload"].append((metric(url, "flotilla_registry_bytes_received_total") - sent_before,
-                                                  stored_xorb_bytes(data) - stored_before))
-                # Downloads alternate which goes first.
-                order = [("http_download", "bench/lfs", False), ("xet_download", "bench/xet", True)]
-                for name, repository, xet in (order if round_index % 2 == 0 else order[::-1]):
-                    step(name, download(repository, base), xet=xet)
-                sent_before, stored_before = metric(url, "flotilla_registry_bytes_received_total"), stored_xorb_bytes(data)
+                                                  stored_bytes(data) - stored_before))
+                # Downloads rotate which goes first. The last reads the Xet-uploaded file over plain
+                # /resolve/: reconstructed from its chunks (Note [One store, two views] in xet_store.h).
+                order = [("http_download", "bench/lfs", other, False), ("xet_download", "bench/xet", base, True),
+                         ("http_download_of_xet", "bench/xet", base, False)]
+                order = order[round_index % 3:] + order[:round_index % 3]
+                for name, repository, expected, xet in order:
+                    step(name, download(repository, expected), xet=xet)
+                sent_before, stored_before = metric(url, "flotilla_registry_bytes_received_total"), stored_bytes(data)
                 step("reupload", upload("bench/xet", tuned), xet=True)
                 sent_stored["reupload"].append((metric(url, "flotilla_registry_bytes_received_total") - sent_before,
-                                                stored_xorb_bytes(data) - stored_before))
+                                                stored_bytes(data) - stored_before))
                 step("verify", download("bench/xet", tuned), xet=True)
             finally:
                 registry.terminate()
@@ -180,6 +187,8 @@ def main() -> None:
              f"{best['http_upload'] / best['xet_upload']:.2f}x"),
             ("download, HF_HUB_DISABLE_XET=1 (/resolve/)", best["http_download"], "", "reference"),
             ("download through hf_xet", best["xet_download"], "", f"{best['http_download'] / best['xet_download']:.2f}x"),
+            ("download of the hf_xet upload, HF_HUB_DISABLE_XET=1 (/resolve/ from its chunks)",
+             best["http_download_of_xet"], "", f"{best['http_download'] / best['http_download_of_xet']:.2f}x"),
             (f"re-upload, 1 of {tensors} tensors ({TENSOR_MIB} MiB) changed, empty HF_HOME", best["reupload"],
              bytes_note("reupload"), f"{best['http_upload'] / best['reupload']:.2f}x"),
             ("download of the changed checkpoint through hf_xet", best["verify"], "",
