@@ -352,33 +352,27 @@ absl::Status S3Client::PutFileMultipart(const std::string& key, const std::strin
 
 absl::Status S3Client::ListMultipartUploads(const std::string& prefix,
                                             const std::function<void(const S3MultipartUpload&)>& visit) {
-  std::string key_marker;
-  std::string upload_marker;
-  while (true) {
-    Request request;
-    request.method = "GET";
-    request.query["uploads"] = "";
-    request.query["prefix"] = prefix;
-    if (!key_marker.empty()) request.query["key-marker"] = key_marker;
-    if (!upload_marker.empty()) request.query["upload-id-marker"] = upload_marker;
-    absl::StatusOr<Response> response = Perform(std::move(request));
-    if (!response.ok()) return response.status();
-    if (response->status != 200) return ErrorFor("list multipart uploads", prefix, *response);
-    size_t position = 0;
-    size_t end = 0;
-    while (std::optional<std::string> upload = XmlElement(response->body, "Upload", position, &end)) {
-      position = end;
-      S3MultipartUpload found;
-      found.key = XmlElement(*upload, "Key").value_or("");
-      found.upload_id = XmlElement(*upload, "UploadId").value_or("");
-      found.initiated = ParseS3Time(XmlElement(*upload, "Initiated").value_or(""));
-      visit(found);
-    }
-    if (XmlElement(response->body, "IsTruncated").value_or("false") != "true") return absl::OkStatus();
-    key_marker = XmlElement(response->body, "NextKeyMarker").value_or("");
-    upload_marker = XmlElement(response->body, "NextUploadIdMarker").value_or("");
-    if (key_marker.empty() && upload_marker.empty()) return absl::OkStatus();
-  }
+  Request request;
+  request.method = "GET";
+  request.query["uploads"] = "";
+  request.query["prefix"] = prefix;
+  return ForEachListed(
+      "list multipart uploads", prefix, std::move(request), "Upload",
+      [&](absl::string_view upload) {
+        S3MultipartUpload found;
+        found.key = XmlElement(upload, "Key").value_or("");
+        found.upload_id = XmlElement(upload, "UploadId").value_or("");
+        found.initiated = ParseS3Time(XmlElement(upload, "Initiated").value_or(""));
+        visit(found);
+      },
+      [](absl::string_view page, Request& next) -> absl::StatusOr<bool> {
+        const std::string key_marker = XmlElement(page, "NextKeyMarker").value_or("");
+        const std::string upload_marker = XmlElement(page, "NextUploadIdMarker").value_or("");
+        if (key_marker.empty() && upload_marker.empty()) return false;
+        next.query["key-marker"] = key_marker;
+        next.query["upload-id-marker"] = upload_marker;
+        return true;
+      });
 }
 
 absl::Status S3Client::AbortMultipartUpload(const std::string& key, const std::string& upload_id) {
@@ -477,33 +471,51 @@ absl::Status S3Client::Copy(const std::string& source_key, const std::string& de
   return absl::OkStatus();
 }
 
-absl::Status S3Client::List(const std::string& prefix, const std::function<void(const S3Object&)>& visit) {
-  std::string continuation;
+absl::Status S3Client::ForEachListed(
+    absl::string_view operation, const std::string& prefix, Request request, absl::string_view element,
+    const std::function<void(absl::string_view)>& visit,
+    const std::function<absl::StatusOr<bool>(absl::string_view page, Request& next)>& next_page) {
   while (true) {
-    Request request;
-    request.method = "GET";
-    request.query["list-type"] = "2";
-    request.query["prefix"] = prefix;
-    if (!continuation.empty()) request.query["continuation-token"] = continuation;
+    Request next = request;  // the same listing; next_page adds the markers
     absl::StatusOr<Response> response = Perform(std::move(request));
     if (!response.ok()) return response.status();
-    if (response->status != 200) return ErrorFor("list", prefix, *response);
+    if (response->status != 200) return ErrorFor(operation, prefix, *response);
     size_t position = 0;
     size_t end = 0;
-    while (std::optional<std::string> contents = XmlElement(response->body, "Contents", position, &end)) {
+    while (std::optional<std::string> item = XmlElement(response->body, element, position, &end)) {
       position = end;
-      S3Object object;
-      object.key = XmlElement(*contents, "Key").value_or("");
-      absl::SimpleAtoi(XmlElement(*contents, "Size").value_or("0"), &object.size);
-      object.last_modified = ParseS3Time(XmlElement(*contents, "LastModified").value_or(""));
-      visit(object);
+      visit(*item);
     }
     if (XmlElement(response->body, "IsTruncated").value_or("false") != "true") return absl::OkStatus();
-    continuation = XmlElement(response->body, "NextContinuationToken").value_or("");
-    if (continuation.empty()) {
-      return absl::InternalError(absl::StrCat("s3 list ", prefix, ": truncated listing without a continuation token"));
-    }
+    absl::StatusOr<bool> more = next_page(response->body, next);
+    if (!more.ok()) return more.status();
+    if (!*more) return absl::OkStatus();
+    request = std::move(next);
   }
+}
+
+absl::Status S3Client::List(const std::string& prefix, const std::function<void(const S3Object&)>& visit) {
+  Request request;
+  request.method = "GET";
+  request.query["list-type"] = "2";
+  request.query["prefix"] = prefix;
+  return ForEachListed(
+      "list", prefix, std::move(request), "Contents",
+      [&](absl::string_view contents) {
+        S3Object object;
+        object.key = XmlElement(contents, "Key").value_or("");
+        absl::SimpleAtoi(XmlElement(contents, "Size").value_or("0"), &object.size);
+        object.last_modified = ParseS3Time(XmlElement(contents, "LastModified").value_or(""));
+        visit(object);
+      },
+      [&prefix](absl::string_view page, Request& next) -> absl::StatusOr<bool> {
+        const std::string continuation = XmlElement(page, "NextContinuationToken").value_or("");
+        if (continuation.empty()) {
+          return absl::InternalError(absl::StrCat("s3 list ", prefix, ": truncated listing without a continuation token"));
+        }
+        next.query["continuation-token"] = continuation;
+        return true;
+      });
 }
 
 absl::Status S3Client::CreateBucket() {

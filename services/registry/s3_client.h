@@ -104,6 +104,12 @@ class S3Client {
 
   absl::StatusOr<Response> Perform(Request request);
   absl::Status ErrorFor(absl::string_view operation, const std::string& key, const Response& response) const;
+  // The paginated listings: sends `request`, calls `visit` with each <element> of the page, and while
+  // the page says IsTruncated, lets `next_page` put the page's markers into the next request (false:
+  // no marker, the listing is complete; an error: the page cannot be continued).
+  absl::Status ForEachListed(absl::string_view operation, const std::string& prefix, Request request,
+                             absl::string_view element, const std::function<void(absl::string_view)>& visit,
+                             const std::function<absl::StatusOr<bool>(absl::string_view page, Request& next)>& next_page);
 
   S3Options options_;
 };
