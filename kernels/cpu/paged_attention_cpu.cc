@@ -12,6 +12,7 @@
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/vector_math.h"
 #include "kernels/kernels.h"
+#include "kernels/paged_attention_checks.h"
 
 namespace flotilla::kernels::cpu {
 namespace {
@@ -136,22 +137,7 @@ FLOTILLA_PAGED_TARGET_CLONES void PagedItems(const PagedProblem<scalar_t>& probl
 void PagedAttention(const at::Tensor& query_tokens, const at::Tensor& key_pool, const at::Tensor& value_pool,
                     at::Tensor& output_tokens, const std::vector<PagedAttentionToken>& tokens, double scaling,
                     std::optional<double> softcap) {
-  TORCH_CHECK(query_tokens.dim() == 3 && query_tokens.is_contiguous() && output_tokens.sizes() == query_tokens.sizes() &&
-                  output_tokens.is_contiguous(),
-              "PagedAttention: query_tokens and output_tokens must be contiguous [T, heads, head_dim] but are ",
-              query_tokens.sizes(), " and ", output_tokens.sizes());
-  TORCH_CHECK(key_pool.dim() == 4 && key_pool.is_contiguous() && value_pool.sizes() == key_pool.sizes() &&
-                  value_pool.is_contiguous(),
-              "PagedAttention: key_pool and value_pool must be contiguous [num_blocks, block_size, kv_heads, head_dim] "
-              "but are ", key_pool.sizes(), " and ", value_pool.sizes());
-  TORCH_CHECK(key_pool.scalar_type() == query_tokens.scalar_type() && value_pool.scalar_type() == query_tokens.scalar_type() &&
-                  output_tokens.scalar_type() == query_tokens.scalar_type(),
-              "PagedAttention: the pools' dtype ", key_pool.scalar_type(), " differs from the queries' ",
-              query_tokens.scalar_type());
-  TORCH_CHECK(key_pool.size(3) == query_tokens.size(2) && key_pool.size(2) > 0 &&
-                  query_tokens.size(1) % key_pool.size(2) == 0,
-              "PagedAttention: query heads ", query_tokens.size(1), " x ", query_tokens.size(2),
-              " do not fit key/value heads ", key_pool.size(2), " x ", key_pool.size(3));
+  CheckPagedAttentionTensors(query_tokens, key_pool, value_pool, output_tokens);
   for (const PagedAttentionToken& token : tokens) {
     TORCH_CHECK(token.token >= 0 && token.token < query_tokens.size(0) && token.first_key >= 0 &&
                     token.first_key <= token.position && token.block_table != nullptr,
