@@ -104,4 +104,9 @@ void PagedAttentionFromPlan(const at::Tensor& query_tokens, const at::Tensor& ke
 // dlopens). Builds without a CUDA toolkit never have them.
 bool HasCudaKernels();
 
+// The widest head the CUDA paged attention takes (it keeps a key row in registers); wider heads take
+// the gather-then-sdpa path (models/paged_attention.cc). The CUDA side checks it equals its own
+// kPagedAttentionMaxHeadDim (kernels/cuda/cuda_kernels.h, which includes no ATen).
+inline constexpr int64_t kCudaPagedAttentionMaxHeadDim = 256;
+
 }  // namespace flotilla::kernels

@@ -59,9 +59,6 @@ std::optional<int64_t> JsonInt(const nlohmann::json& json, std::initializer_list
 // sequence's chunk is gathered and run through sdpa (ATen's flash attention, tiled as GEMMs)
 // instead; the kernel keeps the decode tokens and short chunks of the same step.
 constexpr int64_t kMinimumQueryLengthForSdpa = 32;
-// The CUDA kernel keeps a key row in registers (kernels/cuda/cuda_kernels.h:
-// kPagedAttentionMaxHeadDim); wider heads take the gather path.
-constexpr int64_t kMaximumCudaKernelHeadDim = 256;
 
 void ChunkAttention(const at::Tensor& query, const at::Tensor& key_pool, const at::Tensor& value_pool,
                     const PagedKVCache::Step& step, size_t sequence_index, const AttentionArguments& arguments,
@@ -332,7 +329,7 @@ std::pair<at::Tensor, at::Tensor> PagedAttentionForward(const at::Tensor& query,
   // context gathered, then sdpa.
   const bool kernel_runs_here =
       query.device().is_cpu() ||
-      (query.device().is_cuda() && kernels::HasCudaKernels() && head_dim <= kMaximumCudaKernelHeadDim);
+      (query.device().is_cuda() && kernels::HasCudaKernels() && head_dim <= kernels::kCudaPagedAttentionMaxHeadDim);
   const bool builtin = CurrentLayerKernels().builtin_paged_attention && kernel_runs_here;
   CountKernelForward(KernelLayer::kPagedAttention, builtin);
   if (!builtin) {

@@ -124,6 +124,9 @@ void RotaryEmbeddingInPlace(at::Tensor& query, at::Tensor& key, const at::Tensor
               "RotaryEmbeddingInPlace");
 }
 
+static_assert(kPagedAttentionMaxHeadDim == kCudaPagedAttentionMaxHeadDim,
+              "kernels.h must state the CUDA paged attention's head_dim limit models/paged_attention.cc routes by");
+
 void PagedAttention(const at::Tensor& query_tokens, const at::Tensor& key_pool, const at::Tensor& value_pool,
                     at::Tensor& output_tokens, const PagedAttentionPlan& plan, double scaling,
                     std::optional<double> softcap) {
