@@ -353,7 +353,9 @@ absl::Status LoadWeights(PreTrainedModel& model, const std::string& folder, cons
   }
 
   // Pass 2: one allocation (the analogue of transformers' caching_allocator_warmup), then copies.
-  at::Tensor arena = at::empty({arena_bytes}, at::TensorOptions().dtype(at::kByte));
+  // On 2 MiB pages where the kernel gives them: --dtype bfloat16 and tensor-parallel shards decode
+  // from here (Note [Weights on huge pages] in safetensors.cc).
+  at::Tensor arena = EmptyBytesOnHugePages(arena_bytes);
   for (auto& [name, plan] : plans) {
     auto stored = plan.file->Get(name);
     if (!stored.ok()) return stored.status();

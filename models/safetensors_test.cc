@@ -45,6 +45,27 @@ TEST(SafetensorsTest, RoundTripsEveryDtypeZeroCopy) {
   std::filesystem::remove(path);
 }
 
+// The arena converted weights are copied into: the bytes asked for, writable, 2 MiB-aligned when
+// large enough to sit on huge pages (whether the kernel backs them with huge pages is its choice),
+// and alive as long as any tensor viewing it.
+TEST(SafetensorsTest, HugePageBytesAreAlignedWritableAndOutliveTheirFirstHandle) {
+  const int64_t bytes = (int64_t{5} << 20) + 3;
+  at::Tensor view;
+  {
+    at::Tensor arena = EmptyBytesOnHugePages(bytes);
+    ASSERT_EQ(arena.numel(), bytes);
+    EXPECT_EQ(arena.scalar_type(), at::kByte);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(arena.data_ptr()) % (uintptr_t{2} << 20), 0u);
+    arena.fill_(7);
+    view = arena.narrow(0, bytes - 19, 16).view(at::kFloat);  // the last whole floats, 4-aligned
+  }
+  EXPECT_EQ(view.numel(), 4);
+  EXPECT_TRUE(at::equal(view.view(at::kByte), at::full({16}, 7, at::kByte)));
+  // Below one huge page it is an ordinary allocation of exactly the bytes asked for.
+  EXPECT_EQ(EmptyBytesOnHugePages(100).numel(), 100);
+  EXPECT_EQ(EmptyBytesOnHugePages(0).numel(), 0);
+}
+
 TEST(SafetensorsTest, RejectsLengthPastEndOfFile) {
   std::string bytes = FileWithHeader("{}", 0);
   bytes[0] = 100;
