@@ -4,6 +4,7 @@
 // `flotilla generate` runs) and at batch 1 on the serving path (a worker's paged cache and paged
 // attention), peak RSS after load, the read-bandwidth probe, as one JSON line.
 // tools/bench/models_smollm2.py runs it beside transformers.
+#include <malloc.h>
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -169,6 +170,10 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--prompt-length")) prompt_length = std::stoll(argv[i + 1]);
     if (!std::strcmp(argv[i], "--decode-steps")) decode_steps = std::stoll(argv[i + 1]);
   }
+  // As the worker (services/worker/worker_main.cc): freed activations stay in the heap for reuse,
+  // so neither side of a comparison pays page faults a serving process does not.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
   if (threads > 0) at::set_num_threads(static_cast<int>(threads));
   auto start = std::chrono::steady_clock::now();
   // The --kernels mapping of the worker (models/kernelize.h); builtin and eager only here.

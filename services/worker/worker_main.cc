@@ -7,6 +7,7 @@
 //     GetWorkerInfo only;
 //   - --rank=r > 0: a follower: loads its shard and runs rank 0's steps (ModelRunner::FollowSteps).
 // Ranks of a group rendezvous through a store that rank 0 hosts at --master_address:--master_port.
+#include <malloc.h>
 #include <signal.h>
 
 #include <algorithm>
@@ -508,6 +509,14 @@ absl::StatusOr<flotilla::ServiceBundle> CreateWorkerOnPassingThread(const flotil
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A prefill chunk's activations are MiBs each ([256, 11008] float32 is 11 MiB), freed and asked
+  // for again every step. glibc maps blocks that large afresh (and trims the heap as they are
+  // freed), so every step faulted in and zeroed its activations' pages: at 256 x 4096 an eager
+  // residual add + RMSNorm took 964-1422 us that way and 380-697 us with these limits
+  // (kernels_bench, same run). Below them freed activations are reused (the registry and the CLI
+  // do the same for their transfer buffers).
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
   const std::optional<int> rank = RankArgument(argc, argv);
   if (!rank.has_value()) return flotilla::RunAgent(argc, argv);
   if (*rank > 0) return flotilla::RunFollower(argc, argv);
