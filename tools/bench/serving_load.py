@@ -445,8 +445,9 @@ class FlotillaMesh:
     """
 
     def __init__(self, binary: Path, model_folder: Path, name: str, data_directory: Path, log_path: Path,
-                 timeout_seconds: int = 600) -> None:
+                 timeout_seconds: int = 600, kernels: str = "") -> None:
         self.binary = binary
+        self.kernels = kernels  # `flotilla serve --kernels`; empty: the worker's default mapping
         self.model_folder = model_folder
         self.name = name
         self.data_directory = data_directory
@@ -459,9 +460,16 @@ class FlotillaMesh:
         import subprocess
 
         with open(self.log_path, "w") as log:
-            subprocess.run([str(self.binary), "up", "--data-dir", str(self.data_directory), "--port-base", "0",
-                            "--serve", f"{self.model_folder}={self.name}"], stdout=log, stderr=subprocess.STDOUT,
-                           check=True, timeout=self.timeout_seconds)
+            if not self.kernels:
+                subprocess.run([str(self.binary), "up", "--data-dir", str(self.data_directory), "--port-base", "0",
+                                "--serve", f"{self.model_folder}={self.name}"], stdout=log, stderr=subprocess.STDOUT,
+                               check=True, timeout=self.timeout_seconds)
+            else:
+                subprocess.run([str(self.binary), "up", "--data-dir", str(self.data_directory), "--port-base", "0"],
+                               stdout=log, stderr=subprocess.STDOUT, check=True, timeout=self.timeout_seconds)
+                subprocess.run([str(self.binary), "serve", str(self.model_folder), "--name", self.name, "--kernels",
+                                self.kernels, "--data-dir", str(self.data_directory)], stdout=log,
+                               stderr=subprocess.STDOUT, check=True, timeout=self.timeout_seconds)
         try:
             status = json.loads(subprocess.run([str(self.binary), "status", "--data-dir", str(self.data_directory),
                                                 "--json"], capture_output=True, text=True, check=True).stdout)

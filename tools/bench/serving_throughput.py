@@ -323,6 +323,9 @@ def main() -> None:
     arguments.add_argument("--model", default="smollm2", help="the model name the gateway serves")
     arguments.add_argument("--flotilla-bin", type=Path, help="with --flotilla-serve: bring a mesh up and down")
     arguments.add_argument("--flotilla-serve", type=Path, help="model folder or reference for `flotilla up --serve`")
+    arguments.add_argument("--flotilla-kernels", default="",
+                           help="`flotilla serve --kernels` mapping for the mesh --flotilla-serve brings up (default: the "
+                                "worker's); e.g. RMSNorm=eager,SiluAndMul=eager,RotaryEmbedding=eager,PagedAttention=eager")
     arguments.add_argument("--worker-metrics-url", action="append", default=[],
                            help="a worker's /metrics, for the overhead per token (found by itself with --flotilla-bin)")
     arguments.add_argument("--step-metric", default="flotilla_step_duration_seconds",
@@ -364,7 +367,8 @@ def main() -> None:
                 results = run_flotilla(options.flotilla_url, options.model, options, levels, options.worker_metrics_url)
             elif options.flotilla_bin and options.flotilla_serve:
                 with serving_load.FlotillaMesh(options.flotilla_bin, options.flotilla_serve, options.model,
-                                               work_directory / "mesh", work_directory / "flotilla-up.log") as mesh:
+                                               work_directory / "mesh", work_directory / "flotilla-up.log",
+                                               kernels=options.flotilla_kernels) as mesh:
                     results = run_flotilla(mesh.base_url, options.model, options, levels,
                                            options.worker_metrics_url or mesh.worker_metrics_urls)
             else:
