@@ -5,6 +5,10 @@
 #include <cmath>
 #include <cstring>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -36,9 +40,60 @@ template <>
 inline void LoadRow<float>(const float* source, float* destination, int64_t count) {
   std::memcpy(destination, source, static_cast<size_t>(count) * sizeof(float));
 }
+// Note [bfloat16 rows at full width]: the `avx512f` clones convert 16-bit lanes with 256-bit
+// instructions (narrowing and blending 16-bit lanes at 512 bits needs AVX-512BW, which
+// `target_clones` cannot name, and an `arch=` clone stops the helpers inlining). Whole chunks are
+// therefore converted by these out-of-line AVX-512BW functions when the CPU has it — one call per
+// 512 elements — with the same rounding as FloatToBFloat16Bits (to nearest even, NaN -> 0x7FC0).
+#if defined(__x86_64__) && defined(__GNUC__)
+const bool kHasAvx512Bw = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+
+__attribute__((target("avx512f,avx512bw"), noinline)) void BFloat16ToFloatAvx512(const uint16_t* source,
+                                                                                 float* destination, int64_t count) {
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16) {
+    const __m512i widened = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(source + i)));
+    _mm512_storeu_ps(destination + i, _mm512_castsi512_ps(_mm512_slli_epi32(widened, 16)));
+  }
+  for (; i < count; ++i) destination[i] = BFloat16BitsToFloat(source[i]);
+}
+
+__attribute__((target("avx512f,avx512bw"), always_inline)) inline __m512i FloatToBFloat16Lanes(__m512 values) {
+  const __m512i bits = _mm512_castps_si512(values);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(values, values, _CMP_UNORD_Q);
+  return _mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0x7FC0));
+}
+
+__attribute__((target("avx512f,avx512bw"), noinline)) void FloatToBFloat16Avx512(const float* source,
+                                                                                 uint16_t* destination, int64_t count) {
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16) {
+    const __m512i lanes = FloatToBFloat16Lanes(_mm512_loadu_ps(source + i));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(destination + i), _mm512_cvtepi32_epi16(lanes));
+  }
+  for (; i < count; ++i) destination[i] = FloatToBFloat16Bits(source[i]);
+}
+
+__attribute__((target("avx512f,avx512bw"), noinline)) void RoundToBFloat16Avx512(float* row, int64_t count) {
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16) {
+    const __m512i lanes = FloatToBFloat16Lanes(_mm512_loadu_ps(row + i));
+    _mm512_storeu_ps(row + i, _mm512_castsi512_ps(_mm512_slli_epi32(lanes, 16)));
+  }
+  for (; i < count; ++i) row[i] = BFloat16BitsToFloat(FloatToBFloat16Bits(row[i]));
+}
+#else
+constexpr bool kHasAvx512Bw = false;
+#endif
+
 template <>
 inline void LoadRow<c10::BFloat16>(const c10::BFloat16* source, float* destination, int64_t count) {
   const uint16_t* bits = reinterpret_cast<const uint16_t*>(source);
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (kHasAvx512Bw) return BFloat16ToFloatAvx512(bits, destination, count);
+#endif
 #pragma omp simd
   for (int64_t i = 0; i < count; ++i) destination[i] = BFloat16BitsToFloat(bits[i]);
 }
@@ -54,6 +109,9 @@ inline void StoreRow<float>(const float* source, float* destination, int64_t cou
 template <>
 inline void StoreRow<c10::BFloat16>(const float* source, c10::BFloat16* destination, int64_t count) {
   uint16_t* bits = reinterpret_cast<uint16_t*>(destination);
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (kHasAvx512Bw) return FloatToBFloat16Avx512(source, bits, count);
+#endif
 #pragma omp simd
   for (int64_t i = 0; i < count; ++i) bits[i] = FloatToBFloat16Bits(source[i]);
 }
@@ -63,6 +121,9 @@ inline void StoreRow<c10::BFloat16>(const float* source, c10::BFloat16* destinat
 template <typename scalar_t>
 inline void RoundRow(float* row, int64_t count) {
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (kHasAvx512Bw) return RoundToBFloat16Avx512(row, count);
+#endif
 #pragma omp simd
     for (int64_t i = 0; i < count; ++i) row[i] = BFloat16BitsToFloat(FloatToBFloat16Bits(row[i]));
   } else if constexpr (!std::is_same_v<scalar_t, float>) {
