@@ -366,14 +366,23 @@ def versus_curl_and_dd(build: Path, work: Path, size_mib: int, shards: int, runs
                 curl = ["curl", "--silent", "--no-progress-meter", "--fail"] + (["-Z"] if len(names) > 1 else [])
                 for name in names:
                     curl += ["-o", str(work / "fetched" / name), f"{url}/{name}"]
-                results = interleaved(runs, {
+                contenders = {
                     "flotilla pull": with_server_cpu(lambda: registry.pid, lambda: cli(
                         build, "pull", repository, str(work / "fetched"), "--registry", ready["grpc_address"])),
                     "curl": with_server_cpu(lambda: static.pid, lambda: subprocess.run(
                         curl, check=True, stdout=subprocess.DEVNULL)),
-                }, lambda name: (shutil.rmtree(work / "fetched", ignore_errors=True), (work / "fetched").mkdir()))
+                }
+                if other_cli is not None:
+                    contenders["flotilla pull (other CLI)"] = with_server_cpu(lambda: registry.pid, lambda: run_cli(
+                        other_cli, "pull", repository, str(work / "fetched"), "--registry", ready["grpc_address"]))
+                results = interleaved(runs, contenders, lambda name: (shutil.rmtree(work / "fetched", ignore_errors=True),
+                                                                      (work / "fetched").mkdir()))
                 summary.append((f"flotilla pull (verified) vs curl from http.server, {title.split(', ', 1)[1]}",
                                 size_mib, *print_pairs(title, size_mib, results, "flotilla pull", "curl")))
+                if other_cli is not None:
+                    summary.append((f"flotilla pull vs the same pull by {other_cli}, {title.split(', ', 1)[1]}", size_mib,
+                                    *print_pairs(title + ", against the other CLI", size_mib, results, "flotilla pull",
+                                                 "flotilla pull (other CLI)")))
             finally:
                 static.terminate()
                 static.wait()
