@@ -536,19 +536,23 @@ grpc::ServerReadReactor<UploadBlobRequest>* RegistryGrpcService::UploadBlob(grpc
   return new UploadReactor(*this, context, response);
 }
 
-// Note [Download messages]: DownloadFile sends 128 KiB per message, cut from 8 MiB read-only
+// Note [Download messages]: DownloadFile sends 512 KiB per message, cut from 8 MiB read-only
 // mappings of the blob. The client writes and hashes a message as soon as it has arrived whole, so
-// a small message is still in the CPU's caches when it is written to the page cache and hashed; a
-// 1 MiB message has mostly left them by then, and on a busy machine the client spent about twice
-// the CPU per GiB (pulls of 512 MiB, 6 rounds interleaved, three runs: client CPU medians 1.88,
-// 2.47, 3.48 s/GiB with 1 MiB messages against 0.97, 1.17, 1.15 with 128 KiB; the registry's
-// 0.36 against 0.57). Smaller messages cost the registry more per GiB (64 KiB: 0.79 s, and no
-// gain for the client). The slices of one mapping share it: mapping 8 MiB at a time keeps mmap
+// a small message is still in the CPU's caches when it is written and hashed. While the client
+// wrote through the page cache, a 1 MiB message had mostly left them by then, and on a busy
+// machine the client spent about twice the CPU per GiB (pulls of 512 MiB, 6 rounds interleaved,
+// three runs: client CPU medians 1.88, 2.47, 3.48 s/GiB with 1 MiB messages against 0.97, 1.17,
+// 1.15 with 128 KiB; the registry's 0.36 against 0.57), so messages were 128 KiB. Since the client
+// gathers the bytes into its direct-write buffer (Note [Direct pull writes] in registry_client.cc)
+// that cost is gone: 1 GiB pulls with 512 KiB against 128 KiB messages, two runs of 6 interleaved
+// rounds (2026-12-07, load 1.7-2.8): registry CPU 0.35-0.55 against 0.52-0.70 s/GiB, client CPU
+// 0.82-1.04 against 0.90-1.08, wall-time ratio medians 1.02x and 1.09x. Smaller messages cost the
+// registry more per GiB (64 KiB: 0.79 s, and no gain for the client). The slices of one mapping share it: mapping 8 MiB at a time keeps mmap
 // and munmap out of the per-message cost, and unmapping each window once gRPC has released its
 // last slice keeps the process's resident memory near the bytes in flight (a mapping of the whole
 // blob would count every page sent in its RSS). Blobs are immutable and garbage collection only
 // unlinks them, so a window stays valid until it is unmapped.
-constexpr int64_t kDownloadMessageBytes = 128 << 10;
+constexpr int64_t kDownloadMessageBytes = 512 << 10;
 constexpr int64_t kDownloadWindowBytes = 8 << 20;
 
 // A read-only mapping of part of a blob file, shared by the slices cut from it and by its
@@ -592,7 +596,7 @@ class MappedWindow {
   std::atomic<int> references_{1};
 };
 
-// Server-streaming download of one file, 128 KiB per message (Note [Download messages]), from an offset. Each message is the
+// Server-streaming download of one file, 512 KiB per message (Note [Download messages]), from an offset. Each message is the
 // DownloadFileResponse wire format written by hand: the first one's entry and commit_id
 // (serialized by protobuf), then field 3 (data) as a tag, a length and a slice of the mapped blob.
 class DownloadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
