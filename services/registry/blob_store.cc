@@ -78,6 +78,22 @@ absl::Status SyncDirectory(const std::string& path) {
 
 }  // namespace
 
+std::string StreamedUploadKey(absl::string_view namespace_name, absl::string_view name, absl::string_view upload_id) {
+  return Sha256OfString(absl::StrCat("flotilla streamed upload\n", namespace_name, "/", name, "\n", upload_id));
+}
+
+absl::Status ValidateUploadId(absl::string_view upload_id) {
+  const bool valid_characters = std::all_of(upload_id.begin(), upload_id.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+           c == '-';
+  });
+  if (upload_id.empty() || upload_id.size() > 128 || !valid_characters) {
+    return absl::InvalidArgumentError(absl::StrCat("upload id \"", upload_id.substr(0, 160),
+                                                   "\": expected 1-128 characters of [A-Za-z0-9._-]"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::string> Sha256OfFile(const std::string& path) {
   int descriptor = open(path.c_str(), O_RDONLY);
   if (descriptor < 0) return ErrnoError("open", path);
@@ -242,25 +258,30 @@ class LocalBlobUpload final : public BlobUpload {
     return absl::OkStatus();
   }
 
-  absl::Status Finish() override {
+  absl::Status Finish() override { return FinishAs(sha256_); }
+
+  // `sha256_` names the partial file (the blob's digest, or a StreamedUploadKey); `sha256` the blob.
+  absl::Status FinishAs(const std::string& sha256) override {
+    if (absl::Status valid = ValidateSha256(sha256); !valid.ok()) return valid;
     const std::string partial = store_->PartialPath(sha256_);
     if (committed_ != size_) {
-      return absl::FailedPreconditionError(absl::StrCat("upload of blob ", sha256_, ": ", committed_, " of ", size_,
+      return absl::FailedPreconditionError(absl::StrCat("upload of blob ", sha256, ": ", committed_, " of ", size_,
                                                         " bytes received; resume from offset ", committed_));
     }
+    if (descriptor_ < 0) return absl::FailedPreconditionError(absl::StrCat("upload of blob ", sha256, ": finished already"));
     if (absl::Status status = FlushBuffer(/*whole=*/true); !status.ok()) return status;
     std::string actual = hasher_.HexDigest();
-    if (actual != sha256_) {
+    if (actual != sha256) {
       close(descriptor_);
       descriptor_ = -1;
       unlink(partial.c_str());
-      return absl::DataLossError(absl::StrCat("upload of blob ", sha256_, ": the ", size_,
+      return absl::DataLossError(absl::StrCat("upload of blob ", sha256, ": the ", size_,
                                               " bytes received hash to sha256 ", actual, "; nothing was stored"));
     }
     if (fsync(descriptor_) != 0) return ErrnoError("fsync", partial);
     close(descriptor_);
     descriptor_ = -1;
-    const std::string final_path = store_->BlobPath(sha256_);
+    const std::string final_path = store_->BlobPath(sha256);
     std::error_code error;
     fs::create_directories(fs::path(final_path).parent_path(), error);
     if (rename(partial.c_str(), final_path.c_str()) != 0) return ErrnoError("rename", final_path);

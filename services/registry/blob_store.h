@@ -11,6 +11,9 @@
 //   (*upload)->Append(bytes);
 //   absl::Status done = (*upload)->Finish();  // verifies sha256 and size, fsyncs, renames in place
 //
+// A streamed upload is begun under StreamedUploadKey(namespace, name, upload_id) and ended with
+// FinishAs(sha256), the digest the client names last.
+//
 // A blob appears in blobs/ only complete and verified (temp file, fsync, rename), so a crash
 // leaves at most a partial upload, never a corrupt blob. Thread-safe: one upload per digest at a
 // time (a second one gets UNAVAILABLE until the first ends); reads run concurrently.
@@ -62,7 +65,17 @@ class BlobUpload {
   // Verifies size and sha256 and moves the blob in place. DATA_LOSS (and the partial is deleted)
   // when the digest does not match the bytes.
   virtual absl::Status Finish() = 0;
+  // Finish for an upload begun under a StreamedUploadKey: the bytes must hash to `sha256`, which
+  // the client names only after sending them; the blob then appears under it.
+  virtual absl::Status FinishAs(const std::string& sha256) = 0;
 };
+
+// A streamed upload (Note [Streamed push] in registry_client.cc) is held under a key derived from
+// the repository and the client's upload id, until its last message names the sha256: 64 hex
+// digits, like a digest, but the sha256 of a string no blob's bytes can be asked to match.
+std::string StreamedUploadKey(absl::string_view namespace_name, absl::string_view name, absl::string_view upload_id);
+// 1-128 characters of [A-Za-z0-9._-]; INVALID_ARGUMENT naming the id otherwise.
+absl::Status ValidateUploadId(absl::string_view upload_id);
 
 struct BlobInfo {
   std::string sha256;

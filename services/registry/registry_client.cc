@@ -146,6 +146,216 @@ absl::StatusOr<UploadBlobResponse> UploadOnce(RegistryService::Stub& stub, const
   return response;
 }
 
+// Note [Streamed push]: a plain UploadBlob names the blob by its sha256 in its first message, so the
+// client hashed the whole file before sending a byte: a 1 GiB push was one sha256 pass (0.6 s at
+// OpenSSL's 1.7 GiB/s with SHA-NI here) longer than its upload. A large file whose digest cannot
+// buy anything up front (a path new to the repository, whose first chunks no stored xorb holds, and
+// no other file of the push has its size) is streamed instead: the first message names an upload
+// id (derived from the file's path, size, inode and mtime, so an interrupted push finds its partial
+// upload again), the bytes follow, read into a ring of buffers that a second thread sha256es in
+// order while the main thread sends them, and the digest goes in a message of its own after the
+// last byte. The registry hashes as it receives (as for any upload), writes to a partial file
+// under the id's key, and checks the digest at the end: DATA_LOSS and nothing stored on a
+// mismatch; the blob appears under its sha256 only then (fsync, rename), so a SIGKILL on either
+// side leaves at most a partial upload, which the next push resumes (FindMissingBlobs by upload
+// id). The files whose digest is cheap to use keep hashing first: a path the parent commit has
+// (a re-push: FindMissingBlobs skips it, or the chunked push sends the changed chunks), a file
+// whose start is stored (a copy of stored content: skipped whole), a file of the same size as
+// another (two paths with the same bytes upload once), and files under 8 MiB.
+constexpr int64_t kStreamedPushMinimumBytes = 8 << 20;
+constexpr size_t kStreamedPushBuffers = 4;
+
+// The upload id of a streamed file: the same on every attempt while the file is unchanged.
+std::string StreamedUploadId(const LocalFile& file) {
+  struct stat status {};
+  stat(file.full_path.c_str(), &status);
+  std::error_code error;
+  const std::string absolute = fs::absolute(file.full_path, error).string();
+  return absl::StrCat("push-", Sha256OfString(absl::StrCat(absolute, "\n", status.st_size, "\n", status.st_dev, ":",
+                                                           status.st_ino, "\n", status.st_mtim.tv_sec, ".",
+                                                           status.st_mtim.tv_nsec))
+                                   .substr(0, 40));
+}
+
+// Hashes a streamed file in order on a second thread: first [0, prefix) read from the file (a
+// resumed upload's bytes the registry holds already), then each buffer handed over by Submit.
+// Buffers are released in order; `Hashed` counts them.
+class StreamHasher {
+ public:
+  StreamHasher(int descriptor, int64_t prefix, std::string path)
+      : descriptor_(descriptor), prefix_(prefix), path_(std::move(path)), thread_([this] { Run(); }) {}
+  ~StreamHasher() {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    changed_.notify_all();
+    thread_.join();
+  }
+  void Submit(absl::string_view bytes) {
+    std::lock_guard lock(mutex_);
+    pending_.push_back(bytes);
+    ++submitted_;
+    changed_.notify_all();
+  }
+  // Blocks until at most `in_flight` submitted buffers are not hashed yet.
+  void WaitUntilPendingAtMost(size_t in_flight) {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return submitted_ - hashed_ <= in_flight; });
+  }
+  // The digest of the prefix and every submitted buffer (waits for them).
+  absl::StatusOr<std::string> Digest() {
+    WaitUntilPendingAtMost(0);
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return prefix_done_; });
+    if (!error_.ok()) return error_;
+    return hasher_.HexDigest();
+  }
+
+ private:
+  void Run() {
+    if (prefix_ > 0) {
+      std::string buffer(1 << 20, '\0');
+      int64_t offset = 0;
+      while (offset < prefix_) {
+        ssize_t got = pread(descriptor_, buffer.data(), std::min<int64_t>(buffer.size(), prefix_ - offset), offset);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) {
+          std::lock_guard lock(mutex_);
+          error_ = absl::FailedPreconditionError(absl::StrCat("push ", path_, ": the file changed while pushing"));
+          break;
+        }
+        hasher_.Update(absl::string_view(buffer.data(), static_cast<size_t>(got)));
+        offset += got;
+      }
+    }
+    std::unique_lock lock(mutex_);
+    prefix_done_ = true;
+    changed_.notify_all();
+    while (true) {
+      changed_.wait(lock, [&] { return !pending_.empty() || stopping_; });
+      if (pending_.empty()) return;
+      const absl::string_view bytes = pending_.front();
+      lock.unlock();
+      hasher_.Update(bytes);
+      lock.lock();
+      pending_.pop_front();
+      ++hashed_;
+      changed_.notify_all();
+    }
+  }
+
+  const int descriptor_;
+  const int64_t prefix_;
+  const std::string path_;
+  Sha256 hasher_;  // used by the thread only, then by Digest once the thread is idle
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::deque<absl::string_view> pending_;  // guarded by mutex_
+  size_t submitted_ = 0;                   // guarded by mutex_
+  size_t hashed_ = 0;                      // guarded by mutex_
+  bool prefix_done_ = false;               // guarded by mutex_
+  bool stopping_ = false;                  // guarded by mutex_
+  absl::Status error_;                     // guarded by mutex_
+  std::thread thread_;                     // last: starts once the rest exists
+};
+
+// Streams [offset, size) of one file under `upload_id` and names its sha256 last (Note [Streamed
+// push]); returns what the registry holds (with the sha256 once complete).
+absl::StatusOr<UploadBlobResponse> UploadStreamedOnce(RegistryService::Stub& stub, const std::string& token,
+                                                      const LocalFile& file, const std::string& namespace_name,
+                                                      const std::string& name, const std::string& upload_id,
+                                                      int64_t offset, const std::function<void(int64_t)>& sent,
+                                                      std::string* sha256) {
+  int descriptor = open(file.full_path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (descriptor < 0) return ErrnoError("open", file.full_path);
+  posix_fadvise(descriptor, 0, 0, POSIX_FADV_SEQUENTIAL);
+  struct Close {
+    int descriptor;
+    ~Close() { close(descriptor); }
+  } close_descriptor{descriptor};
+  grpc::ClientContext context;
+  Authorize(context, token);
+  UploadBlobResponse response;
+  std::unique_ptr<grpc::ClientWriter<UploadBlobRequest>> writer = stub.UploadBlob(&context, &response);
+  absl::Status local_error;
+  bool writing = true;
+  {
+    StreamHasher hasher(descriptor, offset, file.path);  // joined before the buffers go
+    std::vector<std::string> buffers(kStreamedPushBuffers);
+    UploadBlobRequest request;
+    request.set_size(file.size);
+    request.set_offset(offset);
+    request.set_namespace_(namespace_name);
+    request.set_name(name);
+    request.set_upload_id(upload_id);
+    bool first = true;
+    for (size_t sequence = 0; first || offset < file.size; ++sequence) {
+      const int64_t length = std::min(kChunkBytes, file.size - offset);
+      // The buffer's last use was kStreamedPushBuffers messages ago; wait until it is hashed.
+      hasher.WaitUntilPendingAtMost(kStreamedPushBuffers - 1);
+      std::string& buffer = buffers[sequence % kStreamedPushBuffers];
+      buffer.resize(static_cast<size_t>(length));
+      int64_t filled = 0;
+      while (filled < length) {
+        ssize_t got = pread(descriptor, buffer.data() + filled, length - filled, offset + filled);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) {
+          local_error = absl::FailedPreconditionError(absl::StrCat("push ", file.path, ": the file changed while pushing"));
+          break;
+        }
+        filled += got;
+      }
+      if (!local_error.ok()) break;
+      hasher.Submit(buffer);
+      // The message borrows the buffer's bytes (the hashing thread only reads them) for as long
+      // as Write takes to serialize it.
+      request.mutable_data()->swap(buffer);
+      const bool written = writer->Write(request);
+      request.mutable_data()->swap(buffer);
+      if (!written) {  // the server ended the call early; Finish says why
+        writing = false;
+        break;
+      }
+      offset += length;
+      sent(length);
+      if (first) {
+        first = false;
+        request.Clear();
+      }
+    }
+    if (local_error.ok() && writing) {
+      absl::StatusOr<std::string> digest = hasher.Digest();
+      if (!digest.ok()) {
+        local_error = digest.status();
+      } else {
+        *sha256 = *digest;
+        UploadBlobRequest last;
+        last.set_sha256(*digest);
+        writing = writer->Write(last);
+      }
+    }
+  }
+  if (!local_error.ok()) {
+    context.TryCancel();
+    writer->Finish().ok();
+    return local_error;
+  }
+  if (writing) writer->WritesDone();
+  grpc::Status status = writer->Finish();
+  if (!status.ok()) return FromGrpcStatus(status);
+  if (response.complete() && response.sha256() != *sha256) {
+    return absl::DataLossError(absl::StrCat("push ", file.path, ": the registry stored sha256 ", response.sha256(),
+                                            " but the file hashes to ", *sha256));
+  }
+  return response;
+}
+
+// Are any of the file's first chunks (its first 2 MiB, cut by the Xet chunker) stored? A file
+// that starts like stored content is hashed before it is sent (Note [Streamed push]).
+absl::StatusOr<bool> StartIsStored(RegistryService::Stub& stub, const std::string& token, const LocalFile& file,
+                                   const std::string& namespace_name, const std::string& name);
+
 // Sets each file's sha256, hashing several files at once (one per core): a sharded checkpoint's
 // hash pass, which must end before the registry can say which blobs it lacks, takes the time of
 // its largest shards rather than of all of them. The first error in file order wins.
@@ -190,6 +400,40 @@ constexpr size_t kChunkedPushXorbBytes = 3 << 20;
 constexpr int64_t kChunkedPushProbeBytes = 2 << 20;
 // Chunk hashes per request (34 bytes each on the wire): well inside gRPC's 4 MiB message limit.
 constexpr size_t kChunkHashesPerRequest = 60000;
+
+absl::StatusOr<bool> StartIsStored(RegistryService::Stub& stub, const std::string& token, const LocalFile& file,
+                                   const std::string& namespace_name, const std::string& name) {
+  int descriptor = open(file.full_path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (descriptor < 0) return ErrnoError("open", file.full_path);
+  std::string prefix(static_cast<size_t>(std::min<int64_t>(file.size, kChunkedPushProbeBytes)), '\0');
+  size_t filled = 0;
+  while (filled < prefix.size()) {
+    ssize_t got = pread(descriptor, prefix.data() + filled, prefix.size() - filled, static_cast<off_t>(filled));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) break;
+    filled += static_cast<size_t>(got);
+  }
+  close(descriptor);
+  prefix.resize(filled);
+  const auto* data = reinterpret_cast<const uint8_t*>(prefix.data());
+  std::vector<uint64_t> ends = XetChunkBoundaries(data, prefix.size());
+  if (static_cast<int64_t>(prefix.size()) < file.size && ends.size() > 1) ends.pop_back();  // cut by the prefix
+  grpc::ClientContext context;
+  Authorize(context, token);
+  FindMissingChunksRequest request;
+  request.set_namespace_(namespace_name);
+  request.set_name(name);
+  for (size_t index = 0; index < ends.size(); ++index) {
+    const uint64_t start = index == 0 ? 0 : ends[index - 1];
+    const XetHash hash = XetChunkHash(data + start, ends[index] - start);
+    request.add_chunk_hash(std::string(reinterpret_cast<const char*>(hash.data()), hash.size()));
+  }
+  FindMissingChunksResponse response;
+  if (grpc::Status status = stub.FindMissingChunks(&context, request, &response); !status.ok()) {
+    return FromGrpcStatus(status);
+  }
+  return response.missing_index_size() < request.chunk_hash_size();
+}
 
 // Sends the chunks of `file` the registry lacks and has it assemble the blob; returns bytes sent.
 // `previous_sha256`: the blob at the same path in the parent commit ("" for a new path).
@@ -334,7 +578,6 @@ absl::StatusOr<PushResult> RegistryClient::PushFolder(const std::string& folder,
   }
   if (error) return absl::InternalError(absl::StrCat("push: list ", folder, ": ", error.message()));
   std::sort(files.begin(), files.end(), [](const LocalFile& a, const LocalFile& b) { return a.path < b.path; });
-  if (absl::Status hashed = HashFiles(files); !hashed.ok()) return hashed;
 
   auto stub = RegistryService::NewStub(channel_);
   if (options.create_repository) {
@@ -383,6 +626,34 @@ absl::StatusOr<PushResult> RegistryClient::PushFolder(const std::string& folder,
     }
   }
 
+  // Note [Streamed push]: which files are sent before their digest is known.
+  std::map<int64_t, int> files_of_size;
+  for (const LocalFile& file : files) ++files_of_size[file.size];
+  std::vector<bool> streamed(files.size(), false);
+  std::vector<LocalFile> to_hash;
+  std::vector<size_t> to_hash_index;
+  for (size_t index = 0; index < files.size(); ++index) {
+    const LocalFile& file = files[index];
+    bool stream = file.size >= kStreamedPushMinimumBytes && !parent_sha256.count(file.path) &&
+                  files_of_size[file.size] == 1;
+    if (stream) {
+      absl::StatusOr<bool> stored = StartIsStored(*stub, token_, file, namespace_name, name);
+      // Anything but "none stored" (an older registry, an error the upload will report) hashes first.
+      stream = stored.ok() && !*stored;
+    }
+    streamed[index] = stream;
+    if (!stream) {
+      to_hash.push_back(file);
+      to_hash_index.push_back(index);
+    }
+  }
+  if (absl::Status hashed = HashFiles(to_hash); !hashed.ok()) return hashed;
+  for (size_t index = 0; index < to_hash.size(); ++index) files[to_hash_index[index]].sha256 = to_hash[index].sha256;
+  std::vector<std::string> upload_ids(files.size());
+  for (size_t index = 0; index < files.size(); ++index) {
+    if (streamed[index]) upload_ids[index] = StreamedUploadId(files[index]);
+  }
+
   PushResult result;
   result.files = static_cast<int64_t>(files.size());
   FindMissingBlobsResponse missing;
@@ -392,19 +663,118 @@ absl::StatusOr<PushResult> RegistryClient::PushFolder(const std::string& folder,
     FindMissingBlobsRequest request;
     request.set_namespace_(namespace_name);
     request.set_name(name);
-    for (const LocalFile& file : files) request.add_sha256(file.sha256);
+    for (size_t index = 0; index < files.size(); ++index) {
+      if (streamed[index]) {
+        request.add_upload_id(upload_ids[index]);
+      } else {
+        request.add_sha256(files[index].sha256);
+      }
+    }
     if (grpc::Status status = stub->FindMissingBlobs(&context, request, &missing); !status.ok()) {
       return FromGrpcStatus(status);
     }
   }
-  std::map<std::string, int64_t> partial_offsets;
-  for (const PartialUpload& partial : missing.partial_uploads()) partial_offsets[partial.sha256()] = partial.committed_size();
+  std::map<std::string, int64_t> partial_offsets;  // by sha256, or by upload id for streamed files
+  for (const PartialUpload& partial : missing.partial_uploads()) {
+    partial_offsets[partial.upload_id().empty() ? partial.sha256() : partial.upload_id()] = partial.committed_size();
+  }
   std::set<std::string> to_upload(missing.missing_sha256().begin(), missing.missing_sha256().end());
   TransferProgress progress;
-  for (const LocalFile& file : files) {
-    if (to_upload.count(file.sha256)) progress.total_bytes += file.size;
+  for (size_t index = 0; index < files.size(); ++index) {
+    if (streamed[index] || to_upload.count(files[index].sha256)) progress.total_bytes += files[index].size;
   }
-  for (const LocalFile& file : files) {
+  auto count_sent = [&](int64_t bytes) {
+    result.uploaded_bytes += bytes;
+    progress.done_bytes += bytes;
+    if (progress_) progress_(progress);
+  };
+
+  // UploadBlob with the digest first, from `offset`, resuming until complete.
+  auto upload_hashed = [&](const LocalFile& file, int64_t offset) -> absl::Status {
+    absl::Status last_error;
+    for (int attempt = 0; attempt < kAttempts; ++attempt) {
+      auto uploaded = UploadOnce(*stub, token_, file, namespace_name, name, offset, count_sent);
+      if (uploaded.ok() && uploaded->complete()) return absl::OkStatus();
+      if (uploaded.ok()) {
+        offset = uploaded->committed_size();
+        continue;
+      }
+      last_error = uploaded.status();
+      if (!Retryable(last_error) && !absl::IsFailedPrecondition(last_error)) return last_error;
+      // Ask where to resume: the registry keeps the bytes it received.
+      grpc::ClientContext context;
+      Authorize(context, token_);
+      FindMissingBlobsRequest request;
+      request.set_namespace_(namespace_name);
+      request.set_name(name);
+      request.add_sha256(file.sha256);
+      FindMissingBlobsResponse again;
+      if (!stub->FindMissingBlobs(&context, request, &again).ok()) continue;
+      if (again.missing_sha256_size() == 0) return absl::OkStatus();
+      offset = again.partial_uploads_size() > 0 ? again.partial_uploads(0).committed_size() : 0;
+    }
+    return absl::Status(last_error.ok() ? absl::StatusCode::kUnavailable : last_error.code(),
+                        absl::StrCat("push ", file.path, ": upload did not complete after ", kAttempts,
+                                     " attempts: ", last_error.message()));
+  };
+
+  // UploadBlob with the digest last (Note [Streamed push]); sets file.sha256. An older registry
+  // refuses the first message (INVALID_ARGUMENT: no sha256): the file is hashed and sent as before.
+  auto upload_streamed = [&](LocalFile& file, const std::string& upload_id, int64_t offset) -> absl::Status {
+    absl::Status last_error;
+    for (int attempt = 0; attempt < kAttempts; ++attempt) {
+      std::string digest;
+      auto uploaded = UploadStreamedOnce(*stub, token_, file, namespace_name, name, upload_id, offset, count_sent, &digest);
+      if (uploaded.ok() && uploaded->complete()) {
+        file.sha256 = uploaded->sha256();
+        return absl::OkStatus();
+      }
+      if (uploaded.ok()) {
+        offset = uploaded->committed_size();
+        continue;
+      }
+      last_error = uploaded.status();
+      if (attempt == 0 && offset == 0 &&
+          (absl::IsInvalidArgument(last_error) || absl::IsUnimplemented(last_error))) {
+        absl::StatusOr<std::string> sha256 = Sha256OfFile(file.full_path);
+        if (!sha256.ok()) return sha256.status();
+        file.sha256 = *sha256;
+        return upload_hashed(file, 0);
+      }
+      if (absl::IsDataLoss(last_error)) {
+        // The bytes the registry held did not hash to the file's digest (the file changed between
+        // attempts): it dropped them; send everything again.
+        offset = 0;
+        continue;
+      }
+      if (!Retryable(last_error) && !absl::IsFailedPrecondition(last_error)) return last_error;
+      grpc::ClientContext context;
+      Authorize(context, token_);
+      FindMissingBlobsRequest request;
+      request.set_namespace_(namespace_name);
+      request.set_name(name);
+      request.add_upload_id(upload_id);
+      FindMissingBlobsResponse again;
+      if (!stub->FindMissingBlobs(&context, request, &again).ok()) continue;
+      offset = again.partial_uploads_size() > 0 ? again.partial_uploads(0).committed_size() : 0;
+    }
+    return absl::Status(last_error.ok() ? absl::StatusCode::kUnavailable : last_error.code(),
+                        absl::StrCat("push ", file.path, ": upload did not complete after ", kAttempts,
+                                     " attempts: ", last_error.message()));
+  };
+
+  for (size_t index = 0; index < files.size(); ++index) {
+    LocalFile& file = files[index];
+    progress.path = file.path;
+    if (streamed[index]) {
+      auto partial = partial_offsets.find(upload_ids[index]);
+      int64_t offset = partial == partial_offsets.end() ? 0 : partial->second;
+      if (offset > file.size) offset = 0;
+      progress.done_bytes += offset;
+      result.skipped_bytes += offset;
+      if (absl::Status status = upload_streamed(file, upload_ids[index], offset); !status.ok()) return status;
+      continue;
+    }
     if (!to_upload.count(file.sha256)) {
       result.skipped_bytes += file.size;
       continue;
@@ -412,7 +782,6 @@ absl::StatusOr<PushResult> RegistryClient::PushFolder(const std::string& folder,
     to_upload.erase(file.sha256);  // two paths with the same bytes upload once
     int64_t offset = partial_offsets.count(file.sha256) ? partial_offsets[file.sha256] : 0;
     if (offset > file.size) offset = 0;
-    progress.path = file.path;
     if (offset == 0 && file.size >= kChunkedPushMinimumBytes) {
       auto previous = parent_sha256.find(file.path);
       absl::StatusOr<int64_t> sent = ChunkedUpload(*stub, token_, file, namespace_name, name,
@@ -429,44 +798,7 @@ absl::StatusOr<PushResult> RegistryClient::PushFolder(const std::string& folder,
     }
     progress.done_bytes += offset;
     result.skipped_bytes += offset;
-    absl::Status last_error;
-    bool complete = false;
-    for (int attempt = 0; attempt < kAttempts && !complete; ++attempt) {
-      auto uploaded = UploadOnce(*stub, token_, file, namespace_name, name, offset, [&](int64_t bytes) {
-        result.uploaded_bytes += bytes;
-        progress.done_bytes += bytes;
-        if (progress_) progress_(progress);
-      });
-      if (uploaded.ok() && uploaded->complete()) {
-        complete = true;
-        break;
-      }
-      if (uploaded.ok()) {
-        offset = uploaded->committed_size();
-        continue;
-      }
-      last_error = uploaded.status();
-      if (!Retryable(last_error) && !absl::IsFailedPrecondition(last_error)) return last_error;
-      // Ask where to resume: the registry keeps the bytes it received.
-      grpc::ClientContext context;
-      Authorize(context, token_);
-      FindMissingBlobsRequest request;
-      request.set_namespace_(namespace_name);
-      request.set_name(name);
-      request.add_sha256(file.sha256);
-      FindMissingBlobsResponse again;
-      if (!stub->FindMissingBlobs(&context, request, &again).ok()) continue;
-      if (again.missing_sha256_size() == 0) {
-        complete = true;
-        break;
-      }
-      offset = again.partial_uploads_size() > 0 ? again.partial_uploads(0).committed_size() : 0;
-    }
-    if (!complete) {
-      return absl::Status(last_error.ok() ? absl::StatusCode::kUnavailable : last_error.code(),
-                          absl::StrCat("push ", file.path, ": upload did not complete after ", kAttempts,
-                                       " attempts: ", last_error.message()));
-    }
+    if (absl::Status status = upload_hashed(file, offset); !status.ok()) return status;
   }
 
   grpc::ClientContext context;

@@ -10,7 +10,9 @@
 // Pulls are resumable (a file's bytes so far are kept as <file>.incomplete and continued) and
 // verified (sha256 of every file before it is renamed into place, so no half-written file is ever
 // visible under its name); a file already complete in the cache is not fetched again; the files of
-// a sharded checkpoint download in parallel (up to 4 at once by default). Pushes skip blobs the registry has and resume partial uploads.
+// a sharded checkpoint download in parallel (up to 4 at once by default). Pushes skip blobs the registry has and resume partial uploads;
+// a large file new to the repository is sha256-hashed while it is sent, its digest named last (Note
+// [Streamed push] in registry_client.cc).
 // One RegistryClient may be used from several threads; each call is independent.
 #pragma once
 

@@ -101,6 +101,52 @@ TEST(BlobStoreTest, MismatchedDigestStoresNothing) {
   EXPECT_EQ((*store)->PartialSize(claimed), 0);
 }
 
+// Note [Streamed push]: an upload held under a StreamedUploadKey appears under the sha256 named at
+// the end, only if its bytes hash to it; the key is the same for one repository and id, and
+// differs across repositories.
+TEST(BlobStoreTest, StreamedUploadIsNamedByItsDigestAtTheEnd) {
+  auto store = LocalBlobStore::Open(TempDirectory());
+  ASSERT_TRUE(store.ok());
+  const std::string key = StreamedUploadKey("acme", "model", "push-1");
+  EXPECT_EQ(key, StreamedUploadKey("acme", "model", "push-1"));
+  EXPECT_NE(key, StreamedUploadKey("acme", "other", "push-1"));
+  EXPECT_TRUE(ValidateSha256(key).ok());
+  EXPECT_TRUE(ValidateUploadId("push-0123abcd.x_y").ok());
+  for (const std::string& bad : std::vector<std::string>{"", std::string(129, 'a'), "a/b", "white space"}) {
+    EXPECT_EQ(ValidateUploadId(bad).code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+  const std::string bytes(3 << 20, 'w');
+  const std::string digest = Sha256OfString(bytes);
+  {
+    auto upload = (*store)->BeginUpload(key, static_cast<int64_t>(bytes.size()), 0);
+    ASSERT_TRUE(upload.ok()) << upload.status();
+    ASSERT_TRUE((*upload)->Append(bytes).ok());
+    absl::Status finished = (*upload)->FinishAs(Sha256OfString("something else"));
+    EXPECT_EQ(finished.code(), absl::StatusCode::kDataLoss) << finished;
+    EXPECT_TRUE(absl::StrContains(finished.message(), digest)) << finished;
+  }
+  EXPECT_EQ((*store)->Size(digest).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ((*store)->PartialSize(key), 0);
+  // Interrupted, resumed, then named.
+  {
+    auto upload = (*store)->BeginUpload(key, static_cast<int64_t>(bytes.size()), 0);
+    ASSERT_TRUE(upload.ok());
+    ASSERT_TRUE((*upload)->Append(absl::string_view(bytes).substr(0, 1 << 20)).ok());
+    ASSERT_TRUE((*upload)->Sync().ok());
+  }
+  EXPECT_EQ((*store)->PartialSize(key), 1 << 20);
+  auto resumed = (*store)->BeginUpload(key, static_cast<int64_t>(bytes.size()), 1 << 20);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  ASSERT_TRUE((*resumed)->Append(absl::string_view(bytes).substr(1 << 20)).ok());
+  ASSERT_TRUE((*resumed)->FinishAs(digest).ok());
+  resumed->reset();
+  EXPECT_EQ(*(*store)->Size(digest), static_cast<int64_t>(bytes.size()));
+  EXPECT_EQ((*store)->PartialSize(key), 0);
+  std::string read_back;
+  ASSERT_TRUE((*store)->Read(digest, 0, static_cast<int64_t>(bytes.size()), &read_back).ok());
+  EXPECT_EQ(read_back, bytes);
+}
+
 // Note [Direct upload writes]: a large upload gathered into aligned buffers and written with
 // O_DIRECT (the unaligned tail buffered) reads back byte for byte, also when it is abandoned at an
 // unaligned offset and resumed (then buffered) from a restarted store.

@@ -234,12 +234,23 @@ class RegistryGrpcService final : public RegistryService::WithRawCallbackMethod_
       for (const std::string& digest : request->sha256()) {
         if (absl::Status status = ValidateSha256(digest); !status.ok()) return status;
       }
+      for (const std::string& upload_id : request->upload_id()) {
+        if (absl::Status status = ValidateUploadId(upload_id); !status.ok()) return status;
+      }
       std::vector<std::string> digests(request->sha256().begin(), request->sha256().end());
       for (const std::string& missing : registry_.FindMissingBlobs(digests)) {
         response->add_missing_sha256(missing);
         if (int64_t held = registry_.blobs().PartialSize(missing); held > 0) {
           PartialUpload* partial = response->add_partial_uploads();
           partial->set_sha256(missing);
+          partial->set_committed_size(held);
+        }
+      }
+      for (const std::string& upload_id : request->upload_id()) {
+        const std::string key = StreamedUploadKey(request->namespace_(), request->name(), upload_id);
+        if (int64_t held = registry_.blobs().PartialSize(key); held > 0) {
+          PartialUpload* partial = response->add_partial_uploads();
+          partial->set_upload_id(upload_id);
           partial->set_committed_size(held);
         }
       }
@@ -379,7 +390,11 @@ class RegistryGrpcService final : public RegistryService::WithRawCallbackMethod_
 };
 
 // Client-streaming upload: the first message names the blob, every message may carry data. Ends
-// with the bytes held; a stream that ends early keeps its bytes (fsynced) for resume.
+// with the bytes held; a stream that ends early keeps its bytes (fsynced) for resume. A streamed
+// upload (no sha256 in the first message, an upload_id instead) is held under its
+// StreamedUploadKey and named by the sha256 of a message after its last byte (Note [Streamed push]
+// in registry_client.cc); the bytes are hashed as they arrive, so checking that digest at the end
+// costs nothing more than the blob's own check.
 class UploadReactor final : public grpc::ServerReadReactor<UploadBlobRequest> {
  public:
   UploadReactor(RegistryGrpcService& service, grpc::CallbackServerContext* context, UploadBlobResponse* response)
@@ -390,12 +405,19 @@ class UploadReactor final : public grpc::ServerReadReactor<UploadBlobRequest> {
 
   void OnReadDone(bool ok) override {
     if (!ok) return End();
-    if (!upload_ && !done_) {
+    const bool first = !upload_ && !done_;
+    if (first) {
       if (absl::Status status = Begin(); !status.ok()) return Fail(status);
       // Stored already (another push won the race): answer now, the rest of the stream is moot.
       if (done_) return End();
+    } else if (streamed_ && !request_.sha256().empty()) {
+      if (absl::Status status = NameDigest(request_.sha256()); !status.ok()) return Fail(status);
     }
     if (!request_.data().empty()) {
+      if (!final_sha256_.empty()) {
+        return Fail(absl::InvalidArgumentError(absl::StrCat("upload ", upload_id_, ": data after the digest (sha256 ",
+                                                            final_sha256_, ") was named; the digest comes last")));
+      }
       if (absl::Status status = upload_->Append(request_.data()); !status.ok()) return Fail(status);
       bytes_counter_.Increment(static_cast<double>(request_.data().size()));
     }
@@ -407,12 +429,24 @@ class UploadReactor final : public grpc::ServerReadReactor<UploadBlobRequest> {
 
  private:
   absl::Status Begin() {
-    sha256_ = request_.sha256();
     size_ = request_.size();
-    if (absl::Status status = ValidateSha256(sha256_); !status.ok()) return status;
     if (auto who = service_.AuthorizePush(context_, request_.namespace_(), request_.name()); !who.ok()) {
       return who.status();
     }
+    if (request_.sha256().empty() && !request_.upload_id().empty()) {
+      if (absl::Status status = ValidateUploadId(request_.upload_id()); !status.ok()) return status;
+      streamed_ = true;
+      upload_id_ = request_.upload_id();
+      sha256_ = StreamedUploadKey(request_.namespace_(), request_.name(), upload_id_);
+      auto upload = service_.registry_.blobs().BeginUpload(sha256_, size_, request_.offset());
+      if (!upload.ok()) {
+        return absl::Status(upload.status().code(), absl::StrCat("upload ", upload_id_, ": ", upload.status().message()));
+      }
+      upload_ = *std::move(upload);
+      return absl::OkStatus();
+    }
+    sha256_ = request_.sha256();
+    if (absl::Status status = ValidateSha256(sha256_); !status.ok()) return status;
     auto upload = service_.registry_.blobs().BeginUpload(sha256_, size_, request_.offset());
     if (absl::IsAlreadyExists(upload.status())) {
       // Deduplicated: the registry has these bytes already. Further data is refused.
@@ -421,6 +455,7 @@ class UploadReactor final : public grpc::ServerReadReactor<UploadBlobRequest> {
         return absl::InvalidArgumentError(absl::StrCat("upload of blob ", sha256_, ": announced size ", size_,
                                                        " but the stored blob has ", *stored, " bytes"));
       }
+      final_sha256_ = sha256_;
       done_ = true;
       return absl::OkStatus();
     }
@@ -429,27 +464,49 @@ class UploadReactor final : public grpc::ServerReadReactor<UploadBlobRequest> {
     return absl::OkStatus();
   }
 
+  // The streamed upload's digest, which may come only once every byte is in.
+  absl::Status NameDigest(const std::string& sha256) {
+    if (absl::Status status = ValidateSha256(sha256); !status.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("upload ", upload_id_, ": the final message's ", status.message()));
+    }
+    if (!final_sha256_.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("upload ", upload_id_, ": the digest was named twice (", final_sha256_,
+                                                     ", then ", sha256, ")"));
+    }
+    if (!request_.data().empty() || upload_->committed_size() != size_) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "upload ", upload_id_, ": sha256 named with ", upload_->committed_size(), " of ", size_,
+          " bytes received", request_.data().empty() ? "" : " and more data in the same message",
+          "; it goes in a message of its own after the last byte (resume from offset ", upload_->committed_size(), ")"));
+    }
+    final_sha256_ = sha256;
+    return absl::OkStatus();
+  }
+
   void End() {
     if (done_) {
       response_->set_committed_size(size_);
       response_->set_complete(true);
+      response_->set_sha256(final_sha256_);
       return Finish(grpc::Status::OK);
     }
     if (!upload_) return Fail(absl::InvalidArgumentError("UploadBlob: the stream carried no message"));
-    if (upload_->committed_size() < size_) {
-      // Ended early (the client stops, or its stream broke): keep the bytes for resume.
+    if (upload_->committed_size() < size_ || (streamed_ && final_sha256_.empty())) {
+      // Ended early (the client stops, or its stream broke), or a streamed upload's digest never
+      // came: keep the bytes for resume.
       if (absl::Status status = upload_->Sync(); !status.ok()) return Fail(status);
       response_->set_committed_size(upload_->committed_size());
       response_->set_complete(false);
       upload_.reset();
       return Finish(grpc::Status::OK);
     }
-    absl::Status finished = upload_->Finish();
+    absl::Status finished = streamed_ ? upload_->FinishAs(final_sha256_) : upload_->Finish();
     upload_.reset();
     if (!finished.ok()) return Fail(finished);
     service_.registry_.BlobStored(size_);
     response_->set_committed_size(size_);
     response_->set_complete(true);
+    response_->set_sha256(streamed_ ? final_sha256_ : sha256_);
     Finish(grpc::Status::OK);
   }
 
@@ -466,7 +523,10 @@ class UploadReactor final : public grpc::ServerReadReactor<UploadBlobRequest> {
   prometheus::Counter& bytes_counter_;
   UploadBlobRequest request_;
   std::unique_ptr<BlobUpload> upload_;
-  std::string sha256_;
+  std::string sha256_;        // the blob's digest, or a streamed upload's StreamedUploadKey
+  bool streamed_ = false;     // the digest comes last
+  std::string upload_id_;     // a streamed upload's id
+  std::string final_sha256_;  // the digest a streamed upload named (or the stored blob's)
   int64_t size_ = 0;
   bool done_ = false;  // the blob was stored before this call: nothing to write
 };
@@ -476,19 +536,23 @@ grpc::ServerReadReactor<UploadBlobRequest>* RegistryGrpcService::UploadBlob(grpc
   return new UploadReactor(*this, context, response);
 }
 
-// Note [Download messages]: DownloadFile sends 128 KiB per message, cut from 8 MiB read-only
+// Note [Download messages]: DownloadFile sends 512 KiB per message, cut from 8 MiB read-only
 // mappings of the blob. The client writes and hashes a message as soon as it has arrived whole, so
-// a small message is still in the CPU's caches when it is written to the page cache and hashed; a
-// 1 MiB message has mostly left them by then, and on a busy machine the client spent about twice
-// the CPU per GiB (pulls of 512 MiB, 6 rounds interleaved, three runs: client CPU medians 1.88,
-// 2.47, 3.48 s/GiB with 1 MiB messages against 0.97, 1.17, 1.15 with 128 KiB; the registry's
-// 0.36 against 0.57). Smaller messages cost the registry more per GiB (64 KiB: 0.79 s, and no
-// gain for the client). The slices of one mapping share it: mapping 8 MiB at a time keeps mmap
+// a small message is still in the CPU's caches when it is written and hashed. While the client
+// wrote through the page cache, a 1 MiB message had mostly left them by then, and on a busy
+// machine the client spent about twice the CPU per GiB (pulls of 512 MiB, 6 rounds interleaved,
+// three runs: client CPU medians 1.88, 2.47, 3.48 s/GiB with 1 MiB messages against 0.97, 1.17,
+// 1.15 with 128 KiB; the registry's 0.36 against 0.57), so messages were 128 KiB. Since the client
+// gathers the bytes into its direct-write buffer (Note [Direct pull writes] in registry_client.cc)
+// that cost is gone: 1 GiB pulls with 512 KiB against 128 KiB messages, two runs of 6 interleaved
+// rounds (2026-12-07, load 1.7-2.8): registry CPU 0.35-0.55 against 0.52-0.70 s/GiB, client CPU
+// 0.82-1.04 against 0.90-1.08, wall-time ratio medians 1.02x and 1.09x. Smaller messages cost the
+// registry more per GiB (64 KiB: 0.79 s, and no gain for the client). The slices of one mapping share it: mapping 8 MiB at a time keeps mmap
 // and munmap out of the per-message cost, and unmapping each window once gRPC has released its
 // last slice keeps the process's resident memory near the bytes in flight (a mapping of the whole
 // blob would count every page sent in its RSS). Blobs are immutable and garbage collection only
 // unlinks them, so a window stays valid until it is unmapped.
-constexpr int64_t kDownloadMessageBytes = 128 << 10;
+constexpr int64_t kDownloadMessageBytes = 512 << 10;
 constexpr int64_t kDownloadWindowBytes = 8 << 20;
 
 // A read-only mapping of part of a blob file, shared by the slices cut from it and by its
@@ -532,7 +596,7 @@ class MappedWindow {
   std::atomic<int> references_{1};
 };
 
-// Server-streaming download of one file, 128 KiB per message (Note [Download messages]), from an offset. Each message is the
+// Server-streaming download of one file, 512 KiB per message (Note [Download messages]), from an offset. Each message is the
 // DownloadFileResponse wire format written by hand: the first one's entry and commit_id
 // (serialized by protobuf), then field 3 (data) as a tag, a length and a slice of the mapped blob.
 class DownloadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {

@@ -30,9 +30,10 @@ class S3BlobUpload final : public BlobUpload {
   int64_t committed_size() const override { return local_->committed_size(); }
   absl::Status Append(absl::string_view data) override { return local_->Append(data); }
   absl::Status Sync() override { return local_->Sync(); }
-  absl::Status Finish() override {
-    if (absl::Status status = local_->Finish(); !status.ok()) return status;
-    return store_->Publish(sha256_);
+  absl::Status Finish() override { return FinishAs(sha256_); }
+  absl::Status FinishAs(const std::string& sha256) override {
+    if (absl::Status status = local_->FinishAs(sha256); !status.ok()) return status;
+    return store_->Publish(sha256);
   }
 
  private:

@@ -216,6 +216,10 @@ def test_client_killed_mid_push_leaves_no_commit_and_resumes(sqlite_registry, tm
         time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    # Streamed (Note [Streamed push]): the upload began before the file was hashed, under an
+    # upload id's key rather than the blob's sha256.
+    digest = sha256_of((source / "weights.bin").read_bytes())
+    assert partials and all(partial.stem != digest for partial in partials)
     log = run_cli(sqlite_registry, "log", "acme/killed", check=False)
     assert log.returncode == 3 and "no commit yet" in log.stderr
     resumed = push_json(sqlite_registry, source, "acme/killed")
@@ -408,3 +412,157 @@ def test_upload_of_a_stored_blob_answers_complete(registry, stubs):
     # A second client that skipped FindMissingBlobs (or lost the race) gets "complete" at once.
     again = upload(stub, stubs, "acme/dedup", data)
     assert (again.committed_size, again.complete) == (len(data), True)
+
+
+# Streamed uploads: the digest comes last (Note [Streamed push] in services/registry/registry_client.cc).
+
+def streamed_requests(stubs, repository: str, data: bytes, upload_id: str, digest: str | None = "", offset: int = 0,
+                      stop_after: int | None = None, data_after_digest: bytes = b"", digest_at: int | None = None):
+    """The first message names the upload id (no sha256), data follows, the digest comes alone at the end.
+
+    digest=None sends no digest; digest_at names it once that many bytes were sent (too early)."""
+    namespace, name = repository.split("/")
+    yield stubs.registry_pb2.UploadBlobRequest(upload_id=upload_id, size=len(data), offset=offset,
+                                               namespace=namespace, name=name)
+    position = offset
+    while position < len(data):
+        if digest_at is not None and position >= digest_at:
+            yield stubs.registry_pb2.UploadBlobRequest(sha256=digest or sha256_of(data))
+            return
+        chunk = data[position:position + CHUNK]
+        yield stubs.registry_pb2.UploadBlobRequest(data=chunk)
+        position += len(chunk)
+        if stop_after is not None and position >= stop_after:
+            return
+    if digest is not None:
+        yield stubs.registry_pb2.UploadBlobRequest(sha256=digest or sha256_of(data))
+    if data_after_digest:
+        yield stubs.registry_pb2.UploadBlobRequest(data=data_after_digest)
+
+
+def find_streamed(stub, stubs, repository: str, upload_id: str) -> list[tuple[str, int]]:
+    namespace, name = repository.split("/")
+    found = stub.FindMissingBlobs(stubs.registry_pb2.FindMissingBlobsRequest(upload_id=[upload_id], namespace=namespace,
+                                                                             name=name))
+    return [(p.upload_id, p.committed_size) for p in found.partial_uploads]
+
+
+def is_stored(stub, stubs, repository: str, digest: str) -> bool:
+    namespace, name = repository.split("/")
+    found = stub.FindMissingBlobs(stubs.registry_pb2.FindMissingBlobsRequest(sha256=[digest], namespace=namespace,
+                                                                             name=name))
+    return not found.missing_sha256
+
+
+def test_streamed_upload_names_its_digest_last_and_resumes(sqlite_registry, stubs):
+    stub = stubs.registry_pb2_grpc.RegistryServiceStub(sqlite_registry.channel())
+    before = make_repository(stub, stubs, "acme/streamed", {"a.txt": b"a"})
+    data = os.urandom(5 * CHUNK + 7)
+    digest = sha256_of(data)
+    # Interrupted after 2 MiB: the bytes are kept and found by upload id (in this repository only).
+    partial = stub.UploadBlob(streamed_requests(stubs, "acme/streamed", data, "push-1", stop_after=2 * CHUNK))
+    assert (partial.committed_size, partial.complete) == (2 * CHUNK, False)
+    assert find_streamed(stub, stubs, "acme/streamed", "push-1") == [("push-1", 2 * CHUNK)]
+    make_repository(stub, stubs, "acme/other")
+    assert find_streamed(stub, stubs, "acme/other", "push-1") == []
+    assert not is_stored(stub, stubs, "acme/streamed", digest)
+    # A resume from the wrong offset names the right one.
+    with pytest.raises(grpc.RpcError) as error:
+        stub.UploadBlob(streamed_requests(stubs, "acme/streamed", data, "push-1", offset=CHUNK))
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION and str(2 * CHUNK) in error.value.details()
+    # Every byte but no digest: held, not stored; then the digest alone completes it.
+    held = stub.UploadBlob(streamed_requests(stubs, "acme/streamed", data, "push-1", offset=2 * CHUNK, digest=None))
+    assert (held.committed_size, held.complete) == (len(data), False)
+    assert not is_stored(stub, stubs, "acme/streamed", digest)
+    done = stub.UploadBlob(streamed_requests(stubs, "acme/streamed", data, "push-1", offset=len(data)))
+    assert (done.committed_size, done.complete, done.sha256) == (len(data), True, digest)
+    assert find_streamed(stub, stubs, "acme/streamed", "push-1") == []
+    assert not list((sqlite_registry.data_dir / "uploads").glob("*.partial"))
+    commit(stub, stubs, "acme/streamed", {"a.txt": b"a", "data.bin": data}, expected_parent=before.commit_id)
+    chunks = stub.DownloadFile(stubs.registry_pb2.DownloadFileRequest(reference=reference(stubs, "acme/streamed"),
+                                                                      path="data.bin"))
+    assert b"".join(c.data for c in chunks) == data
+    # In one stream, from the start.
+    again = os.urandom(3 * CHUNK)
+    sent = stub.UploadBlob(streamed_requests(stubs, "acme/streamed", again, "push-2"))
+    assert (sent.complete, sent.sha256) == (True, sha256_of(again)) and is_stored(stub, stubs, "acme/streamed", sent.sha256)
+
+
+def test_streamed_upload_bad_digest_and_bad_order_are_refused(sqlite_registry, stubs):
+    stub = stubs.registry_pb2_grpc.RegistryServiceStub(sqlite_registry.channel())
+    before = make_repository(stub, stubs, "acme/badstream", {"a.txt": b"a"})
+    data = os.urandom(3 * CHUNK + 1)
+    wrong = sha256_of(b"something else")
+    # A digest the bytes do not hash to: DATA_LOSS naming both, nothing stored, no partial kept.
+    with pytest.raises(grpc.RpcError) as error:
+        stub.UploadBlob(streamed_requests(stubs, "acme/badstream", data, "bad-1", digest=wrong))
+    assert error.value.code() == grpc.StatusCode.DATA_LOSS
+    assert wrong in error.value.details() and sha256_of(data) in error.value.details()
+    assert not is_stored(stub, stubs, "acme/badstream", wrong) and not is_stored(stub, stubs, "acme/badstream", sha256_of(data))
+    assert find_streamed(stub, stubs, "acme/badstream", "bad-1") == []
+    assert not list((sqlite_registry.data_dir / "uploads").glob("*.partial"))
+    assert not list((sqlite_registry.data_dir / "blobs").rglob(wrong))
+    # A digest before the last byte: INVALID_ARGUMENT; the bytes so far are kept for resume.
+    with pytest.raises(grpc.RpcError) as error:
+        stub.UploadBlob(streamed_requests(stubs, "acme/badstream", data, "bad-2", digest_at=CHUNK))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "after the last byte" in error.value.details()
+    assert find_streamed(stub, stubs, "acme/badstream", "bad-2") == [("bad-2", CHUNK)]
+    # Data after the digest: INVALID_ARGUMENT, nothing stored.
+    with pytest.raises(grpc.RpcError) as error:
+        stub.UploadBlob(streamed_requests(stubs, "acme/badstream", data, "bad-3", data_after_digest=b"more"))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "digest comes last" in error.value.details()
+    assert not is_stored(stub, stubs, "acme/badstream", sha256_of(data))
+    # Data past the announced size, a malformed upload id or digest.
+    with pytest.raises(grpc.RpcError) as error:
+        stub.UploadBlob(iter([stubs.registry_pb2.UploadBlobRequest(upload_id="bad-4", size=10, namespace="acme",
+                                                                   name="badstream"),
+                              stubs.registry_pb2.UploadBlobRequest(data=b"x" * 11)]))
+    assert error.value.code() == grpc.StatusCode.OUT_OF_RANGE and "past the announced size" in error.value.details()
+    for upload_id in ["../escape", "x" * 129, "white space"]:
+        with pytest.raises(grpc.RpcError) as error:
+            stub.UploadBlob(streamed_requests(stubs, "acme/badstream", b"tiny", upload_id))
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "upload id" in error.value.details()
+    with pytest.raises(grpc.RpcError) as error:
+        stub.UploadBlob(streamed_requests(stubs, "acme/badstream", b"tiny", "bad-5", digest="not-a-digest"))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "sha256" in error.value.details()
+    # A repository the caller cannot push to.
+    with pytest.raises(grpc.RpcError) as error:
+        stub.UploadBlob(streamed_requests(stubs, "acme/missing", b"tiny", "bad-6"))
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND and "acme/missing" in error.value.details()
+    assert list_files(stub, stubs, "acme/badstream")[0] == before.commit_id
+
+
+def test_registry_sigkilled_mid_streamed_upload_shows_nothing(start_service, stubs):
+    registry_process = start_service("registry")
+    stub = stubs.registry_pb2_grpc.RegistryServiceStub(registry_process.channel())
+    before = make_repository(stub, stubs, "acme/crash", {"config.json": b"{}"})
+    data = os.urandom(48 * CHUNK)
+    sent = threading.Event()
+    release = threading.Event()
+
+    def slow_requests():
+        for index, request in enumerate(streamed_requests(stubs, "acme/crash", data, "crash-1")):
+            if index == 20:  # past two of the registry's 8 MiB write buffers, so bytes are on disk
+                sent.set()
+                release.wait(30)  # the registry dies meanwhile
+            yield request
+
+    worker = threading.Thread(target=lambda: _call_ignoring(stub.UploadBlob, slow_requests()))
+    worker.start()
+    assert sent.wait(30)
+    time.sleep(0.3)
+    assert list((registry_process.data_dir / "uploads").glob("*.partial"))
+    registry_process.process.send_signal(signal.SIGKILL)
+    registry_process.process.wait()
+    release.set()
+    worker.join(timeout=60)
+    # Restarted on the same data: the tree is the old one, the blob absent, the partial resumable.
+    restarted = start_service("registry")  # the same data directory
+    assert restarted.data_dir == registry_process.data_dir
+    stub = stubs.registry_pb2_grpc.RegistryServiceStub(restarted.channel())
+    assert list_files(stub, stubs, "acme/crash") == (before.commit_id, {"config.json": sha256_of(b"{}")})
+    assert not list((restarted.data_dir / "blobs").rglob(sha256_of(data)))
+    held = find_streamed(stub, stubs, "acme/crash", "crash-1")
+    assert len(held) == 1 and 0 < held[0][1] < len(data)
+    done = stub.UploadBlob(streamed_requests(stubs, "acme/crash", data, "crash-1", offset=held[0][1]))
+    assert (done.complete, done.sha256) == (True, sha256_of(data))

@@ -134,7 +134,11 @@ def start_registry(build: Path, work: Path) -> tuple[subprocess.Popen, dict]:
 
 
 def cli(build: Path, *args: str) -> dict:
-    result = subprocess.run([str(build / "bin" / "flotilla"), *args, "--json"], capture_output=True, text=True)
+    return run_cli(build / "bin" / "flotilla", *args)
+
+
+def run_cli(flotilla: Path, *args: str) -> dict:
+    result = subprocess.run([str(flotilla), *args, "--json"], capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"flotilla {' '.join(args)} failed: {result.stderr}")
     return json.loads(result.stdout)
@@ -203,17 +207,38 @@ def with_server_cpu(pid_of, operation):
     return run
 
 
+# Note [Settle before each timing]: this VM's balloon driver reports free memory back to the host
+# (free page reporting, 2 MiB blocks, about 2 s after they are freed; virtio-balloon's REPORTING
+# feature), and the host then takes those pages away, so touching them again faults them back in
+# through the host. `dd conv=fsync` of 1 GiB took 0.48-0.54 s (0.23-0.28 s system time) when it ran
+# 0.5-1.5 s after the last 1 GiB file was deleted, and 2.65-2.97 s (2.2-2.5 s system time) when it
+# ran 3-5 s after (2026-12-07, load 1.7): the page cache it fills came from freed pages the host
+# still had, or from pages it had to give back. Which case a contender met depended on what ran
+# just before it (a push deletes its registry's 1 GiB before the next round), hence dd's 300-2000
+# MiB/s swings. So every timed operation starts the same way: after prepare() and a sync, SETTLE
+# seconds of quiet, by which time every freed page has been reported.
+SETTLE_SECONDS = 4.0
+
+
+def settle() -> None:
+    os.sync()
+    time.sleep(SETTLE_SECONDS)
+
+
 def interleaved(runs: int, contenders: dict, prepare) -> dict:
-    """Runs each contender once per round, alternating which goes first, each after prepare() and a
-    sync; returns {name: [(seconds, load average at the end, client CPU s, server CPU s), ...]}.
-    A contender returns its server's CPU seconds (see with_server_cpu); the client's are those of
-    the child processes it ran."""
+    """Runs each contender once per round, alternating which goes first, each after prepare(), a
+    sync and a quiet SETTLE_SECONDS (Note [Settle before each timing]); returns {name: [(seconds,
+    load average at the end, client CPU s, server CPU s), ...]}. With more than two contenders the
+    order rotates. A contender returns its server's CPU seconds (see with_server_cpu); the client's
+    are those of the child processes it ran."""
     results = {name: [] for name in contenders}
     names = list(contenders)
     for round_index in range(runs):
-        for name in (names if round_index % 2 == 0 else names[::-1]):
+        shift = round_index % len(names)
+        order = names[shift:] + names[:shift]
+        for name in (order if round_index % 2 == 0 else order[::-1]):
             prepare(name)
-            os.sync()
+            settle()
             client_before = children_cpu_seconds()
             seconds, server_cpu = timed(contenders[name])
             results[name].append((seconds, os.getloadavg()[0], children_cpu_seconds() - client_before,
@@ -259,7 +284,8 @@ def start_static_server(directory: Path) -> tuple[subprocess.Popen, str]:
     sys.exit("python -m http.server did not start")
 
 
-def versus_curl_and_dd(build: Path, work: Path, size_mib: int, shards: int, runs: int) -> list[tuple]:
+def versus_curl_and_dd(build: Path, work: Path, size_mib: int, shards: int, runs: int,
+                       other_cli: Path | None = None, only_push: bool = False) -> list[tuple]:
     """Issue #14's targets: pull vs curl (one file, and `shards` files), push vs dd conv=fsync."""
     size = size_mib * MIB
     source = work / "versus"
@@ -291,24 +317,38 @@ def versus_curl_and_dd(build: Path, work: Path, size_mib: int, shards: int, runs
     def prepare_push(name: str) -> None:
         (work / "dd.bin").unlink(missing_ok=True)
         stop_last_registry()
-        if name == "flotilla push":
+        if name.startswith("flotilla push"):
             registries.append(start_registry_in(build, work / f"push-{len(registries)}"))
 
-    def push() -> float:
+    def push(flotilla: Path) -> float:
         process, ready = registries[-1]
         started = cpu_seconds(process.pid)  # its start-up is not the push's
-        cli(build, "push", str(source), "bench/large", "--registry", ready["grpc_address"])
+        run_cli(flotilla, "push", str(source), "bench/large", "--registry", ready["grpc_address"])
         return cpu_seconds(process.pid) - started
 
-    results = interleaved(runs, {
-        "flotilla push": push,
+    contenders = {
+        "flotilla push": lambda: push(build / "bin" / "flotilla"),
         "dd conv=fsync": lambda: subprocess.run(["dd", f"if={big}", f"of={work / 'dd.bin'}", "bs=4M", "conv=fsync",
                                                  "status=none"], check=True),
-    }, prepare_push)
+        # The fastest durable write of the file here: no page cache at all (the push writes this way).
+        "dd oflag=direct": lambda: subprocess.run(["dd", f"if={big}", f"of={work / 'dd.bin'}", "bs=8M", "oflag=direct",
+                                                   "conv=fsync", "status=none"], check=True),
+    }
+    if other_cli is not None:
+        contenders["flotilla push (other CLI)"] = lambda: push(other_cli)
+    results = interleaved(runs, contenders, prepare_push)
     stop_last_registry()
     (work / "dd.bin").unlink(missing_ok=True)
-    summary.append(("flotilla push (hashed, chunked, fsynced) vs dd conv=fsync", size_mib,
+    summary.append(("flotilla push (hashed, fsynced) vs dd conv=fsync", size_mib,
                     *print_pairs("push vs dd conv=fsync", size_mib, results, "flotilla push", "dd conv=fsync")))
+    summary.append(("flotilla push vs dd oflag=direct conv=fsync", size_mib,
+                    *print_pairs("push vs dd oflag=direct", size_mib, results, "flotilla push", "dd oflag=direct")))
+    if other_cli is not None:
+        summary.append((f"flotilla push vs the same push by {other_cli}", size_mib,
+                        *print_pairs("push vs push by the other CLI", size_mib, results, "flotilla push",
+                                     "flotilla push (other CLI)")))
+    if only_push:
+        return summary
 
     # Pull vs curl from python -m http.server, one file and then the shards.
     registry, ready = start_registry_in(build, work / "pull-registry")
@@ -326,14 +366,23 @@ def versus_curl_and_dd(build: Path, work: Path, size_mib: int, shards: int, runs
                 curl = ["curl", "--silent", "--no-progress-meter", "--fail"] + (["-Z"] if len(names) > 1 else [])
                 for name in names:
                     curl += ["-o", str(work / "fetched" / name), f"{url}/{name}"]
-                results = interleaved(runs, {
+                contenders = {
                     "flotilla pull": with_server_cpu(lambda: registry.pid, lambda: cli(
                         build, "pull", repository, str(work / "fetched"), "--registry", ready["grpc_address"])),
                     "curl": with_server_cpu(lambda: static.pid, lambda: subprocess.run(
                         curl, check=True, stdout=subprocess.DEVNULL)),
-                }, lambda name: (shutil.rmtree(work / "fetched", ignore_errors=True), (work / "fetched").mkdir()))
+                }
+                if other_cli is not None:
+                    contenders["flotilla pull (other CLI)"] = with_server_cpu(lambda: registry.pid, lambda: run_cli(
+                        other_cli, "pull", repository, str(work / "fetched"), "--registry", ready["grpc_address"]))
+                results = interleaved(runs, contenders, lambda name: (shutil.rmtree(work / "fetched", ignore_errors=True),
+                                                                      (work / "fetched").mkdir()))
                 summary.append((f"flotilla pull (verified) vs curl from http.server, {title.split(', ', 1)[1]}",
                                 size_mib, *print_pairs(title, size_mib, results, "flotilla pull", "curl")))
+                if other_cli is not None:
+                    summary.append((f"flotilla pull vs the same pull by {other_cli}, {title.split(', ', 1)[1]}", size_mib,
+                                    *print_pairs(title + ", against the other CLI", size_mib, results, "flotilla pull",
+                                                 "flotilla pull (other CLI)")))
             finally:
                 static.terminate()
                 static.wait()
@@ -403,6 +452,7 @@ def timed_python(code: str, *args: str, environment: dict | None = None) -> floa
 
 
 def main() -> None:
+    global SETTLE_SECONDS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mib", type=int, default=2048, help="size of the single large file")
     parser.add_argument("--snapshot-files", type=int, default=20)
@@ -414,13 +464,21 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=4, help="files of the sharded pull (same total size)")
     parser.add_argument("--only-versus", action="store_true",
                         help="only pull vs curl and push vs dd (issue #14's targets), not the other rows")
+    parser.add_argument("--only-push", action="store_true", help="with --only-versus: only the push comparison")
+    parser.add_argument("--other-cli", type=Path, default=None,
+                        help="another flotilla binary (e.g. main's build) whose push joins the push rounds")
+    parser.add_argument("--settle-seconds", type=float, default=SETTLE_SECONDS,
+                        help="quiet seconds before each timed operation (Note [Settle before each timing])")
     arguments = parser.parse_args()
+    SETTLE_SECONDS = arguments.settle_seconds
     build = arguments.build_dir.resolve()
     work = Path(tempfile.mkdtemp(prefix="registry_bench_", dir=arguments.work_dir))
     rows = []
     registry_cpu = 0.0
     try:
-        versus = versus_curl_and_dd(build, work, arguments.size_mib, arguments.shards, arguments.runs)
+        versus = versus_curl_and_dd(build, work, arguments.size_mib, arguments.shards, arguments.runs,
+                                    arguments.other_cli.resolve() if arguments.other_cli else None,
+                                    arguments.only_push)
         load = os.getloadavg()
         print(f"\nload average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min) on {os.cpu_count()} CPUs")
         print("\n| comparison (same run, interleaved) | MiB | contender MiB/s | baseline MiB/s | ratio "
