@@ -56,7 +56,9 @@ at::Tensor EmptyBytesOnHugePages(int64_t bytes) {
   const uintptr_t aligned = (start + kHugePage - 1) / kHugePage * kHugePage;
   if (aligned > start) ::munmap(mapping, aligned - start);
   const uintptr_t mapping_end = start + length + kHugePage;
-  if (mapping_end > aligned + length) ::munmap(reinterpret_cast<void*>(aligned + length), mapping_end - aligned - length);
+  if (mapping_end > aligned + length) {
+    ::munmap(reinterpret_cast<void*>(aligned + length), mapping_end - aligned - length);
+  }
   void* data = reinterpret_cast<void*>(aligned);
   ::madvise(data, length, MADV_HUGEPAGE);
   return at::from_blob(
@@ -86,7 +88,7 @@ absl::StatusOr<std::shared_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     // each (FilePmdMapped in /proc/PID/smaps; ext4 and xfs have large folios since Linux 6.x).
     // SmolLM2 batch-1 decode with the file evicted before each run, 4 interleaved rounds: 64.3
     // tokens/s median with this advice off (55 of 525 MiB PMD-mapped) and 69.2 with it on (all of
-    // them); rounds 60-70 and 62-72, so about 5-8%, the size of the TLB walks it removes.
+    // them); rounds 60-70 and 62-72.
     // Only bytes read by the faults get large folios: a file still cached from being written keeps
     // the folios its writer made (`flotilla pull` writes large files past the page cache). Advice,
     // not a requirement: a kernel that refuses it maps 4 KiB pages as before.

@@ -34,9 +34,9 @@ namespace flotilla::models {
 absl::StatusOr<at::ScalarType> SafetensorsDtypeToScalarType(std::string_view dtype);
 absl::StatusOr<std::string> ScalarTypeToSafetensorsDtype(at::ScalarType scalar_type);
 
-// `bytes` uninitialised bytes (kByte) on 2 MiB pages where the kernel gives them (Note [Weights on
+// `bytes` zeroed bytes (kByte) on 2 MiB pages where the kernel gives them (Note [Weights on
 // huge pages] in safetensors.cc), for weights that are converted or sharded rather than mapped;
-// ordinary memory below 2 MiB or if the mapping fails.
+// ordinary (uninitialised) memory below 2 MiB or if the mapping fails.
 at::Tensor EmptyBytesOnHugePages(int64_t bytes);
 
 // One memory-mapped file. The mapping is private and writable (copy-on-write), so tensors that
