@@ -250,6 +250,43 @@ FLOTILLA_KERNEL_TARGET_CLONES void SiluAndMulRows(const scalar_t* gate, int64_t 
 
 // One row of apply_rotary_pos_emb in place. Each of q*cos, rotate_half(q)*sin and their sum is
 // rounded to the dtype, as the three eager ops store them.
+#if defined(__x86_64__) && defined(__GNUC__)
+// One bfloat16 row of apply_rotary_pos_emb in registers (Note [bfloat16 rows at full width]): for
+// each 16 lanes j of the first half, x1 = row[j] and x2 = row[j + half] give
+//   row[j]        = round(round(x1 * cos[j]) + round(-x2 * sin[j]))
+//   row[j + half] = round(round(x2 * cos[j + half]) + round(x1 * sin[j + half])),
+// the roundings RotateRow makes (each eager op stores bfloat16). head_dim a multiple of 32.
+__attribute__((target("avx512f,avx512bw"), always_inline)) inline __m512 LoadBFloat16Lanes(const uint16_t* bits) {
+  const __m512i widened = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(widened, 16));
+}
+__attribute__((target("avx512f,avx512bw"), always_inline)) inline __m512 RoundToBFloat16Lanes(__m512 values) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(FloatToBFloat16Lanes(values), 16));
+}
+__attribute__((target("avx512f,avx512bw"), always_inline)) inline void StoreBFloat16Lanes(uint16_t* bits,
+                                                                                         __m512 values) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(bits), _mm512_cvtepi32_epi16(FloatToBFloat16Lanes(values)));
+}
+
+__attribute__((target("avx512f,avx512bw"), noinline)) void RotateBFloat16RowAvx512(uint16_t* row, const float* cos,
+                                                                                  const float* sin, int64_t head_dim) {
+  const int64_t half = head_dim / 2;
+  for (int64_t j = 0; j < half; j += 16) {
+    const __m512 first = LoadBFloat16Lanes(row + j);
+    const __m512 second = LoadBFloat16Lanes(row + j + half);
+    const __m512 negated_second = _mm512_sub_ps(_mm512_setzero_ps(), second);
+    const __m512 new_first =
+        _mm512_add_ps(RoundToBFloat16Lanes(_mm512_mul_ps(first, _mm512_loadu_ps(cos + j))),
+                      RoundToBFloat16Lanes(_mm512_mul_ps(negated_second, _mm512_loadu_ps(sin + j))));
+    const __m512 new_second =
+        _mm512_add_ps(RoundToBFloat16Lanes(_mm512_mul_ps(second, _mm512_loadu_ps(cos + j + half))),
+                      RoundToBFloat16Lanes(_mm512_mul_ps(first, _mm512_loadu_ps(sin + j + half))));
+    StoreBFloat16Lanes(row + j, new_first);
+    StoreBFloat16Lanes(row + j + half, new_second);
+  }
+}
+#endif
+
 template <typename scalar_t>
 FLOTILLA_KERNEL_TARGET_CLONES void RotateRow(scalar_t* row, const float* cos, const float* sin, float* scratch,
                                              float* rotated, int64_t head_dim) {
@@ -430,6 +467,15 @@ void RotaryEmbeddingInPlace(at::Tensor& query, at::Tensor& key, const at::Tensor
                                  : key_data + batch_index * key.stride(0) + (row - query_heads) * key.stride(1) +
                                        position * key.stride(2);
                          const int64_t offset = (batch_index * length + position) * head_dim;
+#if defined(__x86_64__) && defined(__GNUC__)
+                         if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+                           if (kHasAvx512Bw && head_dim % 32 == 0) {
+                             RotateBFloat16RowAvx512(reinterpret_cast<uint16_t*>(target), cos_data + offset,
+                                                     sin_data + offset, head_dim);
+                             continue;
+                           }
+                         }
+#endif
                          RotateRow<scalar_t>(target, cos_data + offset, sin_data + offset, scratch.data(),
                                              rotated.data(), head_dim);
                        }
