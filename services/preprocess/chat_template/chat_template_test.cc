@@ -99,6 +99,25 @@ TEST(ChatTemplateTest, EndlessRecursionAndRunawayOutputAreStopped) {
   EXPECT_NE(status.message().find("exceeds the limit of 1000 bytes"), std::string::npos) << status;
 }
 
+// Fuzzer find: a macro recursing through 45 unary operators stays within max_call_depth for 45
+// calls and overflowed the stack on the way; nesting is bounded on its own.
+TEST(ChatTemplateTest, DeepNestingInsideRecursionIsStoppedBeforeTheStack) {
+  const std::string pluses(45, '+');
+  absl::Status status = RenderError("{% macro f(n) %}{% if n > 0 %}{{ " + pluses +
+                                    " f(n / 1) }}{% endif %}{% endmacro %}{{ f(9) }}");
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(status.message().find("nests deeper than 2000"), std::string::npos) << status;
+  ChatTemplateOptions options;
+  options.limits.max_nesting_depth = 10;
+  status = RenderError("{{ " + std::string(20, '-') + "1 }}", options);
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(status.message().find("nests deeper than 10"), std::string::npos) << status;
+  absl::StatusOr<std::string> shallow =
+      RenderChatTemplate("{{ " + std::string(4, '-') + "1 }}", R"([{"role": "user", "content": "Hi"}])", options);
+  ASSERT_TRUE(shallow.ok()) << shallow.status();
+  EXPECT_EQ(*shallow, "1");
+}
+
 // A width or precision beyond the output limit fails at once (fuzzer find: "%6666…d" padded for
 // minutes); ordinary widths still format as Python does.
 TEST(ChatTemplateTest, HugeFormatWidthsAreRefusedUpFront) {

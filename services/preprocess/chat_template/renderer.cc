@@ -61,6 +61,15 @@ void Renderer::Step(SourceLocation location) {
   }
 }
 
+Renderer::NestingGuard::NestingGuard(Renderer& renderer, SourceLocation location) : renderer_(renderer) {
+  if (++renderer_.nesting_depth_ > renderer_.limits_.max_nesting_depth) {
+    --renderer_.nesting_depth_;
+    throw TemplateError(TemplateError::Kind::kLimit, location,
+                        absl::StrCat("the template nests deeper than ", renderer_.limits_.max_nesting_depth,
+                                     " expressions and statements (endless recursion?)"));
+  }
+}
+
 void Renderer::Append(std::string& out, std::string_view text, SourceLocation location) {
   bytes_written_ += text.size();
   if (bytes_written_ > limits_.max_output_bytes) {
@@ -124,6 +133,7 @@ bool BodyUsesName(const Body& body, const std::string& name) {
 
 Renderer::Flow Renderer::Execute(const Statement& statement, const std::shared_ptr<Frame>& frame, std::string& out) {
   Step(statement.location);
+  NestingGuard nesting(*this, statement.location);
   switch (statement.kind) {
     case Statement::Kind::kText:
       Append(out, statement.text, statement.location);
@@ -481,6 +491,7 @@ std::vector<size_t> SliceIndices(int64_t length, const Value& start_value, const
 
 Value Renderer::Evaluate(const Expression& expression, const std::shared_ptr<Frame>& frame) {
   Step(expression.location);
+  NestingGuard nesting(*this, expression.location);
   switch (expression.kind) {
     case Expression::Kind::kLiteral:
       return expression.literal;

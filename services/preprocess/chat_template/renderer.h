@@ -29,6 +29,10 @@ struct RenderLimits {
   int64_t max_steps = 50'000'000;
   // Items range() may produce.
   int64_t max_range_items = 10'000'000;
+  // Statements and expressions being evaluated at once (each a C++ stack frame): nested
+  // expressions inside nested macro calls multiply, so a template within max_call_depth can still
+  // nest deep enough to overflow a thread's stack (the fuzzer found 50 calls x 45 unary operators).
+  int max_nesting_depth = 2000;
 };
 
 // One scope: the template's top level, a loop iteration, a macro call, a with block.
@@ -72,11 +76,23 @@ class Renderer {
   void EvaluateArguments(const Expression& expression, size_t first, const std::shared_ptr<Frame>& frame, CallArguments& arguments);
   void Append(std::string& out, std::string_view text, SourceLocation location);
   void Step(SourceLocation location);
+  // Counts one Evaluate / Execute frame for as long as it lives; throws past max_nesting_depth.
+  class NestingGuard {
+   public:
+    NestingGuard(Renderer& renderer, SourceLocation location);
+    ~NestingGuard() { --renderer_.nesting_depth_; }
+    NestingGuard(const NestingGuard&) = delete;
+    NestingGuard& operator=(const NestingGuard&) = delete;
+
+   private:
+    Renderer& renderer_;
+  };
 
   RenderLimits limits_;
   int64_t steps_ = 0;
   size_t bytes_written_ = 0;
   int call_depth_ = 0;
+  int nesting_depth_ = 0;
 };
 
 // Helpers shared by the renderer and the builtins (builtins.cc).
