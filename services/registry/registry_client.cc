@@ -47,6 +47,19 @@ absl::Status ErrnoError(absl::string_view operation, const std::string& path) {
   return absl::InternalError(absl::StrCat(operation, "(", path, "): ", std::strerror(errno)));
 }
 
+// Reads up to `length` bytes at `offset`, retrying short reads and EINTR; fewer only at the end of
+// the file or on an error (a file that changed while it was pushed).
+int64_t PreadFully(int descriptor, char* data, int64_t length, int64_t offset) {
+  int64_t filled = 0;
+  while (filled < length) {
+    ssize_t got = pread(descriptor, data + filled, static_cast<size_t>(length - filled), offset + filled);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) break;
+    filled += got;
+  }
+  return filled;
+}
+
 bool Retryable(const absl::Status& status) {
   return absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status) || absl::IsInternal(status) ||
          absl::IsCancelled(status) || absl::IsResourceExhausted(status);
@@ -115,17 +128,10 @@ absl::StatusOr<UploadBlobResponse> UploadOnce(RegistryService::Stub& stub, const
     int64_t length = std::min(kChunkBytes, file.size - offset);
     std::string* data = request.mutable_data();
     data->resize(length);
-    int64_t filled = 0;
-    while (filled < length) {
-      ssize_t got = pread(descriptor, data->data() + filled, length - filled, offset + filled);
-      if (got < 0 && errno == EINTR) continue;
-      if (got <= 0) {
-        local_error = absl::FailedPreconditionError(absl::StrCat("push ", file.path, ": the file changed while pushing"));
-        break;
-      }
-      filled += got;
+    if (PreadFully(descriptor, data->data(), length, offset) != length) {
+      local_error = absl::FailedPreconditionError(absl::StrCat("push ", file.path, ": the file changed while pushing"));
+      break;
     }
-    if (!local_error.ok()) break;
     if (!writer->Write(request)) break;  // the server ended the call early; Finish says why
     offset += length;
     sent(length);
@@ -296,17 +302,10 @@ absl::StatusOr<UploadBlobResponse> UploadStreamedOnce(RegistryService::Stub& stu
       hasher.WaitUntilPendingAtMost(kStreamedPushBuffers - 1);
       std::string& buffer = buffers[sequence % kStreamedPushBuffers];
       buffer.resize(static_cast<size_t>(length));
-      int64_t filled = 0;
-      while (filled < length) {
-        ssize_t got = pread(descriptor, buffer.data() + filled, length - filled, offset + filled);
-        if (got < 0 && errno == EINTR) continue;
-        if (got <= 0) {
-          local_error = absl::FailedPreconditionError(absl::StrCat("push ", file.path, ": the file changed while pushing"));
-          break;
-        }
-        filled += got;
+      if (PreadFully(descriptor, buffer.data(), length, offset) != length) {
+        local_error = absl::FailedPreconditionError(absl::StrCat("push ", file.path, ": the file changed while pushing"));
+        break;
       }
-      if (!local_error.ok()) break;
       hasher.Submit(buffer);
       // The message borrows the buffer's bytes (the hashing thread only reads them) for as long
       // as Write takes to serialize it.
@@ -406,15 +405,9 @@ absl::StatusOr<bool> StartIsStored(RegistryService::Stub& stub, const std::strin
   int descriptor = open(file.full_path.c_str(), O_RDONLY | O_CLOEXEC);
   if (descriptor < 0) return ErrnoError("open", file.full_path);
   std::string prefix(static_cast<size_t>(std::min<int64_t>(file.size, kChunkedPushProbeBytes)), '\0');
-  size_t filled = 0;
-  while (filled < prefix.size()) {
-    ssize_t got = pread(descriptor, prefix.data() + filled, prefix.size() - filled, static_cast<off_t>(filled));
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) break;
-    filled += static_cast<size_t>(got);
-  }
+  const int64_t filled = PreadFully(descriptor, prefix.data(), static_cast<int64_t>(prefix.size()), 0);
   close(descriptor);
-  prefix.resize(filled);
+  prefix.resize(static_cast<size_t>(filled));
   const auto* data = reinterpret_cast<const uint8_t*>(prefix.data());
   std::vector<uint64_t> ends = XetChunkBoundaries(data, prefix.size());
   if (static_cast<int64_t>(prefix.size()) < file.size && ends.size() > 1) ends.pop_back();  // cut by the prefix
