@@ -15,6 +15,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include "flotilla/v1/registry.grpc.pb.h"
 #include "services/registry/auth.h"
 #include "services/registry/blob_store.h"
 #include "services/registry/registry.h"
@@ -173,6 +174,86 @@ TEST_F(RegistryClientTest, PullWritesAndHashesOnASecondThreadAndResumesAfterAWri
   EXPECT_EQ(ReadFile(odd / "model.safetensors"), weights);
 }
 
+
+// Note [Ranged pull]: a file of 64 MiB or more arrives over two streams of 16 MiB ranges and is
+// written in order, so a pull stopped by a write error leaves a partial file without holes, and the
+// resumed pull (ranges from an offset no range boundary shares) verifies the whole file.
+TEST_F(RegistryClientTest, LargeFilePullsInRangesOverTwoStreamsAndResumesInOrder) {
+  const fs::path source = root_ + "/source";
+  const std::string weights = DistinctBytes((100 << 20) + 4321);
+  WriteFile(source / "model.safetensors", weights);
+  RegistryClient client(address_);
+  auto pushed = client.PushFolder(source.string(), "acme", "ranged");
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+
+  const fs::path whole = root_ + "/whole";
+  auto pulled = client.PullToDirectory("acme/ranged", whole.string());
+  ASSERT_TRUE(pulled.ok()) << pulled.status();
+  EXPECT_EQ(pulled->downloaded_bytes, static_cast<int64_t>(weights.size()));
+  EXPECT_TRUE(ReadFile(whole / "model.safetensors") == weights);
+
+  // The disk "fills up" at 24 MiB, inside the second range: the file holds exactly the bytes
+  // before that point, whatever the other stream had received past it.
+  const fs::path target = root_ + "/target";
+  const rlim_t limit = 24 << 20;
+  struct rlimit original;
+  getrlimit(RLIMIT_FSIZE, &original);
+  std::signal(SIGXFSZ, SIG_IGN);
+  struct rlimit small = original;
+  small.rlim_cur = limit;
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
+  auto failed = client.PullToDirectory("acme/ranged", target.string());
+  setrlimit(RLIMIT_FSIZE, &original);
+  std::signal(SIGXFSZ, SIG_DFL);
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kInternal) << failed.status();
+  const std::string partial = ReadFile(target / "model.safetensors.incomplete");
+  ASSERT_EQ(partial.size(), limit);
+  EXPECT_TRUE(partial == weights.substr(0, limit));
+
+  auto resumed = client.PullToDirectory("acme/ranged", target.string());
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->downloaded_bytes, static_cast<int64_t>(weights.size() - limit));
+  EXPECT_TRUE(ReadFile(target / "model.safetensors") == weights);
+  EXPECT_FALSE(fs::exists(target / "model.safetensors.incomplete"));
+}
+
+// DownloadFile sends `length` bytes from `offset` (0: to the end), and refuses a negative length.
+TEST_F(RegistryClientTest, DownloadFileSendsTheRangeAsked) {
+  const fs::path source = root_ + "/source";
+  const std::string weights = DistinctBytes((3 << 20) + 17);
+  WriteFile(source / "model.safetensors", weights);
+  RegistryClient client(address_);
+  ASSERT_TRUE(client.PushFolder(source.string(), "acme", "range").ok());
+  auto stub = flotilla::v1::RegistryService::NewStub(grpc::CreateChannel(address_, grpc::InsecureChannelCredentials()));
+  auto download = [&](int64_t offset, int64_t length) -> absl::StatusOr<std::string> {
+    grpc::ClientContext context;
+    flotilla::v1::DownloadFileRequest request;
+    request.mutable_reference()->set_namespace_("acme");
+    request.mutable_reference()->set_name("range");
+    request.mutable_reference()->set_revision("main");
+    request.set_path("model.safetensors");
+    request.set_offset(offset);
+    request.set_length(length);
+    auto reader = stub->DownloadFile(&context, request);
+    flotilla::v1::DownloadFileResponse response;
+    std::string bytes;
+    while (reader->Read(&response)) bytes += response.data();
+    grpc::Status status = reader->Finish();
+    if (!status.ok()) return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+    return bytes;
+  };
+  auto middle = download((1 << 20) + 3, (1 << 20) + 5);
+  ASSERT_TRUE(middle.ok()) << middle.status();
+  EXPECT_TRUE(*middle == weights.substr((1 << 20) + 3, (1 << 20) + 5));
+  auto past_the_end = download(3 << 20, 1 << 20);
+  ASSERT_TRUE(past_the_end.ok()) << past_the_end.status();
+  EXPECT_TRUE(*past_the_end == weights.substr(3 << 20));
+  auto rest = download(5, 0);
+  ASSERT_TRUE(rest.ok()) << rest.status();
+  EXPECT_TRUE(*rest == weights.substr(5));
+  auto negative = download(0, -1);
+  EXPECT_EQ(negative.status().code(), absl::StatusCode::kInvalidArgument) << negative.status();
+}
 
 // A sharded checkpoint: its files download at once. While a pull runs, every file being fetched
 // has its <file>.incomplete open; a pull one file at a time never shows two of them.

@@ -650,6 +650,11 @@ class DownloadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
                                                 " is outside the file's ", entry_.size, " bytes"));
     }
     offset_ = request->offset();
+    if (request->length() < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("download of ", entry_.path, ": length ", request->length(),
+                                                     " is negative"));
+    }
+    end_ = request->length() == 0 ? entry_.size : std::min(entry_.size, offset_ + request->length());
     descriptor_ = open(service_.registry_.blobs().LocalPath(entry_.sha256).c_str(), O_RDONLY | O_CLOEXEC);
     if (descriptor_ < 0) {
       // Stored as Xet chunks (Note [One store, two views] in xet_store.h): read through a reconstruction.
@@ -687,8 +692,8 @@ class DownloadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
   }
 
   void WriteNext() {
-    if (sent_header_ && offset_ >= entry_.size) return Finish(grpc::Status::OK);
-    const int64_t length = std::min(kDownloadMessageBytes, entry_.size - offset_);
+    if (sent_header_ && offset_ >= end_) return Finish(grpc::Status::OK);
+    const int64_t length = std::min(kDownloadMessageBytes, end_ - offset_);
     // Field 3 (bytes), wire type 2: tag, varint length, then the bytes.
     std::string prefix = sent_header_ ? std::string() : std::move(header_);
     prefix.push_back(static_cast<char>((3 << 3) | 2));
@@ -745,6 +750,7 @@ class DownloadReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
   std::string header_;  // the first message's entry and commit_id, serialized
   TreeEntry entry_;
   int64_t offset_ = 0;
+  int64_t end_ = 0;  // one past the last byte to send
   bool sent_header_ = false;
 };
 

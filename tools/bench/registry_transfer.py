@@ -285,7 +285,8 @@ def start_static_server(directory: Path) -> tuple[subprocess.Popen, str]:
 
 
 def versus_curl_and_dd(build: Path, work: Path, size_mib: int, shards: int, runs: int,
-                       other_cli: Path | None = None, only_push: bool = False) -> list[tuple]:
+                       other_cli: Path | None = None, only_push: bool = False,
+                       only_pull: bool = False) -> list[tuple]:
     """Issue #14's targets: pull vs curl (one file, and `shards` files), push vs dd conv=fsync."""
     size = size_mib * MIB
     source = work / "versus"
@@ -304,49 +305,50 @@ def versus_curl_and_dd(build: Path, work: Path, size_mib: int, shards: int, runs
         write_random_file(sharded / name, size // shards)
     summary = []
 
-    # Push vs dd conv=fsync: every push into a fresh registry, so nothing is already stored.
-    registries = []
+    if not only_pull:
+        # Push vs dd conv=fsync: every push into a fresh registry, so nothing is already stored.
+        registries = []
 
-    def stop_last_registry() -> None:
-        # Outside the timed call: a child reaped there would add its CPU to the client's.
-        if registries and registries[-1][0].poll() is None:
-            registries[-1][0].terminate()
-            registries[-1][0].wait()
-            shutil.rmtree(work / f"push-{len(registries) - 1}", ignore_errors=True)
+        def stop_last_registry() -> None:
+            # Outside the timed call: a child reaped there would add its CPU to the client's.
+            if registries and registries[-1][0].poll() is None:
+                registries[-1][0].terminate()
+                registries[-1][0].wait()
+                shutil.rmtree(work / f"push-{len(registries) - 1}", ignore_errors=True)
 
-    def prepare_push(name: str) -> None:
-        (work / "dd.bin").unlink(missing_ok=True)
+        def prepare_push(name: str) -> None:
+            (work / "dd.bin").unlink(missing_ok=True)
+            stop_last_registry()
+            if name.startswith("flotilla push"):
+                registries.append(start_registry_in(build, work / f"push-{len(registries)}"))
+
+        def push(flotilla: Path) -> float:
+            process, ready = registries[-1]
+            started = cpu_seconds(process.pid)  # its start-up is not the push's
+            run_cli(flotilla, "push", str(source), "bench/large", "--registry", ready["grpc_address"])
+            return cpu_seconds(process.pid) - started
+
+        contenders = {
+            "flotilla push": lambda: push(build / "bin" / "flotilla"),
+            "dd conv=fsync": lambda: subprocess.run(["dd", f"if={big}", f"of={work / 'dd.bin'}", "bs=4M", "conv=fsync",
+                                                     "status=none"], check=True),
+            # The fastest durable write of the file here: no page cache at all (the push writes this way).
+            "dd oflag=direct": lambda: subprocess.run(["dd", f"if={big}", f"of={work / 'dd.bin'}", "bs=8M", "oflag=direct",
+                                                       "conv=fsync", "status=none"], check=True),
+        }
+        if other_cli is not None:
+            contenders["flotilla push (other CLI)"] = lambda: push(other_cli)
+        results = interleaved(runs, contenders, prepare_push)
         stop_last_registry()
-        if name.startswith("flotilla push"):
-            registries.append(start_registry_in(build, work / f"push-{len(registries)}"))
-
-    def push(flotilla: Path) -> float:
-        process, ready = registries[-1]
-        started = cpu_seconds(process.pid)  # its start-up is not the push's
-        run_cli(flotilla, "push", str(source), "bench/large", "--registry", ready["grpc_address"])
-        return cpu_seconds(process.pid) - started
-
-    contenders = {
-        "flotilla push": lambda: push(build / "bin" / "flotilla"),
-        "dd conv=fsync": lambda: subprocess.run(["dd", f"if={big}", f"of={work / 'dd.bin'}", "bs=4M", "conv=fsync",
-                                                 "status=none"], check=True),
-        # The fastest durable write of the file here: no page cache at all (the push writes this way).
-        "dd oflag=direct": lambda: subprocess.run(["dd", f"if={big}", f"of={work / 'dd.bin'}", "bs=8M", "oflag=direct",
-                                                   "conv=fsync", "status=none"], check=True),
-    }
-    if other_cli is not None:
-        contenders["flotilla push (other CLI)"] = lambda: push(other_cli)
-    results = interleaved(runs, contenders, prepare_push)
-    stop_last_registry()
-    (work / "dd.bin").unlink(missing_ok=True)
-    summary.append(("flotilla push (hashed, fsynced) vs dd conv=fsync", size_mib,
-                    *print_pairs("push vs dd conv=fsync", size_mib, results, "flotilla push", "dd conv=fsync")))
-    summary.append(("flotilla push vs dd oflag=direct conv=fsync", size_mib,
-                    *print_pairs("push vs dd oflag=direct", size_mib, results, "flotilla push", "dd oflag=direct")))
-    if other_cli is not None:
-        summary.append((f"flotilla push vs the same push by {other_cli}", size_mib,
-                        *print_pairs("push vs push by the other CLI", size_mib, results, "flotilla push",
-                                     "flotilla push (other CLI)")))
+        (work / "dd.bin").unlink(missing_ok=True)
+        summary.append(("flotilla push (hashed, fsynced) vs dd conv=fsync", size_mib,
+                        *print_pairs("push vs dd conv=fsync", size_mib, results, "flotilla push", "dd conv=fsync")))
+        summary.append(("flotilla push vs dd oflag=direct conv=fsync", size_mib,
+                        *print_pairs("push vs dd oflag=direct", size_mib, results, "flotilla push", "dd oflag=direct")))
+        if other_cli is not None:
+            summary.append((f"flotilla push vs the same push by {other_cli}", size_mib,
+                            *print_pairs("push vs push by the other CLI", size_mib, results, "flotilla push",
+                                         "flotilla push (other CLI)")))
     if only_push:
         return summary
 
@@ -375,8 +377,19 @@ def versus_curl_and_dd(build: Path, work: Path, size_mib: int, shards: int, runs
                 if other_cli is not None:
                     contenders["flotilla pull (other CLI)"] = with_server_cpu(lambda: registry.pid, lambda: run_cli(
                         other_cli, "pull", repository, str(work / "fetched"), "--registry", ready["grpc_address"]))
-                results = interleaved(runs, contenders, lambda name: (shutil.rmtree(work / "fetched", ignore_errors=True),
-                                                                      (work / "fetched").mkdir()))
+                def fresh_target(name: str = "") -> None:
+                    shutil.rmtree(work / "fetched", ignore_errors=True)
+                    (work / "fetched").mkdir()
+
+                # Note [Pull from memory]: each server reads its file from the page cache, as curl's
+                # http.server does: a pushed blob was written past the page cache (Note [Direct
+                # upload writes] in blob_store.cc), so without this untimed pull the first round
+                # alone would read it from disk (0.70x against 0.81-0.92x for the later rounds,
+                # registry CPU 0.57 against 0.32 s/GiB; 2026-12-07).
+                for warm_up in contenders.values():
+                    fresh_target()
+                    warm_up()
+                results = interleaved(runs, contenders, fresh_target)
                 summary.append((f"flotilla pull (verified) vs curl from http.server, {title.split(', ', 1)[1]}",
                                 size_mib, *print_pairs(title, size_mib, results, "flotilla pull", "curl")))
                 if other_cli is not None:
@@ -465,6 +478,7 @@ def main() -> None:
     parser.add_argument("--only-versus", action="store_true",
                         help="only pull vs curl and push vs dd (issue #14's targets), not the other rows")
     parser.add_argument("--only-push", action="store_true", help="with --only-versus: only the push comparison")
+    parser.add_argument("--only-pull", action="store_true", help="with --only-versus: only the pull comparisons")
     parser.add_argument("--other-cli", type=Path, default=None,
                         help="another flotilla binary (e.g. main's build) whose push joins the push rounds")
     parser.add_argument("--settle-seconds", type=float, default=SETTLE_SECONDS,
@@ -478,7 +492,7 @@ def main() -> None:
     try:
         versus = versus_curl_and_dd(build, work, arguments.size_mib, arguments.shards, arguments.runs,
                                     arguments.other_cli.resolve() if arguments.other_cli else None,
-                                    arguments.only_push)
+                                    arguments.only_push, arguments.only_pull)
         load = os.getloadavg()
         print(f"\nload average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min) on {os.cpu_count()} CPUs")
         print("\n| comparison (same run, interleaved) | MiB | contender MiB/s | baseline MiB/s | ratio "
