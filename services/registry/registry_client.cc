@@ -33,6 +33,7 @@
 #include "services/common/status.h"
 #include "services/registry/blob_store.h"
 #include "services/registry/names.h"
+#include "services/registry/remembered_digest.h"
 #include "services/registry/xet_chunker.h"
 #include "services/registry/xet_format.h"
 
@@ -359,15 +360,23 @@ absl::StatusOr<bool> StartIsStored(RegistryService::Stub& stub, const std::strin
 
 // Sets each file's sha256, hashing several files at once (one per core): a sharded checkpoint's
 // hash pass, which must end before the registry can say which blobs it lacks, takes the time of
-// its largest shards rather than of all of them. The first error in file order wins.
+// its largest shards rather than of all of them. A file whose digest is remembered (Note
+// [Remembered digests] in remembered_digest.h) is not read; one that is hashed has its digest
+// remembered. The first error in file order wins.
 absl::Status HashFiles(std::vector<LocalFile>& files) {
   std::vector<absl::Status> statuses(files.size());
   std::atomic<size_t> next{0};
   auto drain = [&] {
     for (size_t index = next++; index < files.size(); index = next++) {
+      if (std::optional<std::string> remembered = RememberedSha256(files[index].full_path)) {
+        files[index].sha256 = *std::move(remembered);
+        continue;
+      }
+      std::optional<FileStamp> before = StampFile(files[index].full_path);
       absl::StatusOr<std::string> digest = Sha256OfFile(files[index].full_path);
       if (digest.ok()) {
         files[index].sha256 = *std::move(digest);
+        if (before) RememberSha256(files[index].full_path, files[index].sha256, *before, false);
       } else {
         statuses[index] = digest.status();
       }
@@ -625,10 +634,16 @@ absl::StatusOr<PushResult> RegistryClient::PushFolder(const std::string& folder,
   std::map<int64_t, int> files_of_size;
   for (const LocalFile& file : files) ++files_of_size[file.size];
   std::vector<bool> streamed(files.size(), false);
+  std::vector<std::optional<FileStamp>> stamps(files.size());  // of the streamed files, before they are read
   std::vector<LocalFile> to_hash;
   std::vector<size_t> to_hash_index;
   for (size_t index = 0; index < files.size(); ++index) {
-    const LocalFile& file = files[index];
+    LocalFile& file = files[index];
+    // A remembered digest is as good as a hash pass: the registry is asked for the blob first.
+    if (std::optional<std::string> remembered = RememberedSha256(file.full_path)) {
+      file.sha256 = *std::move(remembered);
+      continue;
+    }
     bool stream = file.size >= kStreamedPushMinimumBytes && !parent_sha256.count(file.path) &&
                   files_of_size[file.size] == 1;
     if (stream) {
@@ -637,6 +652,7 @@ absl::StatusOr<PushResult> RegistryClient::PushFolder(const std::string& folder,
       stream = stored.ok() && !*stored;
     }
     streamed[index] = stream;
+    if (stream) stamps[index] = StampFile(file.full_path);
     if (!stream) {
       to_hash.push_back(file);
       to_hash_index.push_back(index);
@@ -768,6 +784,7 @@ absl::StatusOr<PushResult> RegistryClient::PushFolder(const std::string& folder,
       progress.done_bytes += offset;
       result.skipped_bytes += offset;
       if (absl::Status status = upload_streamed(file, upload_ids[index], offset); !status.ok()) return status;
+      if (stamps[index]) RememberSha256(file.full_path, file.sha256, *stamps[index], false);
       continue;
     }
     if (!to_upload.count(file.sha256)) {
@@ -1187,7 +1204,9 @@ StreamEnd ReceiveStream(grpc::ChannelInterface& channel, const std::string& toke
 // wall time (perf: the hasher 63% busy, the receiver 22%, the registry's sender 47%; 2026-12-07),
 // each turn of the HTTP/2 flow-control window waiting for the other process to be scheduled; a
 // second stream fills those waits (same runs: 1.03-1.21 s against 1.19-1.44 s for one stream;
-// three or four streams, or 4, 8 or 32 MiB ranges, were no faster). The file is still written in
+// three or four streams, or 4, 8 or 32 MiB ranges, were no faster). Only for a large file pulled
+// alone: the four files of a sharded checkpoint, each over two streams, pulled at 0.85x of one
+// stream each (registry_transfer.py, 2026-12-07). The file is still written in
 // order, so a killed pull leaves a partial file without holes for the next pull to resume (Note
 // [Atomic pull]). Streams run at most kRangesAhead ranges past the one being written, which bounds
 // the received slices held to about kRangesAhead x 16 MiB.
@@ -1323,7 +1342,7 @@ StreamEnd ReceiveRanges(grpc::ChannelInterface& channel, const std::string& toke
 // the next pull re-hashes and continues. The partial file is locked (flock) while written, so two
 // processes pulling the same file into the same cache wait for each other instead of interleaving.
 absl::Status DownloadOne(grpc::ChannelInterface& channel, const std::string& token, const ModelReference& pinned,
-                         const FileEntry& entry, const std::string& final_path,
+                         const FileEntry& entry, const std::string& final_path, bool ranged,
                          const std::function<void(int64_t)>& received, const std::atomic<bool>& stop) {
   const std::string partial = final_path + ".incomplete";
   std::error_code error;
@@ -1377,7 +1396,7 @@ absl::Status DownloadOne(grpc::ChannelInterface& channel, const std::string& tok
         }
         return absl::OkStatus();
       };
-      if (entry.size() - offset >= kRangedPullMinimumBytes) {
+      if (ranged && entry.size() - offset >= kRangedPullMinimumBytes) {
         ended = ReceiveRanges(channel, token, pinned, entry, offset, write_and_hash);
       } else {
         ended = ReceiveStream(channel, token, pinned, entry, offset, 0, write_and_hash, [] { return false; });
@@ -1412,6 +1431,10 @@ absl::Status DownloadOne(grpc::ChannelInterface& channel, const std::string& tok
                                               " but the registry lists ", entry.sha256(), "; the partial file was removed"));
     }
     if (rename(partial.c_str(), final_path.c_str()) != 0) return ErrnoError("rename", final_path);
+    // Every byte was written by this pull and hashed: a push of the file need not read it again.
+    if (std::optional<FileStamp> written = StampFile(final_path)) {
+      RememberSha256(final_path, entry.sha256(), *written, /*written_by_this_process=*/true);
+    }
     return absl::OkStatus();
   }
   return absl::Status(last_error.code(), absl::StrCat("pull ", entry.path(), ": gave up after ", kAttempts,
@@ -1470,6 +1493,12 @@ absl::StatusOr<PullResult> RegistryClient::PullToDirectory(const std::string& re
   // first failure stops the others (their partial files stay, resumable) and is the one returned.
   std::stable_sort(to_fetch.begin(), to_fetch.end(),
                    [](const FileEntry* left, const FileEntry* right) { return left->size() > right->size(); });
+  const size_t workers = std::min<size_t>(to_fetch.size(), static_cast<size_t>(std::max(1, max_parallel_files_)));
+  // Ranges only for a large file pulled alone: the files of a sharded checkpoint already keep
+  // several streams busy (Note [Ranged pull]).
+  const bool ranged = workers == 1 || std::count_if(to_fetch.begin(), to_fetch.end(), [](const FileEntry* entry) {
+                                        return entry->size() >= kRangedPullMinimumBytes;
+                                      }) == 1;
   std::mutex progress_mutex;
   std::atomic<bool> stop{false};
   std::atomic<size_t> next{0};
@@ -1479,7 +1508,7 @@ absl::StatusOr<PullResult> RegistryClient::PullToDirectory(const std::string& re
       const FileEntry& entry = *to_fetch[index];
       const std::string final_path = (fs::path(directory) / entry.path()).string();
       absl::Status status = DownloadOne(
-          *channel_, token_, pinned, entry, final_path,
+          *channel_, token_, pinned, entry, final_path, ranged,
           [&](int64_t bytes) {
             std::lock_guard lock(progress_mutex);
             result.downloaded_bytes += bytes;
@@ -1495,7 +1524,6 @@ absl::StatusOr<PullResult> RegistryClient::PullToDirectory(const std::string& re
       }
     }
   };
-  const size_t workers = std::min<size_t>(to_fetch.size(), static_cast<size_t>(std::max(1, max_parallel_files_)));
   std::vector<std::thread> threads;
   for (size_t worker = 1; worker < workers; ++worker) threads.emplace_back(drain);
   drain();

@@ -2,7 +2,10 @@
 // PullToCache (directory named by the commit id, files verified, a second pull fetches nothing).
 #include "services/registry/registry_client.h"
 
+#include <fcntl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
 
 #include <csignal>
 #include <cstring>
@@ -20,6 +23,7 @@
 #include "services/registry/blob_store.h"
 #include "services/registry/registry.h"
 #include "services/registry/registry_service.h"
+#include "services/registry/remembered_digest.h"
 
 namespace flotilla::registry {
 namespace {
@@ -253,6 +257,72 @@ TEST_F(RegistryClientTest, DownloadFileSendsTheRangeAsked) {
   EXPECT_TRUE(*rest == weights.substr(5));
   auto negative = download(0, -1);
   EXPECT_EQ(negative.status().code(), absl::StatusCode::kInvalidArgument) << negative.status();
+}
+
+// Note [Remembered digests]: a pushed or pulled file keeps its sha256 in an extended attribute, so
+// pushing it again, to any repository, sends nothing the registry holds and reads nothing; a changed
+// file, a file written just before it was read, and a garbled attribute are hashed as before.
+TEST_F(RegistryClientTest, RememberedDigestSkipsAStoredFileAndNeverOutlivesAChange) {
+  const fs::path source = root_ + "/source";
+  const fs::path weights_path = source / "model.safetensors";
+  const std::string weights = DistinctBytes((12 << 20) + 99);
+  WriteFile(weights_path, weights);
+  auto set_age = [](const fs::path& path, int seconds_ago) {
+    timespec times[2];
+    clock_gettime(CLOCK_REALTIME, &times[0]);
+    times[0].tv_sec -= seconds_ago;
+    times[1] = times[0];
+    ASSERT_EQ(utimensat(AT_FDCWD, path.c_str(), times, 0), 0);
+  };
+  set_age(weights_path, 3600);
+  const std::string digest = *Sha256OfFile(weights_path.string());
+  RegistryClient client(address_);
+
+  // A path new to the registry: streamed while hashed (Note [Streamed push]), then remembered.
+  auto first = client.PushFolder(source.string(), "acme", "one");
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->uploaded_bytes, static_cast<int64_t>(weights.size()));
+  ASSERT_EQ(RememberedSha256(weights_path.string()), digest);
+
+  // The same file into another repository: the registry holds the blob, nothing is sent.
+  auto second = client.PushFolder(source.string(), "acme", "two");
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->uploaded_bytes, 0);
+  EXPECT_EQ(second->skipped_bytes, static_cast<int64_t>(weights.size()));
+
+  // A pulled file is remembered too, and pushes for free.
+  const fs::path pulled = root_ + "/pulled";
+  ASSERT_TRUE(client.PullToDirectory("acme/two", pulled.string()).ok());
+  EXPECT_EQ(RememberedSha256((pulled / "model.safetensors").string()), digest);
+  auto from_pull = client.PushFolder(pulled.string(), "acme", "three");
+  ASSERT_TRUE(from_pull.ok()) << from_pull.status();
+  EXPECT_EQ(from_pull->uploaded_bytes, 0);
+
+  // New bytes of the same size, an older time than the recorded one: the attribute no longer
+  // matches, and the push sends (and the registry stores) the new bytes.
+  std::string changed = weights;
+  changed[5 << 20] ^= 0x5a;
+  WriteFile(weights_path, changed);
+  set_age(weights_path, 1800);
+  EXPECT_EQ(RememberedSha256(weights_path.string()), std::nullopt);
+  auto after_change = client.PushFolder(source.string(), "acme", "four");
+  ASSERT_TRUE(after_change.ok()) << after_change.status();
+  EXPECT_EQ(after_change->uploaded_bytes, static_cast<int64_t>(changed.size()));
+  const fs::path check = root_ + "/check";
+  ASSERT_TRUE(client.PullToDirectory("acme/four", check.string()).ok());
+  EXPECT_TRUE(ReadFile(check / "model.safetensors") == changed);
+
+  // Written less than a second before it was read: a later write could keep its time, so the
+  // digest is not recorded.
+  const fs::path fresh = root_ + "/fresh";
+  WriteFile(fresh / "model.safetensors", weights.substr(0, 9 << 20));
+  ASSERT_TRUE(client.PushFolder(fresh.string(), "acme", "five").ok());
+  EXPECT_EQ(RememberedSha256((fresh / "model.safetensors").string()), std::nullopt);
+
+  // A garbled attribute is ignored.
+  const std::string garbage = "not a digest 1 2";
+  ASSERT_EQ(setxattr(weights_path.c_str(), "user.flotilla.sha256", garbage.data(), garbage.size(), 0), 0);
+  EXPECT_EQ(RememberedSha256(weights_path.string()), std::nullopt);
 }
 
 // A sharded checkpoint: its files download at once. While a pull runs, every file being fetched
