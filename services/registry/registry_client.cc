@@ -408,8 +408,13 @@ namespace {
 constexpr int64_t kChunkedPushMinimumBytes = 1 << 20;
 constexpr size_t kChunkedPushXorbBytes = 3 << 20;
 constexpr int64_t kChunkedPushProbeBytes = 2 << 20;
-// Chunk hashes per request (34 bytes each on the wire): well inside gRPC's 4 MiB message limit.
+// Chunk hashes per FindMissingChunks request (34 bytes each on the wire): well inside gRPC's
+// default 4 MiB message limit.
 constexpr size_t kChunkHashesPerRequest = 60000;
+// CreateBlobFromChunks names every chunk of the file in one message: 1.8 million hashes are 61 MB,
+// inside this client's 64 MiB send limit and the registry's 256 MiB receive limit, so files up to
+// about 110 GiB (64 KiB chunks on average) take the chunked path; a larger one is uploaded whole.
+constexpr size_t kMaxChunksPerBlob = 1'800'000;
 
 absl::StatusOr<bool> StartIsStored(RegistryService::Stub& stub, const std::string& token, const LocalFile& file,
                                    const std::string& namespace_name, const std::string& name) {
@@ -482,8 +487,10 @@ absl::StatusOr<int64_t> ChunkedUpload(RegistryService::Stub& stub, const std::st
     }
   }
   const std::vector<uint64_t> ends = XetChunkBoundaries(data, static_cast<size_t>(file.size));
-  if (ends.size() > 2 * kChunkHashesPerRequest) {
-    return absl::UnimplementedError("push: too many chunks for one CreateBlobFromChunks message");
+  if (ends.size() > kMaxChunksPerBlob) {
+    return absl::UnimplementedError(absl::StrCat("push ", file.path, ": ", ends.size(),
+                                                 " chunks are more than one CreateBlobFromChunks message holds (",
+                                                 kMaxChunksPerBlob, ")"));
   }
   std::vector<XetHash> hashes;
   hashes.reserve(ends.size());
