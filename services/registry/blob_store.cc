@@ -124,6 +124,46 @@ constexpr size_t kDirectBufferBytes = 8 << 20;
 constexpr int64_t kDirectAlignment = 4096;
 }  // namespace
 
+absl::Status WriteFileDurably(const std::string& path, absl::string_view bytes) {
+  auto failed = [&](absl::string_view operation) {
+    return absl::InternalError(absl::StrCat(operation, " ", path, ": ", std::strerror(errno)));
+  };
+  const int descriptor = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (descriptor < 0) return failed("create");
+  struct CloseAtEnd {
+    int descriptor;
+    ~CloseAtEnd() { close(descriptor); }
+  } close_at_end{descriptor};
+  // The aligned head through O_DIRECT, a buffer at a time; the tail (and everything, where
+  // O_DIRECT is refused) through the page cache.
+  size_t written = 0;
+  const size_t aligned = bytes.size() - bytes.size() % kDirectAlignment;
+  if (aligned >= kDirectBufferBytes) {
+    const int direct = open(path.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+    void* buffer = nullptr;
+    if (direct >= 0 && posix_memalign(&buffer, kDirectAlignment, kDirectBufferBytes) == 0) {
+      while (written < aligned) {
+        const size_t piece = std::min(kDirectBufferBytes, aligned - written);
+        std::memcpy(buffer, bytes.data() + written, piece);
+        const ssize_t result = pwrite(direct, buffer, piece, static_cast<off_t>(written));
+        if (result < 0 && errno == EINTR) continue;
+        if (result != static_cast<ssize_t>(piece)) break;  // refused or short: the rest is buffered
+        written += piece;
+      }
+    }
+    free(buffer);
+    if (direct >= 0) close(direct);
+  }
+  while (written < bytes.size()) {
+    const ssize_t result = pwrite(descriptor, bytes.data() + written, bytes.size() - written, static_cast<off_t>(written));
+    if (result < 0 && errno == EINTR) continue;
+    if (result <= 0) return failed("write");
+    written += static_cast<size_t>(result);
+  }
+  if (fsync(descriptor) != 0) return failed("fsync");
+  return absl::OkStatus();
+}
+
 // Hashes whole direct-write buffers on a second thread (Note [Direct upload writes]): the upload's
 // sha256 was over a third of the registry's CPU during a push, on the thread that also receives
 // and writes; here it overlaps with them. One buffer at a time; Wait returns once it is hashed.

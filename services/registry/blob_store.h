@@ -52,6 +52,11 @@ class Sha256 {
 absl::StatusOr<std::string> Sha256OfFile(const std::string& path);
 std::string Sha256OfString(absl::string_view data);
 
+// Creates (or truncates) the file at `path`, writes `bytes` and fsyncs it, past the page cache
+// where the filesystem allows (Note [Direct upload writes] in blob_store.cc; a xorb is written
+// this way). The caller renames it into place.
+absl::Status WriteFileDurably(const std::string& path, absl::string_view bytes);
+
 // One upload in progress. Append as the bytes arrive; Finish once all `size` bytes are in.
 class BlobUpload {
  public:

@@ -1,5 +1,9 @@
 #include "services/registry/xet_format.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include <lz4frame.h>
 
 #include <algorithm>
@@ -62,13 +66,43 @@ absl::StatusOr<std::string> DecompressLz4Frame(absl::string_view compressed, siz
 // one byte longer.
 std::string UngroupBytes4(const std::string& grouped) {
   const size_t size = grouped.size();
-  std::string data(size, '\0');
+  const size_t quarter = size / 4;
+  const size_t rest = size % 4;  // the first `rest` groups hold one byte more
+  const char* groups[4];
   size_t group_start = 0;
   for (size_t group = 0; group < 4; ++group) {
-    size_t group_size = size / 4 + (group < size % 4 ? 1 : 0);
-    for (size_t index = 0; index < group_size; ++index) data[4 * index + group] = grouped[group_start + index];
-    group_start += group_size;
+    groups[group] = grouped.data() + group_start;
+    group_start += quarter + (group < rest ? 1 : 0);
   }
+  std::string data(size, '\0');
+  // One pass over the output, sixteen words at a time: four strided passes over it were 11% of
+  // the registry's CPU during an hf_xet upload, a scalar pass writing words still 9%.
+  char* out = data.data();
+  size_t index = 0;
+#if defined(__SSE2__)
+  for (; index + 16 <= quarter; index += 16) {
+    const __m128i first = _mm_loadu_si128(reinterpret_cast<const __m128i*>(groups[0] + index));
+    const __m128i second = _mm_loadu_si128(reinterpret_cast<const __m128i*>(groups[1] + index));
+    const __m128i third = _mm_loadu_si128(reinterpret_cast<const __m128i*>(groups[2] + index));
+    const __m128i fourth = _mm_loadu_si128(reinterpret_cast<const __m128i*>(groups[3] + index));
+    const __m128i low_pairs = _mm_unpacklo_epi8(first, second);    // bytes 0-1 of words 0-7
+    const __m128i high_pairs = _mm_unpackhi_epi8(first, second);   // bytes 0-1 of words 8-15
+    const __m128i low_upper = _mm_unpacklo_epi8(third, fourth);    // bytes 2-3 of words 0-7
+    const __m128i high_upper = _mm_unpackhi_epi8(third, fourth);   // bytes 2-3 of words 8-15
+    auto* target = reinterpret_cast<__m128i*>(out + 4 * index);
+    _mm_storeu_si128(target, _mm_unpacklo_epi16(low_pairs, low_upper));
+    _mm_storeu_si128(target + 1, _mm_unpackhi_epi16(low_pairs, low_upper));
+    _mm_storeu_si128(target + 2, _mm_unpacklo_epi16(high_pairs, high_upper));
+    _mm_storeu_si128(target + 3, _mm_unpackhi_epi16(high_pairs, high_upper));
+  }
+#endif
+  for (; index < quarter; ++index) {
+    out[4 * index] = groups[0][index];
+    out[4 * index + 1] = groups[1][index];
+    out[4 * index + 2] = groups[2][index];
+    out[4 * index + 3] = groups[3][index];
+  }
+  for (size_t group = 0; group < rest; ++group) out[4 * quarter + group] = groups[group][quarter];
   return data;
 }
 

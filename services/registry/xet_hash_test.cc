@@ -6,9 +6,11 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+#include <lz4frame.h>
 
 #include "services/registry/blake3.h"
 #include "services/registry/xet_chunker.h"
+#include "services/registry/xet_format.h"
 #include "services/registry/xet_hash.h"
 
 namespace flotilla::registry {
@@ -255,4 +257,32 @@ TEST(XetChunkerTest, AnEditMovesOnlyNearbyChunks) {
 }
 
 }  // namespace
+// A ByteGrouping4+LZ4 chunk (hf_xet's choice for float tensors: byte 0 of every 4-byte word first,
+// then byte 1, ...; the first size % 4 groups one byte longer) decodes to the original bytes, for
+// every remainder of the size by 4.
+TEST(XetFormatTest, ByteGrouping4ChunksDecodeForEverySizeRemainder) {
+  for (size_t size : {1, 2, 3, 4, 5, 6, 7, 8, 9, 4096, 65537, 65538, 65539, 131071}) {
+    std::string data(size, '\0');
+    for (size_t index = 0; index < size; ++index) data[index] = static_cast<char>((index * 131 + index / 7) & 0xff);
+    std::string grouped;
+    for (size_t group = 0; group < 4; ++group) {
+      for (size_t index = group; index < size; index += 4) grouped.push_back(data[index]);
+    }
+    std::string frame(LZ4F_compressFrameBound(grouped.size(), nullptr), '\0');
+    const size_t framed = LZ4F_compressFrame(frame.data(), frame.size(), grouped.data(), grouped.size(), nullptr);
+    ASSERT_FALSE(LZ4F_isError(framed));
+    frame.resize(framed);
+    // The chunk header: version 0, compressed size (24-bit little endian), type 2, uncompressed size.
+    std::string chunk = {0, static_cast<char>(framed & 0xff), static_cast<char>((framed >> 8) & 0xff),
+                         static_cast<char>((framed >> 16) & 0xff), 2, static_cast<char>(size & 0xff),
+                         static_cast<char>((size >> 8) & 0xff), static_cast<char>((size >> 16) & 0xff)};
+    chunk += frame;
+    size_t consumed = 0;
+    absl::StatusOr<std::string> decoded = DecodeXorbChunk(chunk, &consumed);
+    ASSERT_TRUE(decoded.ok()) << size << ": " << decoded.status();
+    EXPECT_EQ(consumed, chunk.size());
+    EXPECT_TRUE(*decoded == data) << "size " << size;
+  }
+}
+
 }  // namespace flotilla::registry

@@ -254,19 +254,13 @@ absl::Status XetStore::WriteXorbFile(const XetHash& hash, absl::string_view seri
   std::filesystem::create_directories(folder, error);
   std::random_device random;
   const std::string temporary = absl::StrCat(root_, "/xorbs/tmp/", XetHashToString(hash), ".", random());
-  int descriptor = open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (descriptor < 0) return absl::InternalError(absl::StrCat("create ", temporary, ": ", std::strerror(errno)));
-  size_t written = 0;
-  while (written < serialized.size()) {
-    ssize_t result = write(descriptor, serialized.data() + written, serialized.size() - written);
-    if (result <= 0) {
-      close(descriptor);
-      unlink(temporary.c_str());
-      return absl::InternalError(absl::StrCat("write ", temporary, ": ", std::strerror(errno)));
-    }
-    written += static_cast<size_t>(result);
+  // Past the page cache (Note [Direct upload writes] in blob_store.cc): the buffered copy into
+  // freshly allocated page cache was 38% of the registry's CPU during an hf_xet upload.
+  if (absl::Status status = WriteFileDurably(temporary, serialized); !status.ok()) {
+    unlink(temporary.c_str());
+    return status;
   }
-  if (fsync(descriptor) != 0 || close(descriptor) != 0 || rename(temporary.c_str(), path.c_str()) != 0) {
+  if (rename(temporary.c_str(), path.c_str()) != 0) {
     unlink(temporary.c_str());
     return absl::InternalError(absl::StrCat("store xorb ", path, ": ", std::strerror(errno)));
   }
