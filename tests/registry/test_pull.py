@@ -57,6 +57,41 @@ def test_pull_sigkilled_mid_file_shows_nothing_half_written_and_resumes(registry
     assert not list(target.glob("*.incomplete"))
 
 
+def test_ranged_pull_sigkilled_leaves_a_prefix_without_holes_and_resumes(registry, tmp_path):  # noqa: F811
+    """A file of 64 MiB or more pulled alone arrives over two streams of 16 MiB ranges (Note [Ranged
+    pull] in registry_client.cc) but is written in file order: whenever the pull is killed, its
+    partial file is exactly a prefix of the file (a hole would read as zeros), and the next pull
+    continues from it."""
+    source = tmp_path / "checkpoint"
+    source.mkdir()
+    weights = os.urandom(96 * MIB + 12345)
+    (source / "model.safetensors").write_bytes(weights)
+    push_json(registry, source, "acme/ranged")
+
+    target = tmp_path / "pulled"
+    partial = target / "model.safetensors.incomplete"
+    command = [str(binary("flotilla")), "pull", "acme/ranged", str(target), "--registry", registry.grpc_address]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    killed = False
+    while time.monotonic() < deadline and process.poll() is None:
+        if partial.exists() and partial.stat().st_size > 20 * MIB:  # past the first range
+            process.send_signal(signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.002)
+    process.wait()
+    assert killed, "the pull finished before it could be killed mid-file"
+    assert not (target / "model.safetensors").exists()
+    kept = partial.read_bytes()
+    assert 20 * MIB < len(kept) < len(weights)
+    assert kept == weights[:len(kept)]
+
+    result = json.loads(run_cli(registry, "pull", "acme/ranged", str(target), "--json").stdout)
+    assert result["downloaded_bytes"] == len(weights) - len(kept), result
+    assert (target / "model.safetensors").read_bytes() == weights
+    assert not partial.exists()
+
 def test_pull_one_file_at_a_time_when_asked(registry, tmp_path):  # noqa: F811
     source = tmp_path / "checkpoint"
     source.mkdir()
