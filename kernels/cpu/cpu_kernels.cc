@@ -285,7 +285,254 @@ __attribute__((target("avx512f,avx512bw"), noinline)) void RotateBFloat16RowAvx5
     StoreBFloat16Lanes(row + j + half, new_second);
   }
 }
+
+// Note [Register-resident rows]: RMSNorm (with or without the residual add) and SiLU-and-mul in
+// float32 and bfloat16 run as AVX-512 intrinsics when the CPU has AVX-512F/BW/VL/DQ: each 16 lanes
+// are loaded (bfloat16 widened by a shift), computed on and rounded in registers, and stored once,
+// so a bfloat16 row costs no float32 scratch passes (the chunked path below converts a chunk into a
+// buffer, computes over it, rounds it in place and converts it out: four passes over L1 and a
+// call per conversion). Rounding is FloatToBFloat16Lanes (as c10: to nearest even, NaN -> 0x7FC0),
+// so results are the chunked path's. The tail of a row is the same code under a lane mask. Other
+// dtypes (float16) and CPUs without AVX-512 take the chunked path.
+// Every function here is compiled for AVX512-BF16 too, but only the kNative instantiations contain
+// its instructions (intrinsics only: no __bf16 arithmetic), and they run only where the CPU has it.
+#define FLOTILLA_AVX512_ROWS __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+#define FLOTILLA_AVX512_LANES \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"), always_inline)) inline
+
+const bool kHasAvx512Rows =
+    kHasAvx512Bw && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+const bool kHasAvx512BFloat16 = kHasAvx512Rows && __builtin_cpu_supports("avx512bf16");
+
+// float32 -> bfloat16 bits: vcvtneps2bf16 when kNative (one instruction), else FloatToBFloat16Lanes.
+template <bool kNative>
+FLOTILLA_AVX512_LANES __m256i NarrowToBFloat16Lanes(__m512 values) {
+  if constexpr (kNative) {
+    return (__m256i)_mm512_cvtneps_pbh(values);
+  } else {
+    return _mm512_cvtepi32_epi16(FloatToBFloat16Lanes(values));
+  }
+}
+
+// The storage of a row the AVX-512 path handles: float32, or bfloat16 as its bits.
+template <typename scalar_t>
+struct Avx512Storage {
+  using type = void;
+};
+template <>
+struct Avx512Storage<float> {
+  using type = float;
+};
+template <>
+struct Avx512Storage<c10::BFloat16> {
+  using type = uint16_t;
+};
+template <typename scalar_t>
+auto AsStorage(scalar_t* pointer) {
+  using Storage = typename Avx512Storage<std::remove_const_t<scalar_t>>::type;
+  if constexpr (std::is_const_v<scalar_t>) {
+    return reinterpret_cast<const Storage*>(pointer);
+  } else {
+    return reinterpret_cast<Storage*>(pointer);
+  }
+}
+
+constexpr __mmask16 kAllLanes = 0xFFFF;
+
+template <typename Storage>
+FLOTILLA_AVX512_LANES __m512 LoadLanes(const Storage* source, __mmask16 mask) {
+  if constexpr (std::is_same_v<Storage, float>) {
+    return _mm512_maskz_loadu_ps(mask, source);
+  } else {
+    const __m512i widened = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, source));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(widened, 16));
+  }
+}
+// Stores `values` in the storage dtype and returns them as stored (rounded for bfloat16).
+template <typename Storage, bool kNative>
+FLOTILLA_AVX512_LANES __m512 StoreLanes(Storage* destination, __mmask16 mask, __m512 values) {
+  if constexpr (std::is_same_v<Storage, float>) {
+    _mm512_mask_storeu_ps(destination, mask, values);
+    return values;
+  } else {
+    const __m256i bits = NarrowToBFloat16Lanes<kNative>(values);
+    _mm256_mask_storeu_epi16(destination, mask, bits);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+  }
+}
+// An intermediate the eager ops store in the dtype: rounded to it (no-op for float32).
+template <typename Storage, bool kNative>
+FLOTILLA_AVX512_LANES __m512 RoundLanes(__m512 values) {
+  if constexpr (std::is_same_v<Storage, float>) {
+    return values;
+  } else if constexpr (kNative) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(NarrowToBFloat16Lanes<true>(values)), 16));
+  } else {
+    return RoundToBFloat16Lanes(values);
+  }
+}
+
+// residual_out = round(residual_in + input) when kWithResidual; the squares of what is normalised
+// summed in double (as RmsNormRows: within 1e-6 of eager's pairwise float32 mean).
+template <typename Storage, bool kNative, bool kWithResidual>
+FLOTILLA_AVX512_LANES void SumSquaresLanes(const Storage* input, const Storage* residual_in, Storage* residual_out,
+                                           __mmask16 mask, __m512d& sum_low, __m512d& sum_high) {
+  __m512 x = LoadLanes(input, mask);
+  if constexpr (kWithResidual) x = StoreLanes<Storage, kNative>(residual_out, mask, _mm512_add_ps(LoadLanes(residual_in, mask), x));
+  const __m512d low = _mm512_cvtps_pd(_mm512_castps512_ps256(x));
+  const __m512d high = _mm512_cvtps_pd(_mm512_extractf32x8_ps(x, 1));
+  sum_low = _mm512_fmadd_pd(low, low, sum_low);
+  sum_high = _mm512_fmadd_pd(high, high, sum_high);
+}
+
+// weight * round(x * inverse_rms), as the eager module rounds before the weight multiply.
+template <typename Storage, bool kNative>
+FLOTILLA_AVX512_LANES void NormalizeLanes(const Storage* source, const Storage* weight, Storage* destination,
+                                          __mmask16 mask, __m512 inverse_rms) {
+  const __m512 normalized = RoundLanes<Storage, kNative>(_mm512_mul_ps(LoadLanes(source, mask), inverse_rms));
+  StoreLanes<Storage, kNative>(destination, mask, _mm512_mul_ps(LoadLanes(weight, mask), normalized));
+}
+
+template <typename Storage, bool kNative, bool kWithResidual>
+FLOTILLA_AVX512_ROWS void RmsNormRowsAvx512(const Storage* input, const Storage* residual_in, Storage* residual_out,
+                                            const Storage* weight, Storage* output, int64_t begin, int64_t end,
+                                            int64_t hidden_size, float epsilon) {
+  const int64_t full = hidden_size - hidden_size % 16;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (hidden_size - full)) - 1u);
+  for (int64_t index = begin; index < end; ++index) {
+    const int64_t offset = index * hidden_size;
+    const Storage* input_row = input + offset;
+    Storage* output_row = output + offset;
+    // Without a residual these are not read or written (placeholders, so no arithmetic on null).
+    const Storage* residual_row = kWithResidual ? residual_in + offset : input_row;
+    Storage* sum_row = kWithResidual ? residual_out + offset : output_row;
+    // Four double accumulators: two chains of dependent FMAs would bound the loop by their latency.
+    __m512d sums[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd()};
+    int64_t j = 0;
+    for (; j + 32 <= full; j += 32) {
+      SumSquaresLanes<Storage, kNative, kWithResidual>(input_row + j, residual_row + j, sum_row + j, kAllLanes, sums[0],
+                                              sums[1]);
+      SumSquaresLanes<Storage, kNative, kWithResidual>(input_row + j + 16, residual_row + j + 16, sum_row + j + 16, kAllLanes,
+                                              sums[2], sums[3]);
+    }
+    if (j < full) {
+      SumSquaresLanes<Storage, kNative, kWithResidual>(input_row + j, residual_row + j, sum_row + j, kAllLanes, sums[0],
+                                              sums[1]);
+      j += 16;
+    }
+    if (tail != 0) {
+      SumSquaresLanes<Storage, kNative, kWithResidual>(input_row + j, residual_row + j, sum_row + j, tail, sums[2], sums[3]);
+    }
+    const double sum_of_squares = _mm512_reduce_add_pd(
+        _mm512_add_pd(_mm512_add_pd(sums[0], sums[1]), _mm512_add_pd(sums[2], sums[3])));
+    const float variance = static_cast<float>(sum_of_squares / static_cast<double>(hidden_size));
+    const __m512 inverse_rms = _mm512_set1_ps(1.0f / std::sqrt(variance + epsilon));
+    // With a residual the sum is read back from residual_out, where the first pass rounded it.
+    const Storage* source = kWithResidual ? sum_row : input_row;
+    for (j = 0; j < full; j += 16) NormalizeLanes<Storage, kNative>(source + j, weight + j, output_row + j, kAllLanes, inverse_rms);
+    if (tail != 0) NormalizeLanes<Storage, kNative>(source + j, weight + j, output_row + j, tail, inverse_rms);
+  }
+}
+
+// silu(gate) = gate / (1 + exp(-gate)), exp as VectorExp (Cephes' expf: n = round(x / ln 2),
+// r = x - n ln 2 in two parts, degree-6 polynomial), 2^n applied by vscalefps, which saturates as
+// IEEE does (inf above, 0 below) without clamping the exponent. The argument is clamped to
+// [-104, 104], beyond which exp is already inf / 0, so that r stays small; a NaN passes through
+// (vmaxps/vminps return the second operand when either is NaN).
+FLOTILLA_AVX512_LANES __m512 SiluLanes(__m512 gate) {
+  const __m512 negated = _mm512_sub_ps(_mm512_setzero_ps(), gate);
+  const __m512 x = _mm512_min_ps(_mm512_set1_ps(104.0f), _mm512_max_ps(_mm512_set1_ps(-104.0f), negated));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  const __m512 exp_negated = _mm512_scalef_ps(y, n);
+  return _mm512_div_ps(gate, _mm512_add_ps(_mm512_set1_ps(1.0f), exp_negated));
+}
+
+// round(round(silu(gate)) * up): silu rounds to the dtype before the multiply, as F.silu(gate) * up.
+template <typename Storage, bool kNative>
+FLOTILLA_AVX512_LANES void SiluAndMulLanes(const Storage* gate, const Storage* up, Storage* output, __mmask16 mask) {
+  const __m512 activated = RoundLanes<Storage, kNative>(SiluLanes(LoadLanes(gate, mask)));
+  StoreLanes<Storage, kNative>(output, mask, _mm512_mul_ps(activated, LoadLanes(up, mask)));
+}
+
+template <typename Storage, bool kNative>
+FLOTILLA_AVX512_ROWS void SiluAndMulRowsAvx512(const Storage* gate, int64_t gate_stride, const Storage* up,
+                                               int64_t up_stride, Storage* output, int64_t begin, int64_t end,
+                                               int64_t width) {
+  const int64_t full = width - width % 16;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (width - full)) - 1u);
+  for (int64_t index = begin; index < end; ++index) {
+    const Storage* gate_row = gate + index * gate_stride;
+    const Storage* up_row = up + index * up_stride;
+    Storage* output_row = output + index * width;
+    int64_t j = 0;
+    for (; j < full; j += 16) SiluAndMulLanes<Storage, kNative>(gate_row + j, up_row + j, output_row + j, kAllLanes);
+    if (tail != 0) SiluAndMulLanes<Storage, kNative>(gate_row + j, up_row + j, output_row + j, tail);
+  }
+}
 #endif
+
+// The AVX-512 rows where they apply (Note [Register-resident rows]), else the chunked loops.
+template <typename scalar_t>
+void RmsNormRowsDispatch(const scalar_t* input, const scalar_t* residual_in, scalar_t* residual_out,
+                         const scalar_t* weight, scalar_t* output, int64_t begin, int64_t end, int64_t hidden_size,
+                         float epsilon) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  using Storage = typename Avx512Storage<scalar_t>::type;
+  if constexpr (!std::is_void_v<Storage>) {
+    if (kHasAvx512Rows) {
+      auto run = [&]<bool kNative>() {
+        if (residual_in != nullptr) {
+          RmsNormRowsAvx512<Storage, kNative, true>(AsStorage(input), AsStorage(residual_in), AsStorage(residual_out),
+                                                    AsStorage(weight), AsStorage(output), begin, end, hidden_size,
+                                                    epsilon);
+        } else {
+          RmsNormRowsAvx512<Storage, kNative, false>(AsStorage(input), nullptr, nullptr, AsStorage(weight),
+                                                     AsStorage(output), begin, end, hidden_size, epsilon);
+        }
+      };
+      if (std::is_same_v<Storage, uint16_t> && kHasAvx512BFloat16) {
+        run.template operator()<true>();
+      } else {
+        run.template operator()<false>();
+      }
+      return;
+    }
+  }
+#endif
+  RmsNormRows<scalar_t>(input, residual_in, residual_out, weight, output, begin, end, hidden_size, epsilon);
+}
+
+template <typename scalar_t>
+void SiluAndMulRowsDispatch(const scalar_t* gate, int64_t gate_stride, const scalar_t* up, int64_t up_stride,
+                            scalar_t* output, int64_t begin, int64_t end, int64_t width) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  using Storage = typename Avx512Storage<scalar_t>::type;
+  if constexpr (!std::is_void_v<Storage>) {
+    if (kHasAvx512Rows) {
+      if (std::is_same_v<Storage, uint16_t> && kHasAvx512BFloat16) {
+        SiluAndMulRowsAvx512<Storage, true>(AsStorage(gate), gate_stride, AsStorage(up), up_stride, AsStorage(output),
+                                            begin, end, width);
+      } else {
+        SiluAndMulRowsAvx512<Storage, false>(AsStorage(gate), gate_stride, AsStorage(up), up_stride,
+                                             AsStorage(output), begin, end, width);
+      }
+      return;
+    }
+  }
+#endif
+  SiluAndMulRows<scalar_t>(gate, gate_stride, up, up_stride, output, begin, end, width);
+}
+
 
 template <typename scalar_t>
 FLOTILLA_KERNEL_TARGET_CLONES void RotateRow(scalar_t* row, const float* cos, const float* sin, float* scratch,
@@ -337,7 +584,7 @@ at::Tensor RmsNorm(const at::Tensor& hidden_states, const at::Tensor& weight, do
     scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(hidden_size, 1)),
                      [&](int64_t begin, int64_t end) {
-                       RmsNormRows<scalar_t>(input_data, nullptr, nullptr, weight_data, output_data, begin, end,
+                       RmsNormRowsDispatch<scalar_t>(input_data, nullptr, nullptr, weight_data, output_data, begin, end,
                                              hidden_size, static_cast<float>(epsilon));
                      });
   });
@@ -369,7 +616,7 @@ at::Tensor AddRmsNormInto(const char* name, const at::Tensor& hidden_states, con
     scalar_t* residual_out_data = residual_out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(hidden_size, 1)),
                      [&](int64_t begin, int64_t end) {
-                       RmsNormRows<scalar_t>(input.const_data_ptr<scalar_t>(), residual_in.const_data_ptr<scalar_t>(),
+                       RmsNormRowsDispatch<scalar_t>(input.const_data_ptr<scalar_t>(), residual_in.const_data_ptr<scalar_t>(),
                                              residual_out_data, weight_contiguous.const_data_ptr<scalar_t>(),
                                              output.mutable_data_ptr<scalar_t>(), begin, end, hidden_size,
                                              static_cast<float>(epsilon));
@@ -405,7 +652,7 @@ at::Tensor SiluAndMul(const at::Tensor& gate_and_up) {
     const scalar_t* input_data = input.const_data_ptr<scalar_t>();
     scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)), [&](int64_t begin, int64_t end) {
-      SiluAndMulRows<scalar_t>(input_data, 2 * width, input_data + width, 2 * width, output_data, begin, end, width);
+      SiluAndMulRowsDispatch<scalar_t>(input_data, 2 * width, input_data + width, 2 * width, output_data, begin, end, width);
     });
   });
   return output;
@@ -425,7 +672,7 @@ at::Tensor SiluAndMul(const at::Tensor& gate, const at::Tensor& up) {
     const scalar_t* up_data = up_contiguous.const_data_ptr<scalar_t>();
     scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)), [&](int64_t begin, int64_t end) {
-      SiluAndMulRows<scalar_t>(gate_data, width, up_data, width, output_data, begin, end, width);
+      SiluAndMulRowsDispatch<scalar_t>(gate_data, width, up_data, width, output_data, begin, end, width);
     });
   });
   return output;
