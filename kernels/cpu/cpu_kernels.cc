@@ -1,6 +1,7 @@
 #include "kernels/cpu/cpu_kernels.h"
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -248,42 +249,9 @@ FLOTILLA_KERNEL_TARGET_CLONES void SiluAndMulRows(const scalar_t* gate, int64_t 
   }
 }
 
-// One row of apply_rotary_pos_emb in place. Each of q*cos, rotate_half(q)*sin and their sum is
-// rounded to the dtype, as the three eager ops store them.
 #if defined(__x86_64__) && defined(__GNUC__)
-// One bfloat16 row of apply_rotary_pos_emb in registers (Note [bfloat16 rows at full width]): for
-// each 16 lanes j of the first half, x1 = row[j] and x2 = row[j + half] give
-//   row[j]        = round(round(x1 * cos[j]) + round(-x2 * sin[j]))
-//   row[j + half] = round(round(x2 * cos[j + half]) + round(x1 * sin[j + half])),
-// the roundings RotateRow makes (each eager op stores bfloat16). head_dim a multiple of 32.
-__attribute__((target("avx512f,avx512bw"), always_inline)) inline __m512 LoadBFloat16Lanes(const uint16_t* bits) {
-  const __m512i widened = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits)));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(widened, 16));
-}
 __attribute__((target("avx512f,avx512bw"), always_inline)) inline __m512 RoundToBFloat16Lanes(__m512 values) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(FloatToBFloat16Lanes(values), 16));
-}
-__attribute__((target("avx512f,avx512bw"), always_inline)) inline void StoreBFloat16Lanes(uint16_t* bits,
-                                                                                         __m512 values) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(bits), _mm512_cvtepi32_epi16(FloatToBFloat16Lanes(values)));
-}
-
-__attribute__((target("avx512f,avx512bw"), noinline)) void RotateBFloat16RowAvx512(uint16_t* row, const float* cos,
-                                                                                  const float* sin, int64_t head_dim) {
-  const int64_t half = head_dim / 2;
-  for (int64_t j = 0; j < half; j += 16) {
-    const __m512 first = LoadBFloat16Lanes(row + j);
-    const __m512 second = LoadBFloat16Lanes(row + j + half);
-    const __m512 negated_second = _mm512_sub_ps(_mm512_setzero_ps(), second);
-    const __m512 new_first =
-        _mm512_add_ps(RoundToBFloat16Lanes(_mm512_mul_ps(first, _mm512_loadu_ps(cos + j))),
-                      RoundToBFloat16Lanes(_mm512_mul_ps(negated_second, _mm512_loadu_ps(sin + j))));
-    const __m512 new_second =
-        _mm512_add_ps(RoundToBFloat16Lanes(_mm512_mul_ps(second, _mm512_loadu_ps(cos + j + half))),
-                      RoundToBFloat16Lanes(_mm512_mul_ps(first, _mm512_loadu_ps(sin + j + half))));
-    StoreBFloat16Lanes(row + j, new_first);
-    StoreBFloat16Lanes(row + j + half, new_second);
-  }
 }
 
 // Note [Register-resident rows]: RMSNorm (with or without the residual add) and SiLU-and-mul in
@@ -372,6 +340,55 @@ FLOTILLA_AVX512_LANES __m512 RoundLanes(__m512 values) {
   }
 }
 
+// Where rotary's rows are: item = (batch_index * length + position) * rows_per_position + head,
+// the query's heads first, then the key's; cos/sin are [batch, length, head_dim] contiguous.
+struct RotaryRows {
+  int64_t query_heads = 0;
+  int64_t rows_per_position = 0;
+  int64_t length = 0;
+  int64_t head_dim = 0;
+  std::array<int64_t, 3> query_strides{};
+  std::array<int64_t, 3> key_strides{};
+};
+
+// Rows [begin, end) of apply_rotary_pos_emb in place, in registers: for each 16 lanes j of the
+// first half, x1 = row[j] and x2 = row[j + half] give
+//   row[j]        = round(round(x1 * cos[j]) - round(x2 * sin[j]))
+//   row[j + half] = round(round(x2 * cos[j + half]) + round(x1 * sin[j + half])),
+// each product rounded to the dtype as the eager ops store it (round(-x) = -round(x), so the
+// negated rotate_half is the subtraction). cos/sin are read in the dtype (no float32 copies).
+// head_dim a multiple of 32.
+template <typename Storage, bool kNative>
+FLOTILLA_AVX512_ROWS void RotateRowsAvx512(Storage* query, Storage* key, const Storage* cos, const Storage* sin,
+                                           const RotaryRows& rows, int64_t begin, int64_t end) {
+  const int64_t half = rows.head_dim / 2;
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t head = item % rows.rows_per_position;
+    const int64_t position = (item / rows.rows_per_position) % rows.length;
+    const int64_t batch_index = item / rows.rows_per_position / rows.length;
+    Storage* row = head < rows.query_heads
+                       ? query + batch_index * rows.query_strides[0] + head * rows.query_strides[1] +
+                             position * rows.query_strides[2]
+                       : key + batch_index * rows.key_strides[0] + (head - rows.query_heads) * rows.key_strides[1] +
+                             position * rows.key_strides[2];
+    const int64_t offset = (batch_index * rows.length + position) * rows.head_dim;
+    const Storage* cos_row = cos + offset;
+    const Storage* sin_row = sin + offset;
+    for (int64_t j = 0; j < half; j += 16) {
+      const __m512 first = LoadLanes(row + j, kAllLanes);
+      const __m512 second = LoadLanes(row + j + half, kAllLanes);
+      const __m512 new_first =
+          _mm512_sub_ps(RoundLanes<Storage, kNative>(_mm512_mul_ps(first, LoadLanes(cos_row + j, kAllLanes))),
+                        RoundLanes<Storage, kNative>(_mm512_mul_ps(second, LoadLanes(sin_row + j, kAllLanes))));
+      const __m512 new_second = _mm512_add_ps(
+          RoundLanes<Storage, kNative>(_mm512_mul_ps(second, LoadLanes(cos_row + j + half, kAllLanes))),
+          RoundLanes<Storage, kNative>(_mm512_mul_ps(first, LoadLanes(sin_row + j + half, kAllLanes))));
+      StoreLanes<Storage, kNative>(row + j, kAllLanes, new_first);
+      StoreLanes<Storage, kNative>(row + j + half, kAllLanes, new_second);
+    }
+  }
+}
+
 // residual_out = round(residual_in + input) when kWithResidual; the squares of what is normalised
 // summed in double (as RmsNormRows: within 1e-6 of eager's pairwise float32 mean).
 template <typename Storage, bool kNative, bool kWithResidual>
@@ -434,26 +451,29 @@ FLOTILLA_AVX512_ROWS void RmsNormRowsAvx512(const Storage* input, const Storage*
   }
 }
 
-// silu(gate) = gate / (1 + exp(-gate)), exp as VectorExp (Cephes' expf: n = round(x / ln 2),
-// r = x - n ln 2 in two parts, degree-6 polynomial), 2^n applied by vscalefps, which saturates as
-// IEEE does (inf above, 0 below) without clamping the exponent. The argument is clamped to
-// [-104, 104], beyond which exp is already inf / 0, so that r stays small; a NaN passes through
-// (vmaxps/vminps return the second operand when either is NaN).
+// silu(gate) = gate / (1 + exp(-gate)), with exp(-gate) = 2^t, t = -gate * log2(e), split as
+// n = round(t) and f = t - n in [-0.5, 0.5]: 2^f is a degree-6 polynomial (a Chebyshev fit to
+// relative error, 1e-7 in float32 Horner: as VectorExp's Cephes polynomial) and vscalefps multiplies
+// by 2^n, saturating as IEEE does (inf above, 0 below) without an exponent clamp. This costs
+// 9 multiply-class operations per 16 lanes against Cephes' 13 (the FMA pipes bound this loop).
+// Rounding t itself errs by |t| * 2^-24 relative, which the silu damps by exp(-gate) / (1 +
+// exp(-gate))^2 <= 1/4: within float32's rounding of the result. Any finite t works (f stays in
+// [-0.5, 0.5]; from 2^23 on, n = t and f = 0); t = -inf (gate = +inf) is raised to -150, where 2^t
+// is 0 already, so that silu(+inf) = +inf as eager's, not inf - inf; gate = -inf gives NaN as
+// eager's -inf / inf does, and a NaN passes through (vmaxps returns its second operand then).
 FLOTILLA_AVX512_LANES __m512 SiluLanes(__m512 gate) {
-  const __m512 negated = _mm512_sub_ps(_mm512_setzero_ps(), gate);
-  const __m512 x = _mm512_min_ps(_mm512_set1_ps(104.0f), _mm512_max_ps(_mm512_set1_ps(-104.0f), negated));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
-  const __m512 exp_negated = _mm512_scalef_ps(y, n);
+  __m512 t = _mm512_mul_ps(gate, _mm512_set1_ps(-1.44269504088896341f));
+  t = _mm512_max_ps(_mm512_set1_ps(-150.0f), t);
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(1.53375775e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.33998599e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.61851981e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.55032901e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.40226462e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.93147182e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  const __m512 exp_negated = _mm512_scalef_ps(p, n);
   return _mm512_div_ps(gate, _mm512_add_ps(_mm512_set1_ps(1.0f), exp_negated));
 }
 
@@ -534,6 +554,8 @@ void SiluAndMulRowsDispatch(const scalar_t* gate, int64_t gate_stride, const sca
 }
 
 
+// One row of apply_rotary_pos_emb in place. Each of q*cos, rotate_half(q)*sin and their sum is
+// rounded to the dtype, as the three eager ops store them.
 template <typename scalar_t>
 FLOTILLA_KERNEL_TARGET_CLONES void RotateRow(scalar_t* row, const float* cos, const float* sin, float* scratch,
                                              float* rotated, int64_t head_dim) {
@@ -689,12 +711,44 @@ void RotaryEmbeddingInPlace(at::Tensor& query, at::Tensor& key, const at::Tensor
   const int64_t length = cos.size(1);
   const int64_t head_dim = cos.size(2);
   if (batch == 0 || length == 0 || head_dim == 0) return;
-  // cos/sin in float32 once ([batch, length, head_dim]), shared by every head.
-  const at::Tensor cos_float = cos.to(at::kFloat).contiguous();
-  const at::Tensor sin_float = sin.to(at::kFloat).contiguous();
   const int64_t query_heads = query.size(1);
   const int64_t key_heads = key.size(1);
   const int64_t rows_per_position = query_heads + key_heads;
+#if defined(__x86_64__) && defined(__GNUC__)
+  const at::ScalarType type = query.scalar_type();
+  if (kHasAvx512Rows && head_dim % 32 == 0 && (type == at::kFloat || type == at::kBFloat16)) {
+    const at::Tensor cos_contiguous = cos.contiguous();
+    const at::Tensor sin_contiguous = sin.contiguous();
+    const RotaryRows rows{.query_heads = query_heads,
+                          .rows_per_position = rows_per_position,
+                          .length = length,
+                          .head_dim = head_dim,
+                          .query_strides = {query.stride(0), query.stride(1), query.stride(2)},
+                          .key_strides = {key.stride(0), key.stride(1), key.stride(2)}};
+    auto run = [&]<typename Storage, bool kNative>() {
+      Storage* query_data = static_cast<Storage*>(query.data_ptr());
+      Storage* key_data = static_cast<Storage*>(key.data_ptr());
+      const Storage* cos_data = static_cast<const Storage*>(cos_contiguous.const_data_ptr());
+      const Storage* sin_data = static_cast<const Storage*>(sin_contiguous.const_data_ptr());
+      at::parallel_for(0, batch * length * rows_per_position, std::max<int64_t>(1, 4096 / head_dim),
+                       [&](int64_t begin, int64_t end) {
+                         RotateRowsAvx512<Storage, kNative>(query_data, key_data, cos_data, sin_data, rows, begin,
+                                                            end);
+                       });
+    };
+    if (type == at::kFloat) {
+      run.template operator()<float, false>();
+    } else if (kHasAvx512BFloat16) {
+      run.template operator()<uint16_t, true>();
+    } else {
+      run.template operator()<uint16_t, false>();
+    }
+    return;
+  }
+#endif
+  // cos/sin in float32 once ([batch, length, head_dim]), shared by every head.
+  const at::Tensor cos_float = cos.to(at::kFloat).contiguous();
+  const at::Tensor sin_float = sin.to(at::kFloat).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, query.scalar_type(), "RotaryEmbeddingInPlace", [&] {
     scalar_t* query_data = query.mutable_data_ptr<scalar_t>();
     scalar_t* key_data = key.mutable_data_ptr<scalar_t>();
@@ -714,15 +768,6 @@ void RotaryEmbeddingInPlace(at::Tensor& query, at::Tensor& key, const at::Tensor
                                  : key_data + batch_index * key.stride(0) + (row - query_heads) * key.stride(1) +
                                        position * key.stride(2);
                          const int64_t offset = (batch_index * length + position) * head_dim;
-#if defined(__x86_64__) && defined(__GNUC__)
-                         if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-                           if (kHasAvx512Bw && head_dim % 32 == 0) {
-                             RotateBFloat16RowAvx512(reinterpret_cast<uint16_t*>(target), cos_data + offset,
-                                                     sin_data + offset, head_dim);
-                             continue;
-                           }
-                         }
-#endif
                          RotateRow<scalar_t>(target, cos_data + offset, sin_data + offset, scratch.data(),
                                              rotated.data(), head_dim);
                        }
