@@ -13,6 +13,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/TensorIterator.h>
 
 #include "kernels/cpu/vector_math.h"
 #include "kernels/kernels.h"
@@ -132,6 +133,16 @@ inline void RoundRow(float* row, int64_t count) {
   } else if constexpr (!std::is_same_v<scalar_t, float>) {
     for (int64_t i = 0; i < count; ++i) row[i] = static_cast<float>(static_cast<scalar_t>(row[i]));
   }
+}
+
+// The rows one parallel task takes: a call splits across threads only from 32768 elements
+// (at::internal::GRAIN_SIZE), where the eager elementwise ops it replaces split too. Splitting
+// smaller calls (the grains were 16384 and, for rotary, 4096 elements) saved 0.6-2.4 us of a
+// 3-7 us call on a quiet machine, but each split is an OpenMP fork and join: with another process
+// on the second core, the join waits for that core's time slice, and such calls took 7-8 ms where
+// the eager ops, on one thread, did not (two of three full kernels_bench runs, 2026-12-07 15:0x).
+inline int64_t RowsPerTask(int64_t row_elements) {
+  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(row_elements, 1));
 }
 
 // Rows are processed in chunks of kChunk elements converted into float32 stack buffers: no heap
@@ -627,7 +638,7 @@ at::Tensor RmsNorm(const at::Tensor& hidden_states, const at::Tensor& weight, do
     const scalar_t* input_data = input.const_data_ptr<scalar_t>();
     const scalar_t* weight_data = weight_contiguous.const_data_ptr<scalar_t>();
     scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(hidden_size, 1)),
+    at::parallel_for(0, rows, RowsPerTask(hidden_size),
                      [&](int64_t begin, int64_t end) {
                        RmsNormRowsDispatch<scalar_t>(input_data, nullptr, nullptr, weight_data, output_data, begin, end,
                                              hidden_size, static_cast<float>(epsilon));
@@ -659,7 +670,7 @@ at::Tensor AddRmsNormInto(const char* name, const at::Tensor& hidden_states, con
   const int64_t rows = hidden_size == 0 ? 0 : input.numel() / hidden_size;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "AddRmsNorm", [&] {
     scalar_t* residual_out_data = residual_out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(hidden_size, 1)),
+    at::parallel_for(0, rows, RowsPerTask(hidden_size),
                      [&](int64_t begin, int64_t end) {
                        RmsNormRowsDispatch<scalar_t>(input.const_data_ptr<scalar_t>(), residual_in.const_data_ptr<scalar_t>(),
                                              residual_out_data, weight_contiguous.const_data_ptr<scalar_t>(),
@@ -696,7 +707,7 @@ at::Tensor SiluAndMul(const at::Tensor& gate_and_up) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "SiluAndMul", [&] {
     const scalar_t* input_data = input.const_data_ptr<scalar_t>();
     scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, rows, RowsPerTask(width), [&](int64_t begin, int64_t end) {
       SiluAndMulRowsDispatch<scalar_t>(input_data, 2 * width, input_data + width, 2 * width, output_data, begin, end, width);
     });
   });
@@ -716,7 +727,7 @@ at::Tensor SiluAndMul(const at::Tensor& gate, const at::Tensor& up) {
     const scalar_t* gate_data = gate_contiguous.const_data_ptr<scalar_t>();
     const scalar_t* up_data = up_contiguous.const_data_ptr<scalar_t>();
     scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, rows, RowsPerTask(width), [&](int64_t begin, int64_t end) {
       SiluAndMulRowsDispatch<scalar_t>(gate_data, width, up_data, width, output_data, begin, end, width);
     });
   });
@@ -753,7 +764,7 @@ void RotaryEmbeddingInPlace(at::Tensor& query, at::Tensor& key, const at::Tensor
       Storage* key_data = static_cast<Storage*>(key.data_ptr());
       const Storage* cos_data = static_cast<const Storage*>(cos_contiguous.const_data_ptr());
       const Storage* sin_data = static_cast<const Storage*>(sin_contiguous.const_data_ptr());
-      at::parallel_for(0, batch * length * rows_per_position, std::max<int64_t>(1, 4096 / head_dim),
+      at::parallel_for(0, batch * length * rows_per_position, RowsPerTask(head_dim),
                        [&](int64_t begin, int64_t end) {
                          RotateRowsAvx512<Storage, kNative>(query_data, key_data, cos_data, sin_data, rows, begin,
                                                             end);
@@ -777,7 +788,7 @@ void RotaryEmbeddingInPlace(at::Tensor& query, at::Tensor& key, const at::Tensor
     scalar_t* key_data = key.mutable_data_ptr<scalar_t>();
     const float* cos_data = cos_float.const_data_ptr<float>();
     const float* sin_data = sin_float.const_data_ptr<float>();
-    at::parallel_for(0, batch * length * rows_per_position, std::max<int64_t>(1, 4096 / head_dim),
+    at::parallel_for(0, batch * length * rows_per_position, RowsPerTask(head_dim),
                      [&](int64_t begin, int64_t end) {
                        std::vector<float> scratch(static_cast<size_t>(head_dim)), rotated(static_cast<size_t>(head_dim));
                        for (int64_t item = begin; item < end; ++item) {
