@@ -237,6 +237,41 @@ TEST(KernelEdgeTest, CpuSiluAndMulOfInfinitiesMatchesEagerWithAvx512) {
 }
 #endif
 
+// The chunked loops that float16 and CPUs without AVX-512 run, for float32 and bfloat16 too (on a
+// CPU with AVX-512 these would otherwise take the register-resident rows), on ragged rows shorter
+// and longer than one 512-element chunk.
+TEST(KernelChunkedPathTest, CpuKernelsMatchEagerWithoutTheAvx512Rows) {
+  cpu::SetAvx512RowsForTesting(false);
+  struct Restore {
+    ~Restore() { cpu::SetAvx512RowsForTesting(true); }
+  } restore;
+  for (const at::ScalarType type : {at::kFloat, at::kBFloat16}) {
+    SCOPED_TRACE(c10::toString(type));
+    for (const std::vector<int64_t>& shape : {std::vector<int64_t>{3, 7, 100}, std::vector<int64_t>{2, 1100}}) {
+      at::manual_seed(21);
+      const at::Tensor hidden_states = at::randn(shape).mul(2).add(0.25).to(type);
+      const at::Tensor residual = at::randn(shape).mul(3).add(-0.5).to(type);
+      const at::Tensor weight = at::randn({shape.back()}).add(1).to(type);
+      ExpectWithinKernelTolerance(RmsNorm(hidden_states, weight, 1e-6), EagerRmsNorm(hidden_states, weight, 1e-6));
+      const auto [normalized, sum] = cpu::AddRmsNorm(hidden_states, residual, weight, 1e-5);
+      EXPECT_TRUE(at::equal(sum, residual + hidden_states));
+      ExpectWithinKernelTolerance(normalized, EagerRmsNorm(residual + hidden_states, weight, 1e-5));
+      const at::Tensor gate = at::randn(shape).mul(4).to(type);
+      ExpectWithinKernelTolerance(SiluAndMul(gate, hidden_states), at::silu(gate) * hidden_states);
+    }
+    at::Tensor query = at::randn({1, 7, 9, 64}).mul(2).to(type).transpose(1, 2);
+    at::Tensor key = at::randn({1, 7, 3, 64}).mul(2).to(type).transpose(1, 2);
+    const at::Tensor angles = at::rand({1, 7, 32}).mul(100);
+    const at::Tensor cos = at::cat({angles.cos(), angles.cos()}, -1).to(type);
+    const at::Tensor sin = at::cat({angles.sin(), angles.sin()}, -1).to(type);
+    const auto [expected_query, expected_key] = EagerRotary(query, key, cos, sin);
+    RotaryEmbeddingInPlace(query, key, cos, sin);
+    ExpectWithinKernelTolerance(query, expected_query);
+    ExpectWithinKernelTolerance(key, expected_key);
+    if (type == at::kBFloat16) EXPECT_TRUE(at::equal(query, expected_query) && at::equal(key, expected_key));
+  }
+}
+
 // The eager reference of paged attention: each token's keys gathered from the pools, then eager
 // attention (float32 softmax) over its window.
 at::Tensor EagerPagedAttention(const at::Tensor& query_tokens, const at::Tensor& key_pool, const at::Tensor& value_pool,

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -295,6 +296,9 @@ __attribute__((target("avx512f,avx512bw"), always_inline)) inline __m512 RoundTo
 const bool kHasAvx512Rows =
     kHasAvx512Bw && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 const bool kHasAvx512BFloat16 = kHasAvx512Rows && __builtin_cpu_supports("avx512bf16");
+// SetAvx512RowsForTesting(false) sends every call to the chunked loops.
+std::atomic<bool> avx512_rows_enabled{true};
+bool UseAvx512Rows() { return kHasAvx512Rows && avx512_rows_enabled.load(std::memory_order_relaxed); }
 
 // float32 -> bfloat16 bits: vcvtneps2bf16 when kNative (one instruction), else FloatToBFloat16Lanes.
 template <bool kNative>
@@ -543,7 +547,7 @@ void RmsNormRowsDispatch(const scalar_t* input, const scalar_t* residual_in, sca
 #if defined(__x86_64__) && defined(__GNUC__)
   using Storage = typename Avx512Storage<scalar_t>::type;
   if constexpr (!std::is_void_v<Storage>) {
-    if (kHasAvx512Rows) {
+    if (UseAvx512Rows()) {
       auto run = [&]<bool kNative>() {
         if (residual_in != nullptr) {
           RmsNormRowsAvx512<Storage, kNative, true>(AsStorage(input), AsStorage(residual_in), AsStorage(residual_out),
@@ -572,7 +576,7 @@ void SiluAndMulRowsDispatch(const scalar_t* gate, int64_t gate_stride, const sca
 #if defined(__x86_64__) && defined(__GNUC__)
   using Storage = typename Avx512Storage<scalar_t>::type;
   if constexpr (!std::is_void_v<Storage>) {
-    if (kHasAvx512Rows) {
+    if (UseAvx512Rows()) {
       if (std::is_same_v<Storage, uint16_t> && kHasAvx512BFloat16) {
         SiluAndMulRowsAvx512<Storage, true>(AsStorage(gate), gate_stride, AsStorage(up), up_stride, AsStorage(output),
                                             begin, end, width);
@@ -621,6 +625,14 @@ void CheckRotaryOperand(const at::Tensor& tensor, const char* name, const at::Te
 }
 
 }  // namespace
+
+void SetAvx512RowsForTesting(bool enabled) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  avx512_rows_enabled.store(enabled, std::memory_order_relaxed);
+#else
+  (void)enabled;
+#endif
+}
 
 at::Tensor RmsNorm(const at::Tensor& hidden_states, const at::Tensor& weight, double epsilon) {
   at::Tensor no_residual;
@@ -750,7 +762,7 @@ void RotaryEmbeddingInPlace(at::Tensor& query, at::Tensor& key, const at::Tensor
   const int64_t rows_per_position = query_heads + key_heads;
 #if defined(__x86_64__) && defined(__GNUC__)
   const at::ScalarType type = query.scalar_type();
-  if (kHasAvx512Rows && head_dim % 32 == 0 && (type == at::kFloat || type == at::kBFloat16)) {
+  if (UseAvx512Rows() && head_dim % 32 == 0 && (type == at::kFloat || type == at::kBFloat16)) {
     const at::Tensor cos_contiguous = cos.contiguous();
     const at::Tensor sin_contiguous = sin.contiguous();
     const RotaryRows rows{.query_heads = query_heads,
