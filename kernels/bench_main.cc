@@ -72,15 +72,21 @@ void BenchmarkElementwise(at::ScalarType dtype) {
       const at::Tensor hidden_states = at::randn({1, tokens, model.hidden}).to(dtype);
       const at::Tensor residual = at::randn({1, tokens, model.hidden}).to(dtype);
       const at::Tensor weight = at::rand({model.hidden}).add(0.5).to(dtype);
-      if (Wanted("RMSNorm")) Report("RMSNorm", shape, Time([&] { EagerRmsNorm(hidden_states, weight, 1e-5); }),
-             Time([&] { flotilla::kernels::cpu::RmsNorm(hidden_states, weight, 1e-5); }));
+      if (Wanted("RMSNorm")) {
+        Report("RMSNorm", shape, Time([&] { EagerRmsNorm(hidden_states, weight, 1e-5); }),
+               Time([&] { flotilla::kernels::cpu::RmsNorm(hidden_states, weight, 1e-5); }));
+      }
       at::Tensor fused_residual = residual.clone();
-      if (Wanted("residual add + RMSNorm")) Report("residual add + RMSNorm", shape, Time([&] { EagerRmsNorm(residual + hidden_states, weight, 1e-5); }),
-             Time([&] { flotilla::kernels::cpu::FusedAddRmsNorm(hidden_states, fused_residual, weight, 1e-5); }));
+      if (Wanted("residual add + RMSNorm")) {
+        Report("residual add + RMSNorm", shape, Time([&] { EagerRmsNorm(residual + hidden_states, weight, 1e-5); }),
+               Time([&] { flotilla::kernels::cpu::FusedAddRmsNorm(hidden_states, fused_residual, weight, 1e-5); }));
+      }
       const at::Tensor gate = at::randn({1, tokens, model.intermediate}).to(dtype);
       const at::Tensor up = at::randn({1, tokens, model.intermediate}).to(dtype);
-      if (Wanted("SiluAndMul")) Report("SiluAndMul", std::to_string(tokens) + "x" + std::to_string(model.intermediate) + " " + type,
-             Time([&] { at::silu(gate) * up; }), Time([&] { flotilla::kernels::cpu::SiluAndMul(gate, up); }));
+      if (Wanted("SiluAndMul")) {
+        Report("SiluAndMul", std::to_string(tokens) + "x" + std::to_string(model.intermediate) + " " + type,
+               Time([&] { at::silu(gate) * up; }), Time([&] { flotilla::kernels::cpu::SiluAndMul(gate, up); }));
+      }
       // Rotary on the projections' outputs viewed [1, heads, T, head_dim], as the model files call it.
       at::Tensor query = at::randn({1, tokens, model.heads, model.head_dim}).to(dtype).transpose(1, 2);
       at::Tensor key = at::randn({1, tokens, model.kv_heads, model.head_dim}).to(dtype).transpose(1, 2);

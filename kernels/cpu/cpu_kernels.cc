@@ -274,8 +274,8 @@ __attribute__((target("avx512f,avx512bw"), always_inline)) inline __m512 RoundTo
 // stored once, so a bfloat16 row costs no float32 scratch passes (the chunked path below converts
 // a chunk into a buffer, computes over it, rounds it in place and converts it out: four passes
 // over L1 and a call per conversion: in the run before this change the bfloat16 norms were
-// 1.6-2.1x eager at 256 tokens, SiLU-and-mul 1.5-2.5x). The tail of a row is the same code under a lane mask. float16 and CPUs
-// without AVX-512 take the chunked path.
+// 1.6-2.1x eager at 256 tokens, SiLU-and-mul 1.5-2.5x). The tail of a row is the same code under
+// a lane mask. float16 and CPUs without AVX-512 take the chunked path.
 // Rounding to bfloat16 — each intermediate the eager ops store, and the result — is one
 // vcvtneps2bf16 where the CPU has AVX512-BF16 (kNative; Zen 4 and Sapphire Rapids do), else the
 // seven-instruction integer sequence of FloatToBFloat16Lanes (as c10: to nearest even, NaN ->
@@ -423,7 +423,9 @@ template <typename Storage, bool kNative, bool kWithResidual>
 FLOTILLA_AVX512_LANES void SumSquaresLanes(const Storage* input, const Storage* residual_in, Storage* residual_out,
                                            __mmask16 mask, __m512d& sum_low, __m512d& sum_high) {
   __m512 x = LoadLanes(input, mask);
-  if constexpr (kWithResidual) x = StoreLanes<Storage, kNative>(residual_out, mask, _mm512_add_ps(LoadLanes(residual_in, mask), x));
+  if constexpr (kWithResidual) {
+    x = StoreLanes<Storage, kNative>(residual_out, mask, _mm512_add_ps(LoadLanes(residual_in, mask), x));
+  }
   const __m512d low = _mm512_cvtps_pd(_mm512_castps512_ps256(x));
   const __m512d high = _mm512_cvtps_pd(_mm512_extractf32x8_ps(x, 1));
   sum_low = _mm512_fmadd_pd(low, low, sum_low);
@@ -457,7 +459,8 @@ FLOTILLA_AVX512_ROWS void RmsNormRowsAvx512(const Storage* input, const Storage*
     for (; j + 32 <= full; j += 32) {
       SumSquaresLanes<Storage, kNative, kWithResidual>(input_row + j, residual_row + j, sum_row + j, kAllLanes, sums[0],
                                               sums[1]);
-      SumSquaresLanes<Storage, kNative, kWithResidual>(input_row + j + 16, residual_row + j + 16, sum_row + j + 16, kAllLanes,
+      SumSquaresLanes<Storage, kNative, kWithResidual>(input_row + j + 16, residual_row + j + 16, sum_row + j + 16,
+                                                       kAllLanes,
                                               sums[2], sums[3]);
     }
     if (j < full) {
@@ -466,7 +469,8 @@ FLOTILLA_AVX512_ROWS void RmsNormRowsAvx512(const Storage* input, const Storage*
       j += 16;
     }
     if (tail != 0) {
-      SumSquaresLanes<Storage, kNative, kWithResidual>(input_row + j, residual_row + j, sum_row + j, tail, sums[2], sums[3]);
+      SumSquaresLanes<Storage, kNative, kWithResidual>(input_row + j, residual_row + j, sum_row + j, tail, sums[2],
+                                                       sums[3]);
     }
     const double sum_of_squares = _mm512_reduce_add_pd(
         _mm512_add_pd(_mm512_add_pd(sums[0], sums[1]), _mm512_add_pd(sums[2], sums[3])));
@@ -474,7 +478,9 @@ FLOTILLA_AVX512_ROWS void RmsNormRowsAvx512(const Storage* input, const Storage*
     const __m512 inverse_rms = _mm512_set1_ps(1.0f / std::sqrt(variance + epsilon));
     // With a residual the sum is read back from residual_out, where the first pass rounded it.
     const Storage* source = kWithResidual ? sum_row : input_row;
-    for (j = 0; j < full; j += 16) NormalizeLanes<Storage, kNative>(source + j, weight + j, output_row + j, kAllLanes, inverse_rms);
+    for (j = 0; j < full; j += 16) {
+      NormalizeLanes<Storage, kNative>(source + j, weight + j, output_row + j, kAllLanes, inverse_rms);
+    }
     if (tail != 0) NormalizeLanes<Storage, kNative>(source + j, weight + j, output_row + j, tail, inverse_rms);
   }
 }
@@ -650,11 +656,10 @@ at::Tensor RmsNorm(const at::Tensor& hidden_states, const at::Tensor& weight, do
     const scalar_t* input_data = input.const_data_ptr<scalar_t>();
     const scalar_t* weight_data = weight_contiguous.const_data_ptr<scalar_t>();
     scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, rows, RowsPerTask(hidden_size),
-                     [&](int64_t begin, int64_t end) {
-                       RmsNormRowsDispatch<scalar_t>(input_data, nullptr, nullptr, weight_data, output_data, begin, end,
-                                             hidden_size, static_cast<float>(epsilon));
-                     });
+    at::parallel_for(0, rows, RowsPerTask(hidden_size), [&](int64_t begin, int64_t end) {
+      RmsNormRowsDispatch<scalar_t>(input_data, nullptr, nullptr, weight_data, output_data, begin, end, hidden_size,
+                                    static_cast<float>(epsilon));
+    });
   });
   return output;
 }
@@ -682,13 +687,12 @@ at::Tensor AddRmsNormInto(const char* name, const at::Tensor& hidden_states, con
   const int64_t rows = hidden_size == 0 ? 0 : input.numel() / hidden_size;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "AddRmsNorm", [&] {
     scalar_t* residual_out_data = residual_out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, rows, RowsPerTask(hidden_size),
-                     [&](int64_t begin, int64_t end) {
-                       RmsNormRowsDispatch<scalar_t>(input.const_data_ptr<scalar_t>(), residual_in.const_data_ptr<scalar_t>(),
-                                             residual_out_data, weight_contiguous.const_data_ptr<scalar_t>(),
-                                             output.mutable_data_ptr<scalar_t>(), begin, end, hidden_size,
-                                             static_cast<float>(epsilon));
-                     });
+    at::parallel_for(0, rows, RowsPerTask(hidden_size), [&](int64_t begin, int64_t end) {
+      RmsNormRowsDispatch<scalar_t>(input.const_data_ptr<scalar_t>(), residual_in.const_data_ptr<scalar_t>(),
+                                    residual_out_data, weight_contiguous.const_data_ptr<scalar_t>(),
+                                    output.mutable_data_ptr<scalar_t>(), begin, end, hidden_size,
+                                    static_cast<float>(epsilon));
+    });
   });
   return output;
 }
@@ -720,7 +724,8 @@ at::Tensor SiluAndMul(const at::Tensor& gate_and_up) {
     const scalar_t* input_data = input.const_data_ptr<scalar_t>();
     scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, rows, RowsPerTask(width), [&](int64_t begin, int64_t end) {
-      SiluAndMulRowsDispatch<scalar_t>(input_data, 2 * width, input_data + width, 2 * width, output_data, begin, end, width);
+      SiluAndMulRowsDispatch<scalar_t>(input_data, 2 * width, input_data + width, 2 * width, output_data, begin, end,
+                                       width);
     });
   });
   return output;
