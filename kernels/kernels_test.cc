@@ -237,16 +237,20 @@ TEST(KernelEdgeTest, CpuSiluAndMulOfInfinitiesMatchesEagerWithAvx512) {
 }
 #endif
 
-// The chunked loops that float16 and CPUs without AVX-512 run, for float32 and bfloat16 too (on a
-// CPU with AVX-512 these would otherwise take the register-resident rows), on ragged rows shorter
-// and longer than one 512-element chunk.
-TEST(KernelChunkedPathTest, CpuKernelsMatchEagerWithoutTheAvx512Rows) {
-  cpu::SetAvx512RowsForTesting(false);
+// The paths other CPUs take, on this one: the chunked loops that float16 and CPUs without AVX-512
+// run, for float32 and bfloat16 too, and the AVX-512 rows rounding bfloat16 with integer
+// instructions (CPUs without AVX512-BF16); on ragged rows shorter and longer than one 512-element
+// chunk, with a masked tail.
+class KernelOtherPathTest : public testing::TestWithParam<bool> {};
+
+TEST_P(KernelOtherPathTest, CpuKernelsMatchEager) {
+  const bool avx512_rows = GetParam();
+  cpu::SetAvx512RowsForTesting(avx512_rows, /*bfloat16_instructions=*/false);
   struct Restore {
-    ~Restore() { cpu::SetAvx512RowsForTesting(true); }
+    ~Restore() { cpu::SetAvx512RowsForTesting(true, true); }
   } restore;
   for (const at::ScalarType type : {at::kFloat, at::kBFloat16}) {
-    SCOPED_TRACE(c10::toString(type));
+    SCOPED_TRACE(std::string(c10::toString(type)) + (avx512_rows ? " AVX-512 rows" : " chunked loops"));
     for (const std::vector<int64_t>& shape : {std::vector<int64_t>{3, 7, 100}, std::vector<int64_t>{2, 1100}}) {
       at::manual_seed(21);
       const at::Tensor hidden_states = at::randn(shape).mul(2).add(0.25).to(type);
@@ -271,6 +275,8 @@ TEST(KernelChunkedPathTest, CpuKernelsMatchEagerWithoutTheAvx512Rows) {
     if (type == at::kBFloat16) EXPECT_TRUE(at::equal(query, expected_query) && at::equal(key, expected_key));
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(ChunkedAndIntegerRounding, KernelOtherPathTest, testing::Values(false, true));
 
 // The eager reference of paged attention: each token's keys gathered from the pools, then eager
 // attention (float32 softmax) over its window.

@@ -296,9 +296,14 @@ __attribute__((target("avx512f,avx512bw"), always_inline)) inline __m512 RoundTo
 const bool kHasAvx512Rows =
     kHasAvx512Bw && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 const bool kHasAvx512BFloat16 = kHasAvx512Rows && __builtin_cpu_supports("avx512bf16");
-// SetAvx512RowsForTesting(false) sends every call to the chunked loops.
+// SetAvx512RowsForTesting(false, ...) sends every call to the chunked loops, (true, false) the
+// bfloat16 rows to the integer rounding.
 std::atomic<bool> avx512_rows_enabled{true};
+std::atomic<bool> bfloat16_instructions_enabled{true};
 bool UseAvx512Rows() { return kHasAvx512Rows && avx512_rows_enabled.load(std::memory_order_relaxed); }
+bool UseBFloat16Instructions() {
+  return kHasAvx512BFloat16 && bfloat16_instructions_enabled.load(std::memory_order_relaxed);
+}
 
 // float32 -> bfloat16 bits: vcvtneps2bf16 when kNative (one instruction), else FloatToBFloat16Lanes.
 template <bool kNative>
@@ -564,7 +569,7 @@ void RmsNormRowsDispatch(const scalar_t* input, const scalar_t* residual_in, sca
                                                      AsStorage(output), begin, end, hidden_size, epsilon);
         }
       };
-      if (std::is_same_v<Storage, uint16_t> && kHasAvx512BFloat16) {
+      if (std::is_same_v<Storage, uint16_t> && UseBFloat16Instructions()) {
         run.template operator()<true>();
       } else {
         run.template operator()<false>();
@@ -583,7 +588,7 @@ void SiluAndMulRowsDispatch(const scalar_t* gate, int64_t gate_stride, const sca
   using Storage = typename Avx512Storage<scalar_t>::type;
   if constexpr (!std::is_void_v<Storage>) {
     if (UseAvx512Rows()) {
-      if (std::is_same_v<Storage, uint16_t> && kHasAvx512BFloat16) {
+      if (std::is_same_v<Storage, uint16_t> && UseBFloat16Instructions()) {
         SiluAndMulRowsAvx512<Storage, true>(AsStorage(gate), gate_stride, AsStorage(up), up_stride, AsStorage(output),
                                             begin, end, width);
       } else {
@@ -632,11 +637,13 @@ void CheckRotaryOperand(const at::Tensor& tensor, const char* name, const at::Te
 
 }  // namespace
 
-void SetAvx512RowsForTesting(bool enabled) {
+void SetAvx512RowsForTesting(bool enabled, bool bfloat16_instructions) {
 #if defined(__x86_64__) && defined(__GNUC__)
   avx512_rows_enabled.store(enabled, std::memory_order_relaxed);
+  bfloat16_instructions_enabled.store(bfloat16_instructions, std::memory_order_relaxed);
 #else
   (void)enabled;
+  (void)bfloat16_instructions;
 #endif
 }
 
@@ -789,7 +796,7 @@ void RotaryEmbeddingInPlace(at::Tensor& query, at::Tensor& key, const at::Tensor
     };
     if (type == at::kFloat) {
       run.template operator()<float, false>();
-    } else if (kHasAvx512BFloat16) {
+    } else if (UseBFloat16Instructions()) {
       run.template operator()<uint16_t, true>();
     } else {
       run.template operator()<uint16_t, false>();
