@@ -2,7 +2,7 @@
 // replaces, and the paged attention backend with its builtin kernel against its gather-then-sdpa
 // path, in one process on the same inputs. Prints one JSON object per line.
 //
-//   build/bin/kernels_bench --threads 2
+//   build/bin/kernels_bench --threads 2 [--only SiluAndMul]
 #include <malloc.h>
 
 #include <algorithm>
@@ -24,6 +24,10 @@
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// --only: time just the kernels whose name contains this (empty: all).
+std::string only_kernels;
+bool Wanted(const std::string& kernel) { return kernel.find(only_kernels) != std::string::npos; }
 
 // Median seconds of one call over repeats of about 0.2 s each, after a warm-up.
 double Time(const std::function<void()>& function) {
@@ -68,22 +72,28 @@ void BenchmarkElementwise(at::ScalarType dtype) {
       const at::Tensor hidden_states = at::randn({1, tokens, model.hidden}).to(dtype);
       const at::Tensor residual = at::randn({1, tokens, model.hidden}).to(dtype);
       const at::Tensor weight = at::rand({model.hidden}).add(0.5).to(dtype);
-      Report("RMSNorm", shape, Time([&] { EagerRmsNorm(hidden_states, weight, 1e-5); }),
-             Time([&] { flotilla::kernels::cpu::RmsNorm(hidden_states, weight, 1e-5); }));
+      if (Wanted("RMSNorm")) {
+        Report("RMSNorm", shape, Time([&] { EagerRmsNorm(hidden_states, weight, 1e-5); }),
+               Time([&] { flotilla::kernels::cpu::RmsNorm(hidden_states, weight, 1e-5); }));
+      }
       at::Tensor fused_residual = residual.clone();
-      Report("residual add + RMSNorm", shape, Time([&] { EagerRmsNorm(residual + hidden_states, weight, 1e-5); }),
-             Time([&] { flotilla::kernels::cpu::FusedAddRmsNorm(hidden_states, fused_residual, weight, 1e-5); }));
+      if (Wanted("residual add + RMSNorm")) {
+        Report("residual add + RMSNorm", shape, Time([&] { EagerRmsNorm(residual + hidden_states, weight, 1e-5); }),
+               Time([&] { flotilla::kernels::cpu::FusedAddRmsNorm(hidden_states, fused_residual, weight, 1e-5); }));
+      }
       const at::Tensor gate = at::randn({1, tokens, model.intermediate}).to(dtype);
       const at::Tensor up = at::randn({1, tokens, model.intermediate}).to(dtype);
-      Report("SiluAndMul", std::to_string(tokens) + "x" + std::to_string(model.intermediate) + " " + type,
-             Time([&] { at::silu(gate) * up; }), Time([&] { flotilla::kernels::cpu::SiluAndMul(gate, up); }));
+      if (Wanted("SiluAndMul")) {
+        Report("SiluAndMul", std::to_string(tokens) + "x" + std::to_string(model.intermediate) + " " + type,
+               Time([&] { at::silu(gate) * up; }), Time([&] { flotilla::kernels::cpu::SiluAndMul(gate, up); }));
+      }
       // Rotary on the projections' outputs viewed [1, heads, T, head_dim], as the model files call it.
       at::Tensor query = at::randn({1, tokens, model.heads, model.head_dim}).to(dtype).transpose(1, 2);
       at::Tensor key = at::randn({1, tokens, model.kv_heads, model.head_dim}).to(dtype).transpose(1, 2);
       const at::Tensor angles = at::rand({1, tokens, model.head_dim / 2}).mul(100);
       const at::Tensor cos = at::cat({angles.cos(), angles.cos()}, -1).to(dtype);
       const at::Tensor sin = at::cat({angles.sin(), angles.sin()}, -1).to(dtype);
-      Report("RotaryEmbedding",
+      if (Wanted("RotaryEmbedding")) Report("RotaryEmbedding",
              std::to_string(tokens) + "x(" + std::to_string(model.heads) + "+" + std::to_string(model.kv_heads) +
                  ")x" + std::to_string(model.head_dim) + " " + type,
              Time([&] {
@@ -100,6 +110,7 @@ void BenchmarkElementwise(at::ScalarType dtype) {
 // kernel vs PagedAttention=eager (gather each context, then sdpa).
 void BenchmarkPagedDecode(int64_t batch, int64_t context, int64_t heads, int64_t kv_heads, int64_t head_dim,
                           at::ScalarType dtype) {
+  if (!Wanted("paged decode attention")) return;
   using namespace flotilla::models;
   const int64_t block_size = 16;
   const int64_t blocks_per_sequence = (context + block_size - 1) / block_size;
@@ -139,6 +150,7 @@ int main(int argc, char** argv) {
   int threads = 2;
   for (int i = 1; i + 1 < argc; ++i) {
     if (std::string(argv[i]) == "--threads") threads = std::atoi(argv[i + 1]);
+    if (std::string(argv[i]) == "--only") only_kernels = argv[i + 1];
   }
   // As the worker (services/worker/worker_main.cc): freed activations stay in the heap for reuse,
   // so neither side of a comparison pays page faults a serving process does not.

@@ -182,6 +182,102 @@ INSTANTIATE_TEST_SUITE_P(
                      testing::Values(std::vector<int64_t>{1, 9, 3, 7, 64}, std::vector<int64_t>{2, 4, 4, 1, 32},
                                      std::vector<int64_t>{1, 2, 1, 0, 16}, std::vector<int64_t>{3, 2, 2, 5, 2})));
 
+// Element by element (not relative to the largest magnitude, so tiny results count): NaN where
+// eager's is NaN, the same infinity, finite values within `relative` of eager's or `absolute` (for
+// results so small that a dtype conversion may flush them).
+void ExpectEachElementClose(const at::Tensor& actual, const at::Tensor& expected, double relative, double absolute) {
+  ASSERT_EQ(actual.sizes(), expected.sizes());
+  const at::Tensor actual_float = actual.to(at::kFloat).contiguous().flatten();
+  const at::Tensor expected_float = expected.to(at::kFloat).contiguous().flatten();
+  for (int64_t i = 0; i < expected_float.numel(); ++i) {
+    const float want = expected_float[i].item<float>();
+    const float got = actual_float[i].item<float>();
+    if (std::isnan(want)) {
+      EXPECT_TRUE(std::isnan(got)) << "element " << i << ": " << got << " where eager has NaN";
+    } else if (std::isinf(want)) {
+      EXPECT_EQ(got, want) << "element " << i;
+    } else {
+      EXPECT_LE(std::abs(got - want), relative * std::abs(want) + absolute)
+          << "element " << i << ": " << got << " vs eager " << want;
+    }
+  }
+}
+
+// Gates where exp(-gate) overflows or underflows float32 (|gate| > 88), zeros of both signs and
+// NaN, in a row of 16 + 4 elements (a full vector and a masked tail), every dtype.
+TEST(KernelEdgeTest, CpuSiluAndMulAtExtremeGatesMatchesEagerElementByElement) {
+  const std::vector<float> gates = {-1e4f, -200.0f, -104.0f, -88.0f, -87.0f, -20.0f, -1.0f, -0.0f, 0.0f, 1.0f,
+                                    20.0f, 87.0f,   88.0f,   104.0f, 200.0f, 1e4f,   NAN,   -3.0f, 3.0f, 0.5f};
+  for (const at::ScalarType type : {at::kFloat, at::kBFloat16, at::kHalf}) {
+    const at::Tensor gate = at::tensor(gates).reshape({1, 20}).to(type);
+    const at::Tensor up = at::linspace(-2.0, 2.5, 20).reshape({1, 20}).to(type);
+    const double relative = type == at::kFloat ? 1e-5 : (type == at::kBFloat16 ? 1.0 / 128 : 1.0 / 1024);
+    SCOPED_TRACE(c10::toString(type));
+    ExpectEachElementClose(SiluAndMul(gate, up), at::silu(gate) * up, relative, 1e-30);
+    ExpectEachElementClose(SiluAndMul(at::cat({gate, up}, -1)), at::silu(gate) * up, relative, 1e-30);
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// The AVX-512 rows (Note [Register-resident rows] in cpu/cpu_kernels.cc) also give eager's
+// silu(+inf) = inf, silu(-inf) = NaN and silu(+-1e30); the chunked loop's exp, which the other
+// CPUs and float16 run, does not reduce arguments beyond ~1e7 and is not held to these.
+TEST(KernelEdgeTest, CpuSiluAndMulOfInfinitiesMatchesEagerWithAvx512) {
+  if (!__builtin_cpu_supports("avx512bw") || !__builtin_cpu_supports("avx512vl") ||
+      !__builtin_cpu_supports("avx512dq")) {
+    GTEST_SKIP() << "no AVX-512 on this CPU";
+  }
+  const std::vector<float> gates = {INFINITY, -INFINITY, 1e30f, -1e30f, 3e38f, -3e38f, 1.0f};
+  for (const at::ScalarType type : {at::kFloat, at::kBFloat16}) {
+    const at::Tensor gate = at::tensor(gates).reshape({1, 7}).to(type);
+    const at::Tensor up = at::full({1, 7}, 1.5).to(type);
+    SCOPED_TRACE(c10::toString(type));
+    ExpectEachElementClose(SiluAndMul(gate, up), at::silu(gate) * up, type == at::kFloat ? 1e-6 : 1.0 / 128, 1e-30);
+  }
+}
+#endif
+
+// The paths other CPUs take, on this one: the chunked loops that float16 and CPUs without AVX-512
+// run, for float32 and bfloat16 too, and the AVX-512 rows rounding bfloat16 with integer
+// instructions (CPUs without AVX512-BF16); on ragged rows shorter and longer than one 512-element
+// chunk, with a masked tail.
+class KernelOtherPathTest : public testing::TestWithParam<bool> {};
+
+TEST_P(KernelOtherPathTest, CpuKernelsMatchEager) {
+  const bool avx512_rows = GetParam();
+  cpu::SetAvx512RowsForTesting(avx512_rows, /*bfloat16_instructions=*/false);
+  struct Restore {
+    ~Restore() { cpu::SetAvx512RowsForTesting(true, true); }
+  } restore;
+  for (const at::ScalarType type : {at::kFloat, at::kBFloat16}) {
+    SCOPED_TRACE(std::string(c10::toString(type)) + (avx512_rows ? " AVX-512 rows" : " chunked loops"));
+    for (const std::vector<int64_t>& shape : {std::vector<int64_t>{3, 7, 100}, std::vector<int64_t>{2, 1100}}) {
+      at::manual_seed(21);
+      const at::Tensor hidden_states = at::randn(shape).mul(2).add(0.25).to(type);
+      const at::Tensor residual = at::randn(shape).mul(3).add(-0.5).to(type);
+      const at::Tensor weight = at::randn({shape.back()}).add(1).to(type);
+      ExpectWithinKernelTolerance(RmsNorm(hidden_states, weight, 1e-6), EagerRmsNorm(hidden_states, weight, 1e-6));
+      const auto [normalized, sum] = cpu::AddRmsNorm(hidden_states, residual, weight, 1e-5);
+      EXPECT_TRUE(at::equal(sum, residual + hidden_states));
+      ExpectWithinKernelTolerance(normalized, EagerRmsNorm(residual + hidden_states, weight, 1e-5));
+      const at::Tensor gate = at::randn(shape).mul(4).to(type);
+      ExpectWithinKernelTolerance(SiluAndMul(gate, hidden_states), at::silu(gate) * hidden_states);
+    }
+    at::Tensor query = at::randn({1, 7, 9, 64}).mul(2).to(type).transpose(1, 2);
+    at::Tensor key = at::randn({1, 7, 3, 64}).mul(2).to(type).transpose(1, 2);
+    const at::Tensor angles = at::rand({1, 7, 32}).mul(100);
+    const at::Tensor cos = at::cat({angles.cos(), angles.cos()}, -1).to(type);
+    const at::Tensor sin = at::cat({angles.sin(), angles.sin()}, -1).to(type);
+    const auto [expected_query, expected_key] = EagerRotary(query, key, cos, sin);
+    RotaryEmbeddingInPlace(query, key, cos, sin);
+    ExpectWithinKernelTolerance(query, expected_query);
+    ExpectWithinKernelTolerance(key, expected_key);
+    if (type == at::kBFloat16) EXPECT_TRUE(at::equal(query, expected_query) && at::equal(key, expected_key));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(ChunkedAndIntegerRounding, KernelOtherPathTest, testing::Values(false, true));
+
 // The eager reference of paged attention: each token's keys gathered from the pools, then eager
 // attention (float32 softmax) over its window.
 at::Tensor EagerPagedAttention(const at::Tensor& query_tokens, const at::Tensor& key_pool, const at::Tensor& value_pool,

@@ -1,6 +1,8 @@
 #include "kernels/cpu/cpu_kernels.h"
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -12,6 +14,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/TensorIterator.h>
 
 #include "kernels/cpu/vector_math.h"
 #include "kernels/kernels.h"
@@ -25,7 +28,9 @@ namespace {
 // runs on any x86-64. The clones name ISA extensions, not an -march: GCC refuses to inline a default-target
 // helper into an "arch=" clone, and an un-inlined helper in a loop stops vectorisation. Rows are
 // converted to float32 scratch once, computed on, and rounded back once, so bfloat16 costs two
-// cheap conversion passes and no scalar c10 calls.
+// cheap conversion passes and no scalar c10 calls. Where the CPU has AVX-512F/BW/VL/DQ, float32 and
+// bfloat16 take the intrinsics of Note [Register-resident rows] instead (no scratch passes at
+// all); these loops remain for float16 and for other CPUs.
 #if defined(__x86_64__) && defined(__GNUC__)
 #define FLOTILLA_KERNEL_TARGET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
@@ -129,6 +134,16 @@ inline void RoundRow(float* row, int64_t count) {
   } else if constexpr (!std::is_same_v<scalar_t, float>) {
     for (int64_t i = 0; i < count; ++i) row[i] = static_cast<float>(static_cast<scalar_t>(row[i]));
   }
+}
+
+// The rows one parallel task takes: a call splits across threads only from 32768 elements
+// (at::internal::GRAIN_SIZE), where the eager elementwise ops it replaces split too. Splitting
+// smaller calls (the grains were 16384 and, for rotary, 4096 elements) saved 0.6-2.4 us of a
+// 3-7 us call on a quiet machine, but each split is an OpenMP fork and join: with another process
+// on the second core, the join waits for that core's time slice, and such calls took 7-8 ms where
+// the eager ops, on one thread, did not (two of three full kernels_bench runs, 2026-12-07 15:0x).
+inline int64_t RowsPerTask(int64_t row_elements) {
+  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(row_elements, 1));
 }
 
 // Rows are processed in chunks of kChunk elements converted into float32 stack buffers: no heap
@@ -248,45 +263,348 @@ FLOTILLA_KERNEL_TARGET_CLONES void SiluAndMulRows(const scalar_t* gate, int64_t 
   }
 }
 
-// One row of apply_rotary_pos_emb in place. Each of q*cos, rotate_half(q)*sin and their sum is
-// rounded to the dtype, as the three eager ops store them.
 #if defined(__x86_64__) && defined(__GNUC__)
-// One bfloat16 row of apply_rotary_pos_emb in registers (Note [bfloat16 rows at full width]): for
-// each 16 lanes j of the first half, x1 = row[j] and x2 = row[j + half] give
-//   row[j]        = round(round(x1 * cos[j]) + round(-x2 * sin[j]))
-//   row[j + half] = round(round(x2 * cos[j + half]) + round(x1 * sin[j + half])),
-// the roundings RotateRow makes (each eager op stores bfloat16). head_dim a multiple of 32.
-__attribute__((target("avx512f,avx512bw"), always_inline)) inline __m512 LoadBFloat16Lanes(const uint16_t* bits) {
-  const __m512i widened = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits)));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(widened, 16));
-}
 __attribute__((target("avx512f,avx512bw"), always_inline)) inline __m512 RoundToBFloat16Lanes(__m512 values) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(FloatToBFloat16Lanes(values), 16));
 }
-__attribute__((target("avx512f,avx512bw"), always_inline)) inline void StoreBFloat16Lanes(uint16_t* bits,
-                                                                                         __m512 values) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(bits), _mm512_cvtepi32_epi16(FloatToBFloat16Lanes(values)));
+
+// Note [Register-resident rows]: RMSNorm (with or without the residual add), SiLU-and-mul and
+// rotary in float32 and bfloat16 run as AVX-512 intrinsics when the CPU has AVX-512F/BW/VL/DQ:
+// each 16 lanes are loaded (bfloat16 widened by a shift), computed on and rounded in registers, and
+// stored once, so a bfloat16 row costs no float32 scratch passes (the chunked path below converts
+// a chunk into a buffer, computes over it, rounds it in place and converts it out: four passes
+// over L1 and a call per conversion: in the run before this change the bfloat16 norms were
+// 1.6-2.1x eager at 256 tokens, SiLU-and-mul 1.5-2.5x). The tail of a row is the same code under
+// a lane mask. float16 and CPUs without AVX-512 take the chunked path.
+// Rounding to bfloat16 — each intermediate the eager ops store, and the result — is one
+// vcvtneps2bf16 where the CPU has AVX512-BF16 (kNative; Zen 4 and Sapphire Rapids do), else the
+// seven-instruction integer sequence of FloatToBFloat16Lanes (as c10: to nearest even, NaN ->
+// 0x7FC0). With that sequence the one-pass bfloat16 SiLU measured 1.0-1.55x eager, slower than
+// the chunked loop: the SiLU loop is bound by its instruction count (float32: ~15 vector
+// instructions per 16 lanes, ~2.6 ns; bfloat16 with the sequence: ~32, ~8 ns; with vcvtneps2bf16
+// ~24, ~4.5 ns; with the multiply as vdpbf16ps, below, ~22, ~3.8 ns), not by memory. Both
+// round to nearest even; vcvtneps2bf16 differs from c10 only in that it flushes float32 results
+// below 2^-126 (1.2e-38) to zero and keeps a NaN's payload (quieted) instead of 0x7FC0 (vdpbf16ps
+// likewise reads bfloat16 inputs below 2^-126 as zero), so the kernels equal eager's bits (rotary,
+// the residual sum) except where a value is that small.
+// Every function here is compiled for AVX512-BF16 too, but only the kNative instantiations contain
+// its instructions (intrinsics only: no __bf16 arithmetic), and they run only where the CPU has it.
+#define FLOTILLA_AVX512_ROWS __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+#define FLOTILLA_AVX512_LANES \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"), always_inline)) inline
+
+const bool kHasAvx512Rows =
+    kHasAvx512Bw && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+const bool kHasAvx512BFloat16 = kHasAvx512Rows && __builtin_cpu_supports("avx512bf16");
+// SetAvx512RowsForTesting(false, ...) sends every call to the chunked loops, (true, false) the
+// bfloat16 rows to the integer rounding.
+std::atomic<bool> avx512_rows_enabled{true};
+std::atomic<bool> bfloat16_instructions_enabled{true};
+bool UseAvx512Rows() { return kHasAvx512Rows && avx512_rows_enabled.load(std::memory_order_relaxed); }
+bool UseBFloat16Instructions() {
+  return kHasAvx512BFloat16 && bfloat16_instructions_enabled.load(std::memory_order_relaxed);
 }
 
-__attribute__((target("avx512f,avx512bw"), noinline)) void RotateBFloat16RowAvx512(uint16_t* row, const float* cos,
-                                                                                  const float* sin, int64_t head_dim) {
-  const int64_t half = head_dim / 2;
-  for (int64_t j = 0; j < half; j += 16) {
-    const __m512 first = LoadBFloat16Lanes(row + j);
-    const __m512 second = LoadBFloat16Lanes(row + j + half);
-    const __m512 negated_second = _mm512_sub_ps(_mm512_setzero_ps(), second);
-    const __m512 new_first =
-        _mm512_add_ps(RoundToBFloat16Lanes(_mm512_mul_ps(first, _mm512_loadu_ps(cos + j))),
-                      RoundToBFloat16Lanes(_mm512_mul_ps(negated_second, _mm512_loadu_ps(sin + j))));
-    const __m512 new_second =
-        _mm512_add_ps(RoundToBFloat16Lanes(_mm512_mul_ps(second, _mm512_loadu_ps(cos + j + half))),
-                      RoundToBFloat16Lanes(_mm512_mul_ps(first, _mm512_loadu_ps(sin + j + half))));
-    StoreBFloat16Lanes(row + j, new_first);
-    StoreBFloat16Lanes(row + j + half, new_second);
+// float32 -> bfloat16 bits: vcvtneps2bf16 when kNative (one instruction), else FloatToBFloat16Lanes.
+template <bool kNative>
+FLOTILLA_AVX512_LANES __m256i NarrowToBFloat16Lanes(__m512 values) {
+  if constexpr (kNative) {
+    return (__m256i)_mm512_cvtneps_pbh(values);
+  } else {
+    return _mm512_cvtepi32_epi16(FloatToBFloat16Lanes(values));
+  }
+}
+
+// The storage of a row the AVX-512 path handles: float32, or bfloat16 as its bits.
+template <typename scalar_t>
+struct Avx512Storage {
+  using type = void;
+};
+template <>
+struct Avx512Storage<float> {
+  using type = float;
+};
+template <>
+struct Avx512Storage<c10::BFloat16> {
+  using type = uint16_t;
+};
+template <typename scalar_t>
+auto AsStorage(scalar_t* pointer) {
+  using Storage = typename Avx512Storage<std::remove_const_t<scalar_t>>::type;
+  if constexpr (std::is_const_v<scalar_t>) {
+    return reinterpret_cast<const Storage*>(pointer);
+  } else {
+    return reinterpret_cast<Storage*>(pointer);
+  }
+}
+
+constexpr __mmask16 kAllLanes = 0xFFFF;
+
+template <typename Storage>
+FLOTILLA_AVX512_LANES __m512 LoadLanes(const Storage* source, __mmask16 mask) {
+  if constexpr (std::is_same_v<Storage, float>) {
+    return _mm512_maskz_loadu_ps(mask, source);
+  } else {
+    const __m512i widened = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, source));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(widened, 16));
+  }
+}
+// Stores `values` in the storage dtype and returns them as stored (rounded for bfloat16).
+template <typename Storage, bool kNative>
+FLOTILLA_AVX512_LANES __m512 StoreLanes(Storage* destination, __mmask16 mask, __m512 values) {
+  if constexpr (std::is_same_v<Storage, float>) {
+    _mm512_mask_storeu_ps(destination, mask, values);
+    return values;
+  } else {
+    const __m256i bits = NarrowToBFloat16Lanes<kNative>(values);
+    _mm256_mask_storeu_epi16(destination, mask, bits);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+  }
+}
+// An intermediate the eager ops store in the dtype: rounded to it (no-op for float32).
+template <typename Storage, bool kNative>
+FLOTILLA_AVX512_LANES __m512 RoundLanes(__m512 values) {
+  if constexpr (std::is_same_v<Storage, float>) {
+    return values;
+  } else if constexpr (kNative) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(NarrowToBFloat16Lanes<true>(values)), 16));
+  } else {
+    return RoundToBFloat16Lanes(values);
+  }
+}
+
+// Where rotary's rows are: item = (batch_index * length + position) * rows_per_position + head,
+// the query's heads first, then the key's; cos/sin are [batch, length, head_dim] contiguous.
+struct RotaryRows {
+  int64_t query_heads = 0;
+  int64_t rows_per_position = 0;
+  int64_t length = 0;
+  int64_t head_dim = 0;
+  std::array<int64_t, 3> query_strides{};
+  std::array<int64_t, 3> key_strides{};
+};
+
+// Rows [begin, end) of apply_rotary_pos_emb in place, in registers: for each 16 lanes j of the
+// first half, x1 = row[j] and x2 = row[j + half] give
+//   row[j]        = round(round(x1 * cos[j]) - round(x2 * sin[j]))
+//   row[j + half] = round(round(x2 * cos[j + half]) + round(x1 * sin[j + half])),
+// each product rounded to the dtype as the eager ops store it (round(-x) = -round(x), so the
+// negated rotate_half is the subtraction). cos/sin are read in the dtype (no float32 copies).
+// head_dim a multiple of 32.
+template <typename Storage, bool kNative>
+FLOTILLA_AVX512_ROWS void RotateRowsAvx512(Storage* query, Storage* key, const Storage* cos, const Storage* sin,
+                                           const RotaryRows& rows, int64_t begin, int64_t end) {
+  const int64_t half = rows.head_dim / 2;
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t head = item % rows.rows_per_position;
+    const int64_t position = (item / rows.rows_per_position) % rows.length;
+    const int64_t batch_index = item / rows.rows_per_position / rows.length;
+    Storage* row = head < rows.query_heads
+                       ? query + batch_index * rows.query_strides[0] + head * rows.query_strides[1] +
+                             position * rows.query_strides[2]
+                       : key + batch_index * rows.key_strides[0] + (head - rows.query_heads) * rows.key_strides[1] +
+                             position * rows.key_strides[2];
+    const int64_t offset = (batch_index * rows.length + position) * rows.head_dim;
+    const Storage* cos_row = cos + offset;
+    const Storage* sin_row = sin + offset;
+    for (int64_t j = 0; j < half; j += 16) {
+      const __m512 first = LoadLanes(row + j, kAllLanes);
+      const __m512 second = LoadLanes(row + j + half, kAllLanes);
+      const __m512 new_first =
+          _mm512_sub_ps(RoundLanes<Storage, kNative>(_mm512_mul_ps(first, LoadLanes(cos_row + j, kAllLanes))),
+                        RoundLanes<Storage, kNative>(_mm512_mul_ps(second, LoadLanes(sin_row + j, kAllLanes))));
+      const __m512 new_second = _mm512_add_ps(
+          RoundLanes<Storage, kNative>(_mm512_mul_ps(second, LoadLanes(cos_row + j + half, kAllLanes))),
+          RoundLanes<Storage, kNative>(_mm512_mul_ps(first, LoadLanes(sin_row + j + half, kAllLanes))));
+      StoreLanes<Storage, kNative>(row + j, kAllLanes, new_first);
+      StoreLanes<Storage, kNative>(row + j + half, kAllLanes, new_second);
+    }
+  }
+}
+
+// residual_out = round(residual_in + input) when kWithResidual; the squares of what is normalised
+// summed in double (as RmsNormRows: within 1e-6 of eager's pairwise float32 mean).
+template <typename Storage, bool kNative, bool kWithResidual>
+FLOTILLA_AVX512_LANES void SumSquaresLanes(const Storage* input, const Storage* residual_in, Storage* residual_out,
+                                           __mmask16 mask, __m512d& sum_low, __m512d& sum_high) {
+  __m512 x = LoadLanes(input, mask);
+  if constexpr (kWithResidual) {
+    x = StoreLanes<Storage, kNative>(residual_out, mask, _mm512_add_ps(LoadLanes(residual_in, mask), x));
+  }
+  const __m512d low = _mm512_cvtps_pd(_mm512_castps512_ps256(x));
+  const __m512d high = _mm512_cvtps_pd(_mm512_extractf32x8_ps(x, 1));
+  sum_low = _mm512_fmadd_pd(low, low, sum_low);
+  sum_high = _mm512_fmadd_pd(high, high, sum_high);
+}
+
+// weight * round(x * inverse_rms), as the eager module rounds before the weight multiply.
+template <typename Storage, bool kNative>
+FLOTILLA_AVX512_LANES void NormalizeLanes(const Storage* source, const Storage* weight, Storage* destination,
+                                          __mmask16 mask, __m512 inverse_rms) {
+  const __m512 normalized = RoundLanes<Storage, kNative>(_mm512_mul_ps(LoadLanes(source, mask), inverse_rms));
+  StoreLanes<Storage, kNative>(destination, mask, _mm512_mul_ps(LoadLanes(weight, mask), normalized));
+}
+
+template <typename Storage, bool kNative, bool kWithResidual>
+FLOTILLA_AVX512_ROWS void RmsNormRowsAvx512(const Storage* input, const Storage* residual_in, Storage* residual_out,
+                                            const Storage* weight, Storage* output, int64_t begin, int64_t end,
+                                            int64_t hidden_size, float epsilon) {
+  const int64_t full = hidden_size - hidden_size % 16;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (hidden_size - full)) - 1u);
+  for (int64_t index = begin; index < end; ++index) {
+    const int64_t offset = index * hidden_size;
+    const Storage* input_row = input + offset;
+    Storage* output_row = output + offset;
+    // Without a residual these are not read or written (placeholders, so no arithmetic on null).
+    const Storage* residual_row = kWithResidual ? residual_in + offset : input_row;
+    Storage* sum_row = kWithResidual ? residual_out + offset : output_row;
+    // Four double accumulators: two chains of dependent FMAs would bound the loop by their latency.
+    __m512d sums[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd()};
+    int64_t j = 0;
+    for (; j + 32 <= full; j += 32) {
+      SumSquaresLanes<Storage, kNative, kWithResidual>(input_row + j, residual_row + j, sum_row + j, kAllLanes, sums[0],
+                                              sums[1]);
+      SumSquaresLanes<Storage, kNative, kWithResidual>(input_row + j + 16, residual_row + j + 16, sum_row + j + 16,
+                                                       kAllLanes,
+                                              sums[2], sums[3]);
+    }
+    if (j < full) {
+      SumSquaresLanes<Storage, kNative, kWithResidual>(input_row + j, residual_row + j, sum_row + j, kAllLanes, sums[0],
+                                              sums[1]);
+      j += 16;
+    }
+    if (tail != 0) {
+      SumSquaresLanes<Storage, kNative, kWithResidual>(input_row + j, residual_row + j, sum_row + j, tail, sums[2],
+                                                       sums[3]);
+    }
+    const double sum_of_squares = _mm512_reduce_add_pd(
+        _mm512_add_pd(_mm512_add_pd(sums[0], sums[1]), _mm512_add_pd(sums[2], sums[3])));
+    const float variance = static_cast<float>(sum_of_squares / static_cast<double>(hidden_size));
+    const __m512 inverse_rms = _mm512_set1_ps(1.0f / std::sqrt(variance + epsilon));
+    // With a residual the sum is read back from residual_out, where the first pass rounded it.
+    const Storage* source = kWithResidual ? sum_row : input_row;
+    for (j = 0; j < full; j += 16) {
+      NormalizeLanes<Storage, kNative>(source + j, weight + j, output_row + j, kAllLanes, inverse_rms);
+    }
+    if (tail != 0) NormalizeLanes<Storage, kNative>(source + j, weight + j, output_row + j, tail, inverse_rms);
+  }
+}
+
+// silu(gate) = gate / (1 + exp(-gate)), with exp(-gate) = 2^t, t = -gate * log2(e), split as
+// n = round(t) and f = t - n in [-0.5, 0.5]: 2^f is a degree-6 polynomial (a Chebyshev fit to
+// relative error, 1e-7 in float32 Horner: as VectorExp's Cephes polynomial) and vscalefps multiplies
+// by 2^n, saturating as IEEE does (inf above, 0 below) without an exponent clamp. This costs
+// 9 multiply-class operations per 16 lanes against Cephes' 13 (the FMA pipes bound this loop).
+// Rounding t itself errs by |t| * 2^-24 relative, which the silu damps by exp(-gate) / (1 +
+// exp(-gate))^2 <= 1/4: within float32's rounding of the result. Any finite t works (f stays in
+// [-0.5, 0.5]; from 2^23 on, n = t and f = 0); t = -inf (gate = +inf) is raised to -150, where 2^t
+// is 0 already, so that silu(+inf) = +inf as eager's, not inf - inf; gate = -inf gives NaN as
+// eager's -inf / inf does, and a NaN passes through (vmaxps returns its second operand then).
+FLOTILLA_AVX512_LANES __m512 SiluLanes(__m512 gate) {
+  __m512 t = _mm512_mul_ps(gate, _mm512_set1_ps(-1.44269504088896341f));
+  t = _mm512_max_ps(_mm512_set1_ps(-150.0f), t);
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(1.53375775e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.33998599e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.61851981e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.55032901e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.40226462e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.93147182e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  const __m512 exp_negated = _mm512_scalef_ps(p, n);
+  return _mm512_div_ps(gate, _mm512_add_ps(_mm512_set1_ps(1.0f), exp_negated));
+}
+
+// round(round(silu(gate)) * up): silu rounds to the dtype before the multiply, as F.silu(gate) * up.
+template <typename Storage, bool kNative>
+FLOTILLA_AVX512_LANES void SiluAndMulLanes(const Storage* gate, const Storage* up, Storage* output, __mmask16 mask) {
+  if constexpr (kNative) {
+    // The product of two bfloat16 values is exact in float32, so vdpbf16ps on (value, 0) pairs —
+    // each 16-bit value zero-extended into its 32-bit lane — computes it without widening either
+    // operand to float32 first.
+    const __m512i activated = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(SiluLanes(LoadLanes(gate, mask))));
+    const __m512i up_pairs = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, up));
+    StoreLanes<Storage, kNative>(output, mask,
+                                 _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)activated, (__m512bh)up_pairs));
+    return;
+  }
+  const __m512 activated = RoundLanes<Storage, kNative>(SiluLanes(LoadLanes(gate, mask)));
+  StoreLanes<Storage, kNative>(output, mask, _mm512_mul_ps(activated, LoadLanes(up, mask)));
+}
+
+template <typename Storage, bool kNative>
+FLOTILLA_AVX512_ROWS void SiluAndMulRowsAvx512(const Storage* gate, int64_t gate_stride, const Storage* up,
+                                               int64_t up_stride, Storage* output, int64_t begin, int64_t end,
+                                               int64_t width) {
+  const int64_t full = width - width % 16;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (width - full)) - 1u);
+  for (int64_t index = begin; index < end; ++index) {
+    const Storage* gate_row = gate + index * gate_stride;
+    const Storage* up_row = up + index * up_stride;
+    Storage* output_row = output + index * width;
+    int64_t j = 0;
+    for (; j < full; j += 16) SiluAndMulLanes<Storage, kNative>(gate_row + j, up_row + j, output_row + j, kAllLanes);
+    if (tail != 0) SiluAndMulLanes<Storage, kNative>(gate_row + j, up_row + j, output_row + j, tail);
   }
 }
 #endif
 
+// The AVX-512 rows where they apply (Note [Register-resident rows]), else the chunked loops.
+template <typename scalar_t>
+void RmsNormRowsDispatch(const scalar_t* input, const scalar_t* residual_in, scalar_t* residual_out,
+                         const scalar_t* weight, scalar_t* output, int64_t begin, int64_t end, int64_t hidden_size,
+                         float epsilon) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  using Storage = typename Avx512Storage<scalar_t>::type;
+  if constexpr (!std::is_void_v<Storage>) {
+    if (UseAvx512Rows()) {
+      auto run = [&]<bool kNative>() {
+        if (residual_in != nullptr) {
+          RmsNormRowsAvx512<Storage, kNative, true>(AsStorage(input), AsStorage(residual_in), AsStorage(residual_out),
+                                                    AsStorage(weight), AsStorage(output), begin, end, hidden_size,
+                                                    epsilon);
+        } else {
+          RmsNormRowsAvx512<Storage, kNative, false>(AsStorage(input), nullptr, nullptr, AsStorage(weight),
+                                                     AsStorage(output), begin, end, hidden_size, epsilon);
+        }
+      };
+      if (std::is_same_v<Storage, uint16_t> && UseBFloat16Instructions()) {
+        run.template operator()<true>();
+      } else {
+        run.template operator()<false>();
+      }
+      return;
+    }
+  }
+#endif
+  RmsNormRows<scalar_t>(input, residual_in, residual_out, weight, output, begin, end, hidden_size, epsilon);
+}
+
+template <typename scalar_t>
+void SiluAndMulRowsDispatch(const scalar_t* gate, int64_t gate_stride, const scalar_t* up, int64_t up_stride,
+                            scalar_t* output, int64_t begin, int64_t end, int64_t width) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  using Storage = typename Avx512Storage<scalar_t>::type;
+  if constexpr (!std::is_void_v<Storage>) {
+    if (UseAvx512Rows()) {
+      if (std::is_same_v<Storage, uint16_t> && UseBFloat16Instructions()) {
+        SiluAndMulRowsAvx512<Storage, true>(AsStorage(gate), gate_stride, AsStorage(up), up_stride, AsStorage(output),
+                                            begin, end, width);
+      } else {
+        SiluAndMulRowsAvx512<Storage, false>(AsStorage(gate), gate_stride, AsStorage(up), up_stride,
+                                             AsStorage(output), begin, end, width);
+      }
+      return;
+    }
+  }
+#endif
+  SiluAndMulRows<scalar_t>(gate, gate_stride, up, up_stride, output, begin, end, width);
+}
+
+
+// One row of apply_rotary_pos_emb in place. Each of q*cos, rotate_half(q)*sin and their sum is
+// rounded to the dtype, as the three eager ops store them.
 template <typename scalar_t>
 FLOTILLA_KERNEL_TARGET_CLONES void RotateRow(scalar_t* row, const float* cos, const float* sin, float* scratch,
                                              float* rotated, int64_t head_dim) {
@@ -319,6 +637,16 @@ void CheckRotaryOperand(const at::Tensor& tensor, const char* name, const at::Te
 
 }  // namespace
 
+void SetAvx512RowsForTesting(bool enabled, bool bfloat16_instructions) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  avx512_rows_enabled.store(enabled, std::memory_order_relaxed);
+  bfloat16_instructions_enabled.store(bfloat16_instructions, std::memory_order_relaxed);
+#else
+  (void)enabled;
+  (void)bfloat16_instructions;
+#endif
+}
+
 at::Tensor RmsNorm(const at::Tensor& hidden_states, const at::Tensor& weight, double epsilon) {
   at::Tensor no_residual;
   TORCH_CHECK(hidden_states.dim() >= 1, "RmsNorm: hidden_states must have at least one dimension");
@@ -335,11 +663,10 @@ at::Tensor RmsNorm(const at::Tensor& hidden_states, const at::Tensor& weight, do
     const scalar_t* input_data = input.const_data_ptr<scalar_t>();
     const scalar_t* weight_data = weight_contiguous.const_data_ptr<scalar_t>();
     scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(hidden_size, 1)),
-                     [&](int64_t begin, int64_t end) {
-                       RmsNormRows<scalar_t>(input_data, nullptr, nullptr, weight_data, output_data, begin, end,
-                                             hidden_size, static_cast<float>(epsilon));
-                     });
+    at::parallel_for(0, rows, RowsPerTask(hidden_size), [&](int64_t begin, int64_t end) {
+      RmsNormRowsDispatch<scalar_t>(input_data, nullptr, nullptr, weight_data, output_data, begin, end, hidden_size,
+                                    static_cast<float>(epsilon));
+    });
   });
   return output;
 }
@@ -367,13 +694,12 @@ at::Tensor AddRmsNormInto(const char* name, const at::Tensor& hidden_states, con
   const int64_t rows = hidden_size == 0 ? 0 : input.numel() / hidden_size;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "AddRmsNorm", [&] {
     scalar_t* residual_out_data = residual_out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(hidden_size, 1)),
-                     [&](int64_t begin, int64_t end) {
-                       RmsNormRows<scalar_t>(input.const_data_ptr<scalar_t>(), residual_in.const_data_ptr<scalar_t>(),
-                                             residual_out_data, weight_contiguous.const_data_ptr<scalar_t>(),
-                                             output.mutable_data_ptr<scalar_t>(), begin, end, hidden_size,
-                                             static_cast<float>(epsilon));
-                     });
+    at::parallel_for(0, rows, RowsPerTask(hidden_size), [&](int64_t begin, int64_t end) {
+      RmsNormRowsDispatch<scalar_t>(input.const_data_ptr<scalar_t>(), residual_in.const_data_ptr<scalar_t>(),
+                                    residual_out_data, weight_contiguous.const_data_ptr<scalar_t>(),
+                                    output.mutable_data_ptr<scalar_t>(), begin, end, hidden_size,
+                                    static_cast<float>(epsilon));
+    });
   });
   return output;
 }
@@ -404,8 +730,9 @@ at::Tensor SiluAndMul(const at::Tensor& gate_and_up) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "SiluAndMul", [&] {
     const scalar_t* input_data = input.const_data_ptr<scalar_t>();
     scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)), [&](int64_t begin, int64_t end) {
-      SiluAndMulRows<scalar_t>(input_data, 2 * width, input_data + width, 2 * width, output_data, begin, end, width);
+    at::parallel_for(0, rows, RowsPerTask(width), [&](int64_t begin, int64_t end) {
+      SiluAndMulRowsDispatch<scalar_t>(input_data, 2 * width, input_data + width, 2 * width, output_data, begin, end,
+                                       width);
     });
   });
   return output;
@@ -424,8 +751,8 @@ at::Tensor SiluAndMul(const at::Tensor& gate, const at::Tensor& up) {
     const scalar_t* gate_data = gate_contiguous.const_data_ptr<scalar_t>();
     const scalar_t* up_data = up_contiguous.const_data_ptr<scalar_t>();
     scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)), [&](int64_t begin, int64_t end) {
-      SiluAndMulRows<scalar_t>(gate_data, width, up_data, width, output_data, begin, end, width);
+    at::parallel_for(0, rows, RowsPerTask(width), [&](int64_t begin, int64_t end) {
+      SiluAndMulRowsDispatch<scalar_t>(gate_data, width, up_data, width, output_data, begin, end, width);
     });
   });
   return output;
@@ -442,18 +769,50 @@ void RotaryEmbeddingInPlace(at::Tensor& query, at::Tensor& key, const at::Tensor
   const int64_t length = cos.size(1);
   const int64_t head_dim = cos.size(2);
   if (batch == 0 || length == 0 || head_dim == 0) return;
-  // cos/sin in float32 once ([batch, length, head_dim]), shared by every head.
-  const at::Tensor cos_float = cos.to(at::kFloat).contiguous();
-  const at::Tensor sin_float = sin.to(at::kFloat).contiguous();
   const int64_t query_heads = query.size(1);
   const int64_t key_heads = key.size(1);
   const int64_t rows_per_position = query_heads + key_heads;
+#if defined(__x86_64__) && defined(__GNUC__)
+  const at::ScalarType type = query.scalar_type();
+  if (UseAvx512Rows() && head_dim % 32 == 0 && (type == at::kFloat || type == at::kBFloat16)) {
+    const at::Tensor cos_contiguous = cos.contiguous();
+    const at::Tensor sin_contiguous = sin.contiguous();
+    const RotaryRows rows{.query_heads = query_heads,
+                          .rows_per_position = rows_per_position,
+                          .length = length,
+                          .head_dim = head_dim,
+                          .query_strides = {query.stride(0), query.stride(1), query.stride(2)},
+                          .key_strides = {key.stride(0), key.stride(1), key.stride(2)}};
+    auto run = [&]<typename Storage, bool kNative>() {
+      Storage* query_data = static_cast<Storage*>(query.data_ptr());
+      Storage* key_data = static_cast<Storage*>(key.data_ptr());
+      const Storage* cos_data = static_cast<const Storage*>(cos_contiguous.const_data_ptr());
+      const Storage* sin_data = static_cast<const Storage*>(sin_contiguous.const_data_ptr());
+      at::parallel_for(0, batch * length * rows_per_position, RowsPerTask(head_dim),
+                       [&](int64_t begin, int64_t end) {
+                         RotateRowsAvx512<Storage, kNative>(query_data, key_data, cos_data, sin_data, rows, begin,
+                                                            end);
+                       });
+    };
+    if (type == at::kFloat) {
+      run.template operator()<float, false>();
+    } else if (UseBFloat16Instructions()) {
+      run.template operator()<uint16_t, true>();
+    } else {
+      run.template operator()<uint16_t, false>();
+    }
+    return;
+  }
+#endif
+  // cos/sin in float32 once ([batch, length, head_dim]), shared by every head.
+  const at::Tensor cos_float = cos.to(at::kFloat).contiguous();
+  const at::Tensor sin_float = sin.to(at::kFloat).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, query.scalar_type(), "RotaryEmbeddingInPlace", [&] {
     scalar_t* query_data = query.mutable_data_ptr<scalar_t>();
     scalar_t* key_data = key.mutable_data_ptr<scalar_t>();
     const float* cos_data = cos_float.const_data_ptr<float>();
     const float* sin_data = sin_float.const_data_ptr<float>();
-    at::parallel_for(0, batch * length * rows_per_position, std::max<int64_t>(1, 4096 / head_dim),
+    at::parallel_for(0, batch * length * rows_per_position, RowsPerTask(head_dim),
                      [&](int64_t begin, int64_t end) {
                        std::vector<float> scratch(static_cast<size_t>(head_dim)), rotated(static_cast<size_t>(head_dim));
                        for (int64_t item = begin; item < end; ++item) {
@@ -467,15 +826,6 @@ void RotaryEmbeddingInPlace(at::Tensor& query, at::Tensor& key, const at::Tensor
                                  : key_data + batch_index * key.stride(0) + (row - query_heads) * key.stride(1) +
                                        position * key.stride(2);
                          const int64_t offset = (batch_index * length + position) * head_dim;
-#if defined(__x86_64__) && defined(__GNUC__)
-                         if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-                           if (kHasAvx512Bw && head_dim % 32 == 0) {
-                             RotateBFloat16RowAvx512(reinterpret_cast<uint16_t*>(target), cos_data + offset,
-                                                     sin_data + offset, head_dim);
-                             continue;
-                           }
-                         }
-#endif
                          RotateRow<scalar_t>(target, cos_data + offset, sin_data + offset, scratch.data(),
                                              rotated.data(), head_dim);
                        }

@@ -23,6 +23,12 @@ std::pair<at::Tensor, at::Tensor> AddRmsNorm(const at::Tensor& hidden_states, co
 at::Tensor SiluAndMul(const at::Tensor& gate_and_up);
 at::Tensor SiluAndMul(const at::Tensor& gate, const at::Tensor& up);
 void RotaryEmbeddingInPlace(at::Tensor& query, at::Tensor& key, const at::Tensor& cos, const at::Tensor& sin);
+// For tests: enabled = false sends float32 and bfloat16 through the chunked loops that CPUs without
+// AVX-512 run (Note [Register-resident rows] in cpu_kernels.cc), and bfloat16_instructions = false
+// makes the AVX-512 rows round bfloat16 with integer instructions as CPUs without AVX512-BF16 do,
+// so that those paths stay tested on CPUs with both; (true, true), the default, restores what the
+// CPU has. Calls already running may take either path.
+void SetAvx512RowsForTesting(bool enabled, bool bfloat16_instructions = true);
 
 void PagedAttention(const at::Tensor& query_tokens, const at::Tensor& key_pool, const at::Tensor& value_pool,
                     at::Tensor& output_tokens, const std::vector<PagedAttentionToken>& tokens, double scaling,
