@@ -220,8 +220,9 @@ TEST(KernelEdgeTest, CpuSiluAndMulAtExtremeGatesMatchesEagerElementByElement) {
 
 #if defined(__x86_64__) && defined(__GNUC__)
 // The AVX-512 rows (Note [Register-resident rows] in cpu/cpu_kernels.cc) also give eager's
-// silu(+inf) = inf, silu(-inf) = NaN and silu(+-1e30); the chunked loop's exp, which the other
-// CPUs and float16 run, does not reduce arguments beyond ~1e7 and is not held to these.
+// silu(+inf) = inf, silu(-inf) = NaN and silu(+-1e30) element by element; the chunked loop's exp
+// (VectorExp, which the other CPUs and float16 run) is held to the kernels' tolerance for them
+// below (CpuSiluAndMulOfHugeGatesOnTheChunkedLoops).
 TEST(KernelEdgeTest, CpuSiluAndMulOfInfinitiesMatchesEagerWithAvx512) {
   if (!__builtin_cpu_supports("avx512bw") || !__builtin_cpu_supports("avx512vl") ||
       !__builtin_cpu_supports("avx512dq")) {
@@ -277,6 +278,24 @@ TEST_P(KernelOtherPathTest, CpuKernelsMatchEager) {
 }
 
 INSTANTIATE_TEST_SUITE_P(ChunkedAndIntegerRounding, KernelOtherPathTest, testing::Values(false, true));
+
+// Gates of 1e7 and more on the chunked loops: VectorExp's argument reduction once overflowed there,
+// and silu(1e7) came out 0 instead of 1e7.
+TEST(KernelEdgeTest, CpuSiluAndMulOfHugeGatesOnTheChunkedLoops) {
+  cpu::SetAvx512RowsForTesting(false, /*bfloat16_instructions=*/false);
+  struct Restore {
+    ~Restore() { cpu::SetAvx512RowsForTesting(true, true); }
+  } restore;
+  const std::vector<float> gates = {1e7f, -1e7f, 3e9f, -3e9f, 1e30f, -1e30f, 1.0f, -1.0f, 2e4f, -2e4f};
+  for (const at::ScalarType type : {at::kFloat, at::kBFloat16, at::kHalf}) {
+    at::Tensor gate = at::tensor(gates).reshape({1, 10});
+    if (type == at::kHalf) gate = gate.clamp(-4e4, 4e4);  // float16: 1.5 x 4e4 < 65504
+    gate = gate.to(type);
+    const at::Tensor up = at::full({1, 10}, 1.5).to(type);
+    SCOPED_TRACE(c10::toString(type));
+    ExpectWithinKernelTolerance(SiluAndMul(gate, up), at::silu(gate) * up);
+  }
+}
 
 // The eager reference of paged attention: each token's keys gathered from the pools, then eager
 // attention (float32 softmax) over its window.

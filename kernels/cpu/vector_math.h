@@ -22,8 +22,14 @@ inline uint16_t FloatToBFloat16Bits(float value) {
 // is a call. The range is clamped on the integer exponent, not on x: a float clamp becomes a select
 // that GCC if-converts by computing the division in silu for the clamped value in every lane, and
 // that division's denormal results cost a microcode assist per vector (measured: 6x slower).
-// Beyond the clamp the result saturates (to 0 or inf), where silu is -0 or g.
+// Beyond the clamp the result saturates (to 0 or inf), where silu is -0 or g. x itself is first
+// held to [-87.3, 88.7] with min and max (vminps/vmaxps, no select; NaN passes through): beyond
+// about 1e7 the rounding below no longer rounds and the reduced argument is as large as x, so the
+// polynomial overflowed to -inf for x <= -1e7 and silu of a gate of 1e7 or more came out 0. Held
+// there, exp stays a normal float (1.2e-38 .. 3.4e38): silu of a gate below -88.7 is g / 3.4e38,
+// at most 1e-6 of the gate's magnitude where eager gives -0.
 inline float VectorExp(float x) {
+  x = std::min(std::max(x, -87.33654f), 88.72283f);
   // Round to nearest by adding and removing 1.5 * 2^23 (no floor call, so the loop vectorises).
   const float rounded = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   const int32_t exponent = std::min(std::max(static_cast<int32_t>(rounded), -126), 127);
