@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS tree_entries (
   sha256 TEXT NOT NULL,
   PRIMARY KEY (tree_id, path)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tree_entries_sha256 ON tree_entries (sha256);
+CREATE INDEX IF NOT EXISTS tree_entries_size ON tree_entries (size);
 CREATE TABLE IF NOT EXISTS commits (
   repository_id INTEGER NOT NULL,
   commit_id TEXT NOT NULL,
@@ -88,6 +89,7 @@ CREATE TABLE IF NOT EXISTS tree_entries (
   sha256 TEXT COLLATE "C" NOT NULL,
   PRIMARY KEY (tree_id, path));
 CREATE INDEX IF NOT EXISTS tree_entries_sha256 ON tree_entries (sha256);
+CREATE INDEX IF NOT EXISTS tree_entries_size ON tree_entries (size);
 CREATE TABLE IF NOT EXISTS commits (
   repository_id BIGINT NOT NULL,
   commit_id TEXT COLLATE "C" NOT NULL,
@@ -468,6 +470,17 @@ absl::StatusOr<std::set<std::string>> SqlMetadataStore::ReferencedBlobs() {
   if (!rows.ok()) return rows.status();
   std::set<std::string> digests;
   for (size_t row = 0; row < rows->size(); ++row) digests.insert(rows->Text(row, 0));
+  return digests;
+}
+
+absl::StatusOr<std::vector<std::string>> SqlMetadataStore::BlobsOfSize(int64_t size, int limit) {
+  absl::StatusOr<SqlRows> rows = database_->Run(
+      "SELECT e.sha256 FROM tree_entries e JOIN commits c ON c.tree_id = e.tree_id WHERE e.size = ? "
+      "GROUP BY e.sha256 ORDER BY MAX(c.created) DESC LIMIT ?",
+      {size, int64_t{limit}});
+  if (!rows.ok()) return rows.status();
+  std::vector<std::string> digests;
+  for (size_t row = 0; row < rows->size(); ++row) digests.push_back(rows->Text(row, 0));
   return digests;
 }
 

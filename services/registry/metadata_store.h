@@ -123,6 +123,9 @@ class MetadataStore {
 
   // Every sha256 that some commit's tree references (garbage collection's mark phase).
   virtual absl::StatusOr<std::set<std::string>> ReferencedBlobs() = 0;
+  // Up to `limit` distinct sha256s of committed files of exactly `size` bytes, the most recently
+  // committed first.
+  virtual absl::StatusOr<std::vector<std::string>> BlobsOfSize(int64_t size, int limit) = 0;
   // Sum of file sizes over every commit's tree: what the registry would store without dedup.
   virtual absl::StatusOr<int64_t> LogicalBytes() = 0;
   // Removes trees no commit uses (after repository deletions).
@@ -160,6 +163,7 @@ class SqlMetadataStore final : public MetadataStore {
                                                                const std::string& prefix) override;
   absl::StatusOr<std::vector<TreeEntry>> GetTree(const std::string& tree_id) override;
   absl::StatusOr<std::set<std::string>> ReferencedBlobs() override;
+  absl::StatusOr<std::vector<std::string>> BlobsOfSize(int64_t size, int limit) override;
   absl::StatusOr<int64_t> LogicalBytes() override;
   absl::Status DeleteOrphanTrees() override;
 

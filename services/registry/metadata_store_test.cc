@@ -113,6 +113,26 @@ TEST_P(MetadataBackendTest, CommitsTagsAndTrees) {
 
 // Two stores (two replicas) commit to one branch from 2 x 6 threads with no parent check: every
 // commit lands and the history is one chain with each commit's own tree.
+// Note [Same-size candidates] (registry_service.cc): committed files of one exact size, the most
+// recently committed first, each sha256 once.
+TEST_P(MetadataBackendTest, BlobsOfSizeNewestFirst) {
+  auto store = OpenStore();
+  ASSERT_TRUE(store->CreateRepository("acme", "sizes", 1, false).ok());
+  const absl::Time start = absl::Now();
+  ASSERT_TRUE(store->CommitToBranch("acme", "sizes", "main", std::nullopt, "bob", "one", start,
+                                    {File("a.bin", "aaaa"), File("b.bin", "bbbb"), File("c.bin", "cc")}).ok());
+  ASSERT_TRUE(store->CommitToBranch("acme", "sizes", "main", std::nullopt, "bob", "two", start + absl::Seconds(5),
+                                    {File("a.bin", "aaaa"), File("d.bin", "dddd")}).ok());
+  auto four = store->BlobsOfSize(4, 10);
+  ASSERT_TRUE(four.ok()) << four.status();
+  ASSERT_EQ(four->size(), 3u);
+  // "dddd" and "aaaa" are in the newer commit; "bbbb" only in the older one.
+  EXPECT_EQ(four->back(), File("b.bin", "bbbb").sha256);
+  EXPECT_EQ(store->BlobsOfSize(4, 1)->size(), 1u);
+  EXPECT_EQ(*store->BlobsOfSize(2, 10), std::vector<std::string>{File("c.bin", "cc").sha256});
+  EXPECT_TRUE(store->BlobsOfSize(3, 10)->empty());
+}
+
 TEST_P(MetadataBackendTest, RacingCommitsFromTwoReplicasAllLand) {
   auto replica_a = OpenStore();
   auto replica_b = OpenStore();

@@ -432,6 +432,7 @@ absl::StatusOr<bool> StartIsStored(RegistryService::Stub& stub, const std::strin
   FindMissingChunksRequest request;
   request.set_namespace_(namespace_name);
   request.set_name(name);
+  request.set_file_size(file.size);  // Note [Same-size candidates] in registry_service.cc
   for (size_t index = 0; index < ends.size(); ++index) {
     const uint64_t start = index == 0 ? 0 : ends[index - 1];
     const XetHash hash = XetChunkHash(data + start, ends[index] - start);
@@ -474,6 +475,7 @@ absl::StatusOr<int64_t> ChunkedUpload(RegistryService::Stub& stub, const std::st
     FindMissingChunksRequest request;
     request.set_namespace_(namespace_name);
     request.set_name(name);
+    request.set_file_size(file.size);  // Note [Same-size candidates] in registry_service.cc
     for (size_t index = 0; index < prefix_ends.size(); ++index) {
       const uint64_t start = index == 0 ? 0 : prefix_ends[index - 1];
       request.add_chunk_hash(raw(XetChunkHash(data + start, prefix_ends[index] - start)));

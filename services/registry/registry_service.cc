@@ -276,6 +276,25 @@ class RegistryGrpcService final : public RegistryService::WithRawCallbackMethod_
     return hashes;
   }
 
+  // Note [Same-size candidates]: a file pushed to a path its repository never had is probed by its
+  // first chunks (Note [Chunked push] in registry_client.cc), but a file that arrived as a plain
+  // blob (a streamed `flotilla push`, an LFS upload) has no chunk index until something asks for
+  // its Xet view, so a fine-tuned checkpoint pushed into a new repository found none of its base's
+  // chunks and was sent, and stored, whole. A fine-tune keeps its base's architecture and dtype,
+  // hence its safetensors file's exact size: the probe names the size, and the two most recently
+  // committed files of exactly that size that are still plain blobs get their Xet view first (a
+  // one-time cost per blob, which the next hf_xet download would pay anyway). Sizes under 8 MiB
+  // are left alone: whole-file dedup covers them at little cost.
+  static constexpr int64_t kSameSizeCandidateMinimumBytes = 8 << 20;
+  void IndexSameSizeCandidates(int64_t size) {
+    absl::StatusOr<std::vector<std::string>> candidates = registry_.metadata().BlobsOfSize(size, 2);
+    if (!candidates.ok()) return;  // the probe still answers; only the dedup is lost
+    for (const std::string& sha256 : *candidates) {
+      if (!registry_.blobs().Size(sha256).ok()) continue;  // stored as chunks already, or collected
+      registry_.xet().FileHashForBlob(sha256, size).IgnoreError();
+    }
+  }
+
   grpc::ServerUnaryReactor* FindMissingChunks(grpc::CallbackServerContext* context, const FindMissingChunksRequest* request,
                                               FindMissingChunksResponse* response) override {
     return Unary(context, [&]() -> absl::Status {
@@ -288,6 +307,7 @@ class RegistryGrpcService final : public RegistryService::WithRawCallbackMethod_
         if (!size.ok()) continue;  // never stored, or collected: nothing to index
         if (auto indexed = registry_.xet().FileHashForBlob(previous, *size); !indexed.ok()) return indexed.status();
       }
+      if (request->file_size() >= kSameSizeCandidateMinimumBytes) IndexSameSizeCandidates(request->file_size());
       for (size_t index : registry_.xet().MissingChunks(*hashes)) response->add_missing_index(static_cast<uint32_t>(index));
       return absl::OkStatus();
     });
