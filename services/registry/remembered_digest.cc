@@ -3,7 +3,8 @@
 #include <sys/stat.h>
 #include <sys/xattr.h>
 
-#include <cstdio>
+#include <string>
+#include <vector>
 
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
