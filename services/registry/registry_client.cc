@@ -360,18 +360,14 @@ absl::StatusOr<bool> StartIsStored(RegistryService::Stub& stub, const std::strin
 
 // Sets each file's sha256, hashing several files at once (one per core): a sharded checkpoint's
 // hash pass, which must end before the registry can say which blobs it lacks, takes the time of
-// its largest shards rather than of all of them. A file whose digest is remembered (Note
-// [Remembered digests] in remembered_digest.h) is not read; one that is hashed has its digest
-// remembered. The first error in file order wins.
+// its largest shards rather than of all of them. Each digest is remembered (Note [Remembered
+// digests] in remembered_digest.h; the caller looks remembered ones up before). The first error in
+// file order wins.
 absl::Status HashFiles(std::vector<LocalFile>& files) {
   std::vector<absl::Status> statuses(files.size());
   std::atomic<size_t> next{0};
   auto drain = [&] {
     for (size_t index = next++; index < files.size(); index = next++) {
-      if (std::optional<std::string> remembered = RememberedSha256(files[index].full_path)) {
-        files[index].sha256 = *std::move(remembered);
-        continue;
-      }
       std::optional<FileStamp> before = StampFile(files[index].full_path);
       absl::StatusOr<std::string> digest = Sha256OfFile(files[index].full_path);
       if (digest.ok()) {

@@ -47,6 +47,22 @@ std::string ReadFile(const fs::path& path) {
   return buffer.str();
 }
 
+// A pull into `target` while no file may grow past `limit` bytes (RLIMIT_FSIZE): the disk "fills
+// up" there, and the write that crosses it fails.
+absl::StatusOr<PullResult> PullWithFileSizeLimit(RegistryClient& client, const std::string& reference,
+                                                 const fs::path& target, rlim_t limit) {
+  struct rlimit original;
+  getrlimit(RLIMIT_FSIZE, &original);
+  std::signal(SIGXFSZ, SIG_IGN);
+  struct rlimit small = original;
+  small.rlim_cur = limit;
+  if (setrlimit(RLIMIT_FSIZE, &small) != 0) return absl::InternalError("setrlimit(RLIMIT_FSIZE) refused");
+  auto pulled = client.PullToDirectory(reference, target.string());
+  setrlimit(RLIMIT_FSIZE, &original);
+  std::signal(SIGXFSZ, SIG_DFL);
+  return pulled;
+}
+
 class RegistryClientTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -143,15 +159,7 @@ TEST_F(RegistryClientTest, PullWritesAndHashesOnASecondThreadAndResumesAfterAWri
   // The disk "fills up" after 8 MiB: the write error ends the pull, the bytes written stay.
   const fs::path target = root_ + "/target";
   const rlim_t limit = 8 << 20;
-  struct rlimit original;
-  getrlimit(RLIMIT_FSIZE, &original);
-  std::signal(SIGXFSZ, SIG_IGN);
-  struct rlimit small = original;
-  small.rlim_cur = limit;
-  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
-  auto failed = client.PullToDirectory("acme/big", target.string());
-  setrlimit(RLIMIT_FSIZE, &original);
-  std::signal(SIGXFSZ, SIG_DFL);
+  auto failed = PullWithFileSizeLimit(client, "acme/big", target, limit);
   EXPECT_EQ(failed.status().code(), absl::StatusCode::kInternal) << failed.status();
   EXPECT_NE(failed.status().message().find("write("), std::string::npos) << failed.status();
   ASSERT_TRUE(fs::exists(target / "model.safetensors.incomplete"));
@@ -200,15 +208,7 @@ TEST_F(RegistryClientTest, LargeFilePullsInRangesOverTwoStreamsAndResumesInOrder
   // before that point, whatever the other stream had received past it.
   const fs::path target = root_ + "/target";
   const rlim_t limit = 24 << 20;
-  struct rlimit original;
-  getrlimit(RLIMIT_FSIZE, &original);
-  std::signal(SIGXFSZ, SIG_IGN);
-  struct rlimit small = original;
-  small.rlim_cur = limit;
-  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
-  auto failed = client.PullToDirectory("acme/ranged", target.string());
-  setrlimit(RLIMIT_FSIZE, &original);
-  std::signal(SIGXFSZ, SIG_DFL);
+  auto failed = PullWithFileSizeLimit(client, "acme/ranged", target, limit);
   EXPECT_EQ(failed.status().code(), absl::StatusCode::kInternal) << failed.status();
   const std::string partial = ReadFile(target / "model.safetensors.incomplete");
   ASSERT_EQ(partial.size(), limit);

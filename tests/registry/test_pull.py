@@ -16,6 +16,20 @@ from registry_fixtures import push_json, registry, run_cli  # noqa: F401
 MIB = 1 << 20
 
 
+def sigkill_when(command: list[str], ready) -> bool:
+    """Runs `command` and SIGKILLs it as soon as ready() holds; False if it ended first (60 s at most)."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    killed = False
+    while time.monotonic() < deadline and process.poll() is None:
+        if ready():
+            process.send_signal(signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.002)
+    process.wait()
+    return killed
+
 def test_pull_sigkilled_mid_file_shows_nothing_half_written_and_resumes(registry, tmp_path):  # noqa: F811
     source = tmp_path / "checkpoint"
     source.mkdir()
@@ -27,17 +41,8 @@ def test_pull_sigkilled_mid_file_shows_nothing_half_written_and_resumes(registry
 
     target = tmp_path / "pulled"
     command = [str(binary("flotilla")), "pull", "acme/sharded", str(target), "--registry", registry.grpc_address]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    killed_partial = False
-    while time.monotonic() < deadline and process.poll() is None:
-        partials = list(target.glob("*.incomplete")) if target.exists() else []
-        if any(partial.stat().st_size > 4 * MIB for partial in partials):
-            process.send_signal(signal.SIGKILL)
-            killed_partial = True
-            break
-        time.sleep(0.002)
-    process.wait()
+    killed_partial = sigkill_when(command, lambda: any(
+        partial.stat().st_size > 4 * MIB for partial in (target.glob("*.incomplete") if target.exists() else [])))
     assert killed_partial, "the pull finished before it could be killed mid-file"
 
     # Whatever carries its final name is complete and correct; the rest is <name>.incomplete.
@@ -71,16 +76,7 @@ def test_ranged_pull_sigkilled_leaves_a_prefix_without_holes_and_resumes(registr
     target = tmp_path / "pulled"
     partial = target / "model.safetensors.incomplete"
     command = [str(binary("flotilla")), "pull", "acme/ranged", str(target), "--registry", registry.grpc_address]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    killed = False
-    while time.monotonic() < deadline and process.poll() is None:
-        if partial.exists() and partial.stat().st_size > 20 * MIB:  # past the first range
-            process.send_signal(signal.SIGKILL)
-            killed = True
-            break
-        time.sleep(0.002)
-    process.wait()
+    killed = sigkill_when(command, lambda: partial.exists() and partial.stat().st_size > 20 * MIB)  # past range 1
     assert killed, "the pull finished before it could be killed mid-file"
     assert not (target / "model.safetensors").exists()
     kept = partial.read_bytes()
