@@ -538,10 +538,14 @@ std::vector<PagedCase> PagedCases() {
 
 // Runs here: the CPU kernel, straight and through a plan, against the float64 reference over the
 // matrix the CUDA test below uses — so a CUDA failure there is the kernel's, not the reference's.
+// Both loops: the AVX-512 item loop (float32 and bfloat16 at head_dim 32, 64, 128, 256, on this
+// CPU) and the generic one (float16, head_dim 80, CPUs without AVX-512).
 TEST(PagedAttentionKernelTest, CpuMatchesAFloat64ReferenceAcrossDtypesWindowsAndSoftcaps) {
+  for (const bool avx512 : {true, false}) {
+  cpu::SetPagedAttentionAvx512ForTesting(avx512);
   for (const PagedCase& paged_case : PagedCases()) {
     for (const at::ScalarType type : {at::kFloat, at::kBFloat16, at::kHalf}) {
-      SCOPED_TRACE(testing::Message() << paged_case.name << " " << c10::toString(type));
+      SCOPED_TRACE(testing::Message() << paged_case.name << " " << c10::toString(type) << (avx512 ? "" : " (generic loops)"));
       const PagedProblem problem = MakePagedProblem(paged_case, type, 11);
       at::Tensor output = at::zeros_like(problem.query_tokens);
       PagedAttention(problem.query_tokens, problem.key_pool, problem.value_pool, output, problem.tokens,
@@ -554,6 +558,8 @@ TEST(PagedAttentionKernelTest, CpuMatchesAFloat64ReferenceAcrossDtypesWindowsAnd
       EXPECT_TRUE(at::equal(planned, output));
     }
   }
+  }
+  cpu::SetPagedAttentionAvx512ForTesting(true);
 }
 
 // The plan packs each sequence's block table once, only as far as its tokens read, and a call

@@ -120,6 +120,7 @@ class PagedKVCache : public KVCache {
     std::vector<int64_t> query_starts;    // offset of each sequence's first token in the packed row
     std::vector<int64_t> context_starts;  // offset of each sequence's first key in the packed context
     at::Tensor write_slots;             // [T] slot (block * block_size + offset) of each new token
+    std::vector<int64_t> write_slot_list;  // the same slots, on the host (Note [Cache writes on CPU])
     at::Tensor context_slots;           // [sum(context)] slots of every sequence's context, packed
     at::Tensor token_sequence;          // [T] sequence index of each new token
     at::Tensor token_position;          // [T] position of each new token in its sequence

@@ -33,6 +33,10 @@ void SetAvx512RowsForTesting(bool enabled, bool bfloat16_instructions = true);
 void PagedAttention(const at::Tensor& query_tokens, const at::Tensor& key_pool, const at::Tensor& value_pool,
                     at::Tensor& output_tokens, const std::vector<PagedAttentionToken>& tokens, double scaling,
                     std::optional<double> softcap);
+// For tests: enabled = false sends float32 and bfloat16 paged attention through the loops that
+// CPUs without AVX-512 (and other head sizes and dtypes) run (Note [Paged attention in registers]
+// in paged_attention_cpu.cc); true, the default, restores what the CPU has.
+void SetPagedAttentionAvx512ForTesting(bool enabled);
 
 // Decode-sized linear: input [..., in] with at most 2 rows, weight [out, in] contiguous, float32
 // (or bfloat16 input with bfloat16 weight), bias [out] or undefined. Each output is a float32 dot
