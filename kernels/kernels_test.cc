@@ -533,6 +533,10 @@ std::vector<PagedCase> PagedCases() {
       {"softcap", 8, 4, 64, 16, {{1, 90}, {4, 40}}, std::nullopt, 5.0},
       {"long context (split)", 16, 2, 128, 16, {{1, 3000}, {2, 1500}}, std::nullopt, std::nullopt},
       {"window, softcap, head_dim 256", 8, 4, 256, 32, {{1, 700}, {3, 33}}, int64_t{512}, 30.0},
+      // Fewer items than two per thread: on the CPU each window is split into stretches (Note
+      // [Split contexts] in cpu/paged_attention_cpu.cc).
+      {"batch-1 decode, split context", 9, 3, 64, 16, {{1, 700}}, std::nullopt, std::nullopt},
+      {"one head, split window, softcap", 4, 1, 128, 16, {{1, 900}}, int64_t{600}, 20.0},
   };
 }
 
@@ -540,12 +544,17 @@ std::vector<PagedCase> PagedCases() {
 // matrix the CUDA test below uses — so a CUDA failure there is the kernel's, not the reference's.
 // Both loops: the AVX-512 item loop (float32 and bfloat16 at head_dim 32, 64, 128, 256, on this
 // CPU) and the generic one (float16, head_dim 80, CPUs without AVX-512).
+// On one thread nothing is split; on three, the few-item cases are.
 TEST(PagedAttentionKernelTest, CpuMatchesAFloat64ReferenceAcrossDtypesWindowsAndSoftcaps) {
+  const int threads_before = at::get_num_threads();
+  for (const int threads : {1, 3}) {
+  at::set_num_threads(threads);
   for (const bool avx512 : {true, false}) {
   cpu::SetPagedAttentionAvx512ForTesting(avx512);
   for (const PagedCase& paged_case : PagedCases()) {
     for (const at::ScalarType type : {at::kFloat, at::kBFloat16, at::kHalf}) {
-      SCOPED_TRACE(testing::Message() << paged_case.name << " " << c10::toString(type) << (avx512 ? "" : " (generic loops)"));
+      SCOPED_TRACE(testing::Message() << paged_case.name << " " << c10::toString(type) << (avx512 ? "" : " (generic loops)")
+                                      << ", " << threads << " threads");
       const PagedProblem problem = MakePagedProblem(paged_case, type, 11);
       at::Tensor output = at::zeros_like(problem.query_tokens);
       PagedAttention(problem.query_tokens, problem.key_pool, problem.value_pool, output, problem.tokens,
@@ -559,7 +568,9 @@ TEST(PagedAttentionKernelTest, CpuMatchesAFloat64ReferenceAcrossDtypesWindowsAnd
     }
   }
   }
+  }
   cpu::SetPagedAttentionAvx512ForTesting(true);
+  at::set_num_threads(threads_before);
 }
 
 // The plan packs each sequence's block table once, only as far as its tokens read, and a call
