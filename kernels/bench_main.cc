@@ -164,5 +164,8 @@ int main(int argc, char** argv) {
   BenchmarkPagedDecode(32, 1024, 9, 3, 64, at::kFloat);
   BenchmarkPagedDecode(32, 1024, 32, 8, 128, at::kFloat);
   BenchmarkPagedDecode(32, 1024, 9, 3, 64, at::kBFloat16);
+  // Batch 1: three items for two threads, the window split (Note [Split contexts]).
+  BenchmarkPagedDecode(1, 1024, 9, 3, 64, at::kFloat);
+  BenchmarkPagedDecode(1, 4096, 9, 3, 64, at::kFloat);
   return 0;
 }

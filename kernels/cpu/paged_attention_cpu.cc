@@ -132,30 +132,68 @@ FLOTILLA_PAGED_AVX512 void KeyScoresAvx512(const PagedProblem<scalar_t>& problem
   }
 }
 
-// accumulators[group] = sum over the unit's keys of weights[group][key] * v_key.
+// accumulators[group] = sum over the unit's keys of weights[group][key] * v_key, for kGroups query
+// heads from first_group on. Each pass reads the value rows once (from memory in the first pass,
+// from the cache after) and keeps kGroups x kVectors sums in registers; one query head at a time,
+// two keys in flight instead.
+template <typename scalar_t, int kVectors, int kGroups>
+FLOTILLA_PAGED_AVX512_LANES void WeightedValuesPass(const PagedProblem<scalar_t>& problem,
+                                                    const int64_t* row_offsets, int64_t num_keys,
+                                                    const float* weights, int64_t first_group,
+                                                    int64_t prefetch_bytes, float* accumulators) {
+  constexpr int64_t kHeadDim = 16 * kVectors;
+  constexpr int kInFlight = kGroups == 1 ? 2 : 1;
+  __m512 sums[kInFlight][kGroups][kVectors];
+  for (int flight = 0; flight < kInFlight; ++flight) {
+    for (int group = 0; group < kGroups; ++group) {
+      for (int vector = 0; vector < kVectors; ++vector) sums[flight][group][vector] = _mm512_setzero_ps();
+    }
+  }
+  for (int64_t key_index = 0; key_index < num_keys; ++key_index) {
+    if (first_group == 0 && key_index + kPrefetchRows < num_keys) {
+      PrefetchRow(problem.value_data + row_offsets[key_index + kPrefetchRows], prefetch_bytes);
+    }
+    const scalar_t* value = problem.value_data + row_offsets[key_index];
+    auto& into = sums[key_index % kInFlight];
+    if constexpr (kGroups == 1) {
+      const __m512 weight = _mm512_set1_ps(weights[first_group * num_keys + key_index]);
+      for (int vector = 0; vector < kVectors; ++vector) {
+        into[0][vector] = _mm512_fmadd_ps(weight, LoadLanes(value + 16 * vector), into[0][vector]);
+      }
+    } else {
+      __m512 lanes[kVectors];
+      for (int vector = 0; vector < kVectors; ++vector) lanes[vector] = LoadLanes(value + 16 * vector);
+      for (int group = 0; group < kGroups; ++group) {
+        const __m512 weight = _mm512_set1_ps(weights[(first_group + group) * num_keys + key_index]);
+        for (int vector = 0; vector < kVectors; ++vector) {
+          into[group][vector] = _mm512_fmadd_ps(weight, lanes[vector], into[group][vector]);
+        }
+      }
+    }
+  }
+  for (int group = 0; group < kGroups; ++group) {
+    for (int vector = 0; vector < kVectors; ++vector) {
+      __m512 total = sums[0][group][vector];
+      if constexpr (kInFlight == 2) total = _mm512_add_ps(total, sums[1][group][vector]);
+      _mm512_storeu_ps(accumulators + (first_group + group) * kHeadDim + 16 * vector, total);
+    }
+  }
+}
+
 template <typename scalar_t, int kVectors>
 FLOTILLA_PAGED_AVX512 void WeightedValuesAvx512(const PagedProblem<scalar_t>& problem, const int64_t* row_offsets,
                                                 int64_t num_keys, const float* weights, int64_t prefetch_bytes,
                                                 float* accumulators) {
-  constexpr int64_t kHeadDim = 16 * kVectors;
-  for (int64_t group = 0; group < problem.groups; ++group) {
-    const float* group_weights = weights + group * num_keys;
-    __m512 sums[2][kVectors];
-    for (int vector = 0; vector < kVectors; ++vector) sums[0][vector] = sums[1][vector] = _mm512_setzero_ps();
-    for (int64_t key_index = 0; key_index < num_keys; ++key_index) {
-      if (group == 0 && key_index + kPrefetchRows < num_keys) {
-        PrefetchRow(problem.value_data + row_offsets[key_index + kPrefetchRows], prefetch_bytes);
-      }
-      const scalar_t* value = problem.value_data + row_offsets[key_index];
-      const __m512 weight = _mm512_set1_ps(group_weights[key_index]);
-      __m512* into = sums[key_index & 1];
-      for (int vector = 0; vector < kVectors; ++vector) {
-        into[vector] = _mm512_fmadd_ps(weight, LoadLanes(value + 16 * vector), into[vector]);
-      }
-    }
-    for (int vector = 0; vector < kVectors; ++vector) {
-      _mm512_storeu_ps(accumulators + group * kHeadDim + 16 * vector, _mm512_add_ps(sums[0][vector], sums[1][vector]));
-    }
+  // 16 sum registers a pass (and kVectors for the row): 8 query heads at head_dim 32, 4 at 64, 2 at 128.
+  constexpr int kGroupsPerPass = kVectors >= 16 ? 1 : 16 / kVectors;
+  int64_t group = 0;
+  for (; group + kGroupsPerPass <= problem.groups; group += kGroupsPerPass) {
+    WeightedValuesPass<scalar_t, kVectors, kGroupsPerPass>(problem, row_offsets, num_keys, weights, group,
+                                                           prefetch_bytes, accumulators);
+  }
+  for (; group < problem.groups; ++group) {
+    WeightedValuesPass<scalar_t, kVectors, 1>(problem, row_offsets, num_keys, weights, group, prefetch_bytes,
+                                              accumulators);
   }
 }
 
