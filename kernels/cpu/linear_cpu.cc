@@ -200,14 +200,21 @@ std::vector<at::Tensor> SkinnyLinearGroup(const at::Tensor& input, const std::ve
                 weight.scalar_type());
   }
   const int64_t in_features = input.size(-1);
-  const at::Tensor rows = input.reshape({-1, in_features}).to(at::kFloat).contiguous();
-  const int64_t row_count = rows.size(0);
+  // A decode step's float32 input is used as it is and the outputs are allocated in their final
+  // shape: each of the ~120 products of a SmolLM2 token otherwise paid a reshape, two conversions
+  // and a view through the dispatcher (about 1 µs a product, against its 10-100 µs of streaming).
+  const bool float_input = input.scalar_type() == at::kFloat && input.is_contiguous();
+  const at::Tensor rows = float_input ? input : input.reshape({-1, in_features}).to(at::kFloat).contiguous();
+  const int64_t row_count = input.numel() / in_features;
   const float* row_data = rows.const_data_ptr<float>();
+  std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
   // The members' outputs as one index space [0, total): a thread's slice may span two weights.
   std::vector<at::Tensor> outputs;
   std::vector<int64_t> first_output = {0};
   for (const at::Tensor& weight : weights) {
-    outputs.push_back(at::empty({row_count, weight.size(0)}, rows.options()));
+    shape.back() = weight.size(0);
+    outputs.push_back(at::empty(float_input ? shape : std::vector<int64_t>{row_count, weight.size(0)},
+                                at::TensorOptions().dtype(at::kFloat)));
     first_output.push_back(first_output.back() + weight.size(0));
   }
   const int64_t total = first_output.back();
@@ -230,10 +237,10 @@ std::vector<at::Tensor> SkinnyLinearGroup(const at::Tensor& input, const std::ve
       }
     }
   });
-  std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
   for (size_t member = 0; member < weights.size(); ++member) {
     at::Tensor& output = outputs[member];
     if (!biases.empty() && biases[member].defined()) output.add_(biases[member].to(at::kFloat));
+    if (float_input) continue;
     shape.back() = weights[member].size(0);
     output = output.to(input.scalar_type()).view(shape);
   }
