@@ -346,11 +346,21 @@ TEST(PagedAttentionKernelTest, DecodeAndRaggedPrefillOverScatteredBlocksMatchEag
   }
 }
 
+// bfloat16 both ways: vdpbf16ps on bfloat16 rows where the CPU has AVX512-BF16 (Note [bfloat16 dot
+// products] in cpu/linear_cpu.cc), and float32 rows with widened weights (other CPUs).
+struct RestoreCpuPaths {
+  ~RestoreCpuPaths() { cpu::SetAvx512RowsForTesting(true, true); }
+};
+
 TEST(SkinnyLinearTest, MatchesLinearForDecodeSizedInputs) {
+  RestoreCpuPaths restore;
+  for (const bool dot_products : {true, false}) {
+  cpu::SetAvx512RowsForTesting(true, dot_products);
   for (const at::ScalarType type : {at::kFloat, at::kBFloat16}) {
     for (const int64_t rows : {1, 2}) {
       for (const bool with_bias : {false, true}) {
-        SCOPED_TRACE(testing::Message() << c10::toString(type) << " rows " << rows << " bias " << with_bias);
+        SCOPED_TRACE(testing::Message() << c10::toString(type) << " rows " << rows << " bias " << with_bias
+                                        << (dot_products ? "" : " (widened)"));
         at::manual_seed(8);
         const at::Tensor input = at::randn({1, rows, 576}).add(0.1).to(type);
         const at::Tensor weight = at::randn({1536, 576}).mul(0.05).to(type);
@@ -360,6 +370,7 @@ TEST(SkinnyLinearTest, MatchesLinearForDecodeSizedInputs) {
         ExpectWithinKernelTolerance(cpu::SkinnyLinear(input, weight, bias), expected);
       }
     }
+  }
   }
   // More than 16 rows, mixed dtypes, a non-contiguous weight: not decode-sized, not taken.
   EXPECT_FALSE(cpu::SkinnyLinearApplies(at::ones({3, 64}), at::ones({128, 64})));
@@ -371,10 +382,14 @@ TEST(SkinnyLinearTest, MatchesLinearForDecodeSizedInputs) {
 // across in_features that leave a masked tail (100), output counts that are not a multiple of the
 // 4-output tile (66), and a thread slice that spans two weights.
 TEST(SkinnyLinearTest, AGroupMatchesEachLinearAlone) {
+  RestoreCpuPaths restore;
+  for (const bool dot_products : {true, false}) {
+  cpu::SetAvx512RowsForTesting(true, dot_products);
   for (const at::ScalarType type : {at::kFloat, at::kBFloat16}) {
     for (const int64_t rows : {1, 2}) {
       for (const int64_t in_features : {int64_t{576}, int64_t{100}}) {
-        SCOPED_TRACE(testing::Message() << c10::toString(type) << " rows " << rows << " in " << in_features);
+        SCOPED_TRACE(testing::Message() << c10::toString(type) << " rows " << rows << " in " << in_features
+                                        << (dot_products ? "" : " (widened)"));
         at::manual_seed(9);
         const at::Tensor input = at::randn({rows, 1, in_features}).add(0.1).to(type);
         const std::vector<at::Tensor> weights = {at::randn({576, in_features}).mul(0.05).to(type),
@@ -401,6 +416,7 @@ TEST(SkinnyLinearTest, AGroupMatchesEachLinearAlone) {
         }
       }
     }
+  }
   }
   EXPECT_THROW(cpu::SkinnyLinearGroup(at::ones({1, 64}), {at::ones({128, 64}), at::ones({128, 32})}, {}), c10::Error);
 }

@@ -665,6 +665,14 @@ void SetAvx512RowsForTesting(bool enabled, bool bfloat16_instructions) {
 #endif
 }
 
+bool UseBFloat16DotProducts() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  return UseAvx512Rows() && UseBFloat16Instructions();
+#else
+  return false;
+#endif
+}
+
 at::Tensor RmsNorm(const at::Tensor& hidden_states, const at::Tensor& weight, double epsilon) {
   at::Tensor no_residual;
   TORCH_CHECK(hidden_states.dim() >= 1, "RmsNorm: hidden_states must have at least one dimension");

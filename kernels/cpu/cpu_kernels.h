@@ -29,6 +29,9 @@ void RotaryEmbeddingInPlace(at::Tensor& query, at::Tensor& key, const at::Tensor
 // so that those paths stay tested on CPUs with both; (true, true), the default, restores what the
 // CPU has. Calls already running may take either path.
 void SetAvx512RowsForTesting(bool enabled, bool bfloat16_instructions = true);
+// Whether the CPU kernels use AVX512-BF16's instructions: the CPU has them and
+// SetAvx512RowsForTesting has not turned them (or the AVX-512 rows) off. For the kernels' own files.
+bool UseBFloat16DotProducts();
 
 void PagedAttention(const at::Tensor& query_tokens, const at::Tensor& key_pool, const at::Tensor& value_pool,
                     at::Tensor& output_tokens, const std::vector<PagedAttentionToken>& tokens, double scaling,

@@ -142,6 +142,71 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void SkinnyRowsAvx512(c
   for (; out < end; ++out) SkinnyTileAvx512<1, kRows>(weight, rows, output, in_features, out_features, out);
 }
 
+// Note [bfloat16 dot products]: a bfloat16 model's decode reads half the bytes of float32, and
+// widening each 16 weights to float32 (a zero-extend and a shift before the FMA) made the loop
+// above compute-bound: SmolLM2's bfloat16 products streamed at about 70% of the read probe while
+// float32 reached it. Where the CPU has AVX512-BF16, `vdpbf16ps` multiplies 32 bfloat16 weights by
+// 32 bfloat16 inputs (the model's activations, not widened) in one instruction and adds each pair
+// of products into a float32 lane; a product of two bfloat16 values is exact in float32, so the
+// sum differs from the widened loop's only in its order (and in reading values below 2^-126 as
+// zero, as the other AVX512-BF16 kernels do: Note [Register-resident rows] in cpu_kernels.cc).
+template <int kOutputs, int kRows>
+__attribute__((target("avx512f,avx512bw,avx512vl,fma,avx512bf16"), always_inline)) inline void SkinnyTileBFloat16Dot(
+    const uint16_t* weight, const uint16_t* rows, float* output, int64_t in_features, int64_t out_features,
+    int64_t out) {
+  __m512 sums[kOutputs][kRows];
+  for (int o = 0; o < kOutputs; ++o) {
+    for (int r = 0; r < kRows; ++r) sums[o][r] = _mm512_setzero_ps();
+  }
+  const uint16_t* weight_rows = weight + out * in_features;
+  int64_t i = 0;
+  for (; i + 32 <= in_features; i += 32) {
+    __m512bh inputs[kRows];
+    for (int r = 0; r < kRows; ++r) inputs[r] = (__m512bh)_mm512_loadu_si512(rows + r * in_features + i);
+    for (int o = 0; o < kOutputs; ++o) {
+      const __m512bh weights = (__m512bh)_mm512_loadu_si512(weight_rows + o * in_features + i);
+      for (int r = 0; r < kRows; ++r) sums[o][r] = _mm512_dpbf16_ps(sums[o][r], weights, inputs[r]);
+    }
+  }
+  if (i < in_features) {
+    const __mmask32 mask = static_cast<__mmask32>((uint64_t{1} << (in_features - i)) - 1u);
+    __m512bh inputs[kRows];
+    for (int r = 0; r < kRows; ++r) inputs[r] = (__m512bh)_mm512_maskz_loadu_epi16(mask, rows + r * in_features + i);
+    for (int o = 0; o < kOutputs; ++o) {
+      const __m512bh weights = (__m512bh)_mm512_maskz_loadu_epi16(mask, weight_rows + o * in_features + i);
+      for (int r = 0; r < kRows; ++r) sums[o][r] = _mm512_dpbf16_ps(sums[o][r], weights, inputs[r]);
+    }
+  }
+  for (int o = 0; o < kOutputs; ++o) {
+    for (int r = 0; r < kRows; ++r) output[r * out_features + out + o] = SumLanes(sums[o][r]);
+  }
+}
+
+template <int kRows>
+__attribute__((target("avx512f,avx512bw,avx512vl,fma,avx512bf16"))) void SkinnyRowsBFloat16Dot(
+    const uint16_t* weight, const uint16_t* rows, float* output, int64_t in_features, int64_t out_features,
+    int64_t begin, int64_t end) {
+  int64_t out = begin;
+  for (; out + 4 <= end; out += 4) {
+    SkinnyTileBFloat16Dot<4, kRows>(weight, rows, output, in_features, out_features, out);
+  }
+  for (; out < end; ++out) SkinnyTileBFloat16Dot<1, kRows>(weight, rows, output, in_features, out_features, out);
+}
+
+// Outputs [begin, end) of every row, bfloat16 rows against bfloat16 weights (both as bits).
+void SkinnyBlockBFloat16Dot(const uint16_t* weight, const uint16_t* rows, float* output, int64_t row_count,
+                            int64_t in_features, int64_t out_features, int64_t begin, int64_t end) {
+  int64_t row = 0;
+  for (; row + 1 < row_count; row += 2) {
+    SkinnyRowsBFloat16Dot<2>(weight, rows + row * in_features, output + row * out_features, in_features,
+                             out_features, begin, end);
+  }
+  if (row < row_count) {
+    SkinnyRowsBFloat16Dot<1>(weight, rows + row * in_features, output + row * out_features, in_features,
+                             out_features, begin, end);
+  }
+}
+
 const bool kHasAvx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
 #else
@@ -204,9 +269,19 @@ std::vector<at::Tensor> SkinnyLinearGroup(const at::Tensor& input, const std::ve
   // shape: each of the ~120 products of a SmolLM2 token otherwise paid a reshape, two conversions
   // and a view through the dispatcher (about 1 µs a product, against its 10-100 µs of streaming).
   const bool float_input = input.scalar_type() == at::kFloat && input.is_contiguous();
-  const at::Tensor rows = float_input ? input : input.reshape({-1, in_features}).to(at::kFloat).contiguous();
+  // bfloat16 input (hence bfloat16 weights) on AVX512-BF16: the rows as they are (Note [bfloat16 dot
+  // products]); otherwise float32 rows.
+  bool bfloat16_dot = false;
+#if defined(__x86_64__) && defined(__GNUC__)
+  bfloat16_dot = input.scalar_type() == at::kBFloat16 && UseBFloat16DotProducts();
+#endif
+  const at::Tensor rows = float_input ? input
+                          : bfloat16_dot
+                              ? input.reshape({-1, in_features}).contiguous()
+                              : input.reshape({-1, in_features}).to(at::kFloat).contiguous();
   const int64_t row_count = input.numel() / in_features;
-  const float* row_data = rows.const_data_ptr<float>();
+  const float* row_data = bfloat16_dot ? nullptr : rows.const_data_ptr<float>();
+  const auto* row_bits = bfloat16_dot ? reinterpret_cast<const uint16_t*>(rows.const_data_ptr<c10::BFloat16>()) : nullptr;
   std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
   // The members' outputs as one index space [0, total): a thread's slice may span two weights.
   std::vector<at::Tensor> outputs;
@@ -231,6 +306,11 @@ std::vector<at::Tensor> SkinnyLinearGroup(const at::Tensor& input, const std::ve
       if (weight.scalar_type() == at::kFloat) {
         SkinnyBlockDispatch(weight.const_data_ptr<float>(), row_data, output_data, row_count, in_features,
                             weight.size(0), member_begin, member_end);
+#if defined(__x86_64__) && defined(__GNUC__)
+      } else if (bfloat16_dot) {
+        SkinnyBlockBFloat16Dot(reinterpret_cast<const uint16_t*>(weight.const_data_ptr<c10::BFloat16>()), row_bits,
+                               output_data, row_count, in_features, weight.size(0), member_begin, member_end);
+#endif
       } else {
         SkinnyBlockDispatch(reinterpret_cast<const uint16_t*>(weight.const_data_ptr<c10::BFloat16>()), row_data,
                             output_data, row_count, in_features, weight.size(0), member_begin, member_end);
