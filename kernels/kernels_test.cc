@@ -351,12 +351,13 @@ TEST(PagedAttentionKernelTest, DecodeAndRaggedPrefillOverScatteredBlocksMatchEag
 struct RestoreCpuPaths {
   ~RestoreCpuPaths() { cpu::SetAvx512RowsForTesting(true, true); }
 };
+const std::vector<std::pair<at::ScalarType, bool>> kSkinnyPaths = {
+    {at::kFloat, true}, {at::kBFloat16, true}, {at::kBFloat16, false}};
 
 TEST(SkinnyLinearTest, MatchesLinearForDecodeSizedInputs) {
   RestoreCpuPaths restore;
-  for (const bool dot_products : {true, false}) {
-  cpu::SetAvx512RowsForTesting(true, dot_products);
-  for (const at::ScalarType type : {at::kFloat, at::kBFloat16}) {
+  for (const auto& [type, dot_products] : kSkinnyPaths) {
+    cpu::SetAvx512RowsForTesting(true, dot_products);
     for (const int64_t rows : {1, 2}) {
       for (const bool with_bias : {false, true}) {
         SCOPED_TRACE(testing::Message() << c10::toString(type) << " rows " << rows << " bias " << with_bias
@@ -371,7 +372,6 @@ TEST(SkinnyLinearTest, MatchesLinearForDecodeSizedInputs) {
       }
     }
   }
-  }
   // More than 16 rows, mixed dtypes, a non-contiguous weight: not decode-sized, not taken.
   EXPECT_FALSE(cpu::SkinnyLinearApplies(at::ones({3, 64}), at::ones({128, 64})));
   EXPECT_FALSE(cpu::SkinnyLinearApplies(at::ones({1, 64}), at::ones({128, 64}, at::kBFloat16)));
@@ -383,9 +383,8 @@ TEST(SkinnyLinearTest, MatchesLinearForDecodeSizedInputs) {
 // 4-output tile (66), and a thread slice that spans two weights.
 TEST(SkinnyLinearTest, AGroupMatchesEachLinearAlone) {
   RestoreCpuPaths restore;
-  for (const bool dot_products : {true, false}) {
-  cpu::SetAvx512RowsForTesting(true, dot_products);
-  for (const at::ScalarType type : {at::kFloat, at::kBFloat16}) {
+  for (const auto& [type, dot_products] : kSkinnyPaths) {
+    cpu::SetAvx512RowsForTesting(true, dot_products);
     for (const int64_t rows : {1, 2}) {
       for (const int64_t in_features : {int64_t{576}, int64_t{100}}) {
         SCOPED_TRACE(testing::Message() << c10::toString(type) << " rows " << rows << " in " << in_features
@@ -416,7 +415,6 @@ TEST(SkinnyLinearTest, AGroupMatchesEachLinearAlone) {
         }
       }
     }
-  }
   }
   EXPECT_THROW(cpu::SkinnyLinearGroup(at::ones({1, 64}), {at::ones({128, 64}), at::ones({128, 32})}, {}), c10::Error);
 }
@@ -562,31 +560,38 @@ std::vector<PagedCase> PagedCases() {
 // CPU) and the generic one (float16, head_dim 80, CPUs without AVX-512).
 // On one thread nothing is split; on three, the few-item cases are.
 TEST(PagedAttentionKernelTest, CpuMatchesAFloat64ReferenceAcrossDtypesWindowsAndSoftcaps) {
-  const int threads_before = at::get_num_threads();
+  struct Restore {
+    int threads = at::get_num_threads();
+    ~Restore() {
+      cpu::SetPagedAttentionAvx512ForTesting(true);
+      at::set_num_threads(threads);
+    }
+  } restore;
+  const auto check_every_case = [](const std::string& path) {
+    for (const PagedCase& paged_case : PagedCases()) {
+      for (const at::ScalarType type : {at::kFloat, at::kBFloat16, at::kHalf}) {
+        SCOPED_TRACE(testing::Message() << paged_case.name << " " << c10::toString(type) << ", " << path);
+        const PagedProblem problem = MakePagedProblem(paged_case, type, 11);
+        at::Tensor output = at::zeros_like(problem.query_tokens);
+        PagedAttention(problem.query_tokens, problem.key_pool, problem.value_pool, output, problem.tokens,
+                       problem.scaling, paged_case.softcap);
+        ExpectNearFloat64(output, Float64PagedAttention(problem, paged_case.softcap));
+        const PagedAttentionPlan plan = PlanPagedAttention(problem.tokens, paged_case.block_size, at::kCPU);
+        at::Tensor planned = at::zeros_like(problem.query_tokens);
+        PagedAttentionFromPlan(problem.query_tokens, problem.key_pool, problem.value_pool, planned, plan,
+                               problem.scaling, paged_case.softcap);
+        EXPECT_TRUE(at::equal(planned, output));
+      }
+    }
+  };
   for (const int threads : {1, 3}) {
-  at::set_num_threads(threads);
-  for (const bool avx512 : {true, false}) {
-  cpu::SetPagedAttentionAvx512ForTesting(avx512);
-  for (const PagedCase& paged_case : PagedCases()) {
-    for (const at::ScalarType type : {at::kFloat, at::kBFloat16, at::kHalf}) {
-      SCOPED_TRACE(testing::Message() << paged_case.name << " " << c10::toString(type) << (avx512 ? "" : " (generic loops)")
-                                      << ", " << threads << " threads");
-      const PagedProblem problem = MakePagedProblem(paged_case, type, 11);
-      at::Tensor output = at::zeros_like(problem.query_tokens);
-      PagedAttention(problem.query_tokens, problem.key_pool, problem.value_pool, output, problem.tokens,
-                     problem.scaling, paged_case.softcap);
-      ExpectNearFloat64(output, Float64PagedAttention(problem, paged_case.softcap));
-      const PagedAttentionPlan plan = PlanPagedAttention(problem.tokens, paged_case.block_size, at::kCPU);
-      at::Tensor planned = at::zeros_like(problem.query_tokens);
-      PagedAttentionFromPlan(problem.query_tokens, problem.key_pool, problem.value_pool, planned, plan,
-                             problem.scaling, paged_case.softcap);
-      EXPECT_TRUE(at::equal(planned, output));
+    at::set_num_threads(threads);
+    for (const bool avx512 : {true, false}) {
+      cpu::SetPagedAttentionAvx512ForTesting(avx512);
+      check_every_case(std::to_string(threads) + (threads == 1 ? " thread" : " threads") +
+                       (avx512 ? "" : ", generic loops"));
     }
   }
-  }
-  }
-  cpu::SetPagedAttentionAvx512ForTesting(true);
-  at::set_num_threads(threads_before);
 }
 
 // The plan packs each sequence's block table once, only as far as its tokens read, and a call

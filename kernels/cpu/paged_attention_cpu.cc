@@ -91,9 +91,9 @@ FLOTILLA_PAGED_TARGET_CLONES std::pair<float, float> ExponentiateRow(float* row,
 // which vectorises each (key, query head) dot product as a loop with its own set-up, tail and
 // reduction, and sums the weighted values through memory. With head_dim 32-256 in float32 or
 // bfloat16 a unit runs in whole AVX-512 registers instead: each key row is loaded once (bfloat16
-// widened exactly) and multiplied by every query head of its group; the weighted values sum per
-// query head in registers, the head's value rows (read from memory by the first query head, from
-// the cache after) one FMA per 16 lanes, two keys in flight.
+// widened exactly) and multiplied by every query head of its group; the weighted values sum in
+// registers for 2-8 query heads per pass over the value rows (read from memory by the first pass,
+// from the cache after), one FMA per 16 lanes per head.
 #define FLOTILLA_PAGED_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 #define FLOTILLA_PAGED_AVX512_LANES __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"), always_inline)) inline
 
@@ -252,11 +252,11 @@ int64_t Avx512Vectors(const PagedProblem<scalar_t>& problem) {
 // token by token, stretch by stretch, head by head, so one thread's consecutive units share their
 // slots' cache lines.
 struct PagedUnit {
-  int64_t token_index;     // into tokens
+  int64_t token_index;  // into tokens
   int64_t kv_head;
-  int64_t key_begin;       // keys [key_begin, key_end) of the token's window, counted from first_key
+  int64_t key_begin;  // keys [key_begin, key_end) of the token's window, counted from first_key
   int64_t key_end;
-  int64_t partial = -1;    // the unit's slot in the partial results; -1: the whole window, output written
+  int64_t partial = -1;  // the unit's slot in the partial results; -1: the whole window, output written
 };
 
 // A partial result: [groups * head_dim] weighted values, then [groups] maxima, then [groups] sums.
