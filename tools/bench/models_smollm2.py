@@ -14,7 +14,10 @@ best stream). The machine is shared, so the contenders run interleaved for --rou
 float32 with --kernels, Flotilla bfloat16, llama.cpp, transformers), each round printing the load
 average; each Flotilla and llama.cpp run starts with its weight files evicted from the page cache
 (a cold start: each maps them with its own policy); the final table gives each contender's median
-and range over the rounds. llama.cpp is optional (skipped without --llama-bench, or when the path
+and range over the rounds. Flotilla float32 and llama.cpp run back to back, the one first in even
+rounds second in odd ones: this VM's memory bandwidth drifts over tens of seconds, and each round's
+Flotilla / llama.cpp ratio should compare two runs taken under the same bandwidth (the first of
+the pair tends to be the slower: use an even --rounds). llama.cpp is optional (skipped without --llama-bench, or when the path
 does not exist); this script never builds it. The checkpoint is the one tests/fixtures/models/make_smollm2.py converts (once), or
 --checkpoint.
 """
@@ -187,9 +190,18 @@ def main() -> None:
                     checkpoint, implementation, options.threads, options.prompt_length, options.decode_steps))
     rounds: list[dict] = []
     for round_index in range(options.rounds):
-        measured = {"load_average_before": load_average(), "copy_bandwidth_bytes_per_second": copy_bandwidth(torch)}
-        for name, run in contenders.items():
-            measured[name] = run()
+        measured = {"load_average_before": load_average()}
+        # The compared pair back to back, in alternating order (see the docstring); the rest after.
+        pair = [name for name in ("flotilla", "llama_cpp") if name in contenders]
+        if round_index % 2 == 1:
+            pair.reverse()
+        for name in pair + [name for name in contenders if name not in pair]:
+            measured[name] = contenders[name]()
+        # Last in the round, away from the pair: with the copy first (2026-12-07 18:2x), the pair's
+        # first run decoded slower in all 7 rounds (Flotilla / llama.cpp 0.81-0.89 with Flotilla
+        # first, 0.98-1.30 with llama.cpp first); with it last, 0.85-1.07 and 1.01-1.36: weaker, not
+        # gone, so the order alternates and an even --rounds weighs both orders alike.
+        measured["copy_bandwidth_bytes_per_second"] = copy_bandwidth(torch)
         measured["load_average_after"] = load_average()
         rounds.append(measured)
         print(f"round {round_index + 1}: load average {measured['load_average_before']} -> "
