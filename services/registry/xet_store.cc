@@ -905,7 +905,13 @@ absl::StatusOr<std::string> XetStore::DedupShard(const XetHash& chunk_hash) {
 }
 
 absl::StatusOr<XetHash> XetStore::FileHashForBlob(const std::string& sha256, int64_t size) {
-  if (std::optional<XetHash> existing = FirstFileHash(database_->Run(kFileBySha256, {sha256, size}))) return *existing;
+  // Without the lock only when the view exists and the blob is gone: a view recorded by another
+  // thread that has not yet released the blob (RecordFile, then ReleaseBlob, below) is waited for,
+  // so that when this returns the file is stored once.
+  if (std::optional<XetHash> existing = FirstFileHash(database_->Run(kFileBySha256, {sha256, size}));
+      existing.has_value() && (size == 0 || !blobs_.Size(sha256).ok())) {
+    return *existing;
+  }
   std::lock_guard xetify_lock(xetify_mutex_);
   std::shared_lock gc_lock(gc_mutex_);
   if (std::optional<XetHash> existing = FirstFileHash(database_->Run(kFileBySha256, {sha256, size}))) {
