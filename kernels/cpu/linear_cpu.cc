@@ -275,13 +275,15 @@ std::vector<at::Tensor> SkinnyLinearGroup(const at::Tensor& input, const std::ve
 #if defined(__x86_64__) && defined(__GNUC__)
   bfloat16_dot = input.scalar_type() == at::kBFloat16 && UseBFloat16DotProducts();
 #endif
-  const at::Tensor rows = float_input ? input
-                          : bfloat16_dot
-                              ? input.reshape({-1, in_features}).contiguous()
-                              : input.reshape({-1, in_features}).to(at::kFloat).contiguous();
+  at::Tensor rows = input;
+  if (!float_input) {
+    rows = input.reshape({-1, in_features});
+    rows = (bfloat16_dot ? rows : rows.to(at::kFloat)).contiguous();
+  }
   const int64_t row_count = input.numel() / in_features;
   const float* row_data = bfloat16_dot ? nullptr : rows.const_data_ptr<float>();
-  const auto* row_bits = bfloat16_dot ? reinterpret_cast<const uint16_t*>(rows.const_data_ptr<c10::BFloat16>()) : nullptr;
+  const uint16_t* row_bits =
+      bfloat16_dot ? reinterpret_cast<const uint16_t*>(rows.const_data_ptr<c10::BFloat16>()) : nullptr;
   std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
   // The members' outputs as one index space [0, total): a thread's slice may span two weights.
   std::vector<at::Tensor> outputs;

@@ -203,10 +203,18 @@ bool KeyScoresAvx512(const PagedProblem<scalar_t>& problem, int64_t vectors, con
                      int64_t num_keys, const float* queries, int64_t prefetch_bytes, float* scores) {
   if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, c10::BFloat16>) {
     switch (vectors) {
-      case 2: KeyScoresAvx512<scalar_t, 2>(problem, row_offsets, num_keys, queries, prefetch_bytes, scores); return true;
-      case 4: KeyScoresAvx512<scalar_t, 4>(problem, row_offsets, num_keys, queries, prefetch_bytes, scores); return true;
-      case 8: KeyScoresAvx512<scalar_t, 8>(problem, row_offsets, num_keys, queries, prefetch_bytes, scores); return true;
-      case 16: KeyScoresAvx512<scalar_t, 16>(problem, row_offsets, num_keys, queries, prefetch_bytes, scores); return true;
+      case 2:
+        KeyScoresAvx512<scalar_t, 2>(problem, row_offsets, num_keys, queries, prefetch_bytes, scores);
+        return true;
+      case 4:
+        KeyScoresAvx512<scalar_t, 4>(problem, row_offsets, num_keys, queries, prefetch_bytes, scores);
+        return true;
+      case 8:
+        KeyScoresAvx512<scalar_t, 8>(problem, row_offsets, num_keys, queries, prefetch_bytes, scores);
+        return true;
+      case 16:
+        KeyScoresAvx512<scalar_t, 16>(problem, row_offsets, num_keys, queries, prefetch_bytes, scores);
+        return true;
     }
   }
   return false;
@@ -216,10 +224,18 @@ bool WeightedValuesAvx512(const PagedProblem<scalar_t>& problem, int64_t vectors
                           int64_t num_keys, const float* weights, int64_t prefetch_bytes, float* accumulators) {
   if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, c10::BFloat16>) {
     switch (vectors) {
-      case 2: WeightedValuesAvx512<scalar_t, 2>(problem, row_offsets, num_keys, weights, prefetch_bytes, accumulators); return true;
-      case 4: WeightedValuesAvx512<scalar_t, 4>(problem, row_offsets, num_keys, weights, prefetch_bytes, accumulators); return true;
-      case 8: WeightedValuesAvx512<scalar_t, 8>(problem, row_offsets, num_keys, weights, prefetch_bytes, accumulators); return true;
-      case 16: WeightedValuesAvx512<scalar_t, 16>(problem, row_offsets, num_keys, weights, prefetch_bytes, accumulators); return true;
+      case 2:
+        WeightedValuesAvx512<scalar_t, 2>(problem, row_offsets, num_keys, weights, prefetch_bytes, accumulators);
+        return true;
+      case 4:
+        WeightedValuesAvx512<scalar_t, 4>(problem, row_offsets, num_keys, weights, prefetch_bytes, accumulators);
+        return true;
+      case 8:
+        WeightedValuesAvx512<scalar_t, 8>(problem, row_offsets, num_keys, weights, prefetch_bytes, accumulators);
+        return true;
+      case 16:
+        WeightedValuesAvx512<scalar_t, 16>(problem, row_offsets, num_keys, weights, prefetch_bytes, accumulators);
+        return true;
     }
   }
   return false;
@@ -487,7 +503,8 @@ void PagedAttention(const at::Tensor& query_tokens, const at::Tensor& key_pool, 
     // kKeyReadsPerThread key/value rows per thread, on average, before a second thread joins.
     constexpr int64_t kKeyReadsPerThread = 256;
     const int64_t num_units = static_cast<int64_t>(units.size());
-    const int64_t reads_per_unit = std::max<int64_t>(1, key_reads * problem.num_key_value_heads / std::max<int64_t>(1, num_units));
+    const int64_t reads_per_unit =
+        std::max<int64_t>(1, key_reads * problem.num_key_value_heads / std::max<int64_t>(1, num_units));
     const int64_t grain = std::max<int64_t>(1, kKeyReadsPerThread / reads_per_unit);
     at::parallel_for(0, num_units, grain, [&](int64_t begin, int64_t end) {
       PagedUnits<scalar_t>(problem, units, begin, end, partials.data());
