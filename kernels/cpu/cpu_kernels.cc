@@ -16,6 +16,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/TensorIterator.h>
 
+#include "kernels/cpu/avx512_lanes.h"
 #include "kernels/cpu/vector_math.h"
 #include "kernels/kernels.h"
 
@@ -340,15 +341,6 @@ auto AsStorage(scalar_t* pointer) {
 
 constexpr __mmask16 kAllLanes = 0xFFFF;
 
-template <typename Storage>
-FLOTILLA_AVX512_LANES __m512 LoadLanes(const Storage* source, __mmask16 mask) {
-  if constexpr (std::is_same_v<Storage, float>) {
-    return _mm512_maskz_loadu_ps(mask, source);
-  } else {
-    const __m512i widened = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, source));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(widened, 16));
-  }
-}
 // Stores `values` in the storage dtype and returns them as stored (rounded for bfloat16).
 template <typename Storage, bool kNative>
 FLOTILLA_AVX512_LANES __m512 StoreLanes(Storage* destination, __mmask16 mask, __m512 values) {

@@ -15,6 +15,7 @@
 #include <immintrin.h>
 #endif
 
+#include "kernels/cpu/avx512_lanes.h"
 #include "kernels/cpu/cpu_kernels.h"
 
 namespace flotilla::kernels::cpu {
@@ -72,24 +73,6 @@ const bool kHasAvx2Fma = __builtin_cpu_supports("avx2") && __builtin_cpu_support
 // is that of a 36-96-term float32 sum, below MKL's own (it sums whole 64-256-term blocks in
 // float32), so the 1e-6-of-the-largest-output tolerance holds with margin (kernels_test). Four
 // outputs share each input load; 1 or 2 input rows share each weight load.
-__attribute__((target("avx512f,avx512bw,avx512vl,fma"), always_inline)) inline __m512 LoadWeights16(const float* weight) {
-  return _mm512_loadu_ps(weight);
-}
-__attribute__((target("avx512f,avx512bw,avx512vl,fma"), always_inline)) inline __m512 LoadWeights16(
-    const uint16_t* weight) {
-  // bfloat16 -> float32 is a 16-bit shift of the bits: exact.
-  const __m512i widened = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(weight)));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(widened, 16));
-}
-__attribute__((target("avx512f,avx512bw,avx512vl,fma"), always_inline)) inline __m512 LoadWeightsTail(
-    const float* weight, __mmask16 mask) {
-  return _mm512_maskz_loadu_ps(mask, weight);
-}
-__attribute__((target("avx512f,avx512bw,avx512vl,fma"), always_inline)) inline __m512 LoadWeightsTail(
-    const uint16_t* weight, __mmask16 mask) {
-  const __m512i widened = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, weight));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(widened, 16));
-}
 __attribute__((target("avx512f,avx512bw,avx512vl,fma"), always_inline)) inline float SumLanes(__m512 lanes) {
   const __m512d low = _mm512_cvtps_pd(_mm512_castps512_ps256(lanes));
   const __m512d high = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(lanes), 1)));
@@ -111,7 +94,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"), always_inline)) inline v
     __m512 inputs[kRows];
     for (int r = 0; r < kRows; ++r) inputs[r] = _mm512_loadu_ps(rows + r * in_features + i);
     for (int o = 0; o < kOutputs; ++o) {
-      const __m512 weights = LoadWeights16(weight_rows + o * in_features + i);
+      const __m512 weights = LoadLanes(weight_rows + o * in_features + i);
       for (int r = 0; r < kRows; ++r) sums[o][r] = _mm512_fmadd_ps(weights, inputs[r], sums[o][r]);
     }
   }
@@ -120,7 +103,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"), always_inline)) inline v
     __m512 inputs[kRows];
     for (int r = 0; r < kRows; ++r) inputs[r] = _mm512_maskz_loadu_ps(mask, rows + r * in_features + i);
     for (int o = 0; o < kOutputs; ++o) {
-      const __m512 weights = LoadWeightsTail(weight_rows + o * in_features + i, mask);
+      const __m512 weights = LoadLanes(weight_rows + o * in_features + i, mask);
       for (int r = 0; r < kRows; ++r) sums[o][r] = _mm512_fmadd_ps(weights, inputs[r], sums[o][r]);
     }
   }

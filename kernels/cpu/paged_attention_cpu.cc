@@ -16,6 +16,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include "kernels/cpu/avx512_lanes.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/vector_math.h"
 #include "kernels/kernels.h"
@@ -100,11 +101,9 @@ FLOTILLA_PAGED_TARGET_CLONES std::pair<float, float> ExponentiateRow(float* row,
 const bool kHasPagedAvx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 
-FLOTILLA_PAGED_AVX512_LANES __m512 LoadLanes(const float* row) { return _mm512_loadu_ps(row); }
-FLOTILLA_PAGED_AVX512_LANES __m512 LoadLanes(const c10::BFloat16* row) {
-  const __m512i widened = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row)));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(widened, 16));
-}
+// A pool row as LoadLanes (avx512_lanes.h) takes it: float32, or bfloat16 as its bits.
+inline const float* AsLaneStorage(const float* row) { return row; }
+inline const uint16_t* AsLaneStorage(const c10::BFloat16* row) { return reinterpret_cast<const uint16_t*>(row); }
 
 // scores[group][key] = scaling * q_group . k_key (then the softcap) for the unit's keys.
 template <typename scalar_t, int kVectors>
@@ -118,7 +117,7 @@ FLOTILLA_PAGED_AVX512 void KeyScoresAvx512(const PagedProblem<scalar_t>& problem
     }
     const scalar_t* key = problem.key_data + row_offsets[key_index];
     __m512 lanes[kVectors];
-    for (int vector = 0; vector < kVectors; ++vector) lanes[vector] = LoadLanes(key + 16 * vector);
+    for (int vector = 0; vector < kVectors; ++vector) lanes[vector] = LoadLanes(AsLaneStorage(key) + 16 * vector);
     for (int64_t group = 0; group < problem.groups; ++group) {
       const float* query = queries + group * kHeadDim;
       __m512 sum = _mm512_mul_ps(_mm512_loadu_ps(query), lanes[0]);
@@ -158,11 +157,11 @@ FLOTILLA_PAGED_AVX512_LANES void WeightedValuesPass(const PagedProblem<scalar_t>
     if constexpr (kGroups == 1) {
       const __m512 weight = _mm512_set1_ps(weights[first_group * num_keys + key_index]);
       for (int vector = 0; vector < kVectors; ++vector) {
-        into[0][vector] = _mm512_fmadd_ps(weight, LoadLanes(value + 16 * vector), into[0][vector]);
+        into[0][vector] = _mm512_fmadd_ps(weight, LoadLanes(AsLaneStorage(value) + 16 * vector), into[0][vector]);
       }
     } else {
       __m512 lanes[kVectors];
-      for (int vector = 0; vector < kVectors; ++vector) lanes[vector] = LoadLanes(value + 16 * vector);
+      for (int vector = 0; vector < kVectors; ++vector) lanes[vector] = LoadLanes(AsLaneStorage(value) + 16 * vector);
       for (int group = 0; group < kGroups; ++group) {
         const __m512 weight = _mm512_set1_ps(weights[(first_group + group) * num_keys + key_index]);
         for (int vector = 0; vector < kVectors; ++vector) {
@@ -197,44 +196,23 @@ FLOTILLA_PAGED_AVX512 void WeightedValuesAvx512(const PagedProblem<scalar_t>& pr
   }
 }
 
-// The AVX-512 loops for head_dim = 16 * vectors; false where there are none (the generic loops run).
-template <typename scalar_t>
-bool KeyScoresAvx512(const PagedProblem<scalar_t>& problem, int64_t vectors, const int64_t* row_offsets,
-                     int64_t num_keys, const float* queries, int64_t prefetch_bytes, float* scores) {
+// Runs run.template operator()<kVectors>() for head_dim = 16 * kVectors, float32 or bfloat16;
+// false where there is no AVX-512 loop (the generic loops run).
+template <typename scalar_t, typename Run>
+bool WithAvx512Vectors(int64_t vectors, Run&& run) {
   if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, c10::BFloat16>) {
     switch (vectors) {
       case 2:
-        KeyScoresAvx512<scalar_t, 2>(problem, row_offsets, num_keys, queries, prefetch_bytes, scores);
+        run.template operator()<2>();
         return true;
       case 4:
-        KeyScoresAvx512<scalar_t, 4>(problem, row_offsets, num_keys, queries, prefetch_bytes, scores);
+        run.template operator()<4>();
         return true;
       case 8:
-        KeyScoresAvx512<scalar_t, 8>(problem, row_offsets, num_keys, queries, prefetch_bytes, scores);
+        run.template operator()<8>();
         return true;
       case 16:
-        KeyScoresAvx512<scalar_t, 16>(problem, row_offsets, num_keys, queries, prefetch_bytes, scores);
-        return true;
-    }
-  }
-  return false;
-}
-template <typename scalar_t>
-bool WeightedValuesAvx512(const PagedProblem<scalar_t>& problem, int64_t vectors, const int64_t* row_offsets,
-                          int64_t num_keys, const float* weights, int64_t prefetch_bytes, float* accumulators) {
-  if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, c10::BFloat16>) {
-    switch (vectors) {
-      case 2:
-        WeightedValuesAvx512<scalar_t, 2>(problem, row_offsets, num_keys, weights, prefetch_bytes, accumulators);
-        return true;
-      case 4:
-        WeightedValuesAvx512<scalar_t, 4>(problem, row_offsets, num_keys, weights, prefetch_bytes, accumulators);
-        return true;
-      case 8:
-        WeightedValuesAvx512<scalar_t, 8>(problem, row_offsets, num_keys, weights, prefetch_bytes, accumulators);
-        return true;
-      case 16:
-        WeightedValuesAvx512<scalar_t, 16>(problem, row_offsets, num_keys, weights, prefetch_bytes, accumulators);
+        run.template operator()<16>();
         return true;
     }
   }
@@ -324,8 +302,10 @@ FLOTILLA_PAGED_TARGET_CLONES void PagedUnits(const PagedProblem<scalar_t>& probl
 
     bool scored = false;
 #if defined(__x86_64__) && defined(__GNUC__)
-    scored = vectors > 0 && KeyScoresAvx512(problem, vectors, row_offsets.data(), num_keys, queries.data(),
-                                            prefetch_bytes, scores.data());
+    scored = WithAvx512Vectors<scalar_t>(vectors, [&]<int kVectors>() {
+      KeyScoresAvx512<scalar_t, kVectors>(problem, row_offsets.data(), num_keys, queries.data(), prefetch_bytes,
+                                          scores.data());
+    });
 #endif
     if (!scored) {
       for (int64_t key_index = 0; key_index < num_keys; ++key_index) {
@@ -360,8 +340,10 @@ FLOTILLA_PAGED_TARGET_CLONES void PagedUnits(const PagedProblem<scalar_t>& probl
 
     bool summed = false;
 #if defined(__x86_64__) && defined(__GNUC__)
-    summed = vectors > 0 && WeightedValuesAvx512(problem, vectors, row_offsets.data(), num_keys, scores.data(),
-                                                 prefetch_bytes, accumulators.data());
+    summed = WithAvx512Vectors<scalar_t>(vectors, [&]<int kVectors>() {
+      WeightedValuesAvx512<scalar_t, kVectors>(problem, row_offsets.data(), num_keys, scores.data(), prefetch_bytes,
+                                               accumulators.data());
+    });
 #endif
     if (!summed) {
       std::fill(accumulators.begin(), accumulators.end(), 0.0f);
