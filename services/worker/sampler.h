@@ -35,4 +35,13 @@ class Sampler {
                                    const std::vector<const Sequence*>& sequences) const;
 };
 
+// Top-k, then top-p, on temperature-scaled logits [S, vocab] (Note [Sampling order], steps 6-7):
+// the tokens a row drops become -inf in the returned copy. top_ks[i] >= vocab and top_ps[i] >= 1
+// keep everything. CPU float32 rows by selection (Note [Truncation without a full sort]), other
+// devices and dtypes by one stable sort (TruncateTopKTopPBySort, the reference).
+at::Tensor TruncateTopKTopP(const at::Tensor& logits, const std::vector<int64_t>& top_ks,
+                            const std::vector<float>& top_ps);
+at::Tensor TruncateTopKTopPBySort(const at::Tensor& logits, const std::vector<int64_t>& top_ks,
+                                  const std::vector<float>& top_ps);
+
 }  // namespace flotilla::worker

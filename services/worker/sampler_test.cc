@@ -153,6 +153,40 @@ TEST(SamplerTest, MinTokensMasksStopAndEosIds) {
   EXPECT_EQ(SampleOne(logits, ignoring), 2);
 }
 
+// The CPU truncation (selection and partial sorts) keeps exactly the tokens the stable sort
+// keeps: rows with many ties (logits on a 0.5 grid), flat rows whose nucleus is most of the
+// vocabulary (the partial sort grows), peaked rows, and each of top-k / top-p / both / neither.
+TEST(SamplerTest, TruncationBySelectionMatchesTheStableSort) {
+  at::manual_seed(11);
+  const int64_t vocab = 3000;
+  at::Tensor logits = at::cat({(at::randn({6, vocab}) * 2).mul(2).round().div(2),  // ties
+                               at::zeros({2, vocab}),                               // flat
+                               at::randn({4, vocab}) * 8});                         // peaked
+  const int64_t rows = logits.size(0);
+  const std::vector<std::pair<int64_t, float>> settings = {
+      {vocab, 0.9f}, {40, 2.0f}, {40, 0.5f}, {1, 0.3f}, {vocab, 0.999f}, {vocab - 1, 2.0f},
+      {vocab, 0.9f}, {700, 0.95f}, {vocab, 2.0f}, {5, 0.99f}, {vocab, 0.6f}, {2999, 0.7f}};
+  std::vector<int64_t> top_ks;
+  std::vector<float> top_ps;
+  for (int64_t row = 0; row < rows; ++row) {
+    top_ks.push_back(settings[row].first);
+    top_ps.push_back(settings[row].second);
+  }
+  const at::Tensor by_selection = TruncateTopKTopP(logits, top_ks, top_ps);
+  const at::Tensor by_sort = TruncateTopKTopPBySort(logits, top_ks, top_ps);
+  for (int64_t row = 0; row < rows; ++row) {
+    const at::Tensor kept = by_sort[row].isfinite();
+    EXPECT_TRUE(at::equal(by_selection[row].isfinite(), kept))
+        << "row " << row << ": selection keeps " << by_selection[row].isfinite().sum().item<int64_t>()
+        << " tokens, the sort " << kept.sum().item<int64_t>();
+    EXPECT_TRUE(at::equal(by_selection[row].masked_select(kept), logits[row].masked_select(kept))) << "row " << row;
+  }
+  // A flat row keeps a long prefix (the partial sort grew past 64 and 256), the lowest ids.
+  const int64_t flat_kept = by_selection[6].isfinite().sum().item<int64_t>();
+  EXPECT_GT(flat_kept, 2000);
+  EXPECT_TRUE(by_selection[6].narrow(0, 0, flat_kept).isfinite().all().item<bool>());
+}
+
 TEST(SamplerTest, SameSeedAndPositionGiveTheSameTokenWhateverTheBatch) {
   at::Tensor row = at::randn({1, 500}) * 3;
   Sequence sequence = MakeSequence({.temperature = 0.9f, .top_p = 0.95f, .seed = 2024});
