@@ -12,6 +12,10 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 #include "services/worker/mix64.h"
 
 namespace flotilla::worker {
@@ -69,6 +73,63 @@ bool NeedsProcessing(const Sequence& sequence) {
   const SamplingOptions& sampling = sequence.sampling;
   return !sampling.logit_bias.empty() || NeedsMinTokensMask(sequence) ||
          sampling.has_repetition_penalty() || sampling.has_presence_or_frequency_penalty();
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// The first index of a row's largest value, or of its first NaN (torch.argmax's rules), 16 lanes at
+// a time: one pass for the maximum (and any NaN), one that stops at its first occurrence.
+__attribute__((target("avx512f"))) int64_t RowArgmaxAvx512(const float* row, int64_t size) {
+  __m512 maximum = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __mmask16 unordered = 0;
+  int64_t index = 0;
+  for (; index + 16 <= size; index += 16) {
+    const __m512 values = _mm512_loadu_ps(row + index);
+    unordered |= _mm512_cmp_ps_mask(values, values, _CMP_UNORD_Q);
+    maximum = _mm512_max_ps(maximum, values);
+  }
+  float largest = _mm512_reduce_max_ps(maximum);
+  bool has_nan = unordered != 0;
+  for (int64_t tail = index; tail < size; ++tail) {
+    has_nan |= std::isnan(row[tail]);
+    if (row[tail] > largest) largest = row[tail];
+  }
+  if (has_nan) {
+    for (int64_t position = 0; position < size; ++position) {
+      if (std::isnan(row[position])) return position;
+    }
+  }
+  const __m512 target = _mm512_set1_ps(largest);
+  index = 0;
+  for (; index + 16 <= size; index += 16) {
+    const __mmask16 equal = _mm512_cmp_ps_mask(_mm512_loadu_ps(row + index), target, _CMP_EQ_OQ);
+    if (equal != 0) return index + __builtin_ctz(equal);
+  }
+  for (; index < size; ++index) {
+    if (row[index] == largest) return index;
+  }
+  return 0;
+}
+const bool kHasAvx512 = __builtin_cpu_supports("avx512f");
+#endif
+
+// Greedy tokens: each row's argmax, ties to the lowest id. ATen's argmax runs ~130 µs for one
+// 49,152-token row on this CPU (1.8 ms for 32), a few percent of a batch-1 decode step; the
+// vectorised scan takes a few µs a row.
+at::Tensor GreedyTokens(const at::Tensor& scores) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (kHasAvx512 && scores.device().is_cpu() && scores.scalar_type() == at::kFloat && scores.dim() == 2) {
+    const at::Tensor rows = scores.contiguous();
+    at::Tensor chosen = at::empty({rows.size(0)}, at::TensorOptions().dtype(at::kLong));
+    const float* data = rows.const_data_ptr<float>();
+    int64_t* chosen_data = chosen.mutable_data_ptr<int64_t>();
+    const int64_t size = rows.size(1);
+    at::parallel_for(0, rows.size(0), 8, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) chosen_data[row] = RowArgmaxAvx512(data + row * size, size);
+    });
+    return chosen;
+  }
+#endif
+  return scores.argmax(-1);
 }
 
 at::Tensor TokenIdTensor(const std::vector<int64_t>& token_ids, const at::Device& device) {
@@ -362,12 +423,12 @@ std::vector<SampledToken> Sampler::Sample(const at::Tensor& logits,
   // Chosen token per row, on the scores' device. Greedy rows cost one argmax for all of them.
   at::Tensor chosen;
   if (random_rows.empty()) {
-    chosen = scores.argmax(-1);
+    chosen = GreedyTokens(scores);
   } else {
     chosen = at::empty({num_rows}, at::TensorOptions().dtype(at::kLong).device(scores.device()));
     if (!greedy_rows.empty()) {
       const at::Tensor index = TokenIdTensor(greedy_rows, scores.device());
-      chosen.index_copy_(0, index, scores.index_select(0, index).argmax(-1));
+      chosen.index_copy_(0, index, GreedyTokens(scores.index_select(0, index)));
     }
     std::vector<const Sequence*> random_sequences;
     for (int64_t row : random_rows) random_sequences.push_back(sequences[row]);

@@ -43,6 +43,29 @@ TEST(SamplerTest, GreedyBatchPicksEachRowsArgmax) {
   for (int row = 0; row < 5; ++row) EXPECT_EQ(sampled[row].token_id, expected[row].item<int64_t>());
 }
 
+// The vectorised greedy scan against torch.argmax: a vocabulary that is not a multiple of 16 lanes,
+// the maximum in the tail, ties (first id wins), NaN (the first NaN wins), rows of -inf.
+TEST(SamplerTest, GreedyOverALargeVocabularyFollowsTorchArgmax) {
+  at::manual_seed(5);
+  const int64_t vocab = 49157;
+  at::Tensor logits = at::randn({9, vocab}).mul(2).round();  // many ties at the maximum
+  logits[1][vocab - 1] = 100.0f;                              // in the tail
+  logits[2][vocab - 3] = 100.0f;
+  logits[2][40000] = 100.0f;                                  // tie: 40000 wins
+  logits[3][777] = std::numeric_limits<float>::quiet_NaN();
+  logits[3][12345] = std::numeric_limits<float>::quiet_NaN();
+  logits[4][vocab - 2] = std::numeric_limits<float>::quiet_NaN();  // NaN only in the tail
+  logits[5].fill_(-std::numeric_limits<float>::infinity());
+  logits[6][0] = std::numeric_limits<float>::infinity();
+  logits[6][17] = std::numeric_limits<float>::infinity();
+  Sequence sequence = MakeSequence();
+  const std::vector<SampledToken> sampled = Sampler().Sample(logits, std::vector<const Sequence*>(9, &sequence));
+  const at::Tensor expected = logits.argmax(-1);
+  for (int row = 0; row < 9; ++row) EXPECT_EQ(sampled[row].token_id, expected[row].item<int64_t>()) << "row " << row;
+  EXPECT_EQ(sampled[2].token_id, 40000);
+  EXPECT_EQ(sampled[3].token_id, 777);
+}
+
 TEST(SamplerTest, TopKOneIsGreedy) {
   Sequence sequence = MakeSequence({.temperature = 1.5f, .top_k = 1, .seed = 7});
   at::Tensor logits = at::randn({1, 100});
