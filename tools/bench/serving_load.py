@@ -490,11 +490,15 @@ class FlotillaMesh:
                        stderr=subprocess.DEVNULL, timeout=120)
 
 
-def completion_payload(model: str, prompt: str, output_tokens: int, chat: bool) -> dict:
-    """A greedy streaming request that must produce exactly `output_tokens` tokens: `ignore_eos`
-    (vLLM's and llama-server's extension) with a fixed `max_tokens`."""
+def completion_payload(model: str, prompt: str, output_tokens: int, chat: bool, top_p: float | None = None,
+                       seed: int = 0) -> dict:
+    """A streaming request that must produce exactly `output_tokens` tokens: `ignore_eos` (vLLM's
+    and llama-server's extension) with a fixed `max_tokens`. Greedy, or with `top_p` a seeded draw
+    at temperature 1 from the nucleus."""
     payload = {"model": model, "max_tokens": output_tokens, "temperature": 0.0, "stream": True,
                "stream_options": {"include_usage": True}, "ignore_eos": True}
+    if top_p is not None:
+        payload.update({"temperature": 1.0, "top_p": top_p, "seed": seed})
     if chat:
         payload["messages"] = [{"role": "user", "content": prompt}]
     else:

@@ -10,9 +10,10 @@ batching (in process), and transformers `generate` one request at a time.
         [--concurrency 1,8,32 --requests 4,8,32 --request-rate inf --output-tokens 64 --json out.json]
 
 Every request is a 128-token prompt (whole words of SmolLM2's tokenizer, chosen by --seed) and
-asks for exactly 64 output tokens (greedy, `ignore_eos`, fixed `max_tokens`), streamed with
-`stream_options.include_usage`. Arrivals are open-loop (Poisson at --request-rate, or all at once),
-bounded by --max-concurrency = the row's concurrency, by the request count and by --time-limit.
+asks for exactly 64 output tokens (greedy, or with `--top-p P` a seeded draw at temperature 1;
+`ignore_eos`, fixed `max_tokens`), streamed with `stream_options.include_usage`. Arrivals are
+open-loop (Poisson at --request-rate, or all at once), bounded by --max-concurrency = the row's
+concurrency, by the request count and by --time-limit.
 The metrics are `vllm bench serve`'s (serving_load.py has the definitions).
 
 transformers' rows run in a subprocess with the same thread count: continuous batching through
@@ -228,8 +229,9 @@ def run_http(name: str, base_url: str, model: str, options, levels: list[dict]) 
     if record.error:
         raise RuntimeError(f"{name}: warm-up request to {url} failed: {record.error}")
     for level in levels:
-        payloads = [serving_load.completion_payload(model, prompt, options.output_tokens, chat)
-                    for prompt in level["prompts"]]
+        payloads = [serving_load.completion_payload(model, prompt, options.output_tokens, chat, options.top_p,
+                                                    options.seed + index)
+                    for index, prompt in enumerate(level["prompts"])]
         records, duration = asyncio.run(serving_load.run_open_loop(
             url, payloads, chat, level["request_rate"], level["max_concurrency"], options.time_limit, options.seed))
         results.append({"max_concurrency": level["max_concurrency"], "records": records, "duration": duration})
@@ -315,6 +317,8 @@ def main() -> None:
     arguments.add_argument("--prompt-tokens", type=int, default=128)
     arguments.add_argument("--output-tokens", type=int, default=64)
     arguments.add_argument("--seed", type=int, default=0)
+    arguments.add_argument("--top-p", type=float, help="sample at temperature 1 from this nucleus instead of greedy "
+                                                     "(the HTTP contenders: flotilla, llama-server)")
     arguments.add_argument("--threads", type=int, default=os.cpu_count())
     arguments.add_argument("--time-limit", type=float, default=300.0, help="seconds per row before no new request starts")
     arguments.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
@@ -358,6 +362,8 @@ def main() -> None:
                        "warmup_prompt_ids": serving_load.encode_prompts(tokenizer_json, [warmup_prompt])[0]})
 
     contenders = [name for name in options.contenders.split(",") if name]
+    if options.top_p is not None and any(name.startswith("transformers") for name in contenders):
+        arguments.error("--top-p: only the HTTP contenders (flotilla, llama-server) take sampling options")
     rows, load_averages = [], {}
     work_directory = Path(tempfile.mkdtemp(prefix="flotilla-serving-bench-"))
     for contender in contenders:
