@@ -5,6 +5,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <bit>
+#include <cstdint>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -279,47 +281,47 @@ at::Tensor TruncateTopKTopPBySort(const at::Tensor& logits, const std::vector<in
 
 namespace {
 
-// The order of the stable descending sort: larger logit first, lower id first among equals, NaN
-// above everything (as torch.sort places it).
-bool FirstInOrder(const float* values, int32_t a, int32_t b) {
-  const float x = values[a];
-  const float y = values[b];
-  const bool x_nan = std::isnan(x);
-  const bool y_nan = std::isnan(y);
-  if (x_nan != y_nan) return x_nan;
-  if (!x_nan && x != y) return x > y;
-  return a < b;
+// A token's place in the stable descending sort's order (larger logit first, lower id first among
+// equals, NaN above everything as torch.sort places it) as one 64-bit key, smaller first: the
+// logit's bits made order-preserving and flipped in the high half, the id in the low half. Keys
+// are unique, so selecting and sorting them needs no tie rule.
+uint64_t OrderKey(float value, int32_t id) {
+  uint32_t descending = 0;  // NaN
+  if (!std::isnan(value)) {
+    const uint32_t bits = std::bit_cast<uint32_t>(value == 0.0f ? 0.0f : value);  // -0 == +0
+    const uint32_t ascending = (bits & 0x80000000u) != 0 ? ~bits : bits | 0x80000000u;
+    descending = ~ascending;  // never 0: only a NaN's bits map to ascending 0xffffffff
+  }
+  return (static_cast<uint64_t>(descending) << 32) | static_cast<uint32_t>(id);
 }
 
-// Sets `ids` to the first `count` tokens of a row in that order: nth_element on a copy of the
-// values finds the count-th largest, the ids above it and the lowest ids equal to it are taken,
-// and only those are sorted.
-void FirstTokens(const float* values, int64_t vocab_size, int64_t count, std::vector<float>& scratch,
-                 std::vector<int32_t>& ids) {
-  const float infinity = std::numeric_limits<float>::infinity();
-  scratch.resize(static_cast<size_t>(vocab_size));
-  for (int64_t id = 0; id < vocab_size; ++id) scratch[id] = std::isnan(values[id]) ? infinity : values[id];
-  std::nth_element(scratch.begin(), scratch.begin() + (count - 1), scratch.end(), std::greater<float>());
-  const float threshold = scratch[count - 1];
-  ids.clear();
-  for (int32_t id = 0; id < vocab_size; ++id) {
-    const float value = std::isnan(values[id]) ? infinity : values[id];
-    if (value > threshold) ids.push_back(id);
+// A row's tokens in that order, sorted only as far as asked: Extend(count) selects the next ones
+// (nth_element over the rest, linear) and sorts just those.
+class TokenOrder {
+ public:
+  TokenOrder(const float* values, int64_t vocab_size) : keys_(static_cast<size_t>(vocab_size)) {
+    for (int64_t id = 0; id < vocab_size; ++id) keys_[id] = OrderKey(values[id], static_cast<int32_t>(id));
   }
-  for (int32_t id = 0; id < vocab_size && static_cast<int64_t>(ids.size()) < count; ++id) {
-    const float value = std::isnan(values[id]) ? infinity : values[id];
-    if (value == threshold) ids.push_back(id);
+  void Extend(int64_t count) {
+    count = std::min<int64_t>(count, static_cast<int64_t>(keys_.size()));
+    if (count <= sorted_) return;
+    std::nth_element(keys_.begin() + sorted_, keys_.begin() + (count - 1), keys_.end());
+    std::sort(keys_.begin() + sorted_, keys_.begin() + count);
+    sorted_ = count;
   }
-  std::sort(ids.begin(), ids.end(), [values](int32_t a, int32_t b) { return FirstInOrder(values, a, b); });
-}
+  int32_t Id(int64_t rank) const { return static_cast<int32_t>(keys_[rank] & 0xffffffffu); }
+
+ private:
+  std::vector<uint64_t> keys_;
+  int64_t sorted_ = 0;
+};
 
 // Sets every token of the row but `kept` to -inf.
-void KeepOnly(float* values, int64_t vocab_size, const std::vector<int32_t>& ids, int64_t kept,
-              std::vector<float>& scratch) {
-  scratch.resize(static_cast<size_t>(kept));
-  for (int64_t rank = 0; rank < kept; ++rank) scratch[rank] = values[ids[rank]];
+void KeepOnly(float* values, int64_t vocab_size, const TokenOrder& order, int64_t kept) {
+  std::vector<float> kept_values(static_cast<size_t>(kept));
+  for (int64_t rank = 0; rank < kept; ++rank) kept_values[rank] = values[order.Id(rank)];
   std::fill(values, values + vocab_size, -std::numeric_limits<float>::infinity());
-  for (int64_t rank = 0; rank < kept; ++rank) values[ids[rank]] = scratch[rank];
+  for (int64_t rank = 0; rank < kept; ++rank) values[order.Id(rank)] = kept_values[rank];
 }
 
 }  // namespace
@@ -328,9 +330,9 @@ void KeepOnly(float* values, int64_t vocab_size, const std::vector<int32_t>& ids
 // of a 49,152-token vocabulary on a CPU core (100 ms for a batch of 32 on this 2-core machine:
 // longer than SmolLM2's whole decode step), yet top-k keeps k tokens and top-p usually a few
 // dozen. Both keep a prefix of the sort's order, so on CPU each row finds its first k tokens by
-// selection (FirstTokens: linear, then a sort of k), and the nucleus from a prefix of 64 tokens,
-// 4x longer while the whole prefix is still short of top_p. The probabilities are the same masked
-// softmax, summed as the sort path sums them.
+// selection (TokenOrder: nth_element on one 64-bit key per token, linear, then a sort of k), and
+// the nucleus from a prefix of 64 tokens, extended 4x while the whole prefix is still short of
+// top_p. The probabilities are the same masked softmax, summed as the sort path sums them.
 at::Tensor TruncateTopKTopP(const at::Tensor& logits, const std::vector<int64_t>& top_ks,
                             const std::vector<float>& top_ps) {
   const int64_t num_rows = logits.size(0);
@@ -348,45 +350,42 @@ at::Tensor TruncateTopKTopP(const at::Tensor& logits, const std::vector<int64_t>
     if (top_ps[row] < 1.0f) nucleus_rows.push_back(row);
   }
   at::parallel_for(0, num_rows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scratch;
-    std::vector<int32_t> ids;
     for (int64_t row = begin; row < end; ++row) {
       if (top_ks[row] >= vocab_size) continue;
       float* values = data + row * vocab_size;
-      FirstTokens(values, vocab_size, top_ks[row], scratch, ids);
-      KeepOnly(values, vocab_size, ids, top_ks[row], scratch);
+      TokenOrder order(values, vocab_size);
+      order.Extend(top_ks[row]);
+      KeepOnly(values, vocab_size, order, top_ks[row]);
     }
   });
   if (nucleus_rows.empty()) return truncated;
   const at::Tensor probabilities = truncated.softmax(-1);
   const float* probability_data = probabilities.const_data_ptr<float>();
   at::parallel_for(0, static_cast<int64_t>(nucleus_rows.size()), 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scratch;
-    std::vector<int32_t> ids;
     for (int64_t index = begin; index < end; ++index) {
       const int64_t row = nucleus_rows[index];
       float* values = data + row * vocab_size;
       const float* row_probabilities = probability_data + row * vocab_size;
       // Candidates: the tokens top-k and the earlier masks left (-inf stays removed).
-      const int64_t candidates =
-          std::count_if(values, values + vocab_size, [](float value) { return value != -std::numeric_limits<float>::infinity(); });
+      const int64_t candidates = std::count_if(
+          values, values + vocab_size, [](float value) { return value != -std::numeric_limits<float>::infinity(); });
       if (candidates == 0) continue;
+      TokenOrder order(values, vocab_size);
+      // The sort path's arithmetic: a float64 running sum rounded to float32, minus the token's own
+      // probability in float32, so that ties with top_p fall the same way.
+      double cumulative = 0.0;
       int64_t kept = 0;
-      for (int64_t prefix = std::min<int64_t>(64, candidates);; prefix = std::min(prefix * 4, candidates)) {
-        FirstTokens(values, vocab_size, prefix, scratch, ids);
-        // The sort path's arithmetic: a float64 running sum rounded to float32, minus the token's
-        // own probability in float32, so that ties with top_p fall the same way.
-        double cumulative = 0.0;
-        kept = 0;
-        while (kept < prefix) {
-          const float probability = row_probabilities[ids[kept]];
+      for (int64_t prefix = std::min<int64_t>(64, candidates); kept < candidates;
+           prefix = std::min(prefix * 4, candidates)) {
+        order.Extend(prefix);
+        for (; kept < prefix; ++kept) {
+          const float probability = row_probabilities[order.Id(kept)];
           cumulative += probability;
           if (static_cast<float>(cumulative) - probability >= top_ps[row]) break;
-          ++kept;
         }
-        if (kept < prefix || prefix == candidates) break;
+        if (kept < prefix) break;
       }
-      KeepOnly(values, vocab_size, ids, kept, scratch);
+      KeepOnly(values, vocab_size, order, kept);
     }
   });
   return truncated;
