@@ -1,16 +1,13 @@
 #include "services/worker/sampler.h"
 
 #include <ATen/ATen.h>
-
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <bit>
-#include <cstdint>
 #include <cmath>
-#include <functional>
+#include <cstdint>
 #include <limits>
-#include <numeric>
 #include <unordered_map>
 #include <unordered_set>
 
