@@ -24,9 +24,9 @@ def test_preprocessing_commands_take_registry_references(start_service, tmp_path
     from PIL import Image
     from transformers import CLIPImageProcessor
 
-    if not (SMOLLM2 / "tokenizer.json").exists():
-        subprocess.run(["python3", str(REPOSITORY / "tests" / "fixtures" / "models" / "make_smollm2.py"),
-                        str(SMOLLM2.parent)], check=True, capture_output=True)
+    from models.conftest import run_script  # noqa: PLC0415
+
+    run_script("make_smollm2.py", str(SMOLLM2.parent))
     folder = tmp_path / "model"
     folder.mkdir()
     for name in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "config.json"]:
