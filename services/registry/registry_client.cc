@@ -32,6 +32,7 @@
 #include "flotilla/v1/registry.grpc.pb.h"
 #include "services/common/status.h"
 #include "services/registry/blob_store.h"
+#include "services/registry/direct_writes.h"
 #include "services/registry/names.h"
 #include "services/registry/remembered_digest.h"
 #include "services/registry/xet_chunker.h"
@@ -969,41 +970,33 @@ absl::Status WriteSpans(int descriptor, std::vector<iovec> spans, int64_t offset
 class PartialFileWriter {
  public:
   PartialFileWriter(int descriptor, std::string path, int64_t offset, int64_t size)
-      : descriptor_(descriptor), path_(std::move(path)), offset_(offset) {
-    constexpr int64_t kDirectMinimumBytes = 16 << 20;
-    if (size - offset < kDirectMinimumBytes || offset % kAlignment != 0) return;
-    direct_descriptor_ = open(path_.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
-    void* buffer = nullptr;
-    if (direct_descriptor_ >= 0 && posix_memalign(&buffer, kAlignment, kBufferBytes) == 0) {
-      buffer_ = static_cast<char*>(buffer);
-    } else if (direct_descriptor_ >= 0) {
-      close(direct_descriptor_);
-      direct_descriptor_ = -1;
-    }
-  }
-  ~PartialFileWriter() {
-    Flush().IgnoreError();
-    if (direct_descriptor_ >= 0) close(direct_descriptor_);
-  }
+      : descriptor_(descriptor), path_(std::move(path)), offset_(offset),
+        direct_(path_, offset, size - offset, /*buffer_count=*/1) {}
+  ~PartialFileWriter() { Flush().IgnoreError(); }
 
   // Appends the bytes of `spans` after those written so far.
   absl::Status Write(const std::vector<iovec>& spans, int64_t length) {
-    if (buffer_ == nullptr) {
-      if (absl::Status status = WriteSpans(descriptor_, spans, offset_ + gathered_, path_); !status.ok()) return status;
+    if (!direct_.active()) {
+      if (absl::Status status = WriteSpans(descriptor_, spans, offset_, path_); !status.ok()) return status;
       offset_ += length;
       return absl::OkStatus();
     }
-    for (const iovec& span : spans) {
-      const char* data = static_cast<const char*>(span.iov_base);
-      size_t left = span.iov_len;
+    for (size_t index = 0; index < spans.size(); ++index) {
+      const char* data = static_cast<const char*>(spans[index].iov_base);
+      size_t left = spans[index].iov_len;
       while (left > 0) {
-        const size_t taken = std::min(left, static_cast<size_t>(kBufferBytes - gathered_));
-        std::memcpy(buffer_ + gathered_, data, taken);
+        const size_t taken = std::min(left, static_cast<size_t>(DirectWriter::kBufferBytes - gathered_));
+        std::memcpy(direct_.buffer(0) + gathered_, data, taken);
         gathered_ += static_cast<int64_t>(taken);
         data += taken;
         left -= taken;
-        if (gathered_ == kBufferBytes) {
-          if (absl::Status status = WriteGathered(); !status.ok()) return status;
+        length -= static_cast<int64_t>(taken);
+        if (gathered_ < DirectWriter::kBufferBytes) continue;
+        if (absl::Status status = WriteGathered(); !status.ok()) return status;
+        if (!direct_.active()) {  // refused: what is left goes through the page cache
+          std::vector<iovec> rest = {{const_cast<char*>(data), left}};
+          rest.insert(rest.end(), spans.begin() + static_cast<std::ptrdiff_t>(index) + 1, spans.end());
+          return Write(rest, length);
         }
       }
     }
@@ -1012,45 +1005,27 @@ class PartialFileWriter {
 
   // Writes what is gathered (the unaligned rest through the page cache); later writes are buffered.
   absl::Status Flush() {
-    if (buffer_ == nullptr) return absl::OkStatus();
+    if (!direct_.active()) return absl::OkStatus();
     absl::Status status = WriteGathered();
-    free(buffer_);
-    buffer_ = nullptr;
+    direct_.Deactivate();
     return status;
   }
 
  private:
-  static constexpr int64_t kAlignment = 4096;
-  static constexpr int64_t kBufferBytes = 8 << 20;
-
   absl::Status WriteGathered() {
-    int64_t done = 0;
-    const int64_t aligned = gathered_ - gathered_ % kAlignment;
-    while (done < aligned) {
-      ssize_t written = pwrite(direct_descriptor_, buffer_ + done, static_cast<size_t>(aligned - done), offset_ + done);
-      if (written < 0 && errno == EINTR) continue;
-      if (written <= 0 || written % kAlignment != 0) break;  // refused: the rest goes through the page cache
-      done += written;
-    }
-    if (done < gathered_) {
-      std::vector<iovec> rest = {{buffer_ + done, static_cast<size_t>(gathered_ - done)}};
-      if (absl::Status status = WriteSpans(descriptor_, rest, offset_ + done, path_); !status.ok()) return status;
+    if (absl::Status status = direct_.Write(descriptor_, direct_.buffer(0), gathered_, offset_); !status.ok()) {
+      return status;
     }
     offset_ += gathered_;
     gathered_ = 0;
-    if (done < aligned) {  // O_DIRECT refused: buffered from now on
-      free(buffer_);
-      buffer_ = nullptr;
-    }
     return absl::OkStatus();
   }
 
   const int descriptor_;
   const std::string path_;
   int64_t offset_;  // bytes in the file
-  int direct_descriptor_ = -1;
-  char* buffer_ = nullptr;  // aligned; bytes [offset_, offset_ + gathered_) of the file; null when buffered
-  int64_t gathered_ = 0;
+  DirectWriter direct_;
+  int64_t gathered_ = 0;  // bytes [offset_, offset_ + gathered_) of the file, in the buffer while direct
 };
 
 // One DownloadFile message's data: the received slices (reference counted, not copied) and where
