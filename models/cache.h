@@ -9,6 +9,12 @@
 // exactly, after Reserve) so decoding allocates nothing per step; the returned tensors are views of
 // those buffers. A paged cache (serving) implements the same interface.
 //
+// Note [The dynamic cache as one block per sequence]: the buffers are laid out [batch, capacity,
+// heads, head_dim] — a paged pool (paged_attention.h) whose block i is sequence i's whole context —
+// and Update returns them transposed to [batch, heads, length, head_dim]. Eager and sdpa read those
+// strided views as they are; a decode step's sdpa reads the pool in place with the builtin paged
+// attention kernel instead (Note [sdpa decode on the paged kernel] in attention.cc).
+//
 // Thread-safety: none; one cache per sequence batch, used by one forward at a time.
 #pragma once
 
@@ -40,7 +46,7 @@ class DynamicCache : public KVCache {
 
  private:
   struct Layer {
-    at::Tensor keys;    // [batch, heads, capacity, head_dim]
+    at::Tensor keys;    // [batch, capacity, heads, head_dim]
     at::Tensor values;
     int64_t length = 0;
   };

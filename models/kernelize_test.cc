@@ -11,7 +11,9 @@
 #include <torch/torch.h>
 
 #include "kernels/kernels.h"
+#include "models/attention.h"
 #include "models/auto.h"
+#include "models/cache.h"
 #include "models/generation.h"
 #include "models/layers.h"
 #include "models/modeling_utils.h"
@@ -25,6 +27,8 @@ class KernelizeTest : public testing::Test {
  protected:
   void TearDown() override { InstallLayerKernels(LayerKernels{}); }
 };
+
+std::string Metrics() { return RenderMetrics(); }
 
 TEST_F(KernelizeTest, ParsesEagerBuiltinAndRepositoryReferences) {
   auto parsed = ParseKernelMapping(" RMSNorm=builtin, SiluAndMul = eager,RotaryEmbedding=acme/rotary@v1 ");
@@ -104,6 +108,53 @@ TEST_F(KernelizeTest, AddAndForwardIsTheAddThenTheNormWithOrWithoutTheFusedKerne
   EXPECT_TRUE(at::equal(residual, residual_before)) << "the layer's input is never written";
 }
 
+// Note [sdpa decode on the paged kernel]: a single-token query over the dynamic cache's views is
+// answered by the builtin paged kernel reading the cache in place, and equals sdpa's answer (and a
+// float64 reference) within float32 noise, in float32 and in bfloat16; a padding mask, or the
+// kernel mapped to eager, keeps sdpa.
+TEST_F(KernelizeTest, SdpaDecodeOverTheDynamicCacheMatchesSdpaOnThePagedKernel) {
+  at::manual_seed(5);
+  for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    const int64_t batch = 2, heads = 9, kv_heads = 3, head_dim = 64, prompt = 37;
+    DynamicCache cache;
+    cache.Reserve(batch, prompt + 8);
+    cache.Update(at::randn({batch, kv_heads, prompt, head_dim}).to(dtype),
+                 at::randn({batch, kv_heads, prompt, head_dim}).to(dtype), 0);
+    auto [keys, values] = cache.Update(at::randn({batch, kv_heads, 1, head_dim}).to(dtype),
+                                       at::randn({batch, kv_heads, 1, head_dim}).to(dtype), 0);
+    ASSERT_EQ(keys.sizes(), (std::vector<int64_t>{batch, kv_heads, prompt + 1, head_dim}));
+    // The query as a projection's output is: [batch, 1, heads, head_dim] transposed.
+    const at::Tensor query = at::randn({batch, 1, heads, head_dim}).to(dtype).transpose(1, 2);
+    AttentionArguments arguments;
+    arguments.scaling = 0.125;
+    arguments.num_key_value_groups = heads / kv_heads;
+
+    InstallLayerKernels(*ResolveLayerKernels("PagedAttention=eager"));
+    const at::Tensor sdpa = SdpaAttentionForward(query, keys, values, std::nullopt, arguments).first.to(at::kDouble);
+    InstallLayerKernels(LayerKernels{});
+    const std::string before = Metrics();
+    const at::Tensor kernel = SdpaAttentionForward(query, keys, values, std::nullopt, arguments).first.to(at::kDouble);
+    EXPECT_NE(Metrics(), before) << "the decode step counts a PagedAttention kernel call";
+
+    const at::Tensor repeated_keys = RepeatKeyValue(keys.to(at::kDouble), heads / kv_heads);
+    const at::Tensor repeated_values = RepeatKeyValue(values.to(at::kDouble), heads / kv_heads);
+    const at::Tensor weights = at::softmax(at::matmul(query.to(at::kDouble), repeated_keys.transpose(2, 3)) * 0.125, -1);
+    const at::Tensor reference = at::matmul(weights, repeated_values).transpose(1, 2);
+    const double scale = reference.abs().max().item<double>();
+    const double tolerance = dtype == at::kFloat ? 1e-6 : 1.0 / 256;  // the output's own rounding
+    EXPECT_LE((kernel - reference).abs().max().item<double>(), tolerance * scale) << dtype;
+    EXPECT_LE((kernel - sdpa).abs().max().item<double>(), 2 * tolerance * scale) << dtype;
+
+    // A padding mask: sdpa answers (the kernel takes no mask), the same as with the kernel off.
+    const at::Tensor mask = at::ones({batch, 1, 1, prompt + 1}, at::kBool);
+    mask[0].narrow(-1, 0, 5).fill_(false);
+    const at::Tensor masked = SdpaAttentionForward(query, keys, values, mask, arguments).first;
+    InstallLayerKernels(*ResolveLayerKernels("PagedAttention=eager"));
+    EXPECT_TRUE(at::equal(masked, SdpaAttentionForward(query, keys, values, mask, arguments).first)) << dtype;
+    InstallLayerKernels(LayerKernels{});
+  }
+}
+
 TEST_F(KernelizeTest, BuiltinKernelsTakeCudaTensorsOnlyWhereTheCudaKernelsAreLoaded) {
   const LayerKernels builtin = *ResolveLayerKernels("RMSNorm=builtin");
   EXPECT_TRUE(KernelRunsOn(KernelLayer::kRmsNorm, builtin, c10::Device("cpu")));
@@ -143,8 +194,6 @@ std::shared_ptr<PreTrainedModel> TinyModel(const nlohmann::json& config, at::Sca
   return *model;
 }
 
-std::string Metrics() { return RenderMetrics(); }
-
 class KernelizeModelTest : public testing::TestWithParam<std::tuple<std::string, nlohmann::json>> {
  protected:
   void TearDown() override { InstallLayerKernels(LayerKernels{}); }
@@ -156,14 +205,15 @@ TEST_P(KernelizeModelTest, GreedyOutputsDoNotChangeWithEveryBuiltinKernelOn) {
   const at::Tensor prompt = at::tensor({5, 17, 33, 8, 61, 40, 12}, at::kLong).unsqueeze(0);
   GenerationOptions options{.max_new_tokens = 16, .eos_token_id = std::vector<int64_t>{}};
 
-  InstallLayerKernels(*ResolveLayerKernels("RMSNorm=eager,SiluAndMul=eager,RotaryEmbedding=eager"));
+  InstallLayerKernels(
+      *ResolveLayerKernels("RMSNorm=eager,SiluAndMul=eager,RotaryEmbedding=eager,PagedAttention=eager"));
   auto eager_tokens = GenerateGreedy(*model, prompt, std::nullopt, options);
   ASSERT_TRUE(eager_tokens.ok()) << eager_tokens.status();
   ForwardInputs inputs{.input_ids = prompt};
   const at::Tensor eager_logits = model->Forward(inputs).logits;
 
-  InstallLayerKernels(
-      *ResolveLayerKernels("RMSNorm=builtin,SiluAndMul=builtin,RotaryEmbedding=builtin,Linear=builtin"));
+  InstallLayerKernels(*ResolveLayerKernels(
+      "RMSNorm=builtin,SiluAndMul=builtin,RotaryEmbedding=builtin,Linear=builtin,PagedAttention=builtin"));
   auto kernel_tokens = GenerateGreedy(*model, prompt, std::nullopt, options);
   ASSERT_TRUE(kernel_tokens.ok()) << kernel_tokens.status();
   const at::Tensor kernel_logits = model->Forward(inputs).logits;
@@ -175,7 +225,8 @@ TEST_P(KernelizeModelTest, GreedyOutputsDoNotChangeWithEveryBuiltinKernelOn) {
 
   // The layers really took the kernels (the metric says so).
   const std::string metrics = Metrics();
-  for (const char* layer : {"RMSNorm", "SiluAndMul", "Linear"}) {
+  // (PagedAttention: the decode steps' sdpa, Note [sdpa decode on the paged kernel].)
+  for (const char* layer : {"RMSNorm", "SiluAndMul", "Linear", "PagedAttention"}) {
     EXPECT_NE(metrics.find(std::string("flotilla_kernel_forward_calls_total{layer=\"") + layer +
                            "\",source=\"builtin\"}"),
               std::string::npos)
