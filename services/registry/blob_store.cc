@@ -225,10 +225,10 @@ class LocalBlobUpload final : public BlobUpload {
       return absl::OutOfRangeError(absl::StrCat("upload of blob ", sha256_, ": data runs past the announced size ",
                                                 size_, " (", committed_, " bytes held, ", data.size(), " more sent)"));
     }
+    // Note [Direct upload writes]: gathered, then hashed (on the second thread) and written a whole
+    // buffer at a time; once a direct write is refused (buffer_ null), the rest goes buffered.
     if (buffer_ != nullptr) {
-      // Note [Direct upload writes]: gathered, then hashed (on the second thread) and written a
-      // whole buffer at a time.
-      while (!data.empty()) {
+      while (buffer_ != nullptr && !data.empty()) {
         const size_t room = static_cast<size_t>(DirectWriter::kBufferBytes - (committed_ - flushed_));
         const size_t taken = std::min(room, data.size());
         std::memcpy(buffer_ + (committed_ - flushed_), data.data(), taken);
@@ -238,7 +238,7 @@ class LocalBlobUpload final : public BlobUpload {
           if (absl::Status status = FlushBuffer(/*whole=*/false); !status.ok()) return status;
         }
       }
-      return absl::OkStatus();
+      if (data.empty()) return absl::OkStatus();
     }
     hasher_.Update(data);
     if (absl::Status status = WriteAll(descriptor_, data.data(), static_cast<int64_t>(data.size()), committed_,

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -10,6 +11,11 @@
 #include <absl/strings/str_cat.h>
 
 namespace flotilla::registry {
+namespace {
+std::atomic<int64_t> refused_from_offset{-1};  // RefuseFromOffsetForTesting
+}  // namespace
+
+void DirectWriter::RefuseFromOffsetForTesting(int64_t offset) { refused_from_offset.store(offset); }
 
 absl::Status WriteAll(int descriptor, const char* data, int64_t length, int64_t offset, const std::string& path) {
   while (length > 0) {
@@ -53,7 +59,8 @@ void DirectWriter::Deactivate() {
 absl::Status DirectWriter::Write(int buffered_descriptor, const char* data, int64_t length, int64_t offset) {
   const int64_t aligned = active() ? length - length % kAlignment : 0;
   int64_t done = 0;
-  while (done < aligned) {
+  const int64_t refused_from = refused_from_offset.load(std::memory_order_relaxed);
+  while (done < aligned && (refused_from < 0 || offset + aligned <= refused_from)) {
     const ssize_t written = pwrite(descriptor_, data + done, static_cast<size_t>(aligned - done), offset + done);
     if (written < 0 && errno == EINTR) continue;
     if (written <= 0 || written % kAlignment != 0) break;  // refused (a full disk, say): the rest buffered

@@ -49,6 +49,10 @@ class DirectWriter {
   // Writes stop going direct (the next would start unaligned).
   void Deactivate();
 
+  // Tests: direct writes reaching past `offset` of any file are refused from now on, as a kernel
+  // refuses them (a filesystem without O_DIRECT writes, a full disk); negative: none refused.
+  static void RefuseFromOffsetForTesting(int64_t offset);
+
  private:
   std::string path_;
   int descriptor_ = -1;

@@ -21,6 +21,7 @@
 #include "flotilla/v1/registry.grpc.pb.h"
 #include "services/registry/auth.h"
 #include "services/registry/blob_store.h"
+#include "services/registry/direct_writes.h"
 #include "services/registry/registry.h"
 #include "services/registry/registry_service.h"
 #include "services/registry/remembered_digest.h"
@@ -184,6 +185,15 @@ TEST_F(RegistryClientTest, PullWritesAndHashesOnASecondThreadAndResumesAfterAWri
   auto continued = client.PullToDirectory("acme/big", odd.string());
   ASSERT_TRUE(continued.ok()) << continued.status();
   EXPECT_EQ(ReadFile(odd / "model.safetensors"), weights);
+
+  // Direct writes refused part-way (a filesystem that takes O_DIRECT at open but not at write): the
+  // rest of the message in hand, and every later one, go through the page cache.
+  DirectWriter::RefuseFromOffsetForTesting(12 << 20);
+  const fs::path refused = root_ + "/refused";
+  auto fallback = client.PullToDirectory("acme/big", refused.string());
+  DirectWriter::RefuseFromOffsetForTesting(-1);
+  ASSERT_TRUE(fallback.ok()) << fallback.status();
+  EXPECT_EQ(ReadFile(refused / "model.safetensors"), weights);
 }
 
 

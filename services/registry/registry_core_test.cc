@@ -241,6 +241,30 @@ TEST(DirectWriterTest, WritesEveryByteAndFallsBackWhenRefused) {
   EXPECT_TRUE(read_file(path) == data);
 }
 
+// A direct write refused part-way through an upload (a filesystem that takes O_DIRECT at open but
+// not at write, a full disk): the rest of that message and every later one go through the page
+// cache, and the blob is whole.
+TEST(BlobStoreTest, UploadFallsBackToBufferedWritesWhenADirectWriteIsRefused) {
+  struct Restore {
+    ~Restore() { DirectWriter::RefuseFromOffsetForTesting(-1); }
+  } restore;
+  DirectWriter::RefuseFromOffsetForTesting(12 << 20);
+  auto store = LocalBlobStore::Open(TempDirectory());
+  std::string data((40 << 20) + 4321, '\0');
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>((i * 2654435761u) >> 11);
+  const std::string digest = Sha256OfString(data);
+  auto upload = (*store)->BeginUpload(digest, data.size(), 0);
+  ASSERT_TRUE(upload.ok()) << upload.status();
+  // One 20 MiB message: its second buffer (8-16 MiB) is refused with 4 MiB of the message to go.
+  ASSERT_TRUE((*upload)->Append(absl::string_view(data).substr(0, 20 << 20)).ok());
+  ASSERT_TRUE((*upload)->Append(absl::string_view(data).substr(20 << 20)).ok());
+  ASSERT_TRUE((*upload)->Finish().ok());
+  upload->reset();
+  std::string read;
+  ASSERT_TRUE((*store)->Read(digest, 0, static_cast<int64_t>(data.size()), &read).ok());
+  EXPECT_TRUE(read == data);
+}
+
 TEST(BlobStoreTest, ChunkPastAnnouncedSize) {
   auto store = LocalBlobStore::Open(TempDirectory());
   auto upload = (*store)->BeginUpload(Sha256OfString("abc"), 3, 0);
